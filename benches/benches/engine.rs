@@ -1,0 +1,77 @@
+//! Criterion benches of the queue engine's hot paths, without gRPC:
+//! `cargo bench -p benches --bench engine`.
+//!
+//! Each group names its scenario; the runtime and the engine are built
+//! outside the measured closure. Writes use `--sync always` semantics
+//! (each acknowledged send or delete waits for its WAL sync).
+
+use std::sync::Arc;
+
+use broker::queue::{AttributeChanges, Engine, NewMessage, ReceiveOptions};
+use broker::storage::SyncMode;
+use bytes::Bytes;
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+
+fn engine(rt: &tokio::runtime::Runtime) -> (Arc<Engine>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let engine = Arc::new(Engine::open(dir.path(), SyncMode::Always).expect("open engine"));
+    rt.block_on(engine.create_queue("bench", &AttributeChanges::default()))
+        .expect("create queue");
+    (engine, dir)
+}
+
+fn messages(n: usize) -> Vec<NewMessage> {
+    (0..n)
+        .map(|_| NewMessage {
+            body: Bytes::from(vec![b'x'; 256]),
+            ..Default::default()
+        })
+        .collect()
+}
+
+fn send(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (engine, _dir) = engine(&rt);
+    let mut group = c.benchmark_group("send_256b");
+    for batch in [1usize, 10, 100] {
+        group.throughput(Throughput::Elements(batch as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(batch), &batch, |b, &batch| {
+            b.to_async(&rt).iter(|| async {
+                engine.send("bench", messages(batch)).await.expect("send");
+            })
+        });
+    }
+    group.finish();
+}
+
+fn receive_delete(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (engine, _dir) = engine(&rt);
+    let mut group = c.benchmark_group("receive_delete_256b");
+    for batch in [1usize, 10, 100] {
+        group.throughput(Throughput::Elements(batch as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(batch), &batch, |b, &batch| {
+            b.to_async(&rt).iter(|| async {
+                // Keep the queue from running dry; the send is part of the cost.
+                engine.send("bench", messages(batch)).await.expect("send");
+                let got = engine
+                    .receive(
+                        "bench",
+                        ReceiveOptions {
+                            max_messages: batch as u32,
+                            visibility_timeout_seconds: Some(30),
+                            wait_time_seconds: Some(0),
+                        },
+                    )
+                    .await
+                    .expect("receive");
+                let handles: Vec<&str> = got.iter().map(|m| m.receipt_handle.as_str()).collect();
+                engine.delete("bench", &handles).await.expect("delete");
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, send, receive_delete);
+criterion_main!(benches);

@@ -1,0 +1,1 @@
+//! Benchmarks of the broker: criterion benches of the engine in `benches/`.

@@ -1,0 +1,1109 @@
+//! The client half of the `broker` binary: `broker queue create|list|get|
+//! update|delete|purge`, `send`, `receive`, `delete` and `redrive`, talking to
+//! a running broker through [`broker_client::Client`].
+//!
+//! - Output: short, aligned text for people by default; with `--json`, one
+//!   JSON document per command, shaped like the RPC's response (`{"queue":
+//!   ...}`, `{"messages": [...]}`, `{"moved": 3}`), for scripts.
+//! - Errors: `anyhow` errors whose text is the broker's own message (it names
+//!   the field, the limit and the value), so `main` prints `error: {err:#}`
+//!   and exits non-zero. Flag mistakes (`--attr` without `=`, a dead-letter
+//!   queue without `--max-receive-count`) are clap usage errors, caught before
+//!   any connection is made.
+//! - Ranges (visibility timeout, delay, ...) are checked by the broker only,
+//!   so the CLI cannot disagree with it.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::io::{IsTerminal as _, Write as _};
+
+use anyhow::{Context as _, anyhow, bail};
+use broker_client::{Client, pb};
+use bytes::Bytes;
+use serde_json::{Value, json};
+use tokio::io::AsyncReadExt as _;
+
+/// Options shared by every client command.
+#[derive(clap::Args, Debug)]
+pub struct ClientArgs {
+    /// Broker address, "host:port" or "http://host:port"
+    #[arg(
+        long,
+        global = true,
+        env = "BROKER_ADDR",
+        default_value = "127.0.0.1:50051",
+        display_order = 1000
+    )]
+    pub server: String,
+    /// Print JSON instead of text
+    #[arg(long, global = true, display_order = 1000)]
+    pub json: bool,
+}
+
+/// Commands that talk to a running broker.
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    /// Create, list, inspect, change, purge and delete queues
+    Queue {
+        #[command(subcommand)]
+        cmd: QueueCommand,
+    },
+    /// Send a message and print its id
+    Send {
+        /// Queue to send to
+        queue: String,
+        /// Message body; when absent, read from stdin as is (binary safe)
+        body: Option<String>,
+        /// Message attribute, repeatable (at most 10)
+        #[arg(long = "attr", value_name = "KEY=VALUE", value_parser = parse_attr)]
+        attrs: Vec<(String, String)>,
+        /// Hide the message for S seconds (0..=900) [default: the queue's delay]
+        #[arg(long, value_name = "S")]
+        delay: Option<u32>,
+    },
+    /// Receive messages and print them; they stay hidden for the visibility timeout
+    Receive {
+        /// Queue to receive from
+        queue: String,
+        /// Receive at most N messages (1..=100)
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        max: u32,
+        /// Wait up to S seconds for a message (0..=20) [default: the queue's receive wait]
+        #[arg(long, value_name = "S")]
+        wait: Option<u32>,
+        /// Hide the messages for S seconds [default: the queue's visibility timeout]
+        #[arg(long, value_name = "S")]
+        visibility: Option<u32>,
+        /// Delete the messages after printing them
+        #[arg(long)]
+        delete: bool,
+    },
+    /// Delete a received message by its receipt handle
+    Delete {
+        /// Queue the message was received from
+        queue: String,
+        /// The receipt handle of the message's latest receive
+        receipt: String,
+    },
+    /// Move messages out of a dead-letter queue and print how many moved
+    Redrive {
+        /// The dead-letter queue
+        dlq: String,
+        /// Move them to QUEUE [default: back to the queue each one died in]
+        #[arg(long, value_name = "QUEUE")]
+        to: Option<String>,
+        /// Move at most N messages [default: all]
+        #[arg(long, value_name = "N")]
+        max: Option<u32>,
+    },
+}
+
+/// `broker queue ...`
+#[derive(clap::Subcommand, Debug)]
+pub enum QueueCommand {
+    /// Create a queue (no change if it exists with the same attributes)
+    Create {
+        /// Queue name: 1..=80 of A-Z a-z 0-9 _ -
+        name: String,
+        #[command(flatten)]
+        attributes: AttributeArgs,
+    },
+    /// List queues in name order
+    List {
+        /// Only queues whose name starts with P
+        #[arg(long, value_name = "P", default_value = "")]
+        prefix: String,
+    },
+    /// Show a queue's attributes and message counts
+    Get {
+        /// Queue name
+        name: String,
+    },
+    /// Change a queue's attributes; the ones not given keep their value
+    Update {
+        /// Queue name
+        name: String,
+        #[command(flatten)]
+        attributes: AttributeArgs,
+        /// Remove the redrive policy: messages no longer move to a dead-letter queue
+        #[arg(long, conflicts_with_all = ["dead_letter_queue", "max_receive_count"])]
+        no_redrive_policy: bool,
+    },
+    /// Delete a queue and all of its messages
+    Delete {
+        /// Queue name
+        name: String,
+    },
+    /// Delete every message of a queue, in-flight ones too
+    Purge {
+        /// Queue name
+        name: String,
+    },
+}
+
+/// Queue attribute flags of `queue create` and `queue update`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct AttributeArgs {
+    /// Seconds a received message stays hidden (0..=43200) [new queues: 30]
+    #[arg(long, value_name = "S")]
+    pub visibility_timeout: Option<u32>,
+    /// Seconds a message is kept (60..=1209600) [new queues: 345600, 4 days]
+    #[arg(long, value_name = "S")]
+    pub retention: Option<u32>,
+    /// Seconds a new message stays hidden (0..=900) [new queues: 0]
+    #[arg(long, value_name = "S")]
+    pub delay: Option<u32>,
+    /// Seconds a receive waits for a message by default (0..=20) [new queues: 0]
+    #[arg(long, value_name = "S")]
+    pub receive_wait: Option<u32>,
+    /// Largest message, body plus attributes, in bytes (1024..=1048576) [new queues: 262144]
+    #[arg(long, value_name = "N")]
+    pub max_message_bytes: Option<u32>,
+    /// Move a message to this queue once it has been received --max-receive-count times
+    #[arg(long, value_name = "QUEUE", requires = "max_receive_count")]
+    pub dead_letter_queue: Option<String>,
+    /// Receives before a message moves to the dead-letter queue (1..=1000)
+    #[arg(long, value_name = "N", requires = "dead_letter_queue")]
+    pub max_receive_count: Option<u32>,
+}
+
+impl AttributeArgs {
+    /// True when no flag is given.
+    fn is_empty(&self) -> bool {
+        let AttributeArgs {
+            visibility_timeout,
+            retention,
+            delay,
+            receive_wait,
+            max_message_bytes,
+            dead_letter_queue,
+            max_receive_count,
+        } = self;
+        visibility_timeout.is_none()
+            && retention.is_none()
+            && delay.is_none()
+            && receive_wait.is_none()
+            && max_message_bytes.is_none()
+            && dead_letter_queue.is_none()
+            && max_receive_count.is_none()
+    }
+
+    /// The attributes to send: unset flags stay unset, so the broker applies
+    /// its default (create) or keeps the current value (update).
+    fn to_pb(&self) -> pb::QueueAttributes {
+        let redrive_policy = match (&self.dead_letter_queue, self.max_receive_count) {
+            (Some(dlq), Some(count)) => Some(pb::RedrivePolicy {
+                dead_letter_queue: dlq.clone(),
+                max_receive_count: count,
+            }),
+            // clap's `requires` makes the two flags come together.
+            _ => None,
+        };
+        pb::QueueAttributes {
+            visibility_timeout_seconds: self.visibility_timeout,
+            message_retention_seconds: self.retention,
+            delay_seconds: self.delay,
+            receive_wait_time_seconds: self.receive_wait,
+            max_message_bytes: self.max_message_bytes,
+            redrive_policy,
+            clear_redrive_policy: false,
+        }
+    }
+}
+
+/// Parses one `--attr KEY=VALUE`; the value may itself contain `=`.
+fn parse_attr(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        Some(_) => Err(format!(
+            "attribute '{s}' has an empty key; expected KEY=VALUE"
+        )),
+        None => Err(format!("attribute '{s}' has no '='; expected KEY=VALUE")),
+    }
+}
+
+/// Runs one client command against the broker at `args.server`.
+pub async fn run(args: &ClientArgs, cmd: Command) -> anyhow::Result<()> {
+    // Checked before connecting: a usage mistake should not wait on the network.
+    if let Command::Queue {
+        cmd:
+            QueueCommand::Update {
+                attributes,
+                no_redrive_policy: false,
+                ..
+            },
+    } = &cmd
+        && attributes.is_empty()
+    {
+        bail!(
+            "nothing to update: give at least one attribute flag (see `broker queue update --help`)"
+        );
+    }
+    let client = Client::connect(&args.server).await.map_err(|e| {
+        anyhow!(
+            "{e}\nhint: is the broker running? Start one with `broker serve`, \
+             or point --server / BROKER_ADDR at it"
+        )
+    })?;
+    let json = args.json;
+    match cmd {
+        Command::Queue { cmd } => run_queue(&client, json, cmd).await,
+        Command::Send {
+            queue,
+            body,
+            attrs,
+            delay,
+        } => {
+            let body = match body {
+                Some(body) => Bytes::from(body),
+                None => read_stdin().await?,
+            };
+            let mut attributes = HashMap::with_capacity(attrs.len());
+            for (key, value) in attrs {
+                if attributes.insert(key.clone(), value).is_some() {
+                    bail!("attribute '{key}' is given more than once");
+                }
+            }
+            let resp = client
+                .send_message(pb::SendMessageRequest {
+                    queue: queue.clone(),
+                    body,
+                    attributes,
+                    delay_seconds: delay,
+                })
+                .await
+                .map_err(|e| failure(e, Some(&queue)))?;
+            if json {
+                emit_json(&json!({ "message_id": resp.message_id }))
+            } else {
+                emit(&format!("{}\n", resp.message_id))
+            }
+        }
+        Command::Receive {
+            queue,
+            max,
+            wait,
+            visibility,
+            delete,
+        } => {
+            let messages = client
+                .receive_messages(pb::ReceiveMessagesRequest {
+                    queue: queue.clone(),
+                    max_messages: max,
+                    visibility_timeout_seconds: visibility,
+                    wait_time_seconds: wait,
+                })
+                .await
+                .map_err(|e| failure(e, Some(&queue)))?
+                .messages;
+            // Print first: with --delete, a message must never be deleted
+            // without having been shown.
+            if json {
+                let list: Vec<Value> = messages.iter().map(message_json).collect();
+                emit_json(&json!({ "messages": list }))?;
+            } else {
+                emit(&messages_text(&messages))?;
+            }
+            if delete && !messages.is_empty() {
+                delete_all(&client, &queue, &messages).await?;
+                if !json {
+                    emit(&format!(
+                        "deleted {}\n",
+                        plural(messages.len() as u64, "message")
+                    ))?;
+                }
+            }
+            Ok(())
+        }
+        Command::Delete { queue, receipt } => {
+            client
+                .delete(&queue, &receipt)
+                .await
+                .map_err(|e| failure(e, Some(&queue)))?;
+            if json {
+                emit_json(&json!({}))
+            } else {
+                emit("deleted message\n")
+            }
+        }
+        Command::Redrive { dlq, to, max } => {
+            let resp = client
+                .redrive_messages(pb::RedriveMessagesRequest {
+                    source_queue: dlq.clone(),
+                    destination_queue: to.clone().unwrap_or_default(),
+                    max_messages: max.unwrap_or(0),
+                })
+                .await
+                // With --to, NOT_FOUND may be about either queue: let the broker say which.
+                .map_err(|e| failure(e, to.is_none().then_some(dlq.as_str())))?;
+            if json {
+                emit_json(&json!({ "moved": resp.moved }))
+            } else {
+                let destination = match &to {
+                    Some(queue) => format!("to '{queue}'"),
+                    None => "back to their source queues".to_owned(),
+                };
+                emit(&format!(
+                    "moved {} from '{dlq}' {destination}\n",
+                    plural(resp.moved, "message")
+                ))
+            }
+        }
+    }
+}
+
+async fn run_queue(client: &Client, json: bool, cmd: QueueCommand) -> anyhow::Result<()> {
+    match cmd {
+        QueueCommand::Create { name, attributes } => {
+            // A missing dead-letter queue is also NOT_FOUND: let the broker say which.
+            let only_queue = attributes
+                .dead_letter_queue
+                .is_none()
+                .then_some(name.as_str());
+            let queue = client
+                .create_queue(pb::CreateQueueRequest {
+                    name: name.clone(),
+                    attributes: Some(attributes.to_pb()),
+                })
+                .await
+                .map_err(|e| failure(e, only_queue))?
+                .queue
+                .context("the broker returned no queue")?;
+            if json {
+                emit_json(&json!({ "queue": queue_json(&queue) }))
+            } else {
+                emit(&queue_text(&queue, None))
+            }
+        }
+        QueueCommand::List { prefix } => {
+            let mut queues = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let page = client
+                    .list_queues(pb::ListQueuesRequest {
+                        prefix: prefix.clone(),
+                        page_size: 1000,
+                        page_token,
+                    })
+                    .await
+                    .map_err(|e| failure(e, None))?;
+                queues.extend(page.queues);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            if json {
+                let list: Vec<Value> = queues.iter().map(queue_json).collect();
+                emit_json(&json!({ "queues": list }))
+            } else {
+                emit(&queues_table(&queues))
+            }
+        }
+        QueueCommand::Get { name } => {
+            let resp = client
+                .get_queue(pb::GetQueueRequest { name: name.clone() })
+                .await
+                .map_err(|e| failure(e, Some(&name)))?;
+            let queue = resp.queue.context("the broker returned no queue")?;
+            if json {
+                emit_json(&json!({
+                    "queue": queue_json(&queue),
+                    "stats": resp.stats.as_ref().map(stats_json),
+                }))
+            } else {
+                emit(&queue_text(&queue, resp.stats.as_ref()))
+            }
+        }
+        QueueCommand::Update {
+            name,
+            attributes,
+            no_redrive_policy,
+        } => {
+            let only_queue = attributes
+                .dead_letter_queue
+                .is_none()
+                .then_some(name.as_str());
+            let mut pb_attributes = attributes.to_pb();
+            pb_attributes.clear_redrive_policy = no_redrive_policy;
+            let queue = client
+                .update_queue(pb::UpdateQueueRequest {
+                    name: name.clone(),
+                    attributes: Some(pb_attributes),
+                })
+                .await
+                .map_err(|e| failure(e, only_queue))?
+                .queue
+                .context("the broker returned no queue")?;
+            if json {
+                emit_json(&json!({ "queue": queue_json(&queue) }))
+            } else {
+                emit(&queue_text(&queue, None))
+            }
+        }
+        QueueCommand::Delete { name } => {
+            client
+                .delete_queue(pb::DeleteQueueRequest { name: name.clone() })
+                .await
+                .map_err(|e| failure(e, Some(&name)))?;
+            if json {
+                emit_json(&json!({}))
+            } else {
+                emit(&format!("deleted queue '{name}'\n"))
+            }
+        }
+        QueueCommand::Purge { name } => {
+            client
+                .purge_queue(pb::PurgeQueueRequest { name: name.clone() })
+                .await
+                .map_err(|e| failure(e, Some(&name)))?;
+            if json {
+                emit_json(&json!({}))
+            } else {
+                emit(&format!("purged queue '{name}'\n"))
+            }
+        }
+    }
+}
+
+/// Deletes received messages in one batch call; fails naming every entry
+/// the broker refused.
+async fn delete_all(
+    client: &Client,
+    queue: &str,
+    messages: &[pb::ReceivedMessage],
+) -> anyhow::Result<()> {
+    let entries = messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| pb::DeleteMessageBatchEntry {
+            id: i.to_string(),
+            receipt_handle: m.receipt_handle.clone(),
+        })
+        .collect();
+    let resp = client
+        .delete_message_batch(pb::DeleteMessageBatchRequest {
+            queue: queue.to_owned(),
+            entries,
+        })
+        .await
+        .map_err(|e| failure(e, Some(queue)))
+        .context("messages were received but not deleted")?;
+    if resp.failed.is_empty() {
+        return Ok(());
+    }
+    let mut text = format!(
+        "could not delete {} of {} received messages:",
+        resp.failed.len(),
+        messages.len()
+    );
+    for failed in &resp.failed {
+        let id = failed
+            .id
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| messages.get(i))
+            .map_or(failed.id.as_str(), |m| m.message_id.as_str());
+        let _ = write!(text, "\n  {id}: {} ({})", failed.message, failed.code);
+    }
+    Err(anyhow!(text))
+}
+
+/// Turns a failed call into the error `main` prints.
+///
+/// The broker's messages for bad input are written for users, so they are
+/// shown as they are. `queue` is the one queue the call names, if there is
+/// only one: NOT_FOUND can then only be about it.
+fn failure(err: broker_client::Error, queue: Option<&str>) -> anyhow::Error {
+    use broker_client::Error as E;
+    match (&err, queue) {
+        (E::NotFound(_), Some(queue)) => anyhow!("queue '{queue}' not found"),
+        (
+            E::InvalidArgument(m) | E::NotFound(m) | E::AlreadyExists(m) | E::FailedPrecondition(m),
+            _,
+        ) if !m.is_empty() => anyhow!("{m}"),
+        _ => anyhow!("{err}"),
+    }
+}
+
+/// Reads a message body from stdin, exactly as given.
+async fn read_stdin() -> anyhow::Result<Bytes> {
+    if std::io::stdin().is_terminal() {
+        eprintln!("reading the message body from stdin; end it with Ctrl-D");
+    }
+    let mut body = Vec::new();
+    tokio::io::stdin()
+        .read_to_end(&mut body)
+        .await
+        .context("cannot read the message body from stdin")?;
+    Ok(Bytes::from(body))
+}
+
+/// Writes to stdout; a closed pipe (`broker queue list | head -1`) is not an error.
+fn emit(text: &str) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(e).context("cannot write to stdout")
+        }
+        _ => Ok(()),
+    }
+}
+
+fn emit_json(value: &Value) -> anyhow::Result<()> {
+    let mut text = serde_json::to_string_pretty(value)?;
+    text.push('\n');
+    emit(&text)
+}
+
+fn queue_json(queue: &pb::Queue) -> Value {
+    let a = queue.attributes.clone().unwrap_or_default();
+    json!({
+        "name": queue.name,
+        "created_at_ms": queue.created_at_ms,
+        "attributes": {
+            "visibility_timeout_seconds": a.visibility_timeout_seconds,
+            "message_retention_seconds": a.message_retention_seconds,
+            "delay_seconds": a.delay_seconds,
+            "receive_wait_time_seconds": a.receive_wait_time_seconds,
+            "max_message_bytes": a.max_message_bytes,
+            "redrive_policy": a.redrive_policy.map(|p| json!({
+                "dead_letter_queue": p.dead_letter_queue,
+                "max_receive_count": p.max_receive_count,
+            })),
+        },
+    })
+}
+
+fn stats_json(stats: &pb::QueueStats) -> Value {
+    json!({
+        "visible": stats.visible,
+        "in_flight": stats.in_flight,
+        "delayed": stats.delayed,
+        "oldest_message_age_seconds": stats.oldest_message_age_seconds,
+    })
+}
+
+/// A received message as JSON; `body` is UTF-8 (lossy), and `body_base64`
+/// carries the exact bytes when they are not valid UTF-8.
+fn message_json(m: &pb::ReceivedMessage) -> Value {
+    let mut value = json!({
+        "message_id": m.message_id,
+        "receipt_handle": m.receipt_handle,
+        "receive_count": m.receive_count,
+        "sent_at_ms": m.sent_at_ms,
+        "first_received_at_ms": m.first_received_at_ms,
+        "attributes": m.attributes,
+        "body": String::from_utf8_lossy(&m.body),
+    });
+    if std::str::from_utf8(&m.body).is_err() {
+        value["body_base64"] = json!(base64(&m.body));
+    }
+    value
+}
+
+/// `queue get` (with stats), `create` and `update` (without).
+fn queue_text(queue: &pb::Queue, stats: Option<&pb::QueueStats>) -> String {
+    let a = queue.attributes.clone().unwrap_or_default();
+    let secs = |s: Option<u32>| s.map_or("-".to_owned(), |s| secs_exact(u64::from(s)));
+    let mut rows = vec![
+        ("queue", queue.name.clone()),
+        ("created", timestamp(queue.created_at_ms)),
+        ("visibility timeout", secs(a.visibility_timeout_seconds)),
+        ("retention", secs(a.message_retention_seconds)),
+        ("delay", secs(a.delay_seconds)),
+        ("receive wait", secs(a.receive_wait_time_seconds)),
+        (
+            "max message bytes",
+            a.max_message_bytes
+                .map_or("-".to_owned(), |n| n.to_string()),
+        ),
+        ("dead-letter queue", redrive_text(a.redrive_policy.as_ref())),
+    ];
+    if let Some(s) = stats {
+        rows.extend([
+            ("visible", s.visible.to_string()),
+            ("in flight", s.in_flight.to_string()),
+            ("delayed", s.delayed.to_string()),
+            ("oldest message", secs_exact(s.oldest_message_age_seconds)),
+        ]);
+    }
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    let mut out = String::new();
+    for (key, value) in rows {
+        let _ = writeln!(out, "{key:<width$}  {value}");
+    }
+    out
+}
+
+fn redrive_text(policy: Option<&pb::RedrivePolicy>) -> String {
+    policy.map_or("-".to_owned(), |p| {
+        format!(
+            "{} after {}",
+            p.dead_letter_queue,
+            plural(u64::from(p.max_receive_count), "receive")
+        )
+    })
+}
+
+/// `queue list`: one aligned row per queue.
+fn queues_table(queues: &[pb::Queue]) -> String {
+    if queues.is_empty() {
+        return "no queues\n".to_owned();
+    }
+    let mut rows = vec![
+        [
+            "NAME",
+            "VISIBILITY",
+            "DELAY",
+            "RETENTION",
+            "DEAD-LETTER QUEUE",
+        ]
+        .map(String::from),
+    ];
+    for q in queues {
+        let a = q.attributes.clone().unwrap_or_default();
+        let secs = |s: Option<u32>| s.map_or("-".to_owned(), |s| secs_short(u64::from(s)));
+        rows.push([
+            q.name.clone(),
+            secs(a.visibility_timeout_seconds),
+            secs(a.delay_seconds),
+            secs(a.message_retention_seconds),
+            redrive_text(a.redrive_policy.as_ref()),
+        ]);
+    }
+    table(&rows)
+}
+
+/// Columns padded to their widest cell; the last column is not padded.
+fn table<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0; N];
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == N {
+                out.push_str(cell);
+            } else {
+                let _ = write!(out, "{cell:<width$}  ", width = widths[i]);
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// `receive`: a block of aligned lines per message, blank line between.
+fn messages_text(messages: &[pb::ReceivedMessage]) -> String {
+    if messages.is_empty() {
+        return "no messages\n".to_owned();
+    }
+    const WIDTH: usize = 9; // "receives" and one space
+    let indent = " ".repeat(WIDTH + 1);
+    let mut out = String::new();
+    for (i, m) in messages.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        let _ = writeln!(out, "{:<WIDTH$} {}", "message", m.message_id);
+        let _ = writeln!(out, "{:<WIDTH$} {}", "receives", m.receive_count);
+        let _ = writeln!(out, "{:<WIDTH$} {}", "sent", timestamp(m.sent_at_ms));
+        let _ = writeln!(out, "{:<WIDTH$} {}", "receipt", m.receipt_handle);
+        let mut attributes: Vec<_> = m.attributes.iter().collect();
+        attributes.sort();
+        for (key, value) in attributes {
+            let _ = writeln!(out, "{:<WIDTH$} {key}={value}", "attr");
+        }
+        // Continuation lines of a multi-line body stay in the value column;
+        // other control characters are escaped so they cannot upset the terminal.
+        let mut body = String::new();
+        for c in String::from_utf8_lossy(&m.body)
+            .trim_end_matches('\n')
+            .chars()
+        {
+            match c {
+                '\n' => {
+                    body.push('\n');
+                    body.push_str(&indent);
+                }
+                '\t' => body.push(c),
+                c if c.is_control() => body.extend(c.escape_debug()),
+                c => body.push(c),
+            }
+        }
+        let _ = writeln!(out, "{:<WIDTH$} {body}", "body");
+    }
+    out
+}
+
+fn plural(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+/// Seconds as days, hours, minutes and seconds: "30s", "1h30m", "4d".
+fn secs_short(secs: u64) -> String {
+    if secs == 0 {
+        return "0s".to_owned();
+    }
+    let parts = [
+        (secs / 86_400, "d"),
+        (secs % 86_400 / 3_600, "h"),
+        (secs % 3_600 / 60, "m"),
+        (secs % 60, "s"),
+    ];
+    let mut out = String::new();
+    for (n, unit) in parts {
+        if n > 0 {
+            let _ = write!(out, "{n}{unit}");
+        }
+    }
+    out
+}
+
+/// Like [`secs_short`], with the exact seconds when they are not obvious:
+/// "30s", "4d (345600s)" — flags take seconds.
+fn secs_exact(secs: u64) -> String {
+    if secs < 60 {
+        format!("{secs}s")
+    } else {
+        format!("{} ({secs}s)", secs_short(secs))
+    }
+}
+
+/// Milliseconds since the Unix epoch as RFC 3339 UTC, e.g.
+/// "2025-01-02T03:04:05.678Z"; 0 (never) is "-".
+fn timestamp(ms: u64) -> String {
+    if ms == 0 {
+        return "-".to_owned();
+    }
+    let secs = ms / 1000;
+    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian
+/// calendar; Howard Hinnant's `civil_from_days`.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097); // day of era, 0..=146096
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // 0..=399
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // 0..=365
+    let mp = (5 * doy + 2) / 153; // March-based month, 0..=11
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// Standard base64 with padding (RFC 4648), for non-UTF-8 bodies in JSON.
+fn base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        let sextet = |shift: u32| char::from(ALPHABET[((n >> shift) & 63) as usize]);
+        out.push(sextet(18));
+        out.push(sextet(12));
+        out.push(if chunk.len() > 1 { sextet(6) } else { '=' });
+        out.push(if chunk.len() > 2 { sextet(0) } else { '=' });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory as _, Parser as _};
+
+    /// The shape `main` gives these commands: global client options plus the subcommands.
+    #[derive(clap::Parser, Debug)]
+    #[command(name = "broker")]
+    struct TestCli {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        cmd: Command,
+    }
+
+    fn parse(args: &[&str]) -> Result<TestCli, clap::Error> {
+        TestCli::try_parse_from(std::iter::once("broker").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        TestCli::command().debug_assert();
+    }
+
+    #[test]
+    fn attr_splits_at_the_first_equals_sign() {
+        assert_eq!(parse_attr("k=v"), Ok(("k".into(), "v".into())));
+        assert_eq!(parse_attr("k=a=b"), Ok(("k".into(), "a=b".into())));
+        assert_eq!(parse_attr("k="), Ok(("k".into(), String::new())));
+        assert!(
+            parse_attr("novalue")
+                .unwrap_err()
+                .contains("expected KEY=VALUE")
+        );
+        assert!(parse_attr("=v").unwrap_err().contains("empty key"));
+    }
+
+    #[test]
+    fn send_collects_repeated_attrs() {
+        let cli = parse(&[
+            "send", "q", "hi", "--attr", "a=1", "--attr", "b=x=y", "--delay", "5",
+        ])
+        .unwrap();
+        match cli.cmd {
+            Command::Send {
+                queue,
+                body,
+                attrs,
+                delay,
+            } => {
+                assert_eq!(queue, "q");
+                assert_eq!(body.as_deref(), Some("hi"));
+                assert_eq!(
+                    attrs,
+                    vec![("a".into(), "1".into()), ("b".into(), "x=y".into())]
+                );
+                assert_eq!(delay, Some(5));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn send_without_body_reads_stdin() {
+        let cli = parse(&["send", "q"]).unwrap();
+        assert!(matches!(cli.cmd, Command::Send { body: None, .. }));
+    }
+
+    #[test]
+    fn bad_attr_is_a_usage_error() {
+        let err = parse(&["send", "q", "hi", "--attr", "oops"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+        assert!(err.to_string().contains("expected KEY=VALUE"), "{err}");
+    }
+
+    #[test]
+    fn global_options_go_anywhere() {
+        let cli = parse(&[
+            "receive",
+            "q",
+            "--json",
+            "--server",
+            "10.0.0.1:9",
+            "--max",
+            "10",
+            "--wait",
+            "20",
+            "--delete",
+        ])
+        .unwrap();
+        assert!(cli.client.json);
+        assert_eq!(cli.client.server, "10.0.0.1:9");
+        assert!(matches!(
+            cli.cmd,
+            Command::Receive {
+                max: 10,
+                wait: Some(20),
+                visibility: None,
+                delete: true,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn create_maps_flags_to_attributes() {
+        let cli = parse(&[
+            "queue",
+            "create",
+            "orders",
+            "--visibility-timeout",
+            "60",
+            "--retention",
+            "120",
+            "--dead-letter-queue",
+            "dlq",
+            "--max-receive-count",
+            "3",
+        ])
+        .unwrap();
+        let Command::Queue {
+            cmd: QueueCommand::Create { name, attributes },
+        } = cli.cmd
+        else {
+            panic!("not a queue create");
+        };
+        assert_eq!(name, "orders");
+        let pb = attributes.to_pb();
+        assert_eq!(pb.visibility_timeout_seconds, Some(60));
+        assert_eq!(pb.message_retention_seconds, Some(120));
+        assert_eq!(pb.delay_seconds, None);
+        assert_eq!(
+            pb.redrive_policy,
+            Some(pb::RedrivePolicy {
+                dead_letter_queue: "dlq".into(),
+                max_receive_count: 3
+            })
+        );
+        assert!(!pb.clear_redrive_policy);
+    }
+
+    #[test]
+    fn dead_letter_queue_needs_max_receive_count() {
+        assert!(parse(&["queue", "create", "q", "--dead-letter-queue", "dlq"]).is_err());
+        assert!(parse(&["queue", "create", "q", "--max-receive-count", "3"]).is_err());
+    }
+
+    #[test]
+    fn update_rejects_contradictory_redrive_flags() {
+        assert!(parse(&["queue", "update", "q", "--delay", "5"]).is_ok());
+        assert!(parse(&["queue", "update", "q", "--no-redrive-policy"]).is_ok());
+        assert!(
+            parse(&[
+                "queue",
+                "update",
+                "q",
+                "--no-redrive-policy",
+                "--dead-letter-queue",
+                "d",
+                "--max-receive-count",
+                "2",
+            ])
+            .is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn update_without_flags_fails_before_connecting() {
+        let cli = parse(&["--server", "127.0.0.1:1", "queue", "update", "q"]).unwrap();
+        let err = run(&cli.client, cli.cmd).await.unwrap_err();
+        assert!(err.to_string().starts_with("nothing to update"), "{err:#}");
+    }
+
+    #[test]
+    fn redrive_defaults_to_all_back_to_source() {
+        let cli = parse(&["redrive", "dlq"]).unwrap();
+        assert!(matches!(
+            cli.cmd,
+            Command::Redrive {
+                to: None,
+                max: None,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn secs_are_compact() {
+        assert_eq!(secs_short(0), "0s");
+        assert_eq!(secs_short(30), "30s");
+        assert_eq!(secs_short(90), "1m30s");
+        assert_eq!(secs_short(43_200), "12h");
+        assert_eq!(secs_short(345_600), "4d");
+        assert_eq!(secs_short(90_061), "1d1h1m1s");
+        assert_eq!(secs_exact(30), "30s");
+        assert_eq!(secs_exact(345_600), "4d (345600s)");
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        assert_eq!(timestamp(0), "-");
+        assert_eq!(timestamp(1), "1970-01-01T00:00:00.001Z");
+        assert_eq!(timestamp(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(timestamp(1_735_787_045_678), "2025-01-02T03:04:05.678Z");
+    }
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        for (input, expected) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(input.as_bytes()), expected);
+        }
+        assert_eq!(base64(&[0xff, 0xfe, 0x00]), "//4A");
+    }
+
+    #[test]
+    fn binary_body_gets_base64_in_json() {
+        let mut m = pb::ReceivedMessage {
+            body: Bytes::from_static(b"hello"),
+            ..Default::default()
+        };
+        let v = message_json(&m);
+        assert_eq!(v["body"], "hello");
+        assert!(v.get("body_base64").is_none());
+
+        m.body = Bytes::from_static(&[0xff, 0x00]);
+        let v = message_json(&m);
+        assert_eq!(v["body_base64"], "/wA=");
+    }
+
+    #[test]
+    fn not_found_names_the_queue() {
+        let err = failure(broker_client::Error::NotFound("whatever".into()), Some("x"));
+        assert_eq!(format!("{err:#}"), "queue 'x' not found");
+        let err = failure(
+            broker_client::Error::InvalidArgument(
+                "delay_seconds must be in 0..=900; got 901".into(),
+            ),
+            Some("x"),
+        );
+        assert_eq!(
+            format!("{err:#}"),
+            "delay_seconds must be in 0..=900; got 901"
+        );
+        let err = failure(
+            broker_client::Error::Unavailable("shutting down".into()),
+            Some("x"),
+        );
+        assert_eq!(format!("{err:#}"), "unavailable: shutting down");
+    }
+
+    #[test]
+    fn multi_line_bodies_stay_in_the_value_column() {
+        let m = pb::ReceivedMessage {
+            message_id: "m1".into(),
+            receipt_handle: "r1".into(),
+            receive_count: 2,
+            body: Bytes::from_static(b"line one\nline\ttwo\x1b[2J\n"),
+            attributes: HashMap::from([("k".to_owned(), "v".to_owned())]),
+            ..Default::default()
+        };
+        assert_eq!(
+            messages_text(&[m]),
+            "message   m1\nreceives  2\nsent      -\nreceipt   r1\nattr      k=v\nbody      line one\n          line\ttwo\\u{1b}[2J\n"
+        );
+    }
+}

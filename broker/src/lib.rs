@@ -1,0 +1,22 @@
+//! broker: a durable message broker with Amazon SQS semantics, served over
+//! gRPC and persisted in RocksDB.
+//!
+//! Layout (dependencies point down the list):
+//! - [`server`]: `run(listener, config, shutdown)`: the gRPC server and the engine's background task.
+//! - [`service`]: thin gRPC adapters: protobuf in, engine call, protobuf or status out.
+//! - [`queue`]: the queue engine: send, receive, visibility, long polling, dead letters.
+//! - [`storage`]: the narrow storage interface; the only module that imports RocksDB.
+//! - [`config`]: server settings.
+//! - [`cli`]: the command-line client of the `broker` binary.
+//! - [`clock`], [`error`]: wall-clock time that follows tokio's clock; the engine's error type.
+
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod queue;
+pub mod server;
+pub mod service;
+pub mod storage;
+
+pub use error::{Error, Result};

@@ -1,0 +1,226 @@
+//! Queue attributes: defaults, limits, validation, and partial updates.
+
+use crate::error::{Result, invalid};
+
+pub const VISIBILITY_TIMEOUT_MAX: u32 = 43_200;
+pub const RETENTION_MIN: u32 = 60;
+pub const RETENTION_MAX: u32 = 1_209_600;
+pub const DELAY_MAX: u32 = 900;
+pub const RECEIVE_WAIT_MAX: u32 = 20;
+pub const MAX_MESSAGE_BYTES_MIN: u32 = 1_024;
+pub const MAX_MESSAGE_BYTES_MAX: u32 = 1_048_576;
+pub const MAX_RECEIVE_COUNT_MAX: u32 = 1_000;
+
+/// After `max_receive_count` receives, the next receive moves a message to
+/// `dead_letter_queue`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedrivePolicy {
+    pub dead_letter_queue: String,
+    pub max_receive_count: u32,
+}
+
+/// The effective attributes of a queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueAttributes {
+    pub visibility_timeout_seconds: u32,
+    pub message_retention_seconds: u32,
+    pub delay_seconds: u32,
+    pub receive_wait_time_seconds: u32,
+    pub max_message_bytes: u32,
+    pub redrive_policy: Option<RedrivePolicy>,
+}
+
+impl Default for QueueAttributes {
+    fn default() -> Self {
+        QueueAttributes {
+            visibility_timeout_seconds: 30,
+            message_retention_seconds: 345_600,
+            delay_seconds: 0,
+            receive_wait_time_seconds: 0,
+            max_message_bytes: 262_144,
+            redrive_policy: None,
+        }
+    }
+}
+
+/// Attributes given by a client: `None` keeps the current (or default) value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AttributeChanges {
+    pub visibility_timeout_seconds: Option<u32>,
+    pub message_retention_seconds: Option<u32>,
+    pub delay_seconds: Option<u32>,
+    pub receive_wait_time_seconds: Option<u32>,
+    pub max_message_bytes: Option<u32>,
+    /// `Some(None)` removes the redrive policy.
+    pub redrive_policy: Option<Option<RedrivePolicy>>,
+}
+
+pub fn check_range(field: &str, value: u32, min: u32, max: u32) -> Result<()> {
+    if value < min || value > max {
+        return invalid!("{field} must be in {min}..={max}; got {value}");
+    }
+    Ok(())
+}
+
+impl AttributeChanges {
+    /// The attributes that result from applying these changes to `base`,
+    /// every value checked against its range.
+    pub fn apply_to(&self, base: &QueueAttributes) -> Result<QueueAttributes> {
+        let mut out = base.clone();
+        let fields: [(&str, Option<u32>, &mut u32, u32, u32); 5] = [
+            (
+                "visibility_timeout_seconds",
+                self.visibility_timeout_seconds,
+                &mut out.visibility_timeout_seconds,
+                0,
+                VISIBILITY_TIMEOUT_MAX,
+            ),
+            (
+                "message_retention_seconds",
+                self.message_retention_seconds,
+                &mut out.message_retention_seconds,
+                RETENTION_MIN,
+                RETENTION_MAX,
+            ),
+            (
+                "delay_seconds",
+                self.delay_seconds,
+                &mut out.delay_seconds,
+                0,
+                DELAY_MAX,
+            ),
+            (
+                "receive_wait_time_seconds",
+                self.receive_wait_time_seconds,
+                &mut out.receive_wait_time_seconds,
+                0,
+                RECEIVE_WAIT_MAX,
+            ),
+            (
+                "max_message_bytes",
+                self.max_message_bytes,
+                &mut out.max_message_bytes,
+                MAX_MESSAGE_BYTES_MIN,
+                MAX_MESSAGE_BYTES_MAX,
+            ),
+        ];
+        for (field, value, slot, min, max) in fields {
+            if let Some(value) = value {
+                check_range(field, value, min, max)?;
+                *slot = value;
+            }
+        }
+        if let Some(policy) = &self.redrive_policy {
+            if let Some(p) = policy {
+                super::validate::queue_name(
+                    "redrive_policy.dead_letter_queue",
+                    &p.dead_letter_queue,
+                )?;
+                check_range(
+                    "redrive_policy.max_receive_count",
+                    p.max_receive_count,
+                    1,
+                    MAX_RECEIVE_COUNT_MAX,
+                )?;
+            }
+            out.redrive_policy = policy.clone();
+        }
+        Ok(out)
+    }
+}
+
+impl QueueAttributes {
+    /// The first attribute whose value differs, as `(name, ours, theirs)`.
+    pub fn first_difference(
+        &self,
+        other: &QueueAttributes,
+    ) -> Option<(&'static str, String, String)> {
+        let numbers = [
+            (
+                "visibility_timeout_seconds",
+                self.visibility_timeout_seconds,
+                other.visibility_timeout_seconds,
+            ),
+            (
+                "message_retention_seconds",
+                self.message_retention_seconds,
+                other.message_retention_seconds,
+            ),
+            ("delay_seconds", self.delay_seconds, other.delay_seconds),
+            (
+                "receive_wait_time_seconds",
+                self.receive_wait_time_seconds,
+                other.receive_wait_time_seconds,
+            ),
+            (
+                "max_message_bytes",
+                self.max_message_bytes,
+                other.max_message_bytes,
+            ),
+        ];
+        if let Some((name, a, b)) = numbers.into_iter().find(|(_, a, b)| a != b) {
+            return Some((name, a.to_string(), b.to_string()));
+        }
+        if self.redrive_policy != other.redrive_policy {
+            let show = |p: &Option<RedrivePolicy>| match p {
+                None => "none".to_string(),
+                Some(p) => format!(
+                    "{}, max_receive_count {}",
+                    p.dead_letter_queue, p.max_receive_count
+                ),
+            };
+            return Some((
+                "redrive_policy",
+                show(&self.redrive_policy),
+                show(&other.redrive_policy),
+            ));
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_range_names_field_limit_and_value() {
+        let changes = AttributeChanges {
+            visibility_timeout_seconds: Some(50_000),
+            ..Default::default()
+        };
+        let err = changes
+            .apply_to(&QueueAttributes::default())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "visibility_timeout_seconds must be in 0..=43200; got 50000"
+        );
+    }
+
+    #[test]
+    fn unset_fields_keep_their_value_and_policy_can_be_removed() {
+        let base = QueueAttributes {
+            delay_seconds: 5,
+            redrive_policy: Some(RedrivePolicy {
+                dead_letter_queue: "dlq".into(),
+                max_receive_count: 3,
+            }),
+            ..Default::default()
+        };
+        let changes = AttributeChanges {
+            visibility_timeout_seconds: Some(10),
+            redrive_policy: Some(None),
+            ..Default::default()
+        };
+        let out = changes.apply_to(&base).unwrap();
+        assert_eq!(out.delay_seconds, 5);
+        assert_eq!(out.visibility_timeout_seconds, 10);
+        assert_eq!(out.redrive_policy, None);
+        assert_eq!(
+            out.first_difference(&base).map(|d| d.0),
+            Some("visibility_timeout_seconds")
+        );
+    }
+}

@@ -1,0 +1,188 @@
+//! The in-memory index of one queue's messages, derived from the state
+//! records at startup and kept in step with every write.
+//!
+//! Each message is in exactly one place: `ready` (visible now, in seq
+//! order) or the engine-wide timer set (hidden until `visible_at`: delayed
+//! if never received, in flight otherwise). Bodies stay on disk; a message
+//! costs about 100 bytes of memory here. Every operation is O(log n) in the
+//! queue's size or O(1): nothing scans the backlog.
+
+use std::collections::{BTreeSet, HashMap};
+
+use super::records::StateRecord;
+
+/// Timers of every queue: `(visible_at_ms, queue id, seq)`, earliest first.
+pub type Timers = BTreeSet<(u64, u64, u64)>;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Slot {
+    pub state: StateRecord,
+    /// In `ready` (true) or in the timers (false).
+    pub ready: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct QueueIndex {
+    pub slots: HashMap<u64, Slot>,
+    /// Visible messages by seq: receive takes from the front.
+    pub ready: BTreeSet<u64>,
+    /// `(sent_at_ms, seq)`: oldest message age and retention.
+    pub by_sent: BTreeSet<(u64, u64)>,
+    pub in_flight: u64,
+    pub delayed: u64,
+}
+
+impl QueueIndex {
+    /// Adds a message: ready if `visible_at <= now`, else under a timer.
+    pub fn insert(
+        &mut self,
+        timers: &mut Timers,
+        queue_id: u64,
+        seq: u64,
+        state: StateRecord,
+        now: u64,
+    ) {
+        self.by_sent.insert((state.sent_at_ms, seq));
+        let slot = self.place(timers, queue_id, seq, state, now);
+        self.slots.insert(seq, slot);
+    }
+
+    /// Removes a message wherever it is.
+    pub fn remove(&mut self, timers: &mut Timers, queue_id: u64, seq: u64) -> Option<Slot> {
+        let slot = self.slots.remove(&seq)?;
+        self.unplace(timers, queue_id, seq, &slot);
+        self.by_sent.remove(&(slot.state.sent_at_ms, seq));
+        Some(slot)
+    }
+
+    /// Gives a message a new state (a receive, a visibility change). With
+    /// `force_timer`, the message goes under a timer even if already due, so
+    /// that the receive placing it cannot take it again in the same call.
+    pub fn update(
+        &mut self,
+        timers: &mut Timers,
+        queue_id: u64,
+        seq: u64,
+        state: StateRecord,
+        now: u64,
+        force_timer: bool,
+    ) {
+        let Some(old) = self.slots.get(&seq).copied() else {
+            return;
+        };
+        self.unplace(timers, queue_id, seq, &old);
+        let slot = if force_timer {
+            self.place_timer(timers, queue_id, seq, state)
+        } else {
+            self.place(timers, queue_id, seq, state, now)
+        };
+        self.slots.insert(seq, slot);
+    }
+
+    /// Moves a message whose timer fired into `ready`.
+    pub fn promote(&mut self, seq: u64) -> bool {
+        let Some(slot) = self.slots.get_mut(&seq) else {
+            return false;
+        };
+        if slot.ready {
+            return false;
+        }
+        slot.ready = true;
+        if slot.state.receive_count > 0 {
+            self.in_flight -= 1;
+        } else {
+            self.delayed -= 1;
+        }
+        self.ready.insert(seq);
+        true
+    }
+
+    pub fn oldest_sent_at(&self) -> Option<u64> {
+        self.by_sent.first().map(|&(sent, _)| sent)
+    }
+
+    fn place(
+        &mut self,
+        timers: &mut Timers,
+        queue_id: u64,
+        seq: u64,
+        state: StateRecord,
+        now: u64,
+    ) -> Slot {
+        if state.visible_at_ms <= now {
+            self.ready.insert(seq);
+            Slot { state, ready: true }
+        } else {
+            self.place_timer(timers, queue_id, seq, state)
+        }
+    }
+
+    fn place_timer(
+        &mut self,
+        timers: &mut Timers,
+        queue_id: u64,
+        seq: u64,
+        state: StateRecord,
+    ) -> Slot {
+        timers.insert((state.visible_at_ms, queue_id, seq));
+        if state.receive_count > 0 {
+            self.in_flight += 1;
+        } else {
+            self.delayed += 1;
+        }
+        Slot {
+            state,
+            ready: false,
+        }
+    }
+
+    fn unplace(&mut self, timers: &mut Timers, queue_id: u64, seq: u64, slot: &Slot) {
+        if slot.ready {
+            self.ready.remove(&seq);
+        } else {
+            timers.remove(&(slot.state.visible_at_ms, queue_id, seq));
+            if slot.state.receive_count > 0 {
+                self.in_flight -= 1;
+            } else {
+                self.delayed -= 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(receive_count: u32, visible_at_ms: u64) -> StateRecord {
+        StateRecord {
+            receive_count,
+            visible_at_ms,
+            first_received_at_ms: 0,
+            sent_at_ms: 1,
+        }
+    }
+
+    #[test]
+    fn counts_follow_every_transition() {
+        let mut timers = Timers::new();
+        let mut q = QueueIndex::default();
+        q.insert(&mut timers, 1, 10, state(0, 0), 100); // visible
+        q.insert(&mut timers, 1, 11, state(0, 500), 100); // delayed
+        assert_eq!((q.ready.len(), q.in_flight, q.delayed), (1, 0, 1));
+
+        q.update(&mut timers, 1, 10, state(1, 100), 100, true); // received, visibility 0
+        assert_eq!((q.ready.len(), q.in_flight, q.delayed), (0, 1, 1));
+        assert_eq!(timers.len(), 2);
+
+        timers.remove(&(100, 1, 10)); // the engine pops a timer before promoting
+        assert!(q.promote(10));
+        assert!(!q.promote(10));
+        assert_eq!((q.ready.len(), q.in_flight, q.delayed), (1, 0, 1));
+
+        q.remove(&mut timers, 1, 11);
+        q.remove(&mut timers, 1, 10);
+        assert_eq!((q.ready.len(), q.in_flight, q.delayed), (0, 0, 0));
+        assert!(timers.is_empty() && q.slots.is_empty() && q.by_sent.is_empty());
+    }
+}

@@ -1,0 +1,1041 @@
+//! The queue engine: send, receive with visibility timeouts and long
+//! polling, delete and visibility changes by receipt handle, dead letters,
+//! redrive, purge and retention.
+//!
+//! # Data model
+//! RocksDB is the truth (layouts in `storage::keys`, values in [`records`]);
+//! memory holds an index derived from it at startup ([`index`]): per queue,
+//! the seqs of visible messages, and for the whole engine a timer set of
+//! hidden messages ordered by the moment they become visible. Bodies are
+//! read from RocksDB only when a message is received.
+//!
+//! # Invariants
+//! - Every state change of a message is one atomic [`Batch`]: send (body +
+//!   state), receive (state), visibility change (state), delete (body +
+//!   state), dead-letter move and redrive (delete in one queue + body and
+//!   state in the other), purge and queue deletion (range deletes).
+//! - Writes are applied under the engine lock, in the order the lock
+//!   decided them, so the WAL order is the order of the in-memory changes.
+//!   Durability is awaited after the lock is released (group commit, see
+//!   `storage`): send, delete, purge and queue changes are acknowledged only
+//!   once durable; receives and visibility changes are acknowledged at once,
+//!   since losing one only means an earlier redelivery.
+//! - A crash at any moment leaves each message either before or after its
+//!   last write; on restart the index is rebuilt from the state records, so
+//!   in-flight messages stay hidden until their persisted deadline.
+//! - Receive claims messages in one synchronous step after the wait: a
+//!   client that disconnects while waiting (its future dropped) has claimed
+//!   nothing.
+//!
+//! # Waking
+//! Each queue has a [`Notify`]: a send, a timer that fires, and a release
+//! (visibility 0) call `notify_one` once per message made visible, so a long
+//! poll wakes only when there is something to take, and idle long polls
+//! cost nothing. One scheduler task ([`Engine::run_scheduler`]) sleeps until
+//! the earliest timer, moves due messages to ready, and sweeps expired
+//! messages (retention) once a second.
+
+pub mod attributes;
+pub mod index;
+pub mod receipt;
+pub mod records;
+pub mod validate;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use prost::Message;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::error::{Error, Result, invalid};
+use crate::storage::{Batch, Store, SyncMode, Ticket, keys};
+pub use attributes::{AttributeChanges, QueueAttributes, RedrivePolicy};
+use index::{QueueIndex, Timers};
+use receipt::ReceiptHandle;
+use records::{BodyRecord, QueueRecord, StateRecord};
+
+/// Sequence numbers reserved per write of the reservation key.
+const SEQ_BLOCK: u64 = 1 << 20;
+/// Messages moved per write by redrive and retention, so that one call
+/// never holds the lock for long.
+const CHUNK: usize = 1_000;
+
+/// A message to send.
+#[derive(Debug, Clone, Default)]
+pub struct NewMessage {
+    pub body: Bytes,
+    pub attributes: HashMap<String, String>,
+    /// Absent: the queue's delay.
+    pub delay_seconds: Option<u32>,
+}
+
+/// A message handed to a receiver.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub message_id: String,
+    pub receipt_handle: String,
+    pub body: Bytes,
+    pub attributes: HashMap<String, String>,
+    pub receive_count: u32,
+    pub sent_at_ms: u64,
+    pub first_received_at_ms: u64,
+}
+
+/// A queue's description.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueInfo {
+    pub name: String,
+    pub attributes: QueueAttributes,
+    pub created_at_ms: u64,
+}
+
+/// Exact message counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    pub visible: u64,
+    pub in_flight: u64,
+    pub delayed: u64,
+    pub oldest_message_age_seconds: u64,
+}
+
+/// Options of a receive; `None` takes the queue's value.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReceiveOptions {
+    pub max_messages: u32,
+    pub visibility_timeout_seconds: Option<u32>,
+    pub wait_time_seconds: Option<u32>,
+}
+
+struct Queue {
+    id: u64,
+    name: String,
+    created_at_ms: u64,
+    attributes: QueueAttributes,
+    index: QueueIndex,
+    /// Woken once per message made visible.
+    notify: Arc<Notify>,
+}
+
+impl Queue {
+    fn info(&self) -> QueueInfo {
+        QueueInfo {
+            name: self.name.clone(),
+            attributes: self.attributes.clone(),
+            created_at_ms: self.created_at_ms,
+        }
+    }
+}
+
+/// Everything the engine lock guards.
+#[derive(Default)]
+struct State {
+    queues: HashMap<u64, Queue>,
+    /// Name to id, in name order (ListQueues pages through it).
+    names: BTreeMap<String, u64>,
+    timers: Timers,
+    next_seq: u64,
+    /// Seqs below this may have been handed out (persisted before use).
+    reserved_seq: u64,
+}
+
+impl State {
+    fn queue_id(&self, name: &str) -> Result<u64> {
+        self.names
+            .get(name)
+            .copied()
+            .ok_or_else(|| Error::NotFound(format!("queue {name:?} does not exist")))
+    }
+
+    fn queue(&mut self, name: &str) -> Result<&mut Queue> {
+        let id = self.queue_id(name)?;
+        Ok(self.queues.get_mut(&id).expect("names and queues agree"))
+    }
+
+    /// Hands out `n` fresh seqs, extending the persisted reservation in
+    /// `batch` when needed (so the reservation is durable with their use).
+    fn alloc_seqs(&mut self, n: u64, batch: &mut Batch) -> u64 {
+        let first = self.next_seq;
+        self.next_seq += n;
+        if self.next_seq > self.reserved_seq {
+            self.reserved_seq = self.next_seq + SEQ_BLOCK;
+            batch.put(keys::SEQ_RESERVATION, self.reserved_seq.to_be_bytes());
+        }
+        first
+    }
+
+    /// Moves every message whose timer is due into its queue's ready set.
+    fn promote_due(&mut self, now: u64) {
+        while let Some(&(at, queue_id, seq)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            if let Some(q) = self.queues.get_mut(&queue_id)
+                && q.index.promote(seq)
+            {
+                q.notify.notify_one();
+            }
+        }
+    }
+}
+
+/// The queue engine. Cheap to share behind an `Arc`.
+pub struct Engine {
+    state: Mutex<State>,
+    store: Store,
+    clock: Clock,
+    /// Wakes the scheduler when a timer earlier than its sleep is set.
+    scheduler: Notify,
+    shutdown: CancellationToken,
+}
+
+impl Engine {
+    /// Opens the store in `dir` and rebuilds the index from it.
+    pub fn open(dir: &Path, sync: SyncMode) -> Result<Engine> {
+        let store = Store::open(dir, sync)?;
+        let clock = Clock::new();
+        let now = clock.now_ms();
+        let mut state = State::default();
+        if let Some(v) = store.get(keys::SEQ_RESERVATION)? {
+            state.reserved_seq = u64::from_be_bytes(v.as_slice().try_into().unwrap_or_default());
+        }
+        let mut max_id = 0;
+        for item in store.scan_prefix(&[keys::QUEUE_PREFIX]) {
+            let (key, value) = item?;
+            let Some(name) = keys::decode_queue(&key) else {
+                continue;
+            };
+            let rec: QueueRecord = records::decode(&key, &value)?;
+            max_id = max_id.max(rec.id);
+            state.names.insert(name.to_string(), rec.id);
+            state.queues.insert(
+                rec.id,
+                Queue {
+                    id: rec.id,
+                    name: name.to_string(),
+                    created_at_ms: rec.created_at_ms,
+                    attributes: rec.attributes(),
+                    index: QueueIndex::default(),
+                    notify: Arc::new(Notify::new()),
+                },
+            );
+        }
+        let mut max_seq = max_id;
+        let mut orphans = 0u64;
+        for item in store.scan_prefix(&[keys::STATE_PREFIX]) {
+            let (key, value) = item?;
+            let Some((queue_id, seq)) = keys::decode_message(&key) else {
+                continue;
+            };
+            let st = StateRecord::decode(&value).ok_or_else(|| {
+                crate::storage::StorageError::Corrupt {
+                    key: format!("{key:02x?}"),
+                    reason: format!("state record of {} bytes", value.len()),
+                }
+            })?;
+            max_seq = max_seq.max(seq);
+            match state.queues.get_mut(&queue_id) {
+                Some(q) => q.index.insert(&mut state.timers, queue_id, seq, st, now),
+                None => orphans += 1,
+            }
+        }
+        if orphans > 0 {
+            tracing::warn!(orphans, "state records of unknown queues ignored");
+        }
+        state.next_seq = state.reserved_seq.max(max_seq + 1);
+        let messages: usize = state.queues.values().map(|q| q.index.slots.len()).sum();
+        tracing::info!(queues = state.queues.len(), messages, "engine opened");
+        Ok(Engine {
+            state: Mutex::new(state),
+            store,
+            clock,
+            scheduler: Notify::new(),
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// Ends long polls (they return what they have) and the scheduler.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Approximate bytes of live data on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        self.store.estimated_size()
+    }
+
+    /// Writes `batch` if it holds anything; the ticket to await durability.
+    fn write(&self, batch: Batch) -> Result<Option<Ticket>> {
+        if batch.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(self.store.write(batch)?))
+    }
+
+    async fn durable(&self, ticket: Option<Ticket>) -> Result<()> {
+        if let Some(t) = ticket {
+            self.store.sync(t).await?;
+        }
+        Ok(())
+    }
+
+    /// Wakes the scheduler when the earliest timer moved earlier.
+    fn timer_set(&self, state: &State, earliest_before: Option<u64>) {
+        let earliest_now = state.timers.first().map(|t| t.0);
+        if earliest_now.is_some() && (earliest_before.is_none() || earliest_now < earliest_before) {
+            self.scheduler.notify_one();
+        }
+    }
+
+    // ---- queues ----
+
+    /// Creates a queue; idempotent for equal attributes.
+    pub async fn create_queue(&self, name: &str, changes: &AttributeChanges) -> Result<QueueInfo> {
+        validate::queue_name("name", name)?;
+        let attributes = changes.apply_to(&QueueAttributes::default())?;
+        let (info, ticket) = {
+            let mut st = self.lock();
+            if let Ok(q) = st.queue(name) {
+                if let Some((field, have, want)) = q.attributes.first_difference(&attributes) {
+                    return Err(Error::AlreadyExists(format!(
+                        "queue {name:?} already exists with {field} = {have} (requested {want})"
+                    )));
+                }
+                return Ok(q.info());
+            }
+            self.check_redrive(&st, name, &attributes)?;
+            let mut batch = Batch::default();
+            let id = st.alloc_seqs(1, &mut batch);
+            let created_at_ms = self.now_ms();
+            batch.put(
+                keys::queue(name),
+                QueueRecord::new(id, created_at_ms, &attributes).encode_to_vec(),
+            );
+            let ticket = self.write(batch)?;
+            let q = Queue {
+                id,
+                name: name.to_string(),
+                created_at_ms,
+                attributes,
+                index: QueueIndex::default(),
+                notify: Arc::new(Notify::new()),
+            };
+            let info = q.info();
+            st.names.insert(name.to_string(), id);
+            st.queues.insert(id, q);
+            (info, ticket)
+        };
+        self.durable(ticket).await?;
+        Ok(info)
+    }
+
+    fn check_redrive(&self, st: &State, name: &str, a: &QueueAttributes) -> Result<()> {
+        if let Some(p) = &a.redrive_policy {
+            if p.dead_letter_queue == name {
+                return invalid!(
+                    "redrive_policy.dead_letter_queue must name another queue; a queue cannot be its own dead-letter queue"
+                );
+            }
+            if !st.names.contains_key(&p.dead_letter_queue) {
+                return Err(Error::NotFound(format!(
+                    "redrive_policy.dead_letter_queue {:?} does not exist; create it first",
+                    p.dead_letter_queue
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn get_queue(&self, name: &str) -> Result<(QueueInfo, QueueStats)> {
+        let now = self.now_ms();
+        let mut st = self.lock();
+        st.promote_due(now);
+        let q = st.queue(name)?;
+        let stats = QueueStats {
+            visible: q.index.ready.len() as u64,
+            in_flight: q.index.in_flight,
+            delayed: q.index.delayed,
+            oldest_message_age_seconds: q
+                .index
+                .oldest_sent_at()
+                .map_or(0, |sent| now.saturating_sub(sent) / 1000),
+        };
+        Ok((q.info(), stats))
+    }
+
+    /// Up to `page_size` queues whose name starts with `prefix`, after
+    /// `page_token` (the last name of the previous page); and the next token.
+    pub fn list_queues(
+        &self,
+        prefix: &str,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<(Vec<QueueInfo>, String)> {
+        let page_size = match page_size {
+            0 => 100,
+            n if n > 1000 => return invalid!("page_size must be in 0..=1000; got {n}"),
+            n => n as usize,
+        };
+        let st = self.lock();
+        let start = if page_token.is_empty() {
+            prefix
+        } else {
+            page_token
+        };
+        let mut names = st
+            .names
+            .range::<str, _>((std::ops::Bound::Included(start), std::ops::Bound::Unbounded))
+            .filter(|(n, _)| n.as_str() != page_token)
+            .take_while(|(n, _)| n.starts_with(prefix))
+            .map(|(_, id)| st.queues[id].info());
+        let page: Vec<QueueInfo> = names.by_ref().take(page_size).collect();
+        let next = match names.next() {
+            Some(_) => page.last().map(|q| q.name.clone()).unwrap_or_default(),
+            None => String::new(),
+        };
+        Ok((page, next))
+    }
+
+    pub async fn update_queue(&self, name: &str, changes: &AttributeChanges) -> Result<QueueInfo> {
+        let (info, ticket) = {
+            let mut st = self.lock();
+            let q = st.queue(name)?;
+            let attributes = changes.apply_to(&q.attributes)?;
+            let (id, created_at_ms) = (q.id, q.created_at_ms);
+            self.check_redrive(&st, name, &attributes)?;
+            let mut batch = Batch::default();
+            batch.put(
+                keys::queue(name),
+                QueueRecord::new(id, created_at_ms, &attributes).encode_to_vec(),
+            );
+            let ticket = self.write(batch)?;
+            let q = st.queue(name)?;
+            q.attributes = attributes;
+            (q.info(), ticket)
+        };
+        self.durable(ticket).await?;
+        Ok(info)
+    }
+
+    pub async fn delete_queue(&self, name: &str) -> Result<()> {
+        let ticket = {
+            let mut st = self.lock();
+            let id = st.queue_id(name)?;
+            let mut sources: Vec<&str> = st
+                .queues
+                .values()
+                .filter(|q| {
+                    q.attributes
+                        .redrive_policy
+                        .as_ref()
+                        .is_some_and(|p| p.dead_letter_queue == name)
+                })
+                .map(|q| q.name.as_str())
+                .collect();
+            if !sources.is_empty() {
+                sources.sort();
+                return Err(Error::FailedPrecondition(format!(
+                    "queue {name:?} is the dead-letter queue of {}; remove their redrive policy first",
+                    sources
+                        .iter()
+                        .map(|s| format!("{s:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            let mut batch = Batch::default();
+            batch.delete(keys::queue(name));
+            Self::delete_all_messages(&mut batch, id);
+            let ticket = self.write(batch)?;
+            let q = st.queues.remove(&id).expect("names and queues agree");
+            st.names.remove(name);
+            for (seq, slot) in &q.index.slots {
+                if !slot.ready {
+                    st.timers.remove(&(slot.state.visible_at_ms, id, *seq));
+                }
+            }
+            q.notify.notify_waiters();
+            ticket
+        };
+        self.durable(ticket).await
+    }
+
+    fn delete_all_messages(batch: &mut Batch, queue_id: u64) {
+        for prefix in [keys::BODY_PREFIX, keys::STATE_PREFIX] {
+            let (from, to) = keys::queue_range(prefix, queue_id);
+            batch.delete_range(from, to);
+        }
+    }
+
+    /// Deletes every message of the queue, in flight ones too.
+    pub async fn purge_queue(&self, name: &str) -> Result<()> {
+        let ticket = {
+            let mut st = self.lock();
+            let id = st.queue_id(name)?;
+            let mut batch = Batch::default();
+            Self::delete_all_messages(&mut batch, id);
+            let ticket = self.write(batch)?;
+            let State { queues, timers, .. } = &mut *st;
+            let q = queues.get_mut(&id).expect("names and queues agree");
+            let index = std::mem::take(&mut q.index);
+            for (seq, slot) in index.slots {
+                if !slot.ready {
+                    timers.remove(&(slot.state.visible_at_ms, id, seq));
+                }
+            }
+            ticket
+        };
+        self.durable(ticket).await
+    }
+
+    // ---- messages ----
+
+    /// Sends messages to a queue in one atomic, durable write. Each entry
+    /// is checked alone: the result holds a message id or that entry's error.
+    pub async fn send(
+        &self,
+        queue: &str,
+        messages: Vec<NewMessage>,
+    ) -> Result<Vec<Result<String>>> {
+        let now = self.now_ms();
+        let (results, ticket) = {
+            let mut st = self.lock();
+            let id = st.queue_id(queue)?;
+            let attrs = st.queues[&id].attributes.clone();
+            let checked: Vec<Result<(NewMessage, u32)>> = messages
+                .into_iter()
+                .map(|m| {
+                    validate::message(&m.body, &m.attributes, attrs.max_message_bytes)?;
+                    let delay = m.delay_seconds.unwrap_or(attrs.delay_seconds);
+                    attributes::check_range("delay_seconds", delay, 0, attributes::DELAY_MAX)?;
+                    Ok((m, delay))
+                })
+                .collect();
+            let ok = checked.iter().filter(|c| c.is_ok()).count() as u64;
+            let mut batch = Batch::default();
+            let mut seq = st.alloc_seqs(ok, &mut batch);
+            let mut placed = Vec::with_capacity(ok as usize);
+            let results: Vec<Result<String>> = checked
+                .into_iter()
+                .map(|c| {
+                    let (m, delay) = c?;
+                    let message_id = uuid::Uuid::new_v4().to_string();
+                    let body = BodyRecord {
+                        message_id: message_id.clone(),
+                        body: m.body,
+                        attributes: m.attributes,
+                        sent_at_ms: now,
+                        dead_letter_source: String::new(),
+                    };
+                    let state = StateRecord {
+                        receive_count: 0,
+                        visible_at_ms: now + u64::from(delay) * 1000,
+                        first_received_at_ms: 0,
+                        sent_at_ms: now,
+                    };
+                    batch.put(keys::body(id, seq), body.encode_to_vec());
+                    batch.put(keys::state(id, seq), state.encode());
+                    placed.push((seq, state));
+                    seq += 1;
+                    Ok(message_id)
+                })
+                .collect();
+            let ticket = self.write(batch)?;
+            let earliest = st.timers.first().map(|t| t.0);
+            let State { queues, timers, .. } = &mut *st;
+            let q = queues.get_mut(&id).expect("checked above");
+            for (seq, state) in placed {
+                q.index.insert(timers, id, seq, state, now);
+                if state.visible_at_ms <= now {
+                    q.notify.notify_one();
+                }
+            }
+            self.timer_set(&st, earliest);
+            (results, ticket)
+        };
+        self.durable(ticket).await?;
+        Ok(results)
+    }
+
+    /// Receives up to `max_messages`, waiting up to the wait time for the
+    /// first one. Messages received `max_receive_count` times already are
+    /// moved to the dead-letter queue instead of being returned.
+    pub async fn receive(&self, queue: &str, opts: ReceiveOptions) -> Result<Vec<Received>> {
+        let max = match opts.max_messages {
+            0 => 1,
+            n if n > validate::RECEIVE_MAX => {
+                return invalid!(
+                    "max_messages must be in 1..={}; got {n}",
+                    validate::RECEIVE_MAX
+                );
+            }
+            n => n,
+        };
+        if let Some(v) = opts.visibility_timeout_seconds {
+            attributes::check_range(
+                "visibility_timeout_seconds",
+                v,
+                0,
+                attributes::VISIBILITY_TIMEOUT_MAX,
+            )?;
+        }
+        if let Some(w) = opts.wait_time_seconds {
+            attributes::check_range("wait_time_seconds", w, 0, attributes::RECEIVE_WAIT_MAX)?;
+        }
+        let deadline =
+            |wait: u32| tokio::time::Instant::now() + Duration::from_secs(u64::from(wait));
+        let mut notify = self.lock().queue(queue)?.notify.clone();
+        let mut until = None;
+        loop {
+            // Registered before the claim looks: a message made visible
+            // after that look notifies this waiter (or, if it returns with
+            // messages, is forwarded to another waiter when it is dropped).
+            let waiting_on = notify.clone();
+            let notified = waiting_on.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (claimed, current, wait) = self.claim(queue, max, opts)?;
+            if !claimed.is_empty() {
+                return self.read_bodies(claimed);
+            }
+            if !Arc::ptr_eq(&current, &notify) {
+                // The queue was deleted and created again meanwhile.
+                notify = current;
+                continue;
+            }
+            let until = *until.get_or_insert_with(|| deadline(wait));
+            if tokio::time::Instant::now() >= until || self.shutdown.is_cancelled() {
+                return Ok(Vec::new());
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep_until(until) => {}
+                _ = self.shutdown.cancelled() => {}
+            }
+        }
+    }
+
+    /// One synchronous claim under the lock: the messages taken (as
+    /// `(queue id, seq, state)`), the queue's notify and its wait time.
+    #[allow(clippy::type_complexity)]
+    fn claim(
+        &self,
+        queue: &str,
+        max: u32,
+        opts: ReceiveOptions,
+    ) -> Result<(Vec<(u64, u64, StateRecord)>, Arc<Notify>, u32)> {
+        let now = self.now_ms();
+        let mut st = self.lock();
+        st.promote_due(now);
+        let id = st.queue_id(queue)?;
+        let q = &st.queues[&id];
+        let visibility = opts
+            .visibility_timeout_seconds
+            .unwrap_or(q.attributes.visibility_timeout_seconds);
+        let wait = opts
+            .wait_time_seconds
+            .unwrap_or(q.attributes.receive_wait_time_seconds);
+        let notify = q.notify.clone();
+        let dead_letter = q.attributes.redrive_policy.as_ref().and_then(|p| {
+            Some((
+                st.names.get(&p.dead_letter_queue).copied()?,
+                p.max_receive_count,
+            ))
+        });
+        if q.index.ready.is_empty() {
+            return Ok((Vec::new(), notify, wait));
+        }
+        let mut batch = Batch::default();
+        let mut claimed = Vec::new();
+        let mut dead = Vec::new();
+        let earliest = st.timers.first().map(|t| t.0);
+        {
+            let q = &st.queues[&id];
+            // Messages due for the dead-letter queue do not count against
+            // `max`: the receive takes the next ones (at most CHUNK moves
+            // per call, so a receive stays O(batch)).
+            for &seq in &q.index.ready {
+                if claimed.len() >= max as usize || dead.len() >= CHUNK {
+                    break;
+                }
+                let old = q.index.slots[&seq].state;
+                if let Some((dlq, max_count)) = dead_letter
+                    && old.receive_count >= max_count
+                {
+                    dead.push((seq, dlq));
+                    continue;
+                }
+                let state = StateRecord {
+                    receive_count: old.receive_count + 1,
+                    visible_at_ms: now + u64::from(visibility) * 1000,
+                    first_received_at_ms: if old.first_received_at_ms == 0 {
+                        now
+                    } else {
+                        old.first_received_at_ms
+                    },
+                    sent_at_ms: old.sent_at_ms,
+                };
+                batch.put(keys::state(id, seq), state.encode());
+                claimed.push((id, seq, state));
+            }
+        }
+        let moved = self.dead_letter(&mut st, &mut batch, id, &dead, now)?;
+        self.write(batch)?;
+        let State { queues, timers, .. } = &mut *st;
+        let q = queues.get_mut(&id).expect("checked above");
+        for &(_, seq, state) in &claimed {
+            q.index.update(timers, id, seq, state, now, true);
+        }
+        for (seq, dlq, dlq_seq, state) in moved {
+            queues
+                .get_mut(&id)
+                .expect("checked above")
+                .index
+                .remove(timers, id, seq);
+            if let Some(d) = queues.get_mut(&dlq) {
+                d.index.insert(timers, dlq, dlq_seq, state, now);
+                d.notify.notify_one();
+            }
+        }
+        self.timer_set(&st, earliest);
+        Ok((claimed, notify, wait))
+    }
+
+    /// Adds to `batch` the moves of `dead` messages to their dead-letter
+    /// queue; returns `(seq, dlq id, new seq, new state)` for the index.
+    fn dead_letter(
+        &self,
+        st: &mut State,
+        batch: &mut Batch,
+        id: u64,
+        dead: &[(u64, u64)],
+        now: u64,
+    ) -> Result<Vec<(u64, u64, u64, StateRecord)>> {
+        if dead.is_empty() {
+            return Ok(Vec::new());
+        }
+        let source = st.queues[&id].name.clone();
+        let keys: Vec<Vec<u8>> = dead
+            .iter()
+            .map(|&(seq, _)| keys::body(id, seq).to_vec())
+            .collect();
+        let bodies = self.store.multi_get(&keys)?;
+        let mut first = st.alloc_seqs(dead.len() as u64, batch);
+        let mut moved = Vec::with_capacity(dead.len());
+        for (&(seq, dlq), raw) in dead.iter().zip(bodies) {
+            let old = st.queues[&id].index.slots[&seq].state;
+            batch.delete(keys::body(id, seq));
+            batch.delete(keys::state(id, seq));
+            let Some(raw) = raw else { continue };
+            let mut body: BodyRecord = records::decode(&keys::body(id, seq), &raw)?;
+            body.dead_letter_source = source.clone();
+            let state = StateRecord {
+                visible_at_ms: now,
+                ..old
+            };
+            batch.put(keys::body(dlq, first), body.encode_to_vec());
+            batch.put(keys::state(dlq, first), state.encode());
+            moved.push((seq, dlq, first, state));
+            first += 1;
+        }
+        Ok(moved)
+    }
+
+    fn read_bodies(&self, claimed: Vec<(u64, u64, StateRecord)>) -> Result<Vec<Received>> {
+        let keys: Vec<Vec<u8>> = claimed
+            .iter()
+            .map(|&(q, s, _)| keys::body(q, s).to_vec())
+            .collect();
+        let bodies = self.store.multi_get(&keys)?;
+        let mut out = Vec::with_capacity(claimed.len());
+        for ((queue_id, seq, state), raw) in claimed.into_iter().zip(bodies) {
+            // Gone since the claim (purged, expired, queue deleted): skip.
+            let Some(raw) = raw else { continue };
+            let body: BodyRecord = records::decode(&keys::body(queue_id, seq), &raw)?;
+            out.push(Received {
+                message_id: body.message_id,
+                receipt_handle: ReceiptHandle {
+                    queue_id,
+                    seq,
+                    receive_count: state.receive_count,
+                }
+                .encode(),
+                body: body.body,
+                attributes: body.attributes,
+                receive_count: state.receive_count,
+                sent_at_ms: body.sent_at_ms,
+                first_received_at_ms: state.first_received_at_ms,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Checks a receipt handle against the queue: the queue id, then
+    /// (if the message still exists) that no receive superseded it.
+    fn check_handle(
+        st: &mut State,
+        queue: &str,
+        handle: &str,
+    ) -> Result<(u64, u64, Option<StateRecord>)> {
+        let h = ReceiptHandle::decode(handle)?;
+        let id = st.queue_id(queue)?;
+        if h.queue_id != id {
+            return invalid!("receipt_handle belongs to another queue than {queue:?}");
+        }
+        let state = st.queues[&id].index.slots.get(&h.seq).map(|s| s.state);
+        if let Some(s) = state
+            && s.receive_count != h.receive_count
+        {
+            return Err(Error::FailedPrecondition(format!(
+                "receipt_handle is superseded: the message was received again since (receive {} of it, the handle is of receive {})",
+                s.receive_count, h.receive_count
+            )));
+        }
+        Ok((id, h.seq, state))
+    }
+
+    /// Deletes messages by receipt handle in one atomic, durable write.
+    /// Deleting an already deleted message with its last handle succeeds.
+    pub async fn delete(&self, queue: &str, handles: &[&str]) -> Result<Vec<Result<()>>> {
+        let (results, ticket) = {
+            let mut st = self.lock();
+            st.queue_id(queue)?;
+            let mut batch = Batch::default();
+            let mut results = Vec::with_capacity(handles.len());
+            for handle in handles {
+                results.push(
+                    Self::check_handle(&mut st, queue, handle).map(|(id, seq, state)| {
+                        if state.is_some() {
+                            batch.delete(keys::body(id, seq));
+                            batch.delete(keys::state(id, seq));
+                            let State { queues, timers, .. } = &mut *st;
+                            if let Some(q) = queues.get_mut(&id) {
+                                q.index.remove(timers, id, seq);
+                            }
+                        }
+                    }),
+                );
+            }
+            (results, self.write(batch)?)
+        };
+        self.durable(ticket).await?;
+        Ok(results)
+    }
+
+    /// Sets the visibility timeout of in-flight messages, counted from now;
+    /// 0 makes a message visible at once.
+    pub fn change_visibility(
+        &self,
+        queue: &str,
+        changes: &[(&str, u32)],
+    ) -> Result<Vec<Result<()>>> {
+        let now = self.now_ms();
+        let mut st = self.lock();
+        st.queue_id(queue)?;
+        let earliest = st.timers.first().map(|t| t.0);
+        let mut batch = Batch::default();
+        let mut updates = Vec::new();
+        let results = changes
+            .iter()
+            .map(|&(handle, seconds)| {
+                attributes::check_range(
+                    "visibility_timeout_seconds",
+                    seconds,
+                    0,
+                    attributes::VISIBILITY_TIMEOUT_MAX,
+                )?;
+                let (id, seq, state) = Self::check_handle(&mut st, queue, handle)?;
+                let state = match state {
+                    Some(s) if s.visible_at_ms > now => s,
+                    Some(_) => {
+                        return Err(Error::FailedPrecondition(
+                            "the message is not in flight: its visibility timeout already lapsed"
+                                .into(),
+                        ));
+                    }
+                    None => {
+                        return Err(Error::FailedPrecondition(
+                            "the message no longer exists (deleted)".into(),
+                        ));
+                    }
+                };
+                let state = StateRecord {
+                    visible_at_ms: now + u64::from(seconds) * 1000,
+                    ..state
+                };
+                batch.put(keys::state(id, seq), state.encode());
+                updates.push((id, seq, state));
+                Ok(())
+            })
+            .collect();
+        self.write(batch)?;
+        let State { queues, timers, .. } = &mut *st;
+        for (id, seq, state) in updates {
+            if let Some(q) = queues.get_mut(&id) {
+                q.index.update(timers, id, seq, state, now, false);
+                if state.visible_at_ms <= now {
+                    q.notify.notify_one();
+                }
+            }
+        }
+        self.timer_set(&st, earliest);
+        Ok(results)
+    }
+
+    /// Moves up to `max` (0: all) visible messages out of the dead-letter
+    /// queue `source`: to `destination`, or each to the queue it died in.
+    /// Receive counts start again from 0. Returns how many moved.
+    pub async fn redrive(&self, source: &str, destination: &str, max: u32) -> Result<u64> {
+        let now = self.now_ms();
+        if source == destination {
+            return invalid!("destination_queue must differ from source_queue");
+        }
+        let mut moved = 0u64;
+        let mut after = 0u64;
+        let mut ticket = None;
+        loop {
+            let mut st = self.lock();
+            st.promote_due(now);
+            let src = st.queue_id(source)?;
+            let dest = match destination {
+                "" => None,
+                d => Some(st.queue_id(d)?),
+            };
+            let want = if max == 0 {
+                CHUNK
+            } else {
+                CHUNK.min((u64::from(max) - moved) as usize)
+            };
+            let seqs: Vec<u64> = st.queues[&src]
+                .index
+                .ready
+                .range(after..)
+                .take(want)
+                .copied()
+                .collect();
+            let Some(&last) = seqs.last() else { break };
+            after = last + 1;
+            let keys: Vec<Vec<u8>> = seqs.iter().map(|&s| keys::body(src, s).to_vec()).collect();
+            let bodies = self.store.multi_get(&keys)?;
+            let mut batch = Batch::default();
+            let mut first = st.alloc_seqs(seqs.len() as u64, &mut batch);
+            let mut placed = Vec::new();
+            for (seq, raw) in seqs.into_iter().zip(bodies) {
+                let Some(raw) = raw else { continue };
+                let mut body: BodyRecord = records::decode(&keys::body(src, seq), &raw)?;
+                let to = match dest {
+                    Some(d) => d,
+                    None => match st.names.get(&body.dead_letter_source) {
+                        Some(&d) if d != src => d,
+                        // Its source queue is gone: it stays here.
+                        _ => continue,
+                    },
+                };
+                let old = st.queues[&src].index.slots[&seq].state;
+                body.dead_letter_source.clear();
+                let state = StateRecord {
+                    receive_count: 0,
+                    visible_at_ms: now,
+                    first_received_at_ms: 0,
+                    sent_at_ms: old.sent_at_ms,
+                };
+                batch.delete(keys::body(src, seq));
+                batch.delete(keys::state(src, seq));
+                batch.put(keys::body(to, first), body.encode_to_vec());
+                batch.put(keys::state(to, first), state.encode());
+                placed.push((seq, to, first, state));
+                first += 1;
+            }
+            ticket = self.write(batch)?.or(ticket);
+            let State { queues, timers, .. } = &mut *st;
+            for (seq, to, new_seq, state) in placed {
+                queues
+                    .get_mut(&src)
+                    .expect("locked")
+                    .index
+                    .remove(timers, src, seq);
+                let q = queues.get_mut(&to).expect("locked");
+                q.index.insert(timers, to, new_seq, state, now);
+                q.notify.notify_one();
+                moved += 1;
+            }
+            if max != 0 && moved >= u64::from(max) {
+                break;
+            }
+        }
+        self.durable(ticket).await?;
+        Ok(moved)
+    }
+
+    /// Deletes messages older than their queue's retention period, at most
+    /// [`CHUNK`] per write. Returns how many were deleted.
+    pub fn expire(&self) -> Result<u64> {
+        let now = self.now_ms();
+        let mut st = self.lock();
+        let mut batch = Batch::default();
+        let mut expired = Vec::new();
+        for q in st.queues.values() {
+            let cutoff =
+                now.saturating_sub(u64::from(q.attributes.message_retention_seconds) * 1000);
+            for &(sent, seq) in &q.index.by_sent {
+                if sent > cutoff || expired.len() >= CHUNK {
+                    break;
+                }
+                batch.delete(keys::body(q.id, seq));
+                batch.delete(keys::state(q.id, seq));
+                expired.push((q.id, seq));
+            }
+        }
+        self.write(batch)?;
+        let State { queues, timers, .. } = &mut *st;
+        for &(id, seq) in &expired {
+            if let Some(q) = queues.get_mut(&id) {
+                q.index.remove(timers, id, seq);
+            }
+        }
+        Ok(expired.len() as u64)
+    }
+
+    /// The background task: fires timers (delays, visibility timeouts) when
+    /// due and expires messages once a second, until shutdown.
+    pub async fn run_scheduler(self: Arc<Self>) {
+        let mut next_sweep = tokio::time::Instant::now();
+        loop {
+            let next_timer = {
+                let mut st = self.lock();
+                st.promote_due(self.now_ms());
+                st.timers.first().map(|t| self.clock.instant_at(t.0))
+            };
+            if tokio::time::Instant::now() >= next_sweep {
+                match self.expire() {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(expired = n, "retention deleted messages"),
+                    Err(e) => tracing::error!(error = %e, "retention sweep failed"),
+                }
+                next_sweep = tokio::time::Instant::now() + Duration::from_secs(1);
+            }
+            let wake = next_timer.map_or(next_sweep, |t| t.min(next_sweep));
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake) => {}
+                _ = self.scheduler.notified() => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,246 @@
+//! Engine tests over a real RocksDB in a temp dir, with tokio time paused
+//! so that timing logic is exact and instant.
+//!
+//! Paused tests use `SyncMode::None`: waiting for the syncer thread is real
+//! time, during which a paused runtime would auto-advance its clock. The
+//! durable path is covered by the restart test here and over gRPC.
+
+use std::time::Duration;
+
+use super::*;
+
+fn open(dir: &tempfile::TempDir) -> Arc<Engine> {
+    Arc::new(Engine::open(dir.path(), SyncMode::None).unwrap())
+}
+
+fn msg(body: &str) -> NewMessage {
+    NewMessage {
+        body: Bytes::copy_from_slice(body.as_bytes()),
+        ..Default::default()
+    }
+}
+
+fn recv(max: u32, visibility: u32, wait: u32) -> ReceiveOptions {
+    ReceiveOptions {
+        max_messages: max,
+        visibility_timeout_seconds: Some(visibility),
+        wait_time_seconds: Some(wait),
+    }
+}
+
+async fn engine_with_queue(dir: &tempfile::TempDir) -> Arc<Engine> {
+    let e = open(dir);
+    tokio::spawn(e.clone().run_scheduler());
+    e.create_queue("q", &AttributeChanges::default())
+        .await
+        .unwrap();
+    e
+}
+
+#[tokio::test(start_paused = true)]
+async fn expired_visibility_makes_message_visible_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine_with_queue(&dir).await;
+    e.send("q", vec![msg("a")]).await.unwrap();
+    let first = e.receive("q", recv(1, 10, 0)).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert!(e.receive("q", recv(1, 10, 0)).await.unwrap().is_empty());
+    assert_eq!(e.get_queue("q").unwrap().1.in_flight, 1);
+
+    tokio::time::advance(Duration::from_millis(9_999)).await;
+    assert!(e.receive("q", recv(1, 10, 0)).await.unwrap().is_empty());
+    tokio::time::advance(Duration::from_millis(1)).await;
+    let again = e.receive("q", recv(1, 10, 0)).await.unwrap();
+    assert_eq!(again[0].receive_count, 2);
+    assert_eq!(again[0].first_received_at_ms, first[0].first_received_at_ms);
+}
+
+#[tokio::test(start_paused = true)]
+async fn long_poll_is_woken_by_send_not_by_its_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine_with_queue(&dir).await;
+    let waiter = tokio::spawn({
+        let e = e.clone();
+        async move {
+            let start = tokio::time::Instant::now();
+            let got = e.receive("q", recv(1, 30, 20)).await.unwrap();
+            (got.len(), start.elapsed())
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    e.send("q", vec![msg("a")]).await.unwrap();
+    let (n, waited) = waiter.await.unwrap();
+    assert_eq!(n, 1);
+    assert!(
+        waited >= Duration::from_secs(3) && waited < Duration::from_secs(4),
+        "{waited:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn long_poll_is_woken_when_a_delay_or_timeout_lapses() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine_with_queue(&dir).await;
+    e.send(
+        "q",
+        vec![NewMessage {
+            delay_seconds: Some(5),
+            ..msg("later")
+        }],
+    )
+    .await
+    .unwrap();
+    assert_eq!(e.get_queue("q").unwrap().1.delayed, 1);
+    let start = tokio::time::Instant::now();
+    let got = e.receive("q", recv(1, 2, 20)).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(start.elapsed(), Duration::from_secs(5));
+
+    let start = tokio::time::Instant::now();
+    let got = e.receive("q", recv(1, 2, 20)).await.unwrap();
+    assert_eq!(got[0].receive_count, 2);
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn long_poll_returns_empty_when_the_wait_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine_with_queue(&dir).await;
+    let start = tokio::time::Instant::now();
+    assert!(e.receive("q", recv(1, 2, 7)).await.unwrap().is_empty());
+    assert_eq!(start.elapsed(), Duration::from_secs(7));
+}
+
+#[tokio::test(start_paused = true)]
+async fn release_with_visibility_zero_wakes_a_waiter() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine_with_queue(&dir).await;
+    e.send("q", vec![msg("a")]).await.unwrap();
+    let got = e.receive("q", recv(1, 600, 0)).await.unwrap();
+    let waiter = tokio::spawn({
+        let e = e.clone();
+        async move { e.receive("q", recv(1, 600, 20)).await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let r = e
+        .change_visibility("q", &[(&got[0].receipt_handle, 0)])
+        .unwrap();
+    assert!(r[0].is_ok());
+    assert_eq!(waiter.await.unwrap()[0].receive_count, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropped_long_poll_claims_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine_with_queue(&dir).await;
+    let waiter = tokio::spawn({
+        let e = e.clone();
+        async move { e.receive("q", recv(1, 600, 20)).await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    waiter.abort();
+    let _ = waiter.await;
+    e.send("q", vec![msg("a")]).await.unwrap();
+    assert_eq!(e.receive("q", recv(1, 600, 0)).await.unwrap().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn receipt_handles_follow_the_latest_receive() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine_with_queue(&dir).await;
+    e.send("q", vec![msg("a")]).await.unwrap();
+    let old = e.receive("q", recv(1, 1, 0)).await.unwrap().remove(0);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let new = e.receive("q", recv(1, 1, 0)).await.unwrap().remove(0);
+    let r = e.delete("q", &[&old.receipt_handle]).await.unwrap();
+    assert!(matches!(r[0], Err(Error::FailedPrecondition(_))));
+    // The latest handle deletes, also after its timeout lapsed.
+    tokio::time::advance(Duration::from_secs(5)).await;
+    assert!(e.delete("q", &[&new.receipt_handle]).await.unwrap()[0].is_ok());
+    assert!(e.delete("q", &[&new.receipt_handle]).await.unwrap()[0].is_ok());
+    assert_eq!(e.get_queue("q").unwrap().1, QueueStats::default());
+}
+
+#[tokio::test(start_paused = true)]
+async fn message_moves_to_dead_letter_queue_after_max_receives() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(&dir);
+    tokio::spawn(e.clone().run_scheduler());
+    e.create_queue("dlq", &AttributeChanges::default())
+        .await
+        .unwrap();
+    let changes = AttributeChanges {
+        redrive_policy: Some(Some(RedrivePolicy {
+            dead_letter_queue: "dlq".into(),
+            max_receive_count: 2,
+        })),
+        ..Default::default()
+    };
+    e.create_queue("q", &changes).await.unwrap();
+    let id = e
+        .send("q", vec![msg("poison")])
+        .await
+        .unwrap()
+        .remove(0)
+        .unwrap();
+    for _ in 0..2 {
+        assert_eq!(e.receive("q", recv(1, 0, 0)).await.unwrap().len(), 1);
+    }
+    assert!(e.receive("q", recv(1, 0, 0)).await.unwrap().is_empty());
+    let dead = e.receive("dlq", recv(1, 0, 0)).await.unwrap().remove(0);
+    assert_eq!(
+        (dead.message_id.as_str(), dead.receive_count),
+        (id.as_str(), 3)
+    );
+
+    assert_eq!(e.redrive("dlq", "", 0).await.unwrap(), 1);
+    let back = e.receive("q", recv(1, 0, 0)).await.unwrap().remove(0);
+    assert_eq!(
+        (back.message_id.as_str(), back.receive_count),
+        (id.as_str(), 1)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn retention_deletes_old_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(&dir);
+    tokio::spawn(e.clone().run_scheduler());
+    let changes = AttributeChanges {
+        message_retention_seconds: Some(60),
+        ..Default::default()
+    };
+    e.create_queue("q", &changes).await.unwrap();
+    e.send("q", vec![msg("old")]).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    e.send("q", vec![msg("new")]).await.unwrap();
+    assert_eq!(e.get_queue("q").unwrap().1.oldest_message_age_seconds, 30);
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    let (_, stats) = e.get_queue("q").unwrap();
+    assert_eq!((stats.visible, stats.oldest_message_age_seconds), (1, 31));
+}
+
+#[tokio::test]
+async fn restart_keeps_messages_and_in_flight_deadlines() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = |dir: &tempfile::TempDir| Engine::open(dir.path(), SyncMode::Always).unwrap();
+    {
+        let e = open(&dir);
+        e.create_queue("q", &AttributeChanges::default())
+            .await
+            .unwrap();
+        e.send("q", vec![msg("a"), msg("b"), msg("c")])
+            .await
+            .unwrap();
+        let got = e.receive("q", recv(1, 600, 0)).await.unwrap();
+        assert_eq!(got.len(), 1);
+    }
+    let e = open(&dir);
+    let (_, stats) = e.get_queue("q").unwrap();
+    assert_eq!((stats.visible, stats.in_flight), (2, 1));
+    let got = e.receive("q", recv(10, 600, 0)).await.unwrap();
+    assert_eq!(got.len(), 2);
+    // New seqs never collide with old ones.
+    e.send("q", vec![msg("d")]).await.unwrap();
+    assert_eq!(e.get_queue("q").unwrap().1.visible, 1);
+}

@@ -1,0 +1,91 @@
+//! The server: opens the engine, serves gRPC on a listener until a shutdown
+//! future resolves, then shuts down in order.
+//!
+//! Shutdown: stop accepting, end long polls (they return what they have),
+//! let in-flight RPCs finish (bounded by `shutdown_timeout`), stop the
+//! scheduler, and close the database (syncing the WAL) before returning, so
+//! that the same data dir can be opened again at once.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use broker_proto::pb::queue_service_server::QueueServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ServerConfig;
+use crate::error::Result;
+use crate::queue::Engine;
+use crate::service::queue::QueueApi;
+
+/// The largest request or response: a batch of 100 messages of the largest
+/// size (1 MiB each), with room for attributes and framing.
+pub const MAX_GRPC_MESSAGE_BYTES: usize = 128 * 1024 * 1024;
+
+/// Serves on `listener` until `shutdown` resolves; returns once the
+/// database is closed.
+pub async fn run(
+    listener: TcpListener,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let engine = Arc::new(Engine::open(&config.data_dir, config.sync)?);
+    let scheduler = tokio::spawn(engine.clone().run_scheduler());
+    let addr = listener.local_addr().ok();
+    tracing::info!(?addr, data_dir = %config.data_dir.display(), "broker serving");
+
+    let stopping = CancellationToken::new();
+    let signal = {
+        let (engine, stopping) = (engine.clone(), stopping.clone());
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down: ending long polls, finishing in-flight requests");
+            stopping.cancel();
+            engine.shutdown();
+        }
+    };
+    let queues = QueueServiceServer::new(QueueApi::new(engine.clone()))
+        .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+    let serve = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(queues)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+    let deadline = async {
+        stopping.cancelled().await;
+        tokio::time::sleep(config.shutdown_timeout).await;
+    };
+    tokio::select! {
+        result = serve => {
+            if let Err(e) = result {
+                tracing::error!(error = %e, "gRPC server failed");
+            }
+        }
+        _ = deadline => tracing::warn!("shutdown timeout reached; abandoning in-flight requests"),
+    }
+    engine.shutdown();
+    let _ = scheduler.await;
+    close(engine).await;
+    tracing::info!("database closed");
+    Ok(())
+}
+
+/// Drops the last reference to the engine, which closes the database.
+/// Connection tasks still finishing may hold references for a moment.
+async fn close(mut engine: Arc<Engine>) {
+    for _ in 0..500 {
+        match Arc::try_unwrap(engine) {
+            Ok(engine) => {
+                drop(engine);
+                return;
+            }
+            Err(shared) => engine = shared,
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tracing::warn!(
+        "engine still referenced after shutdown; the database closes when the last request ends"
+    );
+}

@@ -1,0 +1,404 @@
+//! `broker.v1.QueueService` over the queue engine.
+
+use std::sync::Arc;
+
+use broker_proto::pb;
+use tonic::{Request, Response, Status};
+
+use super::{code_name, status};
+use crate::error::Error;
+use crate::queue::validate;
+use crate::queue::{
+    AttributeChanges, Engine, NewMessage, QueueInfo, QueueStats, ReceiveOptions, Received,
+    RedrivePolicy,
+};
+
+pub struct QueueApi {
+    engine: Arc<Engine>,
+}
+
+impl QueueApi {
+    pub fn new(engine: Arc<Engine>) -> QueueApi {
+        QueueApi { engine }
+    }
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+fn changes(a: Option<pb::QueueAttributes>) -> AttributeChanges {
+    let a = a.unwrap_or_default();
+    AttributeChanges {
+        visibility_timeout_seconds: a.visibility_timeout_seconds,
+        message_retention_seconds: a.message_retention_seconds,
+        delay_seconds: a.delay_seconds,
+        receive_wait_time_seconds: a.receive_wait_time_seconds,
+        max_message_bytes: a.max_message_bytes,
+        redrive_policy: if a.clear_redrive_policy {
+            Some(None)
+        } else {
+            a.redrive_policy.map(|p| {
+                Some(RedrivePolicy {
+                    dead_letter_queue: p.dead_letter_queue,
+                    max_receive_count: p.max_receive_count,
+                })
+            })
+        },
+    }
+}
+
+impl From<QueueInfo> for pb::Queue {
+    fn from(q: QueueInfo) -> pb::Queue {
+        let a = q.attributes;
+        pb::Queue {
+            name: q.name,
+            attributes: Some(pb::QueueAttributes {
+                visibility_timeout_seconds: Some(a.visibility_timeout_seconds),
+                message_retention_seconds: Some(a.message_retention_seconds),
+                delay_seconds: Some(a.delay_seconds),
+                receive_wait_time_seconds: Some(a.receive_wait_time_seconds),
+                max_message_bytes: Some(a.max_message_bytes),
+                redrive_policy: a.redrive_policy.map(|p| pb::RedrivePolicy {
+                    dead_letter_queue: p.dead_letter_queue,
+                    max_receive_count: p.max_receive_count,
+                }),
+                clear_redrive_policy: false,
+            }),
+            created_at_ms: q.created_at_ms,
+        }
+    }
+}
+
+impl From<QueueStats> for pb::QueueStats {
+    fn from(s: QueueStats) -> pb::QueueStats {
+        pb::QueueStats {
+            visible: s.visible,
+            in_flight: s.in_flight,
+            delayed: s.delayed,
+            oldest_message_age_seconds: s.oldest_message_age_seconds,
+        }
+    }
+}
+
+impl From<Received> for pb::ReceivedMessage {
+    fn from(m: Received) -> pb::ReceivedMessage {
+        pb::ReceivedMessage {
+            message_id: m.message_id,
+            receipt_handle: m.receipt_handle,
+            body: m.body,
+            attributes: m.attributes,
+            receive_count: m.receive_count,
+            sent_at_ms: m.sent_at_ms,
+            first_received_at_ms: m.first_received_at_ms,
+        }
+    }
+}
+
+fn failed(id: String, e: &Error) -> pb::BatchResultError {
+    pb::BatchResultError {
+        id,
+        code: code_name(e).to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// Checks batch size and id uniqueness, then each entry id on its own: the
+/// ids that fail go straight to `failed`.
+fn check_batch<'a>(
+    ids: impl Iterator<Item = &'a str> + Clone,
+    len: usize,
+) -> Result<(Vec<bool>, Vec<pb::BatchResultError>), Status> {
+    validate::batch(len, ids.clone()).map_err(status)?;
+    let mut ok = Vec::with_capacity(len);
+    let mut bad = Vec::new();
+    for id in ids {
+        match validate::entry_id(id) {
+            Ok(()) => ok.push(true),
+            Err(e) => {
+                ok.push(false);
+                bad.push(failed(id.to_string(), &e));
+            }
+        }
+    }
+    Ok((ok, bad))
+}
+
+#[tonic::async_trait]
+impl pb::queue_service_server::QueueService for QueueApi {
+    async fn create_queue(
+        &self,
+        req: Request<pb::CreateQueueRequest>,
+    ) -> Reply<pb::CreateQueueResponse> {
+        let req = req.into_inner();
+        let q = self
+            .engine
+            .create_queue(&req.name, &changes(req.attributes))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::CreateQueueResponse {
+            queue: Some(q.into()),
+        }))
+    }
+
+    async fn get_queue(&self, req: Request<pb::GetQueueRequest>) -> Reply<pb::GetQueueResponse> {
+        let (q, stats) = self
+            .engine
+            .get_queue(&req.into_inner().name)
+            .map_err(status)?;
+        Ok(Response::new(pb::GetQueueResponse {
+            queue: Some(q.into()),
+            stats: Some(stats.into()),
+        }))
+    }
+
+    async fn list_queues(
+        &self,
+        req: Request<pb::ListQueuesRequest>,
+    ) -> Reply<pb::ListQueuesResponse> {
+        let req = req.into_inner();
+        let (queues, next_page_token) = self
+            .engine
+            .list_queues(&req.prefix, req.page_size, &req.page_token)
+            .map_err(status)?;
+        Ok(Response::new(pb::ListQueuesResponse {
+            queues: queues.into_iter().map(Into::into).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn update_queue(
+        &self,
+        req: Request<pb::UpdateQueueRequest>,
+    ) -> Reply<pb::UpdateQueueResponse> {
+        let req = req.into_inner();
+        let q = self
+            .engine
+            .update_queue(&req.name, &changes(req.attributes))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::UpdateQueueResponse {
+            queue: Some(q.into()),
+        }))
+    }
+
+    async fn delete_queue(
+        &self,
+        req: Request<pb::DeleteQueueRequest>,
+    ) -> Reply<pb::DeleteQueueResponse> {
+        self.engine
+            .delete_queue(&req.into_inner().name)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::DeleteQueueResponse {}))
+    }
+
+    async fn purge_queue(
+        &self,
+        req: Request<pb::PurgeQueueRequest>,
+    ) -> Reply<pb::PurgeQueueResponse> {
+        self.engine
+            .purge_queue(&req.into_inner().name)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::PurgeQueueResponse {}))
+    }
+
+    async fn send_message(
+        &self,
+        req: Request<pb::SendMessageRequest>,
+    ) -> Reply<pb::SendMessageResponse> {
+        let req = req.into_inner();
+        let message = NewMessage {
+            body: req.body,
+            attributes: req.attributes,
+            delay_seconds: req.delay_seconds,
+        };
+        let mut results = self
+            .engine
+            .send(&req.queue, vec![message])
+            .await
+            .map_err(status)?;
+        let message_id = results.remove(0).map_err(status)?;
+        Ok(Response::new(pb::SendMessageResponse { message_id }))
+    }
+
+    async fn send_message_batch(
+        &self,
+        req: Request<pb::SendMessageBatchRequest>,
+    ) -> Reply<pb::SendMessageBatchResponse> {
+        let req = req.into_inner();
+        let (ok, mut failed_entries) =
+            check_batch(req.entries.iter().map(|e| e.id.as_str()), req.entries.len())?;
+        let (ids, messages): (Vec<String>, Vec<NewMessage>) = req
+            .entries
+            .into_iter()
+            .zip(ok)
+            .filter(|(_, ok)| *ok)
+            .map(|(e, _)| {
+                (
+                    e.id,
+                    NewMessage {
+                        body: e.body,
+                        attributes: e.attributes,
+                        delay_seconds: e.delay_seconds,
+                    },
+                )
+            })
+            .unzip();
+        let results = if messages.is_empty() {
+            Vec::new()
+        } else {
+            self.engine
+                .send(&req.queue, messages)
+                .await
+                .map_err(status)?
+        };
+        let mut successful = Vec::new();
+        for (id, result) in ids.into_iter().zip(results) {
+            match result {
+                Ok(message_id) => {
+                    successful.push(pb::SendMessageBatchResultEntry { id, message_id })
+                }
+                Err(e) => failed_entries.push(failed(id, &e)),
+            }
+        }
+        Ok(Response::new(pb::SendMessageBatchResponse {
+            successful,
+            failed: failed_entries,
+        }))
+    }
+
+    async fn receive_messages(
+        &self,
+        req: Request<pb::ReceiveMessagesRequest>,
+    ) -> Reply<pb::ReceiveMessagesResponse> {
+        let req = req.into_inner();
+        let opts = ReceiveOptions {
+            max_messages: req.max_messages,
+            visibility_timeout_seconds: req.visibility_timeout_seconds,
+            wait_time_seconds: req.wait_time_seconds,
+        };
+        let messages = self
+            .engine
+            .receive(&req.queue, opts)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ReceiveMessagesResponse {
+            messages: messages.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn delete_message(
+        &self,
+        req: Request<pb::DeleteMessageRequest>,
+    ) -> Reply<pb::DeleteMessageResponse> {
+        let req = req.into_inner();
+        let mut results = self
+            .engine
+            .delete(&req.queue, &[req.receipt_handle.as_str()])
+            .await
+            .map_err(status)?;
+        results.remove(0).map_err(status)?;
+        Ok(Response::new(pb::DeleteMessageResponse {}))
+    }
+
+    async fn delete_message_batch(
+        &self,
+        req: Request<pb::DeleteMessageBatchRequest>,
+    ) -> Reply<pb::DeleteMessageBatchResponse> {
+        let req = req.into_inner();
+        let (ok, mut failed_entries) =
+            check_batch(req.entries.iter().map(|e| e.id.as_str()), req.entries.len())?;
+        let entries: Vec<&pb::DeleteMessageBatchEntry> = req
+            .entries
+            .iter()
+            .zip(ok)
+            .filter(|(_, ok)| *ok)
+            .map(|(e, _)| e)
+            .collect();
+        let handles: Vec<&str> = entries.iter().map(|e| e.receipt_handle.as_str()).collect();
+        let results = self
+            .engine
+            .delete(&req.queue, &handles)
+            .await
+            .map_err(status)?;
+        let mut successful = Vec::new();
+        for (entry, result) in entries.into_iter().zip(results) {
+            match result {
+                Ok(()) => successful.push(pb::BatchResultSuccess {
+                    id: entry.id.clone(),
+                }),
+                Err(e) => failed_entries.push(failed(entry.id.clone(), &e)),
+            }
+        }
+        Ok(Response::new(pb::DeleteMessageBatchResponse {
+            successful,
+            failed: failed_entries,
+        }))
+    }
+
+    async fn change_message_visibility(
+        &self,
+        req: Request<pb::ChangeMessageVisibilityRequest>,
+    ) -> Reply<pb::ChangeMessageVisibilityResponse> {
+        let req = req.into_inner();
+        let mut results = self
+            .engine
+            .change_visibility(
+                &req.queue,
+                &[(req.receipt_handle.as_str(), req.visibility_timeout_seconds)],
+            )
+            .map_err(status)?;
+        results.remove(0).map_err(status)?;
+        Ok(Response::new(pb::ChangeMessageVisibilityResponse {}))
+    }
+
+    async fn change_message_visibility_batch(
+        &self,
+        req: Request<pb::ChangeMessageVisibilityBatchRequest>,
+    ) -> Reply<pb::ChangeMessageVisibilityBatchResponse> {
+        let req = req.into_inner();
+        let (ok, mut failed_entries) =
+            check_batch(req.entries.iter().map(|e| e.id.as_str()), req.entries.len())?;
+        let entries: Vec<&pb::ChangeMessageVisibilityBatchEntry> = req
+            .entries
+            .iter()
+            .zip(ok)
+            .filter(|(_, ok)| *ok)
+            .map(|(e, _)| e)
+            .collect();
+        let changes: Vec<(&str, u32)> = entries
+            .iter()
+            .map(|e| (e.receipt_handle.as_str(), e.visibility_timeout_seconds))
+            .collect();
+        let results = self
+            .engine
+            .change_visibility(&req.queue, &changes)
+            .map_err(status)?;
+        let mut successful = Vec::new();
+        for (entry, result) in entries.into_iter().zip(results) {
+            match result {
+                Ok(()) => successful.push(pb::BatchResultSuccess {
+                    id: entry.id.clone(),
+                }),
+                Err(e) => failed_entries.push(failed(entry.id.clone(), &e)),
+            }
+        }
+        Ok(Response::new(pb::ChangeMessageVisibilityBatchResponse {
+            successful,
+            failed: failed_entries,
+        }))
+    }
+
+    async fn redrive_messages(
+        &self,
+        req: Request<pb::RedriveMessagesRequest>,
+    ) -> Reply<pb::RedriveMessagesResponse> {
+        let req = req.into_inner();
+        let moved = self
+            .engine
+            .redrive(&req.source_queue, &req.destination_queue, req.max_messages)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::RedriveMessagesResponse { moved }))
+    }
+}

@@ -1,0 +1,299 @@
+//! The narrow storage interface, and the only module that imports `rocksdb`.
+//!
+//! The engine sees four operations: point reads ([`Store::get`],
+//! [`Store::multi_get`]), an ordered prefix scan for recovery
+//! ([`Store::scan_prefix`]), and atomic writes ([`Store::write`]) whose
+//! durability is awaited separately ([`Store::sync`]).
+//!
+//! # Atomicity
+//! A [`Batch`] is applied with one RocksDB `WriteBatch`: after a crash at any
+//! moment, either every put, delete and range delete of the batch is there or
+//! none is.
+//!
+//! # Durability and group commit
+//! [`Store::write`] appends the batch to the write-ahead log without `fsync`
+//! and returns a [`Ticket`], a position in write order. [`Store::sync`]
+//! returns once the WAL is synced up to that ticket. One syncer thread does
+//! the syncing: each `fsync` covers every write applied before it started,
+//! so concurrent writers share syncs (group commit) and throughput grows with
+//! concurrency instead of being capped at one `fsync` per request. The
+//! engine writes under its own lock (so WAL order is the order of its
+//! decisions) and waits for the sync after releasing it.
+//!
+//! The [`SyncMode`] decides what `sync` promises: `Always` waits for the
+//! `fsync`, `Batch` syncs in the background every interval and returns at
+//! once, `None` leaves syncing to the OS.
+
+pub mod keys;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rocksdb::{DB, Direction, IteratorMode, Options, WriteOptions};
+use tokio::sync::watch;
+
+/// Errors of the storage layer. Never caused by bad client input.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("cannot open the data directory {path}: {reason}")]
+    Open { path: PathBuf, reason: String },
+    #[error("storage failure: {0}")]
+    Db(#[from] rocksdb::Error),
+    #[error("the write-ahead log could not be synced: {0}")]
+    Sync(String),
+    #[error("corrupt record under key {key}: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+/// What an acknowledged write promises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    /// Acknowledge after the WAL is synced (`fsync`); concurrent writes share syncs.
+    Always,
+    /// Acknowledge at once; a background thread syncs at least every interval.
+    Batch(Duration),
+    /// Acknowledge at once; the OS writes the WAL back when it likes.
+    None,
+}
+
+/// A key and its value, as a scan yields them.
+pub type KeyValue = (Box<[u8]>, Box<[u8]>);
+
+/// A position in the order of writes; see [`Store::sync`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ticket(u64);
+
+/// A set of changes applied atomically by [`Store::write`].
+#[derive(Default)]
+pub struct Batch {
+    inner: rocksdb::WriteBatch,
+}
+
+impl Batch {
+    pub fn put(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+        self.inner.put(key, value);
+    }
+    pub fn delete(&mut self, key: impl AsRef<[u8]>) {
+        self.inner.delete(key);
+    }
+    /// Deletes every key in `[from, to)`: one range tombstone, O(1) to write.
+    pub fn delete_range(&mut self, from: impl AsRef<[u8]>, to: impl AsRef<[u8]>) {
+        self.inner.delete_range(from.as_ref(), to.as_ref());
+    }
+    pub fn is_empty(&self) -> bool {
+        self.inner.is_empty()
+    }
+}
+
+/// The database, and the syncer thread that makes its writes durable.
+pub struct Store {
+    db: Arc<DB>,
+    sync: Arc<SyncShared>,
+    mode: SyncMode,
+    syncer: Option<JoinHandle<()>>,
+}
+
+/// State shared between writers and the syncer thread.
+struct SyncShared {
+    /// Tickets handed out: the number of writes applied so far.
+    written: AtomicU64,
+    /// Set by a writer that waits for a sync; the syncer sleeps on `wake`.
+    wanted: Mutex<bool>,
+    wake: Condvar,
+    /// Highest ticket known durable, or the error that stopped syncing.
+    synced: watch::Sender<Result<u64, String>>,
+    stop: AtomicBool,
+}
+
+impl Store {
+    /// Opens (creating if missing) the database in `path`. A directory
+    /// locked by another process or with corrupt files is an error, never a
+    /// silently empty store.
+    pub fn open(path: &Path, mode: SyncMode) -> Result<Store, StorageError> {
+        let open_err = |reason: String| StorageError::Open {
+            path: path.to_path_buf(),
+            reason,
+        };
+        std::fs::create_dir_all(path).map_err(|e| open_err(e.to_string()))?;
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.set_max_background_jobs(2);
+        opts.set_keep_log_file_num(4);
+        opts.set_paranoid_checks(true);
+        let db = DB::open(&opts, path).map_err(|e| {
+            let reason = e.to_string();
+            if reason.contains("LOCK") {
+                open_err(format!(
+                    "it is in use by another process (is another broker running on it?): {reason}"
+                ))
+            } else {
+                open_err(reason)
+            }
+        })?;
+        let db = Arc::new(db);
+        let (synced, _) = watch::channel(Ok(0));
+        let sync = Arc::new(SyncShared {
+            written: AtomicU64::new(0),
+            wanted: Mutex::new(false),
+            wake: Condvar::new(),
+            synced,
+            stop: AtomicBool::new(false),
+        });
+        let syncer = match mode {
+            SyncMode::None => None,
+            SyncMode::Always | SyncMode::Batch(_) => {
+                let (db, sync) = (db.clone(), sync.clone());
+                let interval = match mode {
+                    SyncMode::Batch(every) => Some(every),
+                    _ => None,
+                };
+                Some(
+                    std::thread::Builder::new()
+                        .name("wal-sync".into())
+                        .spawn(move || sync_loop(&db, &sync, interval))
+                        .map_err(|e| open_err(e.to_string()))?,
+                )
+            }
+        };
+        Ok(Store {
+            db,
+            sync,
+            mode,
+            syncer,
+        })
+    }
+
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.db.get(key)?)
+    }
+
+    /// Point reads of several keys at once, in order.
+    pub fn multi_get(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+        self.db
+            .multi_get(keys)
+            .into_iter()
+            .map(|r| r.map_err(StorageError::from))
+            .collect()
+    }
+
+    /// Every key starting with `prefix`, in key order, with its value.
+    pub fn scan_prefix<'a>(
+        &'a self,
+        prefix: &'a [u8],
+    ) -> impl Iterator<Item = Result<KeyValue, StorageError>> + 'a {
+        self.db
+            .iterator(IteratorMode::From(prefix, Direction::Forward))
+            .map(|r| r.map_err(StorageError::from))
+            .take_while(move |r| match r {
+                Ok((k, _)) => k.starts_with(prefix),
+                Err(_) => true,
+            })
+    }
+
+    /// Applies `batch` atomically, not yet synced; [`Store::sync`] with the
+    /// returned ticket waits until it is durable.
+    pub fn write(&self, batch: Batch) -> Result<Ticket, StorageError> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(false);
+        self.db.write_opt(batch.inner, &opts)?;
+        Ok(Ticket(self.sync.written.fetch_add(1, Ordering::SeqCst) + 1))
+    }
+
+    /// Returns once the write of `ticket` is as durable as the [`SyncMode`]
+    /// promises: for `Always`, synced to disk.
+    pub async fn sync(&self, ticket: Ticket) -> Result<(), StorageError> {
+        if self.mode != SyncMode::Always {
+            return Ok(());
+        }
+        let mut rx = self.sync.synced.subscribe();
+        if matches!(*rx.borrow(), Ok(n) if n >= ticket.0) {
+            return Ok(());
+        }
+        {
+            let mut wanted = self.sync.wanted.lock().unwrap_or_else(|e| e.into_inner());
+            *wanted = true;
+            self.sync.wake.notify_one();
+        }
+        let state = rx
+            .wait_for(|s| !matches!(s, Ok(n) if *n < ticket.0))
+            .await
+            .map_err(|_| StorageError::Sync("the syncer thread stopped".into()))?;
+        match &*state {
+            Ok(_) => Ok(()),
+            Err(e) => Err(StorageError::Sync(e.clone())),
+        }
+    }
+
+    /// Approximate bytes of live data, for diagnostics.
+    pub fn estimated_size(&self) -> u64 {
+        self.db
+            .property_int_value("rocksdb.estimate-live-data-size")
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.sync.stop.store(true, Ordering::SeqCst);
+        {
+            let _wanted = self.sync.wanted.lock().unwrap_or_else(|e| e.into_inner());
+            self.sync.wake.notify_one();
+        }
+        if let Some(handle) = self.syncer.take() {
+            let _ = handle.join();
+        }
+        if let Err(e) = self.db.flush_wal(true) {
+            tracing::error!(error = %e, "final WAL sync failed");
+        }
+    }
+}
+
+/// The syncer thread: syncs when a writer waits (`interval: None`) or every
+/// `interval`, and publishes the highest ticket each sync covered.
+fn sync_loop(db: &DB, sync: &SyncShared, interval: Option<Duration>) {
+    loop {
+        {
+            let mut wanted = sync.wanted.lock().unwrap_or_else(|e| e.into_inner());
+            while !*wanted && !sync.stop.load(Ordering::SeqCst) {
+                match interval {
+                    None => wanted = sync.wake.wait(wanted).unwrap_or_else(|e| e.into_inner()),
+                    Some(every) => {
+                        let (guard, timeout) = sync
+                            .wake
+                            .wait_timeout(wanted, every)
+                            .unwrap_or_else(|e| e.into_inner());
+                        wanted = guard;
+                        if timeout.timed_out() {
+                            break;
+                        }
+                    }
+                }
+            }
+            *wanted = false;
+        }
+        if sync.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        // Every write that got its ticket before this load is in the WAL
+        // before the sync below starts, so the sync covers it.
+        let covered = sync.written.load(Ordering::SeqCst);
+        if covered == *sync.synced.borrow().as_ref().unwrap_or(&u64::MAX) {
+            continue;
+        }
+        match db.flush_wal(true) {
+            Ok(()) => {
+                let _ = sync.synced.send_replace(Ok(covered));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "WAL sync failed; acknowledging no more writes");
+                let _ = sync.synced.send_replace(Err(e.to_string()));
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,523 @@
+//! Rust client for the broker's gRPC API (`broker.v1.QueueService`).
+//!
+//! - [`Client`]: one async method per RPC, taking and returning the generated
+//!   [`pb`] types, plus the conveniences [`Client::send`], [`Client::receive`]
+//!   and [`Client::delete`] for the common case.
+//! - [`Error`]: the gRPC status codes the broker uses, as an enum, so callers
+//!   match on `Error::NotFound(_)` instead of inspecting raw `tonic::Status`es.
+//!
+//! A `Client` is a cheap handle over one HTTP/2 connection: clone it freely
+//! and use the clones from many tasks at once; requests are multiplexed.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), broker_client::Error> {
+//! use broker_client::{Client, pb};
+//!
+//! let client = Client::connect("127.0.0.1:50051").await?;
+//! client
+//!     .create_queue(pb::CreateQueueRequest { name: "orders".into(), ..Default::default() })
+//!     .await?;
+//! client.send("orders", "hello").await?;
+//! for message in client.receive("orders", 10, 20).await? {
+//!     println!("{}", String::from_utf8_lossy(&message.body));
+//!     client.delete("orders", &message.receipt_handle).await?;
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tonic::transport::{Channel, Endpoint};
+
+pub use broker_proto::pb;
+
+use pb::queue_service_client::QueueServiceClient;
+
+/// Largest gRPC message the client sends or accepts.
+///
+/// A batch of 100 messages of the maximum 1 MiB body is a little over
+/// 100 MiB on the wire; 128 MiB admits it with room for attributes and
+/// framing.
+const MAX_GRPC_MESSAGE_BYTES: usize = 128 * 1024 * 1024;
+
+/// How long [`Client::connect`] waits for the TCP connection.
+///
+/// Without it, an address that silently drops packets would hang the caller
+/// for the operating system's TCP timeout (minutes).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection to a broker.
+///
+/// Cloning is cheap (the clones share the connection), and every method
+/// takes `&self`, so one `Client` can serve many tasks concurrently.
+#[derive(Clone, Debug)]
+pub struct Client {
+    /// The generated stub; its methods take `&mut self`, so each call works
+    /// on a clone, which shares the underlying channel.
+    inner: QueueServiceClient<Channel>,
+}
+
+impl Client {
+    /// Connects to the broker at `addr`, either `"host:port"` or
+    /// `"http://host:port"`.
+    ///
+    /// The connection is made eagerly, so a wrong address fails here with
+    /// [`Error::Connect`] naming the address, rather than at the first call.
+    /// The connection attempt gives up after 10 seconds.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), broker_client::Error> {
+    /// let client = broker_client::Client::connect("127.0.0.1:50051").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connect(addr: impl AsRef<str>) -> Result<Client, Error> {
+        let addr = addr.as_ref();
+        let connect_error = |reason: String| Error::Connect {
+            addr: addr.to_owned(),
+            reason,
+        };
+        let uri = if addr.contains("://") {
+            addr.to_owned()
+        } else {
+            format!("http://{addr}")
+        };
+        let endpoint = Endpoint::from_shared(uri)
+            .map_err(|e| connect_error(format!("invalid address: {}", error_chain(&e))))?
+            .connect_timeout(CONNECT_TIMEOUT);
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| connect_error(error_chain(&e)))?;
+        let inner = QueueServiceClient::new(channel)
+            .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+        Ok(Client { inner })
+    }
+
+    /// A handle for one call: the generated methods need `&mut self`.
+    fn rpc(&self) -> QueueServiceClient<Channel> {
+        self.inner.clone()
+    }
+
+    /// Creates a queue; returns the existing one when the attributes are equal.
+    pub async fn create_queue(
+        &self,
+        req: pb::CreateQueueRequest,
+    ) -> Result<pb::CreateQueueResponse, Error> {
+        Ok(self.rpc().create_queue(req).await?.into_inner())
+    }
+
+    /// A queue's effective attributes and its exact message counts.
+    pub async fn get_queue(&self, req: pb::GetQueueRequest) -> Result<pb::GetQueueResponse, Error> {
+        Ok(self.rpc().get_queue(req).await?.into_inner())
+    }
+
+    /// One page of queues in name order; follow `next_page_token` for more.
+    pub async fn list_queues(
+        &self,
+        req: pb::ListQueuesRequest,
+    ) -> Result<pb::ListQueuesResponse, Error> {
+        Ok(self.rpc().list_queues(req).await?.into_inner())
+    }
+
+    /// Changes the attributes set in the request; the others keep their value.
+    pub async fn update_queue(
+        &self,
+        req: pb::UpdateQueueRequest,
+    ) -> Result<pb::UpdateQueueResponse, Error> {
+        Ok(self.rpc().update_queue(req).await?.into_inner())
+    }
+
+    /// Deletes a queue and all of its messages.
+    pub async fn delete_queue(
+        &self,
+        req: pb::DeleteQueueRequest,
+    ) -> Result<pb::DeleteQueueResponse, Error> {
+        Ok(self.rpc().delete_queue(req).await?.into_inner())
+    }
+
+    /// Deletes every message of a queue, in-flight ones too.
+    pub async fn purge_queue(
+        &self,
+        req: pb::PurgeQueueRequest,
+    ) -> Result<pb::PurgeQueueResponse, Error> {
+        Ok(self.rpc().purge_queue(req).await?.into_inner())
+    }
+
+    /// Sends one message; returns once it is durable on the broker's disk.
+    pub async fn send_message(
+        &self,
+        req: pb::SendMessageRequest,
+    ) -> Result<pb::SendMessageResponse, Error> {
+        Ok(self.rpc().send_message(req).await?.into_inner())
+    }
+
+    /// Sends up to 100 messages; a bad entry fails alone, in `failed`.
+    pub async fn send_message_batch(
+        &self,
+        req: pb::SendMessageBatchRequest,
+    ) -> Result<pb::SendMessageBatchResponse, Error> {
+        Ok(self.rpc().send_message_batch(req).await?.into_inner())
+    }
+
+    /// Receives up to `max_messages` messages, hiding them for the visibility
+    /// timeout; with a wait time, waits for the first one (long polling).
+    pub async fn receive_messages(
+        &self,
+        req: pb::ReceiveMessagesRequest,
+    ) -> Result<pb::ReceiveMessagesResponse, Error> {
+        Ok(self.rpc().receive_messages(req).await?.into_inner())
+    }
+
+    /// Deletes a received message by its latest receipt handle.
+    pub async fn delete_message(
+        &self,
+        req: pb::DeleteMessageRequest,
+    ) -> Result<pb::DeleteMessageResponse, Error> {
+        Ok(self.rpc().delete_message(req).await?.into_inner())
+    }
+
+    /// Deletes up to 100 received messages; a bad entry fails alone.
+    pub async fn delete_message_batch(
+        &self,
+        req: pb::DeleteMessageBatchRequest,
+    ) -> Result<pb::DeleteMessageBatchResponse, Error> {
+        Ok(self.rpc().delete_message_batch(req).await?.into_inner())
+    }
+
+    /// Extends or shortens the visibility timeout of an in-flight message;
+    /// 0 makes it visible now.
+    pub async fn change_message_visibility(
+        &self,
+        req: pb::ChangeMessageVisibilityRequest,
+    ) -> Result<pb::ChangeMessageVisibilityResponse, Error> {
+        Ok(self
+            .rpc()
+            .change_message_visibility(req)
+            .await?
+            .into_inner())
+    }
+
+    /// [`Client::change_message_visibility`] for up to 100 messages; a bad
+    /// entry fails alone.
+    pub async fn change_message_visibility_batch(
+        &self,
+        req: pb::ChangeMessageVisibilityBatchRequest,
+    ) -> Result<pb::ChangeMessageVisibilityBatchResponse, Error> {
+        Ok(self
+            .rpc()
+            .change_message_visibility_batch(req)
+            .await?
+            .into_inner())
+    }
+
+    /// Moves messages out of a dead-letter queue, back to the queue each one
+    /// died in, or to `destination_queue`.
+    pub async fn redrive_messages(
+        &self,
+        req: pb::RedriveMessagesRequest,
+    ) -> Result<pb::RedriveMessagesResponse, Error> {
+        Ok(self.rpc().redrive_messages(req).await?.into_inner())
+    }
+
+    /// Sends `body` to `queue` with no attributes and the queue's delay;
+    /// returns the new message's id.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: broker_client::Client) -> Result<(), broker_client::Error> {
+    /// let id = client.send("orders", "hello").await?;
+    /// let id = client.send("orders", vec![0u8, 1, 2]).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn send(&self, queue: &str, body: impl Into<Bytes>) -> Result<String, Error> {
+        let resp = self
+            .send_message(pb::SendMessageRequest {
+                queue: queue.to_owned(),
+                body: body.into(),
+                ..Default::default()
+            })
+            .await?;
+        Ok(resp.message_id)
+    }
+
+    /// Receives up to `max_messages` (1..=100) from `queue` with the queue's
+    /// visibility timeout, waiting up to `wait_time_seconds` (0..=20) for the
+    /// first one. An empty vector means the wait ended with no message.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: broker_client::Client) -> Result<(), broker_client::Error> {
+    /// for message in client.receive("orders", 10, 20).await? {
+    ///     // ... process message.body, then:
+    ///     client.delete("orders", &message.receipt_handle).await?;
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn receive(
+        &self,
+        queue: &str,
+        max_messages: u32,
+        wait_time_seconds: u32,
+    ) -> Result<Vec<pb::ReceivedMessage>, Error> {
+        let resp = self
+            .receive_messages(pb::ReceiveMessagesRequest {
+                queue: queue.to_owned(),
+                max_messages,
+                visibility_timeout_seconds: None,
+                wait_time_seconds: Some(wait_time_seconds),
+            })
+            .await?;
+        Ok(resp.messages)
+    }
+
+    /// Deletes a received message from `queue` by its latest receipt handle.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: broker_client::Client, handle: String) -> Result<(), broker_client::Error> {
+    /// client.delete("orders", &handle).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn delete(&self, queue: &str, receipt_handle: &str) -> Result<(), Error> {
+        self.delete_message(pb::DeleteMessageRequest {
+            queue: queue.to_owned(),
+            receipt_handle: receipt_handle.to_owned(),
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+/// Why a call failed: the broker's gRPC status, by code, with its message.
+///
+/// The broker's messages say what to change (they name the field, the limit
+/// and the value), so `Display` shows them after a short code label, e.g.
+/// `not found: queue 'orders' does not exist`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A name, range or size is invalid (`INVALID_ARGUMENT`).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The queue (or another named resource) does not exist (`NOT_FOUND`).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// A queue exists with different attributes (`ALREADY_EXISTS`).
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
+    /// The state does not allow the call, e.g. a superseded receipt handle
+    /// (`FAILED_PRECONDITION`).
+    #[error("failed precondition: {0}")]
+    FailedPrecondition(String),
+    /// A message or request is too large (`RESOURCE_EXHAUSTED`).
+    #[error("resource exhausted: {0}")]
+    ResourceExhausted(String),
+    /// The broker is unreachable or shutting down (`UNAVAILABLE`); retry.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The call took longer than its deadline (`DEADLINE_EXCEEDED`).
+    #[error("deadline exceeded: {0}")]
+    DeadlineExceeded(String),
+    /// [`Client::connect`] could not reach the broker at `addr`.
+    #[error("cannot connect to broker at {addr}: {reason}")]
+    Connect {
+        /// The address as passed to [`Client::connect`].
+        addr: String,
+        /// The transport's explanation, e.g. "Connection refused (os error 111)".
+        reason: String,
+    },
+    /// Any other status; the broker does not return these for bad input.
+    #[error("{}: {message}", code_label(.code))]
+    Other {
+        /// The gRPC status code.
+        code: tonic::Code,
+        /// The status message.
+        message: String,
+    },
+}
+
+impl Error {
+    /// The gRPC status code; [`Error::Connect`] counts as `Unavailable`.
+    pub fn code(&self) -> tonic::Code {
+        match self {
+            Error::InvalidArgument(_) => tonic::Code::InvalidArgument,
+            Error::NotFound(_) => tonic::Code::NotFound,
+            Error::AlreadyExists(_) => tonic::Code::AlreadyExists,
+            Error::FailedPrecondition(_) => tonic::Code::FailedPrecondition,
+            Error::ResourceExhausted(_) => tonic::Code::ResourceExhausted,
+            Error::Unavailable(_) | Error::Connect { .. } => tonic::Code::Unavailable,
+            Error::DeadlineExceeded(_) => tonic::Code::DeadlineExceeded,
+            Error::Other { code, .. } => *code,
+        }
+    }
+
+    /// The broker's message without the code label (for [`Error::Connect`],
+    /// the reason the connection failed).
+    pub fn message(&self) -> &str {
+        match self {
+            Error::InvalidArgument(m)
+            | Error::NotFound(m)
+            | Error::AlreadyExists(m)
+            | Error::FailedPrecondition(m)
+            | Error::ResourceExhausted(m)
+            | Error::Unavailable(m)
+            | Error::DeadlineExceeded(m)
+            | Error::Other { message: m, .. } => m,
+            Error::Connect { reason, .. } => reason,
+        }
+    }
+}
+
+impl From<tonic::Status> for Error {
+    fn from(status: tonic::Status) -> Self {
+        let message = status.message().to_owned();
+        match status.code() {
+            tonic::Code::InvalidArgument => Error::InvalidArgument(message),
+            tonic::Code::NotFound => Error::NotFound(message),
+            tonic::Code::AlreadyExists => Error::AlreadyExists(message),
+            tonic::Code::FailedPrecondition => Error::FailedPrecondition(message),
+            tonic::Code::ResourceExhausted => Error::ResourceExhausted(message),
+            tonic::Code::Unavailable => Error::Unavailable(message),
+            tonic::Code::DeadlineExceeded => Error::DeadlineExceeded(message),
+            code => Error::Other { code, message },
+        }
+    }
+}
+
+/// A short lower-case label for a status code, matching the labels of the
+/// named variants ("invalid argument", "not found", ...).
+fn code_label(code: &tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "ok",
+        Code::Cancelled => "cancelled",
+        Code::Unknown => "unknown error",
+        Code::InvalidArgument => "invalid argument",
+        Code::DeadlineExceeded => "deadline exceeded",
+        Code::NotFound => "not found",
+        Code::AlreadyExists => "already exists",
+        Code::PermissionDenied => "permission denied",
+        Code::ResourceExhausted => "resource exhausted",
+        Code::FailedPrecondition => "failed precondition",
+        Code::Aborted => "aborted",
+        Code::OutOfRange => "out of range",
+        Code::Unimplemented => "unimplemented",
+        Code::Internal => "internal error",
+        Code::Unavailable => "unavailable",
+        Code::DataLoss => "data loss",
+        Code::Unauthenticated => "unauthenticated",
+    }
+}
+
+/// An error and its sources, joined with ": ".
+///
+/// tonic's transport error displays only "transport error"; the useful part
+/// ("Connection refused") is further down the source chain.
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(err);
+    while let Some(e) = next {
+        let text = e.to_string();
+        // Wrappers often repeat their source's text; keep each once.
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    if parts.len() > 1 && parts[0] == "transport error" {
+        parts.remove(0);
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_codes_map_to_variants() {
+        let err = Error::from(tonic::Status::not_found("queue 'x' does not exist"));
+        assert!(matches!(&err, Error::NotFound(m) if m == "queue 'x' does not exist"));
+        assert_eq!(err.code(), tonic::Code::NotFound);
+        assert_eq!(err.message(), "queue 'x' does not exist");
+
+        let err = Error::from(tonic::Status::invalid_argument("bad"));
+        assert!(matches!(err, Error::InvalidArgument(_)));
+        let err = Error::from(tonic::Status::failed_precondition("stale"));
+        assert!(matches!(err, Error::FailedPrecondition(_)));
+
+        let err = Error::from(tonic::Status::internal("boom"));
+        assert!(matches!(
+            err,
+            Error::Other {
+                code: tonic::Code::Internal,
+                ..
+            }
+        ));
+        assert_eq!(err.code(), tonic::Code::Internal);
+    }
+
+    #[test]
+    fn display_names_code_and_message() {
+        let err = Error::from(tonic::Status::invalid_argument(
+            "max_messages must be in 1..=100; got 500",
+        ));
+        assert_eq!(
+            err.to_string(),
+            "invalid argument: max_messages must be in 1..=100; got 500"
+        );
+        let err = Error::from(tonic::Status::internal("boom"));
+        assert_eq!(err.to_string(), "internal error: boom");
+        let err = Error::Connect {
+            addr: "127.0.0.1:1".into(),
+            reason: "Connection refused".into(),
+        };
+        assert_eq!(
+            err.to_string(),
+            "cannot connect to broker at 127.0.0.1:1: Connection refused"
+        );
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+    }
+
+    #[tokio::test]
+    async fn connect_to_closed_port_names_the_address() {
+        // Bind then drop a listener: the port is then (almost certainly) closed.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        drop(listener);
+
+        let err = Client::connect(&addr).await.unwrap_err();
+        match &err {
+            Error::Connect { addr: a, reason } => {
+                assert_eq!(a, &addr);
+                assert!(!reason.is_empty());
+                assert_ne!(reason, "transport error", "reason should explain: {err}");
+            }
+            other => panic!("expected Error::Connect, got {other:?}"),
+        }
+        assert!(
+            err.to_string()
+                .starts_with(&format!("cannot connect to broker at {addr}: "))
+        );
+
+        // The scheme-qualified form is accepted too and reports the address as given.
+        let url = format!("http://{addr}");
+        let err = Client::connect(&url).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Connect { addr: a, .. } if a == &url),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn malformed_address_is_a_connect_error() {
+        let err = Client::connect("not an address").await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Connect { addr, reason } if addr == "not an address" && reason.starts_with("invalid address")),
+            "{err:?}"
+        );
+    }
+}

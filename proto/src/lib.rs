@@ -1,0 +1,10 @@
+//! The broker's gRPC API, version 1 (`broker.v1`), generated from
+//! `proto/broker/v1/*.proto` by tonic/prost at build time.
+//!
+//! Bytes fields are `bytes::Bytes`, so bodies are passed without copies.
+
+/// Generated types and services of package `broker.v1`.
+pub mod pb {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("broker.v1");
+}

@@ -1,0 +1,574 @@
+//! Harness for the integration tests: a real broker server over gRPC.
+//!
+//! [`TestServer::start`] binds `127.0.0.1:0` *before* spawning
+//! [`broker::server::run`], so the port accepts connections at once: no sleeps
+//! for readiness. Each server owns a fresh temporary data directory, which
+//! lives as long as the `TestServer` and survives [`TestServer::restart`].
+//! Tests run on `#[tokio::test(flavor = "multi_thread")]`, so that dropping a
+//! `TestServer` can wait for the database to close before deleting its files.
+//!
+//! [`ChildServer`] runs the broker in a separate process (this same test
+//! binary, re-executed) so that a crash test can SIGKILL it and then open its
+//! data directory with [`TestServer::start_in`].
+//!
+//! The helpers below keep the tests about behaviour rather than request
+//! plumbing: every one panics with the RPC and the error when the call fails,
+//! and [`assert_error`] checks a status code together with the words its
+//! message must contain (the field, the limit, the value).
+
+use std::fmt::Debug;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use broker::config::ServerConfig;
+use bytes::Bytes;
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use broker_client::{Client, Error, pb};
+pub use tonic::Code;
+
+/// How long a graceful shutdown may take before the harness calls it hung.
+/// Shutdown ends long polls, so even a test with a 20 s poll stays far below.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A broker serving on a local port with its own temporary data directory.
+///
+/// Dropping it shuts the server down, waits for it to close its database
+/// (on a multi-threaded runtime: the tests use
+/// `#[tokio::test(flavor = "multi_thread")]`) and deletes the data directory.
+/// [`TestServer::shutdown`] does the same and also checks that the server
+/// returned `Ok`.
+pub struct TestServer {
+    /// Where the current instance listens; a restart picks a new port.
+    addr: SocketAddr,
+    /// The running instance; `None` only while restarting or shutting down.
+    running: Option<Running>,
+    /// The RocksDB directory. An `Option` only so that `Drop` can hand it to
+    /// the task that waits for the server, and delete it after the DB closed.
+    data_dir: Option<TempDir>,
+}
+
+/// One instance of the server: a task running `broker::server::run`.
+struct Running {
+    /// Resolves the shutdown future given to `run` (dropping it does too).
+    shutdown: oneshot::Sender<()>,
+    /// `run`'s result: it returns once the database is closed.
+    task: JoinHandle<Result<(), broker::Error>>,
+}
+
+impl TestServer {
+    /// Starts a server on `127.0.0.1:0` with an empty data directory.
+    pub async fn start() -> TestServer {
+        TestServer::start_in(temp_data_dir()).await
+    }
+
+    /// Starts a server on `127.0.0.1:0` with the data left in `data_dir`,
+    /// e.g. by a [`ChildServer`] that was killed.
+    pub async fn start_in(data_dir: TempDir) -> TestServer {
+        let (addr, running) = spawn_server(data_dir.path()).await;
+        TestServer {
+            addr,
+            running: Some(running),
+            data_dir: Some(data_dir),
+        }
+    }
+
+    /// The address the server listens on, e.g. `127.0.0.1:40123`.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The server's data directory (kept across restarts).
+    pub fn data_dir(&self) -> &Path {
+        self.data_dir.as_ref().expect("data dir").path()
+    }
+
+    /// A new client connection to the current instance.
+    pub async fn client(&self) -> Client {
+        Client::connect(self.addr.to_string())
+            .await
+            .unwrap_or_else(|e| panic!("connect to the test server at {}: {e:?}", self.addr))
+    }
+
+    /// Stops the server gracefully, waits until `run` returned (the database
+    /// is closed), then starts it again on the same data directory. Clients of
+    /// the old instance must reconnect with [`TestServer::client`].
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let (addr, running) = spawn_server(self.data_dir()).await;
+        self.addr = addr;
+        self.running = Some(running);
+    }
+
+    /// Stops the server gracefully and checks that `run` returned `Ok` within
+    /// [`SHUTDOWN_TIMEOUT`].
+    pub async fn shutdown(mut self) {
+        self.stop().await;
+    }
+
+    async fn stop(&mut self) {
+        let Running { shutdown, task } = self.running.take().expect("the server is running");
+        let _ = shutdown.send(());
+        match tokio::time::timeout(SHUTDOWN_TIMEOUT, task).await {
+            Err(_) => panic!("the server did not shut down within {SHUTDOWN_TIMEOUT:?}"),
+            Ok(Err(join_error)) => panic!("the server task failed: {join_error}"),
+            Ok(Ok(Err(error))) => panic!("broker::server::run returned an error: {error:?}"),
+            Ok(Ok(Ok(()))) => {}
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let data_dir = self.data_dir.take();
+        let Some(Running { shutdown, task }) = self.running.take() else {
+            return;
+        };
+        let _ = shutdown.send(());
+        // Delete the data directory only after the server closed its
+        // database: RocksDB writes files while it closes, and a directory
+        // removed under it is left behind half-deleted. Waiting needs a
+        // multi-threaded runtime (`block_in_place`); on any other, the data
+        // directory is deleted with whatever the server left at that moment.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
+            tokio::task::block_in_place(|| {
+                let _ = runtime.block_on(tokio::time::timeout(SHUTDOWN_TIMEOUT, task));
+            });
+            drop(data_dir);
+        } else {
+            runtime.spawn(async move {
+                let _ = task.await;
+                drop(data_dir);
+            });
+        }
+    }
+}
+
+/// A new, empty temporary data directory.
+pub fn temp_data_dir() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("broker-test-")
+        .tempdir()
+        .expect("create a temporary data directory")
+}
+
+async fn spawn_server(data_dir: &Path) -> (SocketAddr, Running) {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind 127.0.0.1:0");
+    let addr = listener.local_addr().expect("the listener's address");
+    let (shutdown, shutdown_rx) = oneshot::channel::<()>();
+    let config = ServerConfig::new(data_dir);
+    let task = tokio::spawn(broker::server::run(listener, config, async move {
+        // A dropped sender means shutdown too.
+        let _ = shutdown_rx.await;
+    }));
+    (addr, Running { shutdown, task })
+}
+
+/// The test of the `it` binary that [`ChildServer`] runs: it must call
+/// [`serve_as_child`] and be `#[ignore]`d, so that only a child runs it.
+pub const CHILD_SERVER_TEST: &str = "restart::child_server_process";
+/// Tells the child process which data directory to serve.
+const CHILD_DATA_DIR_ENV: &str = "BROKER_TESTS_CHILD_DATA_DIR";
+/// The line with which the child announces its address on stdout.
+const CHILD_LISTENING: &str = "broker-tests child listening on ";
+
+/// A broker in a process of its own, so that a test can kill it (SIGKILL)
+/// the way a crash would: no shutdown, no flush, no closing of the database.
+///
+/// The process is the test binary itself, running [`CHILD_SERVER_TEST`],
+/// which serves [`serve_as_child`] until killed.
+pub struct ChildServer {
+    /// The child; killed when dropped.
+    process: tokio::process::Child,
+    /// Where the child listens, as it announced on stdout.
+    addr: SocketAddr,
+}
+
+impl ChildServer {
+    /// Starts a child process serving `data_dir` on `127.0.0.1:0` and waits
+    /// for it to announce its address.
+    pub async fn start(data_dir: &Path) -> ChildServer {
+        use tokio::io::AsyncBufReadExt;
+
+        let exe = std::env::current_exe().expect("the test binary's path");
+        let mut process = tokio::process::Command::new(exe)
+            .args([
+                CHILD_SERVER_TEST,
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_DATA_DIR_ENV, data_dir)
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn the child server process");
+        let stdout = process.stdout.take().expect("piped stdout");
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let announced = async {
+            while let Some(line) = lines.next_line().await.expect("read the child's stdout") {
+                // libtest may have written "test <name> ... " before it.
+                if let Some((_, addr)) = line.split_once(CHILD_LISTENING) {
+                    return addr
+                        .trim()
+                        .parse::<SocketAddr>()
+                        .expect("the child's address");
+                }
+            }
+            panic!("the child server exited without announcing its address");
+        };
+        let addr = tokio::time::timeout(Duration::from_secs(30), announced)
+            .await
+            .expect("the child server announces its address within 30 s");
+        // Keep draining stdout so that the child never blocks writing to it.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        ChildServer { process, addr }
+    }
+
+    /// The address the child listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A new client connection to the child.
+    pub async fn client(&self) -> Client {
+        Client::connect(self.addr.to_string())
+            .await
+            .unwrap_or_else(|e| panic!("connect to the child server at {}: {e:?}", self.addr))
+    }
+
+    /// Kills the child with SIGKILL and waits until it is gone.
+    pub async fn kill(mut self) {
+        self.process.kill().await.expect("kill the child server");
+    }
+}
+
+/// The body of [`CHILD_SERVER_TEST`]: when the parent set the data directory,
+/// serves it on `127.0.0.1:0` until the process is killed; otherwise (a plain
+/// `cargo test -- --ignored`) returns at once.
+pub fn serve_as_child() {
+    let Some(data_dir) = std::env::var_os(CHILD_DATA_DIR_ENV) else {
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    runtime.block_on(async move {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("the listener's address");
+        println!("{CHILD_LISTENING}{addr}");
+        let never = std::future::pending::<()>();
+        broker::server::run(listener, ServerConfig::new(data_dir), never)
+            .await
+            .expect("the child server runs until killed");
+    });
+}
+
+/// Checks that `result` failed with `code` and that its message contains
+/// every one of `needles` (field names, limits, values). Returns the error.
+#[track_caller]
+pub fn assert_error<T: Debug>(result: Result<T, Error>, code: Code, needles: &[&str]) -> Error {
+    let error = match result {
+        Ok(value) => panic!("expected {code:?}, got Ok({value:?})"),
+        Err(error) => error,
+    };
+    assert_eq!(
+        error.code(),
+        code,
+        "expected {code:?}, got {:?}: {:?}",
+        error.code(),
+        error.message()
+    );
+    for needle in needles {
+        assert!(
+            error.message().contains(needle),
+            "the {code:?} message should contain {needle:?}: {:?}",
+            error.message()
+        );
+    }
+    error
+}
+
+/// Checks a failed batch entry: its id, its code name (e.g. "INVALID_ARGUMENT")
+/// and the words its message must contain.
+#[track_caller]
+pub fn assert_batch_failure(
+    failure: &pb::BatchResultError,
+    id: &str,
+    code: &str,
+    needles: &[&str],
+) {
+    assert_eq!(failure.id, id, "failed entry: {failure:?}");
+    assert_eq!(failure.code, code, "failed entry {id}: {failure:?}");
+    for needle in needles {
+        assert!(
+            failure.message.contains(needle),
+            "the message of failed entry {id} should contain {needle:?}: {:?}",
+            failure.message
+        );
+    }
+}
+
+/// Queue attributes with every field unset (the server's defaults apply).
+pub fn attributes() -> pb::QueueAttributes {
+    pb::QueueAttributes::default()
+}
+
+/// Queue attributes with only the visibility timeout set.
+pub fn visibility(seconds: u32) -> pb::QueueAttributes {
+    pb::QueueAttributes {
+        visibility_timeout_seconds: Some(seconds),
+        ..Default::default()
+    }
+}
+
+/// Queue attributes with only a redrive policy set.
+pub fn redrive_to(dead_letter_queue: &str, max_receive_count: u32) -> pb::QueueAttributes {
+    pb::QueueAttributes {
+        redrive_policy: Some(pb::RedrivePolicy {
+            dead_letter_queue: dead_letter_queue.to_string(),
+            max_receive_count,
+        }),
+        ..Default::default()
+    }
+}
+
+/// Creates a queue, panicking on failure.
+pub async fn create_queue(
+    client: &Client,
+    name: &str,
+    attributes: pb::QueueAttributes,
+) -> pb::Queue {
+    client
+        .create_queue(pb::CreateQueueRequest {
+            name: name.to_string(),
+            attributes: Some(attributes),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("CreateQueue {name}: {e:?}"))
+        .queue
+        .expect("CreateQueue returns the queue")
+}
+
+/// A queue's effective attributes, panicking on failure.
+pub async fn queue_attributes(client: &Client, name: &str) -> pb::QueueAttributes {
+    client
+        .get_queue(pb::GetQueueRequest {
+            name: name.to_string(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("GetQueue {name}: {e:?}"))
+        .queue
+        .expect("GetQueue returns the queue")
+        .attributes
+        .expect("a queue has attributes")
+}
+
+/// The exact message counts of a queue (`QueueStats` without the age).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub visible: u64,
+    pub in_flight: u64,
+    pub delayed: u64,
+}
+
+impl Counts {
+    pub const EMPTY: Counts = Counts {
+        visible: 0,
+        in_flight: 0,
+        delayed: 0,
+    };
+
+    pub fn new(visible: u64, in_flight: u64, delayed: u64) -> Counts {
+        Counts {
+            visible,
+            in_flight,
+            delayed,
+        }
+    }
+}
+
+/// A queue's stats, panicking on failure.
+pub async fn stats(client: &Client, queue: &str) -> pb::QueueStats {
+    client
+        .get_queue(pb::GetQueueRequest {
+            name: queue.to_string(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("GetQueue {queue}: {e:?}"))
+        .stats
+        .expect("GetQueue returns stats")
+}
+
+/// A queue's visible / in-flight / delayed counts, panicking on failure.
+pub async fn counts(client: &Client, queue: &str) -> Counts {
+    let stats = stats(client, queue).await;
+    Counts::new(stats.visible, stats.in_flight, stats.delayed)
+}
+
+/// A `SendMessageRequest` with attributes and an optional delay.
+pub fn send_request(
+    queue: &str,
+    body: impl Into<Bytes>,
+    attributes: &[(&str, &str)],
+    delay_seconds: Option<u32>,
+) -> pb::SendMessageRequest {
+    pb::SendMessageRequest {
+        queue: queue.to_string(),
+        body: body.into(),
+        attributes: string_map(attributes),
+        delay_seconds,
+    }
+}
+
+/// Sends a message with attributes and an optional delay; returns its id.
+pub async fn send_message(
+    client: &Client,
+    queue: &str,
+    body: impl Into<Bytes>,
+    attributes: &[(&str, &str)],
+    delay_seconds: Option<u32>,
+) -> String {
+    client
+        .send_message(send_request(queue, body, attributes, delay_seconds))
+        .await
+        .unwrap_or_else(|e| panic!("SendMessage to {queue}: {e:?}"))
+        .message_id
+}
+
+/// A `ReceiveMessagesRequest`; `None` takes the queue's default.
+pub fn receive_request(
+    queue: &str,
+    max_messages: u32,
+    visibility_timeout_seconds: Option<u32>,
+    wait_time_seconds: Option<u32>,
+) -> pb::ReceiveMessagesRequest {
+    pb::ReceiveMessagesRequest {
+        queue: queue.to_string(),
+        max_messages,
+        visibility_timeout_seconds,
+        wait_time_seconds,
+    }
+}
+
+/// Receives without waiting (wait time 0) with an explicit visibility timeout.
+pub async fn receive_now(
+    client: &Client,
+    queue: &str,
+    max_messages: u32,
+    visibility_timeout_seconds: u32,
+) -> Vec<pb::ReceivedMessage> {
+    receive_with(
+        client,
+        receive_request(
+            queue,
+            max_messages,
+            Some(visibility_timeout_seconds),
+            Some(0),
+        ),
+    )
+    .await
+}
+
+/// Receives with a long poll of `wait_time_seconds` and an explicit
+/// visibility timeout.
+pub async fn receive_wait(
+    client: &Client,
+    queue: &str,
+    max_messages: u32,
+    visibility_timeout_seconds: u32,
+    wait_time_seconds: u32,
+) -> Vec<pb::ReceivedMessage> {
+    receive_with(
+        client,
+        receive_request(
+            queue,
+            max_messages,
+            Some(visibility_timeout_seconds),
+            Some(wait_time_seconds),
+        ),
+    )
+    .await
+}
+
+/// Sends a `ReceiveMessagesRequest`, panicking on failure.
+pub async fn receive_with(
+    client: &Client,
+    request: pb::ReceiveMessagesRequest,
+) -> Vec<pb::ReceivedMessage> {
+    let queue = request.queue.clone();
+    client
+        .receive_messages(request)
+        .await
+        .unwrap_or_else(|e| panic!("ReceiveMessages from {queue}: {e:?}"))
+        .messages
+}
+
+/// The one message of a receive; panics if there are none or several.
+#[track_caller]
+pub fn only(messages: Vec<pb::ReceivedMessage>) -> pb::ReceivedMessage {
+    assert_eq!(
+        messages.len(),
+        1,
+        "expected exactly one message: {messages:?}"
+    );
+    messages.into_iter().next().expect("one message")
+}
+
+/// Deletes a message by receipt handle, returning the RPC's result.
+pub async fn delete_message(
+    client: &Client,
+    queue: &str,
+    receipt_handle: &str,
+) -> Result<(), Error> {
+    client
+        .delete_message(pb::DeleteMessageRequest {
+            queue: queue.to_string(),
+            receipt_handle: receipt_handle.to_string(),
+        })
+        .await
+        .map(|_| ())
+}
+
+/// Changes a message's visibility timeout, returning the RPC's result.
+pub async fn change_visibility(
+    client: &Client,
+    queue: &str,
+    receipt_handle: &str,
+    seconds: u32,
+) -> Result<(), Error> {
+    client
+        .change_message_visibility(pb::ChangeMessageVisibilityRequest {
+            queue: queue.to_string(),
+            receipt_handle: receipt_handle.to_string(),
+            visibility_timeout_seconds: seconds,
+        })
+        .await
+        .map(|_| ())
+}
+
+/// A `map<string, string>` from pairs.
+pub fn string_map(pairs: &[(&str, &str)]) -> std::collections::HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Milliseconds since the Unix epoch, as the server stamps `*_at_ms`.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_millis() as u64
+}

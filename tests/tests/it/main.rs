@@ -1,0 +1,23 @@
+//! Integration tests over real gRPC, gathered into one test binary.
+//!
+//! Every test starts its own server (`broker_tests::TestServer`) on
+//! `127.0.0.1:0` with a temporary data directory, so tests run in parallel
+//! without sharing state. One module per feature of the queue API:
+//!
+//! - `queues`: create / get / list / update / delete / purge and their validation
+//! - `send`: single and batch sends, sizes, attributes, delays
+//! - `receive`: visibility timeouts, receipt handles, delete and change visibility
+//! - `long_poll`: what wakes a waiting receive, and disconnects mid-wait
+//! - `dead_letter`: redrive policies, dead-letter moves and `RedriveMessages`
+//! - `restart`: what survives a graceful restart on the same data directory,
+//!   and a SIGKILLed server process
+//!
+//! Timings are short (1–2 s visibility timeouts and waits); tests wait for an
+//! event (a long-poll receive) rather than sleep wherever they can.
+
+mod dead_letter;
+mod long_poll;
+mod queues;
+mod receive;
+mod restart;
+mod send;
