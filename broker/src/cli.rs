@@ -1,6 +1,10 @@
-//! The client half of the `broker` binary: `broker queue create|list|get|
-//! update|delete|purge`, `send`, `receive`, `delete` and `redrive`, talking to
-//! a running broker through [`broker_client::Client`].
+//! The client half of the `broker` binary, talking to a running broker
+//! through [`broker_client::Client`]:
+//!
+//! - queues: `broker queue create|list|get|update|delete|purge`, `send`,
+//!   `receive`, `delete` and `redrive`;
+//! - topics: `broker topic create|list|get|delete`, `subscribe`,
+//!   `unsubscribe`, `subscriptions` and `publish`.
 //!
 //! - Output: short, aligned text for people by default; with `--json`, one
 //!   JSON document per command, shaped like the RPC's response (`{"queue":
@@ -10,12 +14,13 @@
 //!   and exits non-zero. Flag mistakes (`--attr` without `=`, a dead-letter
 //!   queue without `--max-receive-count`) are clap usage errors, caught before
 //!   any connection is made.
-//! - Ranges (visibility timeout, delay, ...) are checked by the broker only,
-//!   so the CLI cannot disagree with it.
+//! - Ranges (visibility timeout, delay, ...) and filter policies are checked
+//!   by the broker only, so the CLI cannot disagree with it.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{IsTerminal as _, Write as _};
+use std::path::PathBuf;
 
 use anyhow::{Context as _, anyhow, bail};
 use broker_client::{Client, pb};
@@ -96,6 +101,107 @@ pub enum Command {
         #[arg(long, value_name = "N")]
         max: Option<u32>,
     },
+    /// Create, list, inspect and delete topics
+    Topic {
+        #[command(subcommand)]
+        cmd: TopicCommand,
+    },
+    /// Subscribe a queue to a topic and print the subscription's id
+    Subscribe {
+        /// Topic to subscribe to
+        topic: String,
+        /// Queue that gets a copy of every matching message
+        queue: String,
+        /// Filter policy over message attributes, SNS syntax, e.g.
+        /// '{"country": ["IN", "BR"]}'; @FILE reads it from FILE [default: every message]
+        #[arg(long, value_name = "JSON|@FILE", value_parser = parse_filter)]
+        filter: Option<FilterArg>,
+        /// Copy body and attributes as they are, instead of a JSON envelope
+        #[arg(long)]
+        raw: bool,
+    },
+    /// Remove a subscription; the queue and its messages stay
+    Unsubscribe {
+        /// The subscription's id, as printed by `subscribe`
+        id: String,
+    },
+    /// List subscriptions, of one topic and/or one queue
+    Subscriptions {
+        /// Only the subscriptions of topic T
+        #[arg(long, value_name = "T")]
+        topic: Option<String>,
+        /// Only the subscriptions of queue Q
+        #[arg(long, value_name = "Q")]
+        queue: Option<String>,
+    },
+    /// Publish a message to a topic; print its id and how many copies were delivered
+    Publish {
+        /// Topic to publish to
+        topic: String,
+        /// Message body; when absent, read from stdin as is (binary safe)
+        body: Option<String>,
+        /// Message attribute, repeatable (at most 10); filter policies match on these
+        #[arg(long = "attr", value_name = "KEY=VALUE", value_parser = parse_attr)]
+        attrs: Vec<(String, String)>,
+    },
+}
+
+/// `broker topic ...`
+#[derive(clap::Subcommand, Debug)]
+pub enum TopicCommand {
+    /// Create a topic (no change if it exists)
+    Create {
+        /// Topic name: 1..=80 of A-Z a-z 0-9 _ -
+        name: String,
+    },
+    /// List topics in name order
+    List {
+        /// Only topics whose name starts with P
+        #[arg(long, value_name = "P", default_value = "")]
+        prefix: String,
+    },
+    /// Show a topic and its number of subscriptions
+    Get {
+        /// Topic name
+        name: String,
+    },
+    /// Delete a topic and its subscriptions; the subscribed queues stay
+    Delete {
+        /// Topic name
+        name: String,
+    },
+}
+
+/// The value of `subscribe --filter`: the policy itself, or the file it is in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FilterArg {
+    /// `--filter '{"k": ["v"]}'`
+    Inline(String),
+    /// `--filter @policy.json`
+    File(PathBuf),
+}
+
+impl FilterArg {
+    /// The policy text; a file is read as it is (the broker checks it).
+    fn resolve(&self) -> anyhow::Result<String> {
+        match self {
+            FilterArg::Inline(policy) => Ok(policy.clone()),
+            FilterArg::File(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the filter policy from {}", path.display())),
+        }
+    }
+}
+
+/// Parses `--filter`: `@FILE` names a file, anything else is the policy.
+fn parse_filter(s: &str) -> Result<FilterArg, String> {
+    match s.strip_prefix('@') {
+        Some("") => Err("'@' needs a file name: --filter @policy.json".to_owned()),
+        Some(path) => Ok(FilterArg::File(PathBuf::from(path))),
+        None if s.trim().is_empty() => Err(
+            "the filter policy is empty; leave out --filter to receive every message".to_owned(),
+        ),
+        None => Ok(FilterArg::Inline(s.to_owned())),
+    }
 }
 
 /// `broker queue ...`
@@ -222,6 +328,17 @@ fn parse_attr(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// The attributes of `--attr` flags; a key given twice is an error.
+fn attribute_map(attrs: Vec<(String, String)>) -> anyhow::Result<HashMap<String, String>> {
+    let mut attributes = HashMap::with_capacity(attrs.len());
+    for (key, value) in attrs {
+        if attributes.insert(key.clone(), value).is_some() {
+            bail!("attribute '{key}' is given more than once");
+        }
+    }
+    Ok(attributes)
+}
+
 /// Runs one client command against the broker at `args.server`.
 pub async fn run(args: &ClientArgs, cmd: Command) -> anyhow::Result<()> {
     // Checked before connecting: a usage mistake should not wait on the network.
@@ -254,16 +371,11 @@ pub async fn run(args: &ClientArgs, cmd: Command) -> anyhow::Result<()> {
             attrs,
             delay,
         } => {
+            let attributes = attribute_map(attrs)?;
             let body = match body {
                 Some(body) => Bytes::from(body),
                 None => read_stdin().await?,
             };
-            let mut attributes = HashMap::with_capacity(attrs.len());
-            for (key, value) in attrs {
-                if attributes.insert(key.clone(), value).is_some() {
-                    bail!("attribute '{key}' is given more than once");
-                }
-            }
             let resp = client
                 .send_message(pb::SendMessageRequest {
                     queue: queue.clone(),
@@ -347,6 +459,168 @@ pub async fn run(args: &ClientArgs, cmd: Command) -> anyhow::Result<()> {
                     "moved {} from '{dlq}' {destination}\n",
                     plural(resp.moved, "message")
                 ))
+            }
+        }
+        Command::Topic { cmd } => run_topic(&client, json, cmd).await,
+        Command::Subscribe {
+            topic,
+            queue,
+            filter,
+            raw,
+        } => {
+            let filter_policy = filter
+                .as_ref()
+                .map(FilterArg::resolve)
+                .transpose()?
+                .unwrap_or_default();
+            let subscription = client
+                .subscribe(pb::SubscribeRequest {
+                    topic,
+                    queue,
+                    filter_policy,
+                    raw_delivery: raw,
+                })
+                .await
+                // NOT_FOUND may be about the topic or the queue: let the broker say which.
+                .map_err(|e| failure(e, None))?
+                .subscription
+                .context("the broker returned no subscription")?;
+            if json {
+                emit_json(&json!({ "subscription": subscription_json(&subscription) }))
+            } else {
+                emit(&format!("{}\n", subscription.id))
+            }
+        }
+        Command::Unsubscribe { id } => {
+            client
+                .unsubscribe(pb::UnsubscribeRequest {
+                    subscription_id: id.clone(),
+                })
+                .await
+                .map_err(|e| failure_of(e, Some(("subscription", &id))))?;
+            if json {
+                emit_json(&json!({}))
+            } else {
+                emit(&format!("deleted subscription '{id}'\n"))
+            }
+        }
+        Command::Subscriptions { topic, queue } => {
+            let only = match (&topic, &queue) {
+                (Some(topic), None) => Some(("topic", topic.as_str())),
+                (None, Some(queue)) => Some(("queue", queue.as_str())),
+                _ => None,
+            };
+            let mut subscriptions = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let page = client
+                    .list_subscriptions(pb::ListSubscriptionsRequest {
+                        topic: topic.clone().unwrap_or_default(),
+                        queue: queue.clone().unwrap_or_default(),
+                        page_size: 1000,
+                        page_token,
+                    })
+                    .await
+                    .map_err(|e| failure_of(e, only))?;
+                subscriptions.extend(page.subscriptions);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            if json {
+                let list: Vec<Value> = subscriptions.iter().map(subscription_json).collect();
+                emit_json(&json!({ "subscriptions": list }))
+            } else {
+                emit(&subscriptions_table(&subscriptions))
+            }
+        }
+        Command::Publish { topic, body, attrs } => {
+            let attributes = attribute_map(attrs)?;
+            let body = match body {
+                Some(body) => Bytes::from(body),
+                None => read_stdin().await?,
+            };
+            let resp = client
+                .publish(&topic, body, attributes)
+                .await
+                .map_err(|e| failure_of(e, Some(("topic", &topic))))?;
+            if json {
+                emit_json(&json!({
+                    "message_id": resp.message_id,
+                    "delivered": resp.delivered,
+                }))
+            } else {
+                emit(&publish_text(&resp))
+            }
+        }
+    }
+}
+
+async fn run_topic(client: &Client, json: bool, cmd: TopicCommand) -> anyhow::Result<()> {
+    match cmd {
+        TopicCommand::Create { name } => {
+            let topic = client
+                .create_topic(pb::CreateTopicRequest { name: name.clone() })
+                .await
+                .map_err(|e| failure_of(e, Some(("topic", &name))))?
+                .topic
+                .context("the broker returned no topic")?;
+            if json {
+                emit_json(&json!({ "topic": topic_json(&topic) }))
+            } else {
+                emit(&topic_text(&topic, None))
+            }
+        }
+        TopicCommand::List { prefix } => {
+            let mut topics = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let page = client
+                    .list_topics(pb::ListTopicsRequest {
+                        prefix: prefix.clone(),
+                        page_size: 1000,
+                        page_token,
+                    })
+                    .await
+                    .map_err(|e| failure(e, None))?;
+                topics.extend(page.topics);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            if json {
+                let list: Vec<Value> = topics.iter().map(topic_json).collect();
+                emit_json(&json!({ "topics": list }))
+            } else {
+                emit(&topics_table(&topics))
+            }
+        }
+        TopicCommand::Get { name } => {
+            let resp = client
+                .get_topic(pb::GetTopicRequest { name: name.clone() })
+                .await
+                .map_err(|e| failure_of(e, Some(("topic", &name))))?;
+            let topic = resp.topic.context("the broker returned no topic")?;
+            if json {
+                emit_json(&json!({
+                    "topic": topic_json(&topic),
+                    "subscription_count": resp.subscription_count,
+                }))
+            } else {
+                emit(&topic_text(&topic, Some(resp.subscription_count)))
+            }
+        }
+        TopicCommand::Delete { name } => {
+            client
+                .delete_topic(pb::DeleteTopicRequest { name: name.clone() })
+                .await
+                .map_err(|e| failure_of(e, Some(("topic", &name))))?;
+            if json {
+                emit_json(&json!({}))
+            } else {
+                emit(&format!("deleted topic '{name}'\n"))
             }
         }
     }
@@ -515,9 +789,15 @@ async fn delete_all(
 /// shown as they are. `queue` is the one queue the call names, if there is
 /// only one: NOT_FOUND can then only be about it.
 fn failure(err: broker_client::Error, queue: Option<&str>) -> anyhow::Error {
+    failure_of(err, queue.map(|queue| ("queue", queue)))
+}
+
+/// [`failure`] for a call that names one thing of any kind: `("topic",
+/// "payments")` turns NOT_FOUND into "topic 'payments' not found".
+fn failure_of(err: broker_client::Error, only: Option<(&str, &str)>) -> anyhow::Error {
     use broker_client::Error as E;
-    match (&err, queue) {
-        (E::NotFound(_), Some(queue)) => anyhow!("queue '{queue}' not found"),
+    match (&err, only) {
+        (E::NotFound(_), Some((kind, name))) => anyhow!("{kind} '{name}' not found"),
         (
             E::InvalidArgument(m) | E::NotFound(m) | E::AlreadyExists(m) | E::FailedPrecondition(m),
             _,
@@ -603,6 +883,88 @@ fn message_json(m: &pb::ReceivedMessage) -> Value {
         value["body_base64"] = json!(base64(&m.body));
     }
     value
+}
+
+fn topic_json(topic: &pb::Topic) -> Value {
+    json!({
+        "name": topic.name,
+        "created_at_ms": topic.created_at_ms,
+    })
+}
+
+fn subscription_json(s: &pb::Subscription) -> Value {
+    json!({
+        "id": s.id,
+        "topic": s.topic,
+        "queue": s.queue,
+        "filter_policy": s.filter_policy,
+        "raw_delivery": s.raw_delivery,
+    })
+}
+
+/// `topic get` (with the subscription count) and `topic create` (without).
+fn topic_text(topic: &pb::Topic, subscription_count: Option<u32>) -> String {
+    let mut out = format!(
+        "topic          {}\ncreated        {}\n",
+        topic.name,
+        timestamp(topic.created_at_ms)
+    );
+    if let Some(count) = subscription_count {
+        let _ = writeln!(out, "subscriptions  {count}");
+    }
+    out
+}
+
+/// `topic list`: one row per topic.
+fn topics_table(topics: &[pb::Topic]) -> String {
+    if topics.is_empty() {
+        return "no topics\n".to_owned();
+    }
+    let mut rows = vec![["NAME", "CREATED"].map(String::from)];
+    for t in topics {
+        rows.push([t.name.clone(), timestamp(t.created_at_ms)]);
+    }
+    table(&rows)
+}
+
+/// `subscriptions`: one row per subscription; the filter policy on one line.
+fn subscriptions_table(subscriptions: &[pb::Subscription]) -> String {
+    if subscriptions.is_empty() {
+        return "no subscriptions\n".to_owned();
+    }
+    let mut rows = vec![["ID", "TOPIC", "QUEUE", "DELIVERY", "FILTER"].map(String::from)];
+    for s in subscriptions {
+        rows.push([
+            s.id.clone(),
+            s.topic.clone(),
+            s.queue.clone(),
+            if s.raw_delivery { "raw" } else { "envelope" }.to_owned(),
+            one_line_policy(&s.filter_policy),
+        ]);
+    }
+    table(&rows)
+}
+
+/// A filter policy on one line: compact JSON, or "-" when there is none.
+fn one_line_policy(policy: &str) -> String {
+    if policy.trim().is_empty() {
+        return "-".to_owned();
+    }
+    match serde_json::from_str::<Value>(policy) {
+        Ok(value) => value.to_string(),
+        // The broker accepted it, so this should not happen; show it anyway.
+        Err(_) => policy.split_whitespace().collect::<Vec<_>>().join(" "),
+    }
+}
+
+/// `publish`: the message id on the first line (like `send`), then the copies.
+fn publish_text(resp: &pb::PublishResponse) -> String {
+    let copies = match resp.delivered {
+        0 => "delivered 0 copies: no subscription matched".to_owned(),
+        1 => "delivered 1 copy".to_owned(),
+        n => format!("delivered {n} copies"),
+    };
+    format!("{}\n{copies}\n", resp.message_id)
 }
 
 /// `queue get` (with stats), `create` and `update` (without).
@@ -1018,6 +1380,221 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn topic_subcommands_parse() {
+        for (verb, expected) in [("create", "create"), ("get", "get"), ("delete", "delete")] {
+            let cli = parse(&["topic", verb, "payments"]).unwrap();
+            let (got, name) = match cli.cmd {
+                Command::Topic {
+                    cmd: TopicCommand::Create { name },
+                } => ("create", name),
+                Command::Topic {
+                    cmd: TopicCommand::Get { name },
+                } => ("get", name),
+                Command::Topic {
+                    cmd: TopicCommand::Delete { name },
+                } => ("delete", name),
+                other => panic!("parsed as {other:?}"),
+            };
+            assert_eq!((got, name.as_str()), (expected, "payments"));
+        }
+        let cli = parse(&["topic", "list", "--prefix", "pay", "--json"]).unwrap();
+        assert!(cli.client.json);
+        assert!(matches!(
+            cli.cmd,
+            Command::Topic { cmd: TopicCommand::List { prefix } } if prefix == "pay"
+        ));
+        assert!(parse(&["topic", "create"]).is_err(), "a name is required");
+    }
+
+    #[test]
+    fn subscribe_defaults_to_every_message_in_an_envelope() {
+        let cli = parse(&["subscribe", "payments", "email"]).unwrap();
+        match cli.cmd {
+            Command::Subscribe {
+                topic,
+                queue,
+                filter,
+                raw,
+            } => {
+                assert_eq!((topic.as_str(), queue.as_str()), ("payments", "email"));
+                assert_eq!(filter, None);
+                assert!(!raw);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn subscribe_takes_an_inline_or_file_filter_and_raw() {
+        let policy = r#"{"country": ["IN", "BR"]}"#;
+        let cli = parse(&["subscribe", "payments", "sms", "--filter", policy, "--raw"]).unwrap();
+        assert!(matches!(
+            cli.cmd,
+            Command::Subscribe { filter: Some(FilterArg::Inline(p)), raw: true, .. } if p == policy
+        ));
+        let cli = parse(&[
+            "subscribe",
+            "payments",
+            "sms",
+            "--filter",
+            "@dir/policy.json",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.cmd,
+            Command::Subscribe { filter: Some(FilterArg::File(p)), raw: false, .. }
+                if p == std::path::Path::new("dir/policy.json")
+        ));
+    }
+
+    #[test]
+    fn empty_filter_is_a_usage_error() {
+        for bad in ["@", "", "  "] {
+            let err = parse(&["subscribe", "t", "q", "--filter", bad]).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn filter_file_is_read_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy.json");
+        let policy = "{\n  \"amount\": [{\"numeric\": [\">\", 100]}]\n}\n";
+        std::fs::write(&path, policy).unwrap();
+        assert_eq!(FilterArg::File(path.clone()).resolve().unwrap(), policy);
+        assert_eq!(
+            FilterArg::Inline("{}".into()).resolve().unwrap(),
+            "{}".to_owned()
+        );
+        let missing = dir.path().join("missing.json");
+        let err = FilterArg::File(missing.clone()).resolve().unwrap_err();
+        assert!(
+            format!("{err:#}").contains(&missing.display().to_string()),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn unsubscribe_and_subscriptions_parse() {
+        let cli = parse(&["unsubscribe", "sub-1"]).unwrap();
+        assert!(matches!(cli.cmd, Command::Unsubscribe { id } if id == "sub-1"));
+        let cli = parse(&["subscriptions"]).unwrap();
+        assert!(matches!(
+            cli.cmd,
+            Command::Subscriptions {
+                topic: None,
+                queue: None
+            }
+        ));
+        let cli = parse(&["subscriptions", "--topic", "t", "--queue", "q"]).unwrap();
+        assert!(matches!(
+            cli.cmd,
+            Command::Subscriptions { topic: Some(t), queue: Some(q) } if t == "t" && q == "q"
+        ));
+    }
+
+    #[test]
+    fn publish_collects_attrs_and_reads_stdin_without_body() {
+        let cli = parse(&[
+            "publish",
+            "payments",
+            "paid",
+            "--attr",
+            "country=IN",
+            "--attr",
+            "amount=12.5",
+        ])
+        .unwrap();
+        match cli.cmd {
+            Command::Publish { topic, body, attrs } => {
+                assert_eq!(topic, "payments");
+                assert_eq!(body.as_deref(), Some("paid"));
+                assert_eq!(
+                    attrs,
+                    vec![
+                        ("country".into(), "IN".into()),
+                        ("amount".into(), "12.5".into())
+                    ]
+                );
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        let cli = parse(&["publish", "payments"]).unwrap();
+        assert!(matches!(cli.cmd, Command::Publish { body: None, .. }));
+        let err = parse(&["publish", "payments", "x", "--attr", "oops"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+    }
+
+    #[test]
+    fn repeated_attribute_key_is_an_error() {
+        let ok = attribute_map(vec![("a".into(), "1".into()), ("b".into(), "2".into())]).unwrap();
+        assert_eq!(ok.len(), 2);
+        let err =
+            attribute_map(vec![("a".into(), "1".into()), ("a".into(), "2".into())]).unwrap_err();
+        assert_eq!(err.to_string(), "attribute 'a' is given more than once");
+    }
+
+    #[test]
+    fn publish_text_names_id_and_copies() {
+        let resp = |delivered| pb::PublishResponse {
+            message_id: "m1".into(),
+            delivered,
+        };
+        assert_eq!(publish_text(&resp(3)), "m1\ndelivered 3 copies\n");
+        assert_eq!(publish_text(&resp(1)), "m1\ndelivered 1 copy\n");
+        assert_eq!(
+            publish_text(&resp(0)),
+            "m1\ndelivered 0 copies: no subscription matched\n"
+        );
+    }
+
+    #[test]
+    fn subscriptions_table_shows_delivery_and_one_line_filter() {
+        let subscriptions = [
+            pb::Subscription {
+                id: "s1".into(),
+                topic: "payments".into(),
+                queue: "sms".into(),
+                filter_policy: "{\n  \"country\": [\"IN\",\n \"BR\"]\n}".into(),
+                raw_delivery: true,
+            },
+            pb::Subscription {
+                id: "s2".into(),
+                topic: "payments".into(),
+                queue: "email".into(),
+                filter_policy: String::new(),
+                raw_delivery: false,
+            },
+        ];
+        assert_eq!(
+            subscriptions_table(&subscriptions),
+            "ID  TOPIC     QUEUE  DELIVERY  FILTER\n\
+             s1  payments  sms    raw       {\"country\":[\"IN\",\"BR\"]}\n\
+             s2  payments  email  envelope  -\n"
+        );
+        assert_eq!(subscriptions_table(&[]), "no subscriptions\n");
+    }
+
+    #[test]
+    fn not_found_names_the_topic_or_subscription() {
+        let err = failure_of(
+            broker_client::Error::NotFound("whatever".into()),
+            Some(("topic", "payments")),
+        );
+        assert_eq!(format!("{err:#}"), "topic 'payments' not found");
+        // Subscribe names two things: the broker's message says which is missing.
+        let err = failure(
+            broker_client::Error::NotFound("queue 'sms' does not exist".into()),
+            None,
+        );
+        assert_eq!(format!("{err:#}"), "queue 'sms' does not exist");
     }
 
     #[test]

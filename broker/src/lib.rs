@@ -4,7 +4,8 @@
 //! Layout (dependencies point down the list):
 //! - [`server`]: `run(listener, config, shutdown)`: the gRPC server and the engine's background task.
 //! - [`service`]: thin gRPC adapters: protobuf in, engine call, protobuf or status out.
-//! - [`queue`]: the queue engine: send, receive, visibility, long polling, dead letters.
+//! - [`queue`]: the engine: queues (send, receive, visibility, long polling, dead letters) and the fan-out of topics.
+//! - [`topic`]: topic records, filter policies, the JSON envelope of copies.
 //! - [`storage`]: the narrow storage interface; the only module that imports RocksDB.
 //! - [`config`]: server settings.
 //! - [`cli`]: the command-line client of the `broker` binary.
@@ -18,5 +19,6 @@ pub mod queue;
 pub mod server;
 pub mod service;
 pub mod storage;
+pub mod topic;
 
 pub use error::{Error, Result};

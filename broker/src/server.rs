@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use broker_proto::pb::queue_service_server::QueueServiceServer;
+use broker_proto::pb::topic_service_server::TopicServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +20,7 @@ use crate::config::ServerConfig;
 use crate::error::Result;
 use crate::queue::Engine;
 use crate::service::queue::QueueApi;
+use crate::service::topic::TopicApi;
 
 /// The largest request or response: a batch of 100 messages of the largest
 /// size (1 MiB each), with room for attributes and framing.
@@ -49,9 +51,13 @@ pub async fn run(
     let queues = QueueServiceServer::new(QueueApi::new(engine.clone()))
         .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+    let topics = TopicServiceServer::new(TopicApi::new(engine.clone()))
+        .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
     let serve = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(queues)
+        .add_service(topics)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
     let deadline = async {
         stopping.cancelled().await;

@@ -39,6 +39,7 @@ pub mod attributes;
 pub mod index;
 pub mod receipt;
 pub mod records;
+mod topics;
 pub mod validate;
 
 use std::collections::{BTreeMap, HashMap};
@@ -58,6 +59,7 @@ pub use attributes::{AttributeChanges, QueueAttributes, RedrivePolicy};
 use index::{QueueIndex, Timers};
 use receipt::ReceiptHandle;
 use records::{BodyRecord, QueueRecord, StateRecord};
+pub use topics::{NewPublication, Published};
 
 /// Sequence numbers reserved per write of the reservation key.
 const SEQ_BLOCK: u64 = 1 << 20;
@@ -138,6 +140,10 @@ struct State {
     /// Name to id, in name order (ListQueues pages through it).
     names: BTreeMap<String, u64>,
     timers: Timers,
+    /// Topics by name, with the ids of their subscriptions.
+    topics: BTreeMap<String, topics::Topic>,
+    /// Subscriptions by id (ids come from the seq counter).
+    subscriptions: BTreeMap<u64, topics::Subscription>,
     next_seq: u64,
     /// Seqs below this may have been handed out (persisted before use).
     reserved_seq: u64,
@@ -184,6 +190,82 @@ impl State {
     }
 }
 
+/// A message written by a send or a publish, to be added to the index
+/// once its write is applied.
+struct Placed {
+    queue_id: u64,
+    seq: u64,
+    state: StateRecord,
+}
+
+/// Adds a new message (body and state) to `batch`, with a fresh seq.
+fn enqueue(
+    st: &mut State,
+    batch: &mut Batch,
+    queue_id: u64,
+    body: BodyRecord,
+    delay: u32,
+    now: u64,
+) -> Placed {
+    let seq = st.alloc_seqs(1, batch);
+    let state = StateRecord {
+        receive_count: 0,
+        visible_at_ms: now + u64::from(delay) * 1000,
+        first_received_at_ms: 0,
+        sent_at_ms: body.sent_at_ms,
+    };
+    batch.put(keys::body(queue_id, seq), body.encode_to_vec());
+    batch.put(keys::state(queue_id, seq), state.encode());
+    Placed {
+        queue_id,
+        seq,
+        state,
+    }
+}
+
+/// Entries of a name-ordered map whose name starts with `prefix`, after
+/// `page_token` (the last name of the previous page).
+fn by_name<'a, V>(
+    map: &'a BTreeMap<String, V>,
+    prefix: &'a str,
+    page_token: &'a str,
+) -> impl Iterator<Item = (&'a String, &'a V)> + 'a {
+    let start = if page_token.is_empty() {
+        prefix
+    } else {
+        page_token
+    };
+    map.range::<str, _>((std::ops::Bound::Included(start), std::ops::Bound::Unbounded))
+        .filter(move |(n, _)| n.as_str() != page_token)
+        .take_while(move |(n, _)| n.starts_with(prefix))
+}
+
+/// One page of `items` (already positioned after the page token), keyed
+/// by what the next page token would be: the page, and the token of the
+/// next page (empty on the last one).
+fn paginate<T>(
+    mut items: impl Iterator<Item = (String, T)>,
+    page_size: u32,
+) -> Result<(Vec<T>, String)> {
+    let page_size = match page_size {
+        0 => 100,
+        n if n > 1000 => return invalid!("page_size must be in 0..=1000; got {n}"),
+        n => n as usize,
+    };
+    let mut page = Vec::new();
+    let mut last = String::new();
+    for (key, item) in items.by_ref().take(page_size) {
+        last = key;
+        page.push(item);
+    }
+    let next = if items.next().is_some() {
+        last
+    } else {
+        String::new()
+    };
+    Ok((page, next))
+}
+
 /// The queue engine. Cheap to share behind an `Arc`.
 pub struct Engine {
     state: Mutex<State>,
@@ -225,6 +307,7 @@ impl Engine {
                 },
             );
         }
+        let max_id = max_id.max(topics::recover(&store, &mut state)?);
         let mut max_seq = max_id;
         let mut orphans = 0u64;
         for item in store.scan_prefix(&[keys::STATE_PREFIX]) {
@@ -384,29 +467,10 @@ impl Engine {
         page_size: u32,
         page_token: &str,
     ) -> Result<(Vec<QueueInfo>, String)> {
-        let page_size = match page_size {
-            0 => 100,
-            n if n > 1000 => return invalid!("page_size must be in 0..=1000; got {n}"),
-            n => n as usize,
-        };
         let st = self.lock();
-        let start = if page_token.is_empty() {
-            prefix
-        } else {
-            page_token
-        };
-        let mut names = st
-            .names
-            .range::<str, _>((std::ops::Bound::Included(start), std::ops::Bound::Unbounded))
-            .filter(|(n, _)| n.as_str() != page_token)
-            .take_while(|(n, _)| n.starts_with(prefix))
-            .map(|(_, id)| st.queues[id].info());
-        let page: Vec<QueueInfo> = names.by_ref().take(page_size).collect();
-        let next = match names.next() {
-            Some(_) => page.last().map(|q| q.name.clone()).unwrap_or_default(),
-            None => String::new(),
-        };
-        Ok((page, next))
+        let items = by_name(&st.names, prefix, page_token)
+            .map(|(name, id)| (name.clone(), st.queues[id].info()));
+        paginate(items, page_size)
     }
 
     pub async fn update_queue(&self, name: &str, changes: &AttributeChanges) -> Result<QueueInfo> {
@@ -459,7 +523,14 @@ impl Engine {
             let mut batch = Batch::default();
             batch.delete(keys::queue(name));
             Self::delete_all_messages(&mut batch, id);
+            let subscriptions = topics::subscriptions_of_queue(&st, name);
+            for &sub in &subscriptions {
+                batch.delete(keys::subscription(sub));
+            }
             let ticket = self.write(batch)?;
+            for sub in subscriptions {
+                topics::forget_subscription(&mut st, sub);
+            }
             let q = st.queues.remove(&id).expect("names and queues agree");
             st.names.remove(name);
             for (seq, slot) in &q.index.slots {
@@ -524,10 +595,8 @@ impl Engine {
                     Ok((m, delay))
                 })
                 .collect();
-            let ok = checked.iter().filter(|c| c.is_ok()).count() as u64;
             let mut batch = Batch::default();
-            let mut seq = st.alloc_seqs(ok, &mut batch);
-            let mut placed = Vec::with_capacity(ok as usize);
+            let mut placed = Vec::new();
             let results: Vec<Result<String>> = checked
                 .into_iter()
                 .map(|c| {
@@ -540,34 +609,32 @@ impl Engine {
                         sent_at_ms: now,
                         dead_letter_source: String::new(),
                     };
-                    let state = StateRecord {
-                        receive_count: 0,
-                        visible_at_ms: now + u64::from(delay) * 1000,
-                        first_received_at_ms: 0,
-                        sent_at_ms: now,
-                    };
-                    batch.put(keys::body(id, seq), body.encode_to_vec());
-                    batch.put(keys::state(id, seq), state.encode());
-                    placed.push((seq, state));
-                    seq += 1;
+                    placed.push(enqueue(&mut st, &mut batch, id, body, delay, now));
                     Ok(message_id)
                 })
                 .collect();
             let ticket = self.write(batch)?;
-            let earliest = st.timers.first().map(|t| t.0);
-            let State { queues, timers, .. } = &mut *st;
-            let q = queues.get_mut(&id).expect("checked above");
-            for (seq, state) in placed {
-                q.index.insert(timers, id, seq, state, now);
-                if state.visible_at_ms <= now {
-                    q.notify.notify_one();
-                }
-            }
-            self.timer_set(&st, earliest);
+            self.place(&mut st, placed, now);
             (results, ticket)
         };
         self.durable(ticket).await?;
         Ok(results)
+    }
+
+    /// Adds freshly written messages to the index, waking one waiter per
+    /// visible message and the scheduler for an earlier timer.
+    fn place(&self, st: &mut State, placed: Vec<Placed>, now: u64) {
+        let earliest = st.timers.first().map(|t| t.0);
+        let State { queues, timers, .. } = st;
+        for p in placed {
+            if let Some(q) = queues.get_mut(&p.queue_id) {
+                q.index.insert(timers, p.queue_id, p.seq, p.state, now);
+                if p.state.visible_at_ms <= now {
+                    q.notify.notify_one();
+                }
+            }
+        }
+        self.timer_set(st, earliest);
     }
 
     /// Receives up to `max_messages`, waiting up to the wait time for the

@@ -244,3 +244,95 @@ async fn restart_keeps_messages_and_in_flight_deadlines() {
     e.send("q", vec![msg("d")]).await.unwrap();
     assert_eq!(e.get_queue("q").unwrap().1.visible, 1);
 }
+
+async fn engine_with_topic(dir: &tempfile::TempDir, queues: &[(&str, u32, bool)]) -> Arc<Engine> {
+    let e = open(dir);
+    e.create_topic("t").await.unwrap();
+    for &(name, max_bytes, raw) in queues {
+        let changes = AttributeChanges {
+            max_message_bytes: Some(max_bytes),
+            ..Default::default()
+        };
+        e.create_queue(name, &changes).await.unwrap();
+        e.subscribe("t", name, "", raw).await.unwrap();
+    }
+    e
+}
+
+fn publication(body: &[u8]) -> NewPublication {
+    NewPublication {
+        body: Bytes::copy_from_slice(body),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn publish_fans_out_one_copy_per_queue_with_the_same_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine_with_topic(&dir, &[("a", 1024, true), ("b", 1024, false)]).await;
+    let p = e.publish("t", vec![publication(b"hi")]).await.unwrap().remove(0).unwrap();
+    assert_eq!(p.delivered, 2);
+    let a = e.receive("a", recv(10, 30, 0)).await.unwrap();
+    let b = e.receive("b", recv(10, 30, 0)).await.unwrap();
+    assert_eq!((a.len(), b.len()), (1, 1));
+    assert_eq!(a[0].message_id, p.message_id);
+    assert_eq!(&a[0].body[..], b"hi");
+    let envelope: serde_json::Value = serde_json::from_slice(&b[0].body).unwrap();
+    assert_eq!(envelope["MessageId"], p.message_id.as_str());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_copy_over_one_queue_limit_writes_no_copy_anywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine_with_topic(&dir, &[("big", 4096, true), ("small", 1024, true)]).await;
+    let results = e
+        .publish("t", vec![publication(&[b'x'; 2000]), publication(b"ok")])
+        .await
+        .unwrap();
+    let err = results[0].as_ref().unwrap_err().to_string();
+    assert!(err.contains("\"small\"") && err.contains("max_message_bytes = 1024"), "{err}");
+    assert_eq!(results[1].as_ref().unwrap().delivered, 2);
+    for q in ["big", "small"] {
+        assert_eq!(e.get_queue(q).unwrap().1.visible, 1, "{q}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn deleting_a_queue_removes_its_subscriptions() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine_with_topic(&dir, &[("a", 1024, true), ("b", 1024, true)]).await;
+    e.delete_queue("a").await.unwrap();
+    assert_eq!(e.get_topic("t").unwrap().1, 1);
+    let p = e.publish("t", vec![publication(b"x")]).await.unwrap().remove(0).unwrap();
+    assert_eq!(p.delivered, 1);
+    e.delete_topic("t").await.unwrap();
+    assert!(e.list_subscriptions("", "b", 0, "").unwrap().0.is_empty());
+}
+
+#[tokio::test]
+async fn restart_keeps_topics_and_subscriptions() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let e = engine_with_topic(&dir, &[("a", 1024, true)]).await;
+        e.create_queue("f", &AttributeChanges::default()).await.unwrap();
+        e.subscribe("t", "f", r#"{"kind": ["x"]}"#, true).await.unwrap();
+    }
+    let e = open(&dir);
+    let (subs, _) = e.list_subscriptions("t", "", 0, "").unwrap();
+    assert_eq!(subs.len(), 2);
+    let mut attrs = HashMap::new();
+    attrs.insert("kind".to_string(), "y".to_string());
+    let p = e
+        .publish(
+            "t",
+            vec![NewPublication {
+                body: Bytes::from_static(b"m"),
+                attributes: attrs,
+            }],
+        )
+        .await
+        .unwrap()
+        .remove(0)
+        .unwrap();
+    assert_eq!(p.delivered, 1, "the filter survives the restart");
+}

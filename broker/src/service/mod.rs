@@ -3,7 +3,9 @@
 //! status codes lives here.
 
 pub mod queue;
+pub mod topic;
 
+use broker_proto::pb;
 use tonic::{Code, Status};
 
 use crate::error::Error;
@@ -44,5 +46,14 @@ pub fn code_name(e: &Error) -> &'static str {
         Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
         Code::Unavailable => "UNAVAILABLE",
         _ => "INTERNAL",
+    }
+}
+
+/// A failed batch entry: its id, its code name and the error's message.
+pub fn failed(id: String, e: &Error) -> pb::BatchResultError {
+    pb::BatchResultError {
+        id,
+        code: code_name(e).to_string(),
+        message: e.to_string(),
     }
 }

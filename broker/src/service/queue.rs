@@ -5,8 +5,7 @@ use std::sync::Arc;
 use broker_proto::pb;
 use tonic::{Request, Response, Status};
 
-use super::{code_name, status};
-use crate::error::Error;
+use super::{failed, status};
 use crate::queue::validate;
 use crate::queue::{
     AttributeChanges, Engine, NewMessage, QueueInfo, QueueStats, ReceiveOptions, Received,
@@ -90,14 +89,6 @@ impl From<Received> for pb::ReceivedMessage {
             sent_at_ms: m.sent_at_ms,
             first_received_at_ms: m.first_received_at_ms,
         }
-    }
-}
-
-fn failed(id: String, e: &Error) -> pb::BatchResultError {
-    pb::BatchResultError {
-        id,
-        code: code_name(e).to_string(),
-        message: e.to_string(),
     }
 }
 

@@ -10,6 +10,8 @@
 //! | queue | `0x01` name (UTF-8) | a queue record |
 //! | message body | `0x02` queue id (u64 BE) seq (u64 BE) | a body record: immutable while the message lives in this queue |
 //! | message state | `0x03` queue id (u64 BE) seq (u64 BE) | a state record: receive count, visible-at, first receive, sent-at |
+//! | topic | `0x04` name (UTF-8) | a topic record |
+//! | subscription | `0x05` subscription id (u64 BE) | a subscription record: topic, queue, filter policy, raw delivery |
 //!
 //! Sequence numbers come from one counter for the whole store and are never
 //! reused, so a `(queue id, seq)` pair names one message forever, and queue
@@ -19,6 +21,8 @@ pub const SEQ_RESERVATION: &[u8] = b"\x00seq";
 pub const QUEUE_PREFIX: u8 = 0x01;
 pub const BODY_PREFIX: u8 = 0x02;
 pub const STATE_PREFIX: u8 = 0x03;
+pub const TOPIC_PREFIX: u8 = 0x04;
+pub const SUBSCRIPTION_PREFIX: u8 = 0x05;
 
 pub fn queue(name: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(1 + name.len());
@@ -29,8 +33,38 @@ pub fn queue(name: &str) -> Vec<u8> {
 
 /// The queue name of a queue key.
 pub fn decode_queue(key: &[u8]) -> Option<&str> {
+    decode_name(QUEUE_PREFIX, key)
+}
+
+pub fn topic(name: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + name.len());
+    key.push(TOPIC_PREFIX);
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+/// The topic name of a topic key.
+pub fn decode_topic(key: &[u8]) -> Option<&str> {
+    decode_name(TOPIC_PREFIX, key)
+}
+
+fn decode_name(prefix: u8, key: &[u8]) -> Option<&str> {
     match key.split_first() {
-        Some((&QUEUE_PREFIX, name)) => std::str::from_utf8(name).ok(),
+        Some((&p, name)) if p == prefix => std::str::from_utf8(name).ok(),
+        _ => None,
+    }
+}
+
+pub fn subscription(id: u64) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[0] = SUBSCRIPTION_PREFIX;
+    key[1..].copy_from_slice(&id.to_be_bytes());
+    key
+}
+
+pub fn decode_subscription(key: &[u8]) -> Option<u64> {
+    match key.split_first() {
+        Some((&SUBSCRIPTION_PREFIX, id)) => Some(u64::from_be_bytes(id.try_into().ok()?)),
         _ => None,
     }
 }
@@ -92,6 +126,8 @@ mod tests {
         assert!(queue("zzz").as_slice() < body(0, 0).as_slice());
         assert!(body(u64::MAX, u64::MAX) < state(0, 0));
         assert!(SEQ_RESERVATION < queue("").as_slice());
+        assert!(state(u64::MAX, u64::MAX).as_slice() < topic("").as_slice());
+        assert!(topic("zzz").as_slice() < subscription(0).as_slice());
     }
 
     #[test]
@@ -102,6 +138,9 @@ mod tests {
         }
         assert_eq!(decode_message(&queue("x")), None);
         assert_eq!(decode_queue(&queue("orders")), Some("orders"));
+        assert_eq!(decode_topic(&topic("payments")), Some("payments"));
+        assert_eq!(decode_queue(&topic("payments")), None);
+        assert_eq!(decode_subscription(&subscription(77)), Some(77));
     }
 
     #[test]

@@ -1,0 +1,474 @@
+//! Topics on the engine: create, delete, subscribe, and the atomic fan-out
+//! of a publish into the subscribed queues.
+//!
+//! Topics and subscriptions live under the engine lock beside the queues,
+//! so a publish sees one consistent set of subscriptions and writes all
+//! of its copies in one batch: a crash, or a topic or queue deleted at the
+//! same moment, leaves either every copy or none. A publish to N queues
+//! costs one durable sync, not N.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use prost::Message;
+
+use super::{Engine, Placed, State, by_name, enqueue, paginate, records, validate};
+use crate::error::{Error, Result, invalid};
+use crate::storage::{Batch, Store, keys};
+use crate::topic::filter::FilterPolicy;
+use crate::topic::{
+    SubscriptionInfo, SubscriptionRecord, TopicInfo, TopicRecord, envelope, format_subscription_id,
+    parse_subscription_id,
+};
+
+pub(super) struct Topic {
+    created_at_ms: u64,
+    /// Ids of its subscriptions, in creation order.
+    subscriptions: Vec<u64>,
+}
+
+pub(super) struct Subscription {
+    record: SubscriptionRecord,
+    /// Parsed once at subscribe time (or at startup); `None` matches all.
+    filter: Option<FilterPolicy>,
+}
+
+impl Subscription {
+    fn info(&self, id: u64) -> SubscriptionInfo {
+        SubscriptionInfo {
+            id: format_subscription_id(id),
+            topic: self.record.topic.clone(),
+            queue: self.record.queue.clone(),
+            filter_policy: self.record.filter_policy.clone(),
+            raw_delivery: self.record.raw_delivery,
+        }
+    }
+}
+
+/// A message to publish.
+#[derive(Debug, Clone, Default)]
+pub struct NewPublication {
+    pub body: Bytes,
+    pub attributes: HashMap<String, String>,
+}
+
+/// The outcome of one published message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub message_id: String,
+    /// Copies written: one per subscribed queue whose filter matched.
+    pub delivered: u32,
+}
+
+fn parse_filter(policy: &str) -> Result<Option<FilterPolicy>> {
+    if policy.trim().is_empty() {
+        Ok(None)
+    } else {
+        FilterPolicy::parse(policy).map(Some)
+    }
+}
+
+/// Rebuilds topics and subscriptions from the store; returns the highest
+/// subscription id seen (ids come from the seq counter).
+pub(super) fn recover(store: &Store, st: &mut State) -> Result<u64> {
+    for item in store.scan_prefix(&[keys::TOPIC_PREFIX]) {
+        let (key, value) = item?;
+        let Some(name) = keys::decode_topic(&key) else {
+            continue;
+        };
+        let rec: TopicRecord = records::decode(&key, &value)?;
+        st.topics.insert(
+            name.to_string(),
+            Topic {
+                created_at_ms: rec.created_at_ms,
+                subscriptions: Vec::new(),
+            },
+        );
+    }
+    let mut max_id = 0;
+    for item in store.scan_prefix(&[keys::SUBSCRIPTION_PREFIX]) {
+        let (key, value) = item?;
+        let Some(id) = keys::decode_subscription(&key) else {
+            continue;
+        };
+        let record: SubscriptionRecord = records::decode(&key, &value)?;
+        max_id = max_id.max(id);
+        let filter = parse_filter(&record.filter_policy).map_err(|e| {
+            crate::storage::StorageError::Corrupt {
+                key: format!("{key:02x?}"),
+                reason: format!("stored filter policy no longer parses: {e}"),
+            }
+        })?;
+        match st.topics.get_mut(&record.topic) {
+            Some(topic) => topic.subscriptions.push(id),
+            None => continue,
+        }
+        st.subscriptions.insert(id, Subscription { record, filter });
+    }
+    Ok(max_id)
+}
+
+/// Ids of the subscriptions that deliver into `queue`.
+pub(super) fn subscriptions_of_queue(st: &State, queue: &str) -> Vec<u64> {
+    st.subscriptions
+        .iter()
+        .filter(|(_, s)| s.record.queue == queue)
+        .map(|(&id, _)| id)
+        .collect()
+}
+
+/// Removes a subscription from memory (its record is deleted by the caller).
+pub(super) fn forget_subscription(st: &mut State, id: u64) {
+    if let Some(sub) = st.subscriptions.remove(&id)
+        && let Some(topic) = st.topics.get_mut(&sub.record.topic)
+    {
+        topic.subscriptions.retain(|&s| s != id);
+    }
+}
+
+fn topic_not_found(name: &str) -> Error {
+    Error::NotFound(format!("topic {name:?} does not exist"))
+}
+
+impl Engine {
+    /// Creates a topic; idempotent.
+    pub async fn create_topic(&self, name: &str) -> Result<TopicInfo> {
+        validate::queue_name("name", name)?;
+        let (info, ticket) = {
+            let mut st = self.lock();
+            if let Some(t) = st.topics.get(name) {
+                return Ok(TopicInfo {
+                    name: name.to_string(),
+                    created_at_ms: t.created_at_ms,
+                });
+            }
+            let created_at_ms = self.now_ms();
+            let mut batch = Batch::default();
+            batch.put(
+                keys::topic(name),
+                TopicRecord { created_at_ms }.encode_to_vec(),
+            );
+            let ticket = self.write(batch)?;
+            st.topics.insert(
+                name.to_string(),
+                Topic {
+                    created_at_ms,
+                    subscriptions: Vec::new(),
+                },
+            );
+            (
+                TopicInfo {
+                    name: name.to_string(),
+                    created_at_ms,
+                },
+                ticket,
+            )
+        };
+        self.durable(ticket).await?;
+        Ok(info)
+    }
+
+    /// A topic and its number of subscriptions.
+    pub fn get_topic(&self, name: &str) -> Result<(TopicInfo, u32)> {
+        let st = self.lock();
+        let t = st.topics.get(name).ok_or_else(|| topic_not_found(name))?;
+        Ok((
+            TopicInfo {
+                name: name.to_string(),
+                created_at_ms: t.created_at_ms,
+            },
+            t.subscriptions.len() as u32,
+        ))
+    }
+
+    pub fn list_topics(
+        &self,
+        prefix: &str,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<(Vec<TopicInfo>, String)> {
+        let st = self.lock();
+        let items = by_name(&st.topics, prefix, page_token).map(|(n, t)| {
+            (
+                n.clone(),
+                TopicInfo {
+                    name: n.clone(),
+                    created_at_ms: t.created_at_ms,
+                },
+            )
+        });
+        paginate(items, page_size)
+    }
+
+    /// Deletes a topic and its subscriptions; the queues stay.
+    pub async fn delete_topic(&self, name: &str) -> Result<()> {
+        let ticket = {
+            let mut st = self.lock();
+            let topic = st
+                .topics
+                .remove(name)
+                .ok_or_else(|| topic_not_found(name))?;
+            let mut batch = Batch::default();
+            batch.delete(keys::topic(name));
+            for id in &topic.subscriptions {
+                batch.delete(keys::subscription(*id));
+            }
+            match self.write(batch) {
+                Ok(ticket) => {
+                    for id in topic.subscriptions {
+                        st.subscriptions.remove(&id);
+                    }
+                    ticket
+                }
+                Err(e) => {
+                    st.topics.insert(name.to_string(), topic);
+                    return Err(e);
+                }
+            }
+        };
+        self.durable(ticket).await
+    }
+
+    /// Subscribes `queue` to `topic`; idempotent for equal settings.
+    pub async fn subscribe(
+        &self,
+        topic: &str,
+        queue: &str,
+        filter_policy: &str,
+        raw_delivery: bool,
+    ) -> Result<SubscriptionInfo> {
+        validate::queue_name("topic", topic)?;
+        validate::queue_name("queue", queue)?;
+        let filter = parse_filter(filter_policy)?;
+        let (info, ticket) = {
+            let mut st = self.lock();
+            let t = st.topics.get(topic).ok_or_else(|| topic_not_found(topic))?;
+            st.queue_id(queue)?;
+            if let Some(&id) = t
+                .subscriptions
+                .iter()
+                .find(|id| st.subscriptions[id].record.queue == queue)
+            {
+                let existing = &st.subscriptions[&id];
+                let same_filter = same_policy(&existing.record.filter_policy, filter_policy);
+                if same_filter && existing.record.raw_delivery == raw_delivery {
+                    return Ok(existing.info(id));
+                }
+                let what = if same_filter {
+                    format!("raw_delivery = {}", existing.record.raw_delivery)
+                } else {
+                    format!("filter_policy {:?}", existing.record.filter_policy)
+                };
+                return Err(Error::AlreadyExists(format!(
+                    "queue {queue:?} is already subscribed to topic {topic:?} with {what}; unsubscribe it first to change its settings"
+                )));
+            }
+            let mut batch = Batch::default();
+            let id = st.alloc_seqs(1, &mut batch);
+            let record = SubscriptionRecord {
+                topic: topic.to_string(),
+                queue: queue.to_string(),
+                filter_policy: filter_policy.to_string(),
+                raw_delivery,
+            };
+            batch.put(keys::subscription(id), record.encode_to_vec());
+            let ticket = self.write(batch)?;
+            let sub = Subscription { record, filter };
+            let info = sub.info(id);
+            st.subscriptions.insert(id, sub);
+            st.topics
+                .get_mut(topic)
+                .expect("checked above")
+                .subscriptions
+                .push(id);
+            (info, ticket)
+        };
+        self.durable(ticket).await?;
+        Ok(info)
+    }
+
+    pub async fn unsubscribe(&self, subscription_id: &str) -> Result<()> {
+        let Some(id) = parse_subscription_id(subscription_id) else {
+            return invalid!(
+                "subscription_id must be the 16 hex digits Subscribe returned; got {subscription_id:?}"
+            );
+        };
+        let ticket = {
+            let mut st = self.lock();
+            if !st.subscriptions.contains_key(&id) {
+                return Err(Error::NotFound(format!(
+                    "subscription {subscription_id:?} does not exist"
+                )));
+            }
+            let mut batch = Batch::default();
+            batch.delete(keys::subscription(id));
+            let ticket = self.write(batch)?;
+            forget_subscription(&mut st, id);
+            ticket
+        };
+        self.durable(ticket).await
+    }
+
+    /// Subscriptions in id order, optionally of one topic and/or one queue.
+    pub fn list_subscriptions(
+        &self,
+        topic: &str,
+        queue: &str,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<(Vec<SubscriptionInfo>, String)> {
+        let after = match page_token {
+            "" => None,
+            t => match parse_subscription_id(t) {
+                Some(id) => Some(id),
+                None => {
+                    return invalid!(
+                        "page_token is malformed: pass the next_page_token of the previous page"
+                    );
+                }
+            },
+        };
+        let st = self.lock();
+        let items = st
+            .subscriptions
+            .range(after.map_or(0, |a| a + 1)..)
+            .filter(|(_, s)| {
+                (topic.is_empty() || s.record.topic == topic)
+                    && (queue.is_empty() || s.record.queue == queue)
+            })
+            .map(|(&id, s)| (format_subscription_id(id), s.info(id)));
+        paginate(items, page_size)
+    }
+
+    /// Publishes messages to a topic: each message's copies go into every
+    /// subscribed queue whose filter matches, and all messages' copies are
+    /// written in one atomic, durable batch. A message fails alone (e.g. a
+    /// copy over a queue's size limit): then no queue gets a copy of it.
+    pub async fn publish(
+        &self,
+        topic: &str,
+        messages: Vec<NewPublication>,
+    ) -> Result<Vec<Result<Published>>> {
+        let now = self.now_ms();
+        let (results, ticket) = {
+            let mut st = self.lock();
+            let t = st.topics.get(topic).ok_or_else(|| topic_not_found(topic))?;
+            // Resolve the targets once: (queue id, queue name, max bytes, raw, filter).
+            let targets: Vec<(u64, String, u32, bool, Option<FilterPolicy>)> = t
+                .subscriptions
+                .iter()
+                .filter_map(|id| {
+                    let s = &st.subscriptions[id];
+                    let qid = *st.names.get(&s.record.queue)?;
+                    let q = &st.queues[&qid];
+                    Some((
+                        qid,
+                        q.name.clone(),
+                        q.attributes.max_message_bytes,
+                        s.record.raw_delivery,
+                        s.filter.clone(),
+                    ))
+                })
+                .collect();
+            let mut batch = Batch::default();
+            let mut placed: Vec<Placed> = Vec::new();
+            let mut results = Vec::with_capacity(messages.len());
+            for m in messages {
+                results.push(self.fan_out(
+                    &mut st,
+                    &mut batch,
+                    &mut placed,
+                    topic,
+                    &targets,
+                    m,
+                    now,
+                ));
+            }
+            let ticket = self.write(batch)?;
+            self.place(&mut st, placed, now);
+            (results, ticket)
+        };
+        self.durable(ticket).await?;
+        Ok(results)
+    }
+
+    /// Adds the copies of one message to `batch`, or none if any is invalid.
+    #[allow(clippy::too_many_arguments)]
+    fn fan_out(
+        &self,
+        st: &mut State,
+        batch: &mut Batch,
+        placed: &mut Vec<Placed>,
+        topic: &str,
+        targets: &[(u64, String, u32, bool, Option<FilterPolicy>)],
+        m: NewPublication,
+        now: u64,
+    ) -> Result<Published> {
+        // The largest limit a copy can have: the per-queue check comes below.
+        validate::message(
+            &m.body,
+            &m.attributes,
+            crate::queue::attributes::MAX_MESSAGE_BYTES_MAX,
+        )?;
+        let message_id = uuid::Uuid::new_v4().to_string();
+        let mut envelope_body: Option<Bytes> = None;
+        let mut copies = Vec::new();
+        for (qid, name, max_bytes, raw, filter) in targets {
+            if filter.as_ref().is_some_and(|f| !f.matches(&m.attributes)) {
+                continue;
+            }
+            let (body, attributes) = if *raw {
+                (m.body.clone(), m.attributes.clone())
+            } else {
+                let body = envelope_body
+                    .get_or_insert_with(|| {
+                        envelope::envelope(topic, &message_id, &m.body, &m.attributes, now).into()
+                    })
+                    .clone();
+                (body, HashMap::new())
+            };
+            let size = body.len()
+                + attributes
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len())
+                    .sum::<usize>();
+            if size > *max_bytes as usize {
+                return invalid!(
+                    "the copy for queue {name:?} would be {size} bytes, over its max_message_bytes = {max_bytes}; no queue got a copy of this message"
+                );
+            }
+            copies.push((*qid, body, attributes));
+        }
+        let delivered = copies.len() as u32;
+        for (qid, body, attributes) in copies {
+            let delay = st.queues[&qid].attributes.delay_seconds;
+            let record = records::BodyRecord {
+                message_id: message_id.clone(),
+                body,
+                attributes,
+                sent_at_ms: now,
+                dead_letter_source: String::new(),
+            };
+            placed.push(enqueue(st, batch, qid, record, delay, now));
+        }
+        Ok(Published {
+            message_id,
+            delivered,
+        })
+    }
+}
+
+/// Whether two filter policies are the same: equal as JSON values (so
+/// spacing and key order do not matter), or both empty.
+fn same_policy(a: &str, b: &str) -> bool {
+    if a.trim().is_empty() || b.trim().is_empty() {
+        return a.trim().is_empty() && b.trim().is_empty();
+    }
+    match (
+        serde_json::from_str::<serde_json::Value>(a),
+        serde_json::from_str::<serde_json::Value>(b),
+    ) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}

@@ -1,0 +1,201 @@
+//! `broker.v1.TopicService` over the engine's topic operations.
+
+use std::sync::Arc;
+
+use broker_proto::pb;
+use tonic::{Request, Response, Status};
+
+use super::{failed, status};
+use crate::queue::validate;
+use crate::queue::{Engine, NewPublication};
+use crate::topic::{SubscriptionInfo, TopicInfo};
+
+pub struct TopicApi {
+    engine: Arc<Engine>,
+}
+
+impl TopicApi {
+    pub fn new(engine: Arc<Engine>) -> TopicApi {
+        TopicApi { engine }
+    }
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+impl From<TopicInfo> for pb::Topic {
+    fn from(t: TopicInfo) -> pb::Topic {
+        pb::Topic {
+            name: t.name,
+            created_at_ms: t.created_at_ms,
+        }
+    }
+}
+
+impl From<SubscriptionInfo> for pb::Subscription {
+    fn from(s: SubscriptionInfo) -> pb::Subscription {
+        pb::Subscription {
+            id: s.id,
+            topic: s.topic,
+            queue: s.queue,
+            filter_policy: s.filter_policy,
+            raw_delivery: s.raw_delivery,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::topic_service_server::TopicService for TopicApi {
+    async fn create_topic(
+        &self,
+        req: Request<pb::CreateTopicRequest>,
+    ) -> Reply<pb::CreateTopicResponse> {
+        let topic = self
+            .engine
+            .create_topic(&req.into_inner().name)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::CreateTopicResponse {
+            topic: Some(topic.into()),
+        }))
+    }
+
+    async fn get_topic(&self, req: Request<pb::GetTopicRequest>) -> Reply<pb::GetTopicResponse> {
+        let (topic, subscription_count) = self
+            .engine
+            .get_topic(&req.into_inner().name)
+            .map_err(status)?;
+        Ok(Response::new(pb::GetTopicResponse {
+            topic: Some(topic.into()),
+            subscription_count,
+        }))
+    }
+
+    async fn list_topics(
+        &self,
+        req: Request<pb::ListTopicsRequest>,
+    ) -> Reply<pb::ListTopicsResponse> {
+        let req = req.into_inner();
+        let (topics, next_page_token) = self
+            .engine
+            .list_topics(&req.prefix, req.page_size, &req.page_token)
+            .map_err(status)?;
+        Ok(Response::new(pb::ListTopicsResponse {
+            topics: topics.into_iter().map(Into::into).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn delete_topic(
+        &self,
+        req: Request<pb::DeleteTopicRequest>,
+    ) -> Reply<pb::DeleteTopicResponse> {
+        self.engine
+            .delete_topic(&req.into_inner().name)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::DeleteTopicResponse {}))
+    }
+
+    async fn subscribe(&self, req: Request<pb::SubscribeRequest>) -> Reply<pb::SubscribeResponse> {
+        let req = req.into_inner();
+        let sub = self
+            .engine
+            .subscribe(&req.topic, &req.queue, &req.filter_policy, req.raw_delivery)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::SubscribeResponse {
+            subscription: Some(sub.into()),
+        }))
+    }
+
+    async fn unsubscribe(
+        &self,
+        req: Request<pb::UnsubscribeRequest>,
+    ) -> Reply<pb::UnsubscribeResponse> {
+        self.engine
+            .unsubscribe(&req.into_inner().subscription_id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::UnsubscribeResponse {}))
+    }
+
+    async fn list_subscriptions(
+        &self,
+        req: Request<pb::ListSubscriptionsRequest>,
+    ) -> Reply<pb::ListSubscriptionsResponse> {
+        let req = req.into_inner();
+        let (subs, next_page_token) = self
+            .engine
+            .list_subscriptions(&req.topic, &req.queue, req.page_size, &req.page_token)
+            .map_err(status)?;
+        Ok(Response::new(pb::ListSubscriptionsResponse {
+            subscriptions: subs.into_iter().map(Into::into).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn publish(&self, req: Request<pb::PublishRequest>) -> Reply<pb::PublishResponse> {
+        let req = req.into_inner();
+        let message = NewPublication {
+            body: req.body,
+            attributes: req.attributes,
+        };
+        let mut results = self
+            .engine
+            .publish(&req.topic, vec![message])
+            .await
+            .map_err(status)?;
+        let published = results.remove(0).map_err(status)?;
+        Ok(Response::new(pb::PublishResponse {
+            message_id: published.message_id,
+            delivered: published.delivered,
+        }))
+    }
+
+    async fn publish_batch(
+        &self,
+        req: Request<pb::PublishBatchRequest>,
+    ) -> Reply<pb::PublishBatchResponse> {
+        let req = req.into_inner();
+        validate::batch(req.entries.len(), req.entries.iter().map(|e| e.id.as_str()))
+            .map_err(status)?;
+        let mut failed_entries = Vec::new();
+        let mut ids = Vec::new();
+        let mut messages = Vec::new();
+        for e in req.entries {
+            match validate::entry_id(&e.id) {
+                Ok(()) => {
+                    ids.push(e.id);
+                    messages.push(NewPublication {
+                        body: e.body,
+                        attributes: e.attributes,
+                    });
+                }
+                Err(err) => failed_entries.push(failed(e.id, &err)),
+            }
+        }
+        let results = if messages.is_empty() {
+            Vec::new()
+        } else {
+            self.engine
+                .publish(&req.topic, messages)
+                .await
+                .map_err(status)?
+        };
+        let mut successful = Vec::new();
+        for (id, result) in ids.into_iter().zip(results) {
+            match result {
+                Ok(p) => successful.push(pb::PublishBatchResultEntry {
+                    id,
+                    message_id: p.message_id,
+                    delivered: p.delivered,
+                }),
+                Err(e) => failed_entries.push(failed(id, &e)),
+            }
+        }
+        Ok(Response::new(pb::PublishBatchResponse {
+            successful,
+            failed: failed_entries,
+        }))
+    }
+}
