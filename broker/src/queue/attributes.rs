@@ -10,6 +10,24 @@ pub const RECEIVE_WAIT_MAX: u32 = 20;
 pub const MAX_MESSAGE_BYTES_MIN: u32 = 1_024;
 pub const MAX_MESSAGE_BYTES_MAX: u32 = 1_048_576;
 pub const MAX_RECEIVE_COUNT_MAX: u32 = 1_000;
+pub const RECEIVE_RATE_MAX: u32 = 100_000;
+pub const BACKOFF_MAX: u32 = 600;
+
+/// Backoff before a lapsed or released message is visible again:
+/// `min_backoff_seconds * 2^(receive_count - 1)`, capped at the maximum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub min_backoff_seconds: u32,
+    pub max_backoff_seconds: u32,
+}
+
+impl RetryPolicy {
+    pub fn backoff_ms(&self, receive_count: u32) -> u64 {
+        let exp = receive_count.saturating_sub(1).min(30);
+        let secs = u64::from(self.min_backoff_seconds) << exp;
+        secs.min(u64::from(self.max_backoff_seconds)) * 1000
+    }
+}
 
 /// After `max_receive_count` receives, the next receive moves a message to
 /// `dead_letter_queue`.
@@ -28,6 +46,11 @@ pub struct QueueAttributes {
     pub receive_wait_time_seconds: u32,
     pub max_message_bytes: u32,
     pub redrive_policy: Option<RedrivePolicy>,
+    /// Messages per second all receivers together may take; 0: unlimited.
+    pub max_receive_rate: u32,
+    /// Token bucket size; at least `max_receive_rate`.
+    pub max_receive_burst: u32,
+    pub retry_policy: Option<RetryPolicy>,
 }
 
 impl Default for QueueAttributes {
@@ -39,6 +62,9 @@ impl Default for QueueAttributes {
             receive_wait_time_seconds: 0,
             max_message_bytes: 262_144,
             redrive_policy: None,
+            max_receive_rate: 0,
+            max_receive_burst: 0,
+            retry_policy: None,
         }
     }
 }
@@ -53,6 +79,10 @@ pub struct AttributeChanges {
     pub max_message_bytes: Option<u32>,
     /// `Some(None)` removes the redrive policy.
     pub redrive_policy: Option<Option<RedrivePolicy>>,
+    pub max_receive_rate: Option<u32>,
+    pub max_receive_burst: Option<u32>,
+    /// `Some(None)` removes the retry policy.
+    pub retry_policy: Option<Option<RetryPolicy>>,
 }
 
 pub fn check_range(field: &str, value: u32, min: u32, max: u32) -> Result<()> {
@@ -67,7 +97,7 @@ impl AttributeChanges {
     /// every value checked against its range.
     pub fn apply_to(&self, base: &QueueAttributes) -> Result<QueueAttributes> {
         let mut out = base.clone();
-        let fields: [(&str, Option<u32>, &mut u32, u32, u32); 5] = [
+        let fields: [(&str, Option<u32>, &mut u32, u32, u32); 7] = [
             (
                 "visibility_timeout_seconds",
                 self.visibility_timeout_seconds,
@@ -103,6 +133,20 @@ impl AttributeChanges {
                 MAX_MESSAGE_BYTES_MIN,
                 MAX_MESSAGE_BYTES_MAX,
             ),
+            (
+                "max_receive_rate",
+                self.max_receive_rate,
+                &mut out.max_receive_rate,
+                0,
+                RECEIVE_RATE_MAX,
+            ),
+            (
+                "max_receive_burst",
+                self.max_receive_burst,
+                &mut out.max_receive_burst,
+                0,
+                RECEIVE_RATE_MAX,
+            ),
         ];
         for (field, value, slot, min, max) in fields {
             if let Some(value) = value {
@@ -124,6 +168,28 @@ impl AttributeChanges {
                 )?;
             }
             out.redrive_policy = policy.clone();
+        }
+        if let Some(policy) = &self.retry_policy {
+            if let Some(p) = policy {
+                check_range(
+                    "retry_policy.min_backoff_seconds",
+                    p.min_backoff_seconds,
+                    0,
+                    BACKOFF_MAX,
+                )?;
+                check_range(
+                    "retry_policy.max_backoff_seconds",
+                    p.max_backoff_seconds,
+                    p.min_backoff_seconds,
+                    BACKOFF_MAX,
+                )?;
+            }
+            out.retry_policy = *policy;
+        }
+        // The burst is at least the rate: a bucket smaller than one second
+        // of tokens could never deliver the rate.
+        if self.max_receive_burst.is_none() || out.max_receive_burst < out.max_receive_rate {
+            out.max_receive_burst = out.max_receive_burst.max(out.max_receive_rate);
         }
         Ok(out)
     }

@@ -2,13 +2,17 @@
 //! records at startup and kept in step with every write.
 //!
 //! Each message is in exactly one place: `ready` (visible now, in seq
-//! order) or the engine-wide timer set (hidden until `visible_at`: delayed
-//! if never received, in flight otherwise). Bodies stay on disk; a message
+//! order) or the engine-wide timer set (hidden until its due time: delayed
+//! if never received, in flight otherwise). The due time is `visible_at`,
+//! plus the retry backoff for a received message when the queue has a
+//! retry policy: a lapsed or released message waits out its backoff (and
+//! counts as in flight meanwhile). Bodies stay on disk; a message
 //! costs about 100 bytes of memory here. Every operation is O(log n) in the
 //! queue's size or O(1): nothing scans the backlog.
 
 use std::collections::{BTreeSet, HashMap};
 
+use super::attributes::RetryPolicy;
 use super::records::StateRecord;
 
 /// Timers of every queue: `(visible_at_ms, queue id, seq)`, earliest first.
@@ -19,6 +23,8 @@ pub struct Slot {
     pub state: StateRecord,
     /// In `ready` (true) or in the timers (false).
     pub ready: bool,
+    /// The timer's time while not ready.
+    pub due_at: u64,
 }
 
 #[derive(Debug, Default)]
@@ -30,6 +36,8 @@ pub struct QueueIndex {
     pub by_sent: BTreeSet<(u64, u64)>,
     pub in_flight: u64,
     pub delayed: u64,
+    /// Redelivery backoff of received messages, if the queue has one.
+    pub retry: Option<RetryPolicy>,
 }
 
 impl QueueIndex {
@@ -101,6 +109,16 @@ impl QueueIndex {
         self.by_sent.first().map(|&(sent, _)| sent)
     }
 
+    /// When a message in `state` becomes visible.
+    pub fn due_at(&self, state: &StateRecord) -> u64 {
+        match &self.retry {
+            Some(retry) if state.receive_count > 0 => {
+                state.visible_at_ms + retry.backoff_ms(state.receive_count)
+            }
+            _ => state.visible_at_ms,
+        }
+    }
+
     fn place(
         &mut self,
         timers: &mut Timers,
@@ -109,9 +127,14 @@ impl QueueIndex {
         state: StateRecord,
         now: u64,
     ) -> Slot {
-        if state.visible_at_ms <= now {
+        let due_at = self.due_at(&state);
+        if due_at <= now {
             self.ready.insert(seq);
-            Slot { state, ready: true }
+            Slot {
+                state,
+                ready: true,
+                due_at,
+            }
         } else {
             self.place_timer(timers, queue_id, seq, state)
         }
@@ -124,7 +147,8 @@ impl QueueIndex {
         seq: u64,
         state: StateRecord,
     ) -> Slot {
-        timers.insert((state.visible_at_ms, queue_id, seq));
+        let due_at = self.due_at(&state);
+        timers.insert((due_at, queue_id, seq));
         if state.receive_count > 0 {
             self.in_flight += 1;
         } else {
@@ -133,6 +157,7 @@ impl QueueIndex {
         Slot {
             state,
             ready: false,
+            due_at,
         }
     }
 
@@ -140,7 +165,7 @@ impl QueueIndex {
         if slot.ready {
             self.ready.remove(&seq);
         } else {
-            timers.remove(&(slot.state.visible_at_ms, queue_id, seq));
+            timers.remove(&(slot.due_at, queue_id, seq));
             if slot.state.receive_count > 0 {
                 self.in_flight -= 1;
             } else {
@@ -184,5 +209,25 @@ mod tests {
         q.remove(&mut timers, 1, 10);
         assert_eq!((q.ready.len(), q.in_flight, q.delayed), (0, 0, 0));
         assert!(timers.is_empty() && q.slots.is_empty() && q.by_sent.is_empty());
+    }
+
+    #[test]
+    fn retry_policy_delays_a_lapsed_message_by_its_backoff() {
+        let mut timers = Timers::new();
+        let mut q = QueueIndex {
+            retry: Some(RetryPolicy {
+                min_backoff_seconds: 1,
+                max_backoff_seconds: 5,
+            }),
+            ..Default::default()
+        };
+        q.insert(&mut timers, 1, 10, state(0, 0), 100);
+        assert_eq!(q.ready.len(), 1, "a new message has no backoff");
+        // Third receive, released at 100: due at 100 + min(1 * 2^2, 5) s.
+        q.update(&mut timers, 1, 10, state(3, 100), 100, false);
+        assert_eq!(timers.first(), Some(&(4_100, 1, 10)));
+        q.update(&mut timers, 1, 10, state(9, 100), 100, false);
+        assert_eq!(timers.first(), Some(&(5_100, 1, 10)), "capped at max");
+        assert_eq!(timers.len(), 1);
     }
 }

@@ -37,6 +37,7 @@
 
 pub mod attributes;
 pub mod index;
+mod rate;
 pub mod receipt;
 pub mod records;
 mod topics;
@@ -55,7 +56,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::error::{Error, Result, invalid};
 use crate::storage::{Batch, Store, SyncMode, Ticket, keys};
-pub use attributes::{AttributeChanges, QueueAttributes, RedrivePolicy};
+pub use attributes::{AttributeChanges, QueueAttributes, RedrivePolicy, RetryPolicy};
 use index::{QueueIndex, Timers};
 use receipt::ReceiptHandle;
 use records::{BodyRecord, QueueRecord, StateRecord};
@@ -121,9 +122,46 @@ struct Queue {
     index: QueueIndex,
     /// Woken once per message made visible.
     notify: Arc<Notify>,
+    /// The `max_receive_rate` bucket, if the queue has a rate.
+    limiter: Option<rate::TokenBucket>,
 }
 
 impl Queue {
+    fn new(
+        id: u64,
+        name: &str,
+        created_at_ms: u64,
+        attributes: QueueAttributes,
+        now: u64,
+    ) -> Queue {
+        let mut q = Queue {
+            id,
+            name: name.to_string(),
+            created_at_ms,
+            attributes: QueueAttributes::default(),
+            index: QueueIndex::default(),
+            notify: Arc::new(Notify::new()),
+            limiter: None,
+        };
+        q.set_attributes(attributes, now);
+        q
+    }
+
+    /// Applies attributes, and what derives from them: the retry policy of
+    /// the index and the rate limiter (kept as it is if its rate is unchanged).
+    fn set_attributes(&mut self, attributes: QueueAttributes, now: u64) {
+        self.index.retry = attributes.retry_policy;
+        let (rate, burst) = (attributes.max_receive_rate, attributes.max_receive_burst);
+        let unchanged =
+            self.attributes.max_receive_rate == rate && self.attributes.max_receive_burst == burst;
+        if rate == 0 {
+            self.limiter = None;
+        } else if self.limiter.is_none() || !unchanged {
+            self.limiter = Some(rate::TokenBucket::new(rate, burst, now));
+        }
+        self.attributes = attributes;
+    }
+
     fn info(&self) -> QueueInfo {
         QueueInfo {
             name: self.name.clone(),
@@ -188,6 +226,19 @@ impl State {
             }
         }
     }
+}
+
+/// What one claim under the lock found.
+struct Claim {
+    /// The messages taken: `(queue id, seq, new state)`.
+    taken: Vec<(u64, u64, StateRecord)>,
+    /// The queue's notify, to wait on when nothing was taken.
+    notify: Arc<Notify>,
+    /// The wait time of the receive (request, else the queue's).
+    wait: u32,
+    /// Set when messages are visible but the rate limit holds them back:
+    /// when the next token comes.
+    tokens_at: Option<u64>,
 }
 
 /// A message written by a send or a publish, to be added to the index
@@ -297,14 +348,7 @@ impl Engine {
             state.names.insert(name.to_string(), rec.id);
             state.queues.insert(
                 rec.id,
-                Queue {
-                    id: rec.id,
-                    name: name.to_string(),
-                    created_at_ms: rec.created_at_ms,
-                    attributes: rec.attributes(),
-                    index: QueueIndex::default(),
-                    notify: Arc::new(Notify::new()),
-                },
+                Queue::new(rec.id, name, rec.created_at_ms, rec.attributes(), now),
             );
         }
         let max_id = max_id.max(topics::recover(&store, &mut state)?);
@@ -408,14 +452,7 @@ impl Engine {
                 QueueRecord::new(id, created_at_ms, &attributes).encode_to_vec(),
             );
             let ticket = self.write(batch)?;
-            let q = Queue {
-                id,
-                name: name.to_string(),
-                created_at_ms,
-                attributes,
-                index: QueueIndex::default(),
-                notify: Arc::new(Notify::new()),
-            };
+            let q = Queue::new(id, name, created_at_ms, attributes, created_at_ms);
             let info = q.info();
             st.names.insert(name.to_string(), id);
             st.queues.insert(id, q);
@@ -486,8 +523,9 @@ impl Engine {
                 QueueRecord::new(id, created_at_ms, &attributes).encode_to_vec(),
             );
             let ticket = self.write(batch)?;
+            let now = self.now_ms();
             let q = st.queue(name)?;
-            q.attributes = attributes;
+            q.set_attributes(attributes, now);
             (q.info(), ticket)
         };
         self.durable(ticket).await?;
@@ -535,7 +573,7 @@ impl Engine {
             st.names.remove(name);
             for (seq, slot) in &q.index.slots {
                 if !slot.ready {
-                    st.timers.remove(&(slot.state.visible_at_ms, id, *seq));
+                    st.timers.remove(&(slot.due_at, id, *seq));
                 }
             }
             q.notify.notify_waiters();
@@ -564,7 +602,7 @@ impl Engine {
             let index = std::mem::take(&mut q.index);
             for (seq, slot) in index.slots {
                 if !slot.ready {
-                    timers.remove(&(slot.state.visible_at_ms, id, seq));
+                    timers.remove(&(slot.due_at, id, seq));
                 }
             }
             ticket
@@ -639,7 +677,9 @@ impl Engine {
 
     /// Receives up to `max_messages`, waiting up to the wait time for the
     /// first one. Messages received `max_receive_count` times already are
-    /// moved to the dead-letter queue instead of being returned.
+    /// moved to the dead-letter queue instead of being returned. With a
+    /// `max_receive_rate`, returns at most what the queue's bucket holds,
+    /// and a long poll waits for tokens within its wait time.
     pub async fn receive(&self, queue: &str, opts: ReceiveOptions) -> Result<Vec<Received>> {
         let max = match opts.max_messages {
             0 => 1,
@@ -662,8 +702,6 @@ impl Engine {
         if let Some(w) = opts.wait_time_seconds {
             attributes::check_range("wait_time_seconds", w, 0, attributes::RECEIVE_WAIT_MAX)?;
         }
-        let deadline =
-            |wait: u32| tokio::time::Instant::now() + Duration::from_secs(u64::from(wait));
         let mut notify = self.lock().queue(queue)?.notify.clone();
         let mut until = None;
         loop {
@@ -674,96 +712,108 @@ impl Engine {
             let notified = waiting_on.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let (claimed, current, wait) = self.claim(queue, max, opts)?;
-            if !claimed.is_empty() {
-                return self.read_bodies(claimed);
+            let claim = self.claim(queue, max, opts)?;
+            if !claim.taken.is_empty() {
+                return self.read_bodies(claim.taken);
             }
-            if !Arc::ptr_eq(&current, &notify) {
+            if !Arc::ptr_eq(&claim.notify, &notify) {
                 // The queue was deleted and created again meanwhile.
-                notify = current;
+                notify = claim.notify;
                 continue;
             }
-            let until = *until.get_or_insert_with(|| deadline(wait));
+            let until = *until.get_or_insert_with(|| {
+                tokio::time::Instant::now() + Duration::from_secs(u64::from(claim.wait))
+            });
             if tokio::time::Instant::now() >= until || self.shutdown.is_cancelled() {
                 return Ok(Vec::new());
             }
+            let wake = claim
+                .tokens_at
+                .map_or(until, |at| self.clock.instant_at(at).min(until));
             tokio::select! {
-                _ = notified => {}
-                _ = tokio::time::sleep_until(until) => {}
+                _ = notified, if claim.tokens_at.is_none() => {}
+                _ = tokio::time::sleep_until(wake) => {}
                 _ = self.shutdown.cancelled() => {}
             }
         }
     }
 
-    /// One synchronous claim under the lock: the messages taken (as
-    /// `(queue id, seq, state)`), the queue's notify and its wait time.
-    #[allow(clippy::type_complexity)]
-    fn claim(
-        &self,
-        queue: &str,
-        max: u32,
-        opts: ReceiveOptions,
-    ) -> Result<(Vec<(u64, u64, StateRecord)>, Arc<Notify>, u32)> {
+    /// One synchronous claim under the lock.
+    fn claim(&self, queue: &str, max: u32, opts: ReceiveOptions) -> Result<Claim> {
         let now = self.now_ms();
         let mut st = self.lock();
         st.promote_due(now);
         let id = st.queue_id(queue)?;
-        let q = &st.queues[&id];
+        let q = st.queues.get_mut(&id).expect("names and queues agree");
+        let mut claim = Claim {
+            taken: Vec::new(),
+            notify: q.notify.clone(),
+            wait: opts
+                .wait_time_seconds
+                .unwrap_or(q.attributes.receive_wait_time_seconds),
+            tokens_at: None,
+        };
+        if q.index.ready.is_empty() {
+            return Ok(claim);
+        }
+        let max = match &mut q.limiter {
+            Some(bucket) => match bucket.available(max, now) {
+                0 => {
+                    claim.tokens_at = Some(bucket.next_token_at());
+                    return Ok(claim);
+                }
+                n => n,
+            },
+            None => max,
+        };
         let visibility = opts
             .visibility_timeout_seconds
             .unwrap_or(q.attributes.visibility_timeout_seconds);
-        let wait = opts
-            .wait_time_seconds
-            .unwrap_or(q.attributes.receive_wait_time_seconds);
-        let notify = q.notify.clone();
+        let q = &st.queues[&id];
         let dead_letter = q.attributes.redrive_policy.as_ref().and_then(|p| {
             Some((
                 st.names.get(&p.dead_letter_queue).copied()?,
                 p.max_receive_count,
             ))
         });
-        if q.index.ready.is_empty() {
-            return Ok((Vec::new(), notify, wait));
-        }
         let mut batch = Batch::default();
-        let mut claimed = Vec::new();
         let mut dead = Vec::new();
-        let earliest = st.timers.first().map(|t| t.0);
-        {
-            let q = &st.queues[&id];
-            // Messages due for the dead-letter queue do not count against
-            // `max`: the receive takes the next ones (at most CHUNK moves
-            // per call, so a receive stays O(batch)).
-            for &seq in &q.index.ready {
-                if claimed.len() >= max as usize || dead.len() >= CHUNK {
-                    break;
-                }
-                let old = q.index.slots[&seq].state;
-                if let Some((dlq, max_count)) = dead_letter
-                    && old.receive_count >= max_count
-                {
-                    dead.push((seq, dlq));
-                    continue;
-                }
-                let state = StateRecord {
-                    receive_count: old.receive_count + 1,
-                    visible_at_ms: now + u64::from(visibility) * 1000,
-                    first_received_at_ms: if old.first_received_at_ms == 0 {
-                        now
-                    } else {
-                        old.first_received_at_ms
-                    },
-                    sent_at_ms: old.sent_at_ms,
-                };
-                batch.put(keys::state(id, seq), state.encode());
-                claimed.push((id, seq, state));
+        // Messages due for the dead-letter queue do not count against
+        // `max`: the receive takes the next ones (at most CHUNK moves per
+        // call, so a receive stays O(batch)).
+        for &seq in &q.index.ready {
+            if claim.taken.len() >= max as usize || dead.len() >= CHUNK {
+                break;
             }
+            let old = q.index.slots[&seq].state;
+            if let Some((dlq, max_count)) = dead_letter
+                && old.receive_count >= max_count
+            {
+                dead.push((seq, dlq));
+                continue;
+            }
+            let state = StateRecord {
+                receive_count: old.receive_count + 1,
+                visible_at_ms: now + u64::from(visibility) * 1000,
+                first_received_at_ms: if old.first_received_at_ms == 0 {
+                    now
+                } else {
+                    old.first_received_at_ms
+                },
+                sent_at_ms: old.sent_at_ms,
+            };
+            batch.put(keys::state(id, seq), state.encode());
+            claim.taken.push((id, seq, state));
         }
+        let earliest = st.timers.first().map(|t| t.0);
         let moved = self.dead_letter(&mut st, &mut batch, id, &dead, now)?;
         self.write(batch)?;
         let State { queues, timers, .. } = &mut *st;
         let q = queues.get_mut(&id).expect("checked above");
-        for &(_, seq, state) in &claimed {
+        if let Some(bucket) = &mut q.limiter {
+            bucket.take(claim.taken.len() as u32);
+        }
+        for &(_, seq, state) in &claim.taken {
             q.index.update(timers, id, seq, state, now, true);
         }
         for (seq, dlq, dlq_seq, state) in moved {
@@ -778,7 +828,7 @@ impl Engine {
             }
         }
         self.timer_set(&st, earliest);
-        Ok((claimed, notify, wait))
+        Ok(claim)
     }
 
     /// Adds to `batch` the moves of `dead` messages to their dead-letter

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use prost::Message;
 
-use super::attributes::{QueueAttributes, RedrivePolicy};
+use super::attributes::{QueueAttributes, RedrivePolicy, RetryPolicy};
 use crate::storage::StorageError;
 
 /// A queue, stored under its name.
@@ -33,6 +33,15 @@ pub struct QueueRecord {
     pub dead_letter_queue: Option<String>,
     #[prost(uint32, tag = "9")]
     pub max_receive_count: u32,
+    #[prost(uint32, tag = "10")]
+    pub max_receive_rate: u32,
+    #[prost(uint32, tag = "11")]
+    pub max_receive_burst: u32,
+    /// Present when the queue has a retry policy.
+    #[prost(uint32, optional, tag = "12")]
+    pub min_backoff_seconds: Option<u32>,
+    #[prost(uint32, tag = "13")]
+    pub max_backoff_seconds: u32,
 }
 
 impl QueueRecord {
@@ -50,6 +59,10 @@ impl QueueRecord {
                 .as_ref()
                 .map(|p| p.dead_letter_queue.clone()),
             max_receive_count: a.redrive_policy.as_ref().map_or(0, |p| p.max_receive_count),
+            max_receive_rate: a.max_receive_rate,
+            max_receive_burst: a.max_receive_burst,
+            min_backoff_seconds: a.retry_policy.map(|p| p.min_backoff_seconds),
+            max_backoff_seconds: a.retry_policy.map_or(0, |p| p.max_backoff_seconds),
         }
     }
 
@@ -63,6 +76,12 @@ impl QueueRecord {
             redrive_policy: self.dead_letter_queue.as_ref().map(|q| RedrivePolicy {
                 dead_letter_queue: q.clone(),
                 max_receive_count: self.max_receive_count,
+            }),
+            max_receive_rate: self.max_receive_rate,
+            max_receive_burst: self.max_receive_burst,
+            retry_policy: self.min_backoff_seconds.map(|min| RetryPolicy {
+                min_backoff_seconds: min,
+                max_backoff_seconds: self.max_backoff_seconds,
             }),
         }
     }
@@ -150,6 +169,12 @@ mod tests {
             redrive_policy: Some(RedrivePolicy {
                 dead_letter_queue: "dlq".into(),
                 max_receive_count: 4,
+            }),
+            max_receive_rate: 10,
+            max_receive_burst: 20,
+            retry_policy: Some(RetryPolicy {
+                min_backoff_seconds: 1,
+                max_backoff_seconds: 60,
             }),
             ..Default::default()
         };

@@ -270,7 +270,12 @@ fn publication(body: &[u8]) -> NewPublication {
 async fn publish_fans_out_one_copy_per_queue_with_the_same_id() {
     let dir = tempfile::tempdir().unwrap();
     let e = engine_with_topic(&dir, &[("a", 1024, true), ("b", 1024, false)]).await;
-    let p = e.publish("t", vec![publication(b"hi")]).await.unwrap().remove(0).unwrap();
+    let p = e
+        .publish("t", vec![publication(b"hi")])
+        .await
+        .unwrap()
+        .remove(0)
+        .unwrap();
     assert_eq!(p.delivered, 2);
     let a = e.receive("a", recv(10, 30, 0)).await.unwrap();
     let b = e.receive("b", recv(10, 30, 0)).await.unwrap();
@@ -290,7 +295,10 @@ async fn a_copy_over_one_queue_limit_writes_no_copy_anywhere() {
         .await
         .unwrap();
     let err = results[0].as_ref().unwrap_err().to_string();
-    assert!(err.contains("\"small\"") && err.contains("max_message_bytes = 1024"), "{err}");
+    assert!(
+        err.contains("\"small\"") && err.contains("max_message_bytes = 1024"),
+        "{err}"
+    );
     assert_eq!(results[1].as_ref().unwrap().delivered, 2);
     for q in ["big", "small"] {
         assert_eq!(e.get_queue(q).unwrap().1.visible, 1, "{q}");
@@ -303,7 +311,12 @@ async fn deleting_a_queue_removes_its_subscriptions() {
     let e = engine_with_topic(&dir, &[("a", 1024, true), ("b", 1024, true)]).await;
     e.delete_queue("a").await.unwrap();
     assert_eq!(e.get_topic("t").unwrap().1, 1);
-    let p = e.publish("t", vec![publication(b"x")]).await.unwrap().remove(0).unwrap();
+    let p = e
+        .publish("t", vec![publication(b"x")])
+        .await
+        .unwrap()
+        .remove(0)
+        .unwrap();
     assert_eq!(p.delivered, 1);
     e.delete_topic("t").await.unwrap();
     assert!(e.list_subscriptions("", "b", 0, "").unwrap().0.is_empty());
@@ -314,8 +327,12 @@ async fn restart_keeps_topics_and_subscriptions() {
     let dir = tempfile::tempdir().unwrap();
     {
         let e = engine_with_topic(&dir, &[("a", 1024, true)]).await;
-        e.create_queue("f", &AttributeChanges::default()).await.unwrap();
-        e.subscribe("t", "f", r#"{"kind": ["x"]}"#, true).await.unwrap();
+        e.create_queue("f", &AttributeChanges::default())
+            .await
+            .unwrap();
+        e.subscribe("t", "f", r#"{"kind": ["x"]}"#, true)
+            .await
+            .unwrap();
     }
     let e = open(&dir);
     let (subs, _) = e.list_subscriptions("t", "", 0, "").unwrap();
@@ -335,4 +352,74 @@ async fn restart_keeps_topics_and_subscriptions() {
         .remove(0)
         .unwrap();
     assert_eq!(p.delivered, 1, "the filter survives the restart");
+}
+
+#[tokio::test(start_paused = true)]
+async fn receive_rate_limits_all_receivers_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(&dir);
+    tokio::spawn(e.clone().run_scheduler());
+    let changes = AttributeChanges {
+        max_receive_rate: Some(10),
+        ..Default::default()
+    };
+    e.create_queue("q", &changes).await.unwrap();
+    e.send("q", (0..100).map(|i| msg(&i.to_string())).collect())
+        .await
+        .unwrap();
+    // A full bucket gives the burst (= rate) at once, then nothing.
+    assert_eq!(e.receive("q", recv(100, 600, 0)).await.unwrap().len(), 10);
+    assert!(e.receive("q", recv(100, 600, 0)).await.unwrap().is_empty());
+    // A long poll waits for the next token instead of returning empty.
+    let start = tokio::time::Instant::now();
+    assert_eq!(e.receive("q", recv(100, 600, 5)).await.unwrap().len(), 1);
+    assert_eq!(start.elapsed(), Duration::from_millis(100));
+    // Over 3 s, several receivers together get 30 messages, give or take one.
+    let mut got = 0;
+    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+    while tokio::time::Instant::now() < until {
+        got += e.receive("q", recv(3, 600, 1)).await.unwrap().len();
+    }
+    assert!((29..=31).contains(&got), "{got}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_policy_backs_off_redeliveries_exponentially() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(&dir);
+    tokio::spawn(e.clone().run_scheduler());
+    let changes = AttributeChanges {
+        retry_policy: Some(Some(RetryPolicy {
+            min_backoff_seconds: 2,
+            max_backoff_seconds: 5,
+        })),
+        ..Default::default()
+    };
+    e.create_queue("q", &changes).await.unwrap();
+    e.send("q", vec![msg("flaky")]).await.unwrap();
+    let mut handle = e
+        .receive("q", recv(1, 1, 0))
+        .await
+        .unwrap()
+        .remove(0)
+        .receipt_handle;
+    // Released at once (visibility 0) after receives 1, 2, 3: the message
+    // comes back after 2, 4 and then 5 (capped) seconds.
+    for expected in [2, 4, 5] {
+        e.change_visibility("q", &[(&handle, 0)])
+            .unwrap()
+            .remove(0)
+            .unwrap();
+        let start = tokio::time::Instant::now();
+        let got = e.receive("q", recv(1, 1, 20)).await.unwrap().remove(0);
+        assert_eq!(start.elapsed(), Duration::from_secs(expected));
+        handle = got.receipt_handle;
+    }
+    // A lapsed visibility timeout backs off too: 1 s timeout + 5 s.
+    let start = tokio::time::Instant::now();
+    assert_eq!(
+        e.receive("q", recv(1, 1, 20)).await.unwrap()[0].receive_count,
+        5
+    );
+    assert_eq!(start.elapsed(), Duration::from_secs(6));
 }

@@ -9,7 +9,7 @@ use super::{failed, status};
 use crate::queue::validate;
 use crate::queue::{
     AttributeChanges, Engine, NewMessage, QueueInfo, QueueStats, ReceiveOptions, Received,
-    RedrivePolicy,
+    RedrivePolicy, RetryPolicy,
 };
 
 pub struct QueueApi {
@@ -42,6 +42,18 @@ fn changes(a: Option<pb::QueueAttributes>) -> AttributeChanges {
                 })
             })
         },
+        max_receive_rate: a.max_receive_rate,
+        max_receive_burst: a.max_receive_burst,
+        retry_policy: if a.clear_retry_policy {
+            Some(None)
+        } else {
+            a.retry_policy.map(|p| {
+                Some(RetryPolicy {
+                    min_backoff_seconds: p.min_backoff_seconds,
+                    max_backoff_seconds: p.max_backoff_seconds,
+                })
+            })
+        },
     }
 }
 
@@ -61,6 +73,13 @@ impl From<QueueInfo> for pb::Queue {
                     max_receive_count: p.max_receive_count,
                 }),
                 clear_redrive_policy: false,
+                max_receive_rate: Some(a.max_receive_rate),
+                max_receive_burst: Some(a.max_receive_burst),
+                retry_policy: a.retry_policy.map(|p| pb::RetryPolicy {
+                    min_backoff_seconds: p.min_backoff_seconds,
+                    max_backoff_seconds: p.max_backoff_seconds,
+                }),
+                clear_retry_policy: false,
             }),
             created_at_ms: q.created_at_ms,
         }
