@@ -182,11 +182,13 @@ pub enum FilterArg {
 }
 
 impl FilterArg {
-    /// The policy text; a file is read as it is (the broker checks it).
+    /// The policy text, checked by the broker only; a file's surrounding
+    /// whitespace (its final newline) is left out.
     fn resolve(&self) -> anyhow::Result<String> {
         match self {
             FilterArg::Inline(policy) => Ok(policy.clone()),
             FilterArg::File(path) => std::fs::read_to_string(path)
+                .map(|text| text.trim().to_owned())
                 .with_context(|| format!("cannot read the filter policy from {}", path.display())),
         }
     }
@@ -313,6 +315,12 @@ impl AttributeArgs {
             max_message_bytes: self.max_message_bytes,
             redrive_policy,
             clear_redrive_policy: false,
+            // No flags for these yet: the broker's defaults (create) or the
+            // current values (update) apply.
+            max_receive_rate: None,
+            max_receive_burst: None,
+            retry_policy: None,
+            clear_retry_policy: false,
         }
     }
 }
@@ -1463,12 +1471,15 @@ mod tests {
     }
 
     #[test]
-    fn filter_file_is_read_as_it_is() {
+    fn filter_file_is_read_without_surrounding_whitespace() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("policy.json");
         let policy = "{\n  \"amount\": [{\"numeric\": [\">\", 100]}]\n}\n";
         std::fs::write(&path, policy).unwrap();
-        assert_eq!(FilterArg::File(path.clone()).resolve().unwrap(), policy);
+        assert_eq!(
+            FilterArg::File(path.clone()).resolve().unwrap(),
+            policy.trim()
+        );
         assert_eq!(
             FilterArg::Inline("{}".into()).resolve().unwrap(),
             "{}".to_owned()

@@ -1,10 +1,21 @@
-//! Rust client for the broker's gRPC API (`broker.v1.QueueService`).
+//! Rust client for the broker's gRPC API (`broker.v1.QueueService` and
+//! `broker.v1.TopicService`).
 //!
 //! - [`Client`]: one async method per RPC, taking and returning the generated
-//!   [`pb`] types, plus the conveniences [`Client::send`], [`Client::receive`]
-//!   and [`Client::delete`] for the common case.
+//!   [`pb`] types, plus the conveniences [`Client::send`], [`Client::receive`],
+//!   [`Client::delete`] and [`Client::publish`] for the common case. The RPC
+//!   methods are named after the RPC in snake case (`CreateTopic` is
+//!   [`Client::create_topic`]), except `Publish`, which is
+//!   [`Client::publish_message`] (as `SendMessage` is
+//!   [`Client::send_message`]), leaving the short name to the convenience.
 //! - [`Error`]: the gRPC status codes the broker uses, as an enum, so callers
 //!   match on `Error::NotFound(_)` instead of inspecting raw `tonic::Status`es.
+//! - [`Consumer`] (module `consumer`): a queue worker — receive, run an
+//!   async handler on a few tasks, delete on success, retry with backoff on
+//!   failure, heartbeat slow jobs, rate-limit, shut down gracefully; or a
+//!   [`ConsumerStream`] of [`Delivery`]s for a hand-written loop.
+//! - [`Publisher`] (module `publisher`): sends to a queue or publishes to a
+//!   topic in automatic batches, with a future per message.
 //!
 //! A `Client` is a cheap handle over one HTTP/2 connection: clone it freely
 //! and use the clones from many tasks at once; requests are multiplexed.
@@ -25,7 +36,30 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! Topics fan a published message out to every subscribed queue:
+//!
+//! ```no_run
+//! # async fn demo(client: broker_client::Client) -> Result<(), broker_client::Error> {
+//! use std::collections::HashMap;
+//! use broker_client::pb;
+//!
+//! client.create_topic(pb::CreateTopicRequest { name: "payments".into() }).await?;
+//! client
+//!     .subscribe(pb::SubscribeRequest {
+//!         topic: "payments".into(),
+//!         queue: "orders".into(),
+//!         ..Default::default()
+//!     })
+//!     .await?;
+//! let attributes = HashMap::from([("country".to_owned(), "IN".to_owned())]);
+//! let published = client.publish("payments", "paid", attributes).await?;
+//! println!("{} copies of {}", published.delivered, published.message_id);
+//! # Ok(())
+//! # }
+//! ```
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -33,7 +67,13 @@ use tonic::transport::{Channel, Endpoint};
 
 pub use broker_proto::pb;
 
+mod consumer;
+mod publisher;
+pub use consumer::{Consumer, ConsumerBuilder, ConsumerStream, ConsumerSummary, Delivery, Message};
+pub use publisher::{AckFuture, OutgoingMessage, Publisher, PublisherBuilder};
+
 use pb::queue_service_client::QueueServiceClient;
+use pb::topic_service_client::TopicServiceClient;
 
 /// Largest gRPC message the client sends or accepts.
 ///
@@ -54,9 +94,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// takes `&self`, so one `Client` can serve many tasks concurrently.
 #[derive(Clone, Debug)]
 pub struct Client {
-    /// The generated stub; its methods take `&mut self`, so each call works
-    /// on a clone, which shares the underlying channel.
-    inner: QueueServiceClient<Channel>,
+    /// The generated stub of `QueueService`; its methods take `&mut self`, so
+    /// each call works on a clone, which shares the underlying channel.
+    queues: QueueServiceClient<Channel>,
+    /// The generated stub of `TopicService`, on the same channel.
+    topics: TopicServiceClient<Channel>,
 }
 
 impl Client {
@@ -91,15 +133,23 @@ impl Client {
             .connect()
             .await
             .map_err(|e| connect_error(error_chain(&e)))?;
-        let inner = QueueServiceClient::new(channel)
+        let queues = QueueServiceClient::new(channel.clone())
             .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
-        Ok(Client { inner })
+        let topics = TopicServiceClient::new(channel)
+            .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+        Ok(Client { queues, topics })
     }
 
-    /// A handle for one call: the generated methods need `&mut self`.
+    /// A queue-service handle for one call: the generated methods need `&mut self`.
     fn rpc(&self) -> QueueServiceClient<Channel> {
-        self.inner.clone()
+        self.queues.clone()
+    }
+
+    /// A topic-service handle for one call.
+    fn topic_rpc(&self) -> TopicServiceClient<Channel> {
+        self.topics.clone()
     }
 
     /// Creates a queue; returns the existing one when the attributes are equal.
@@ -223,6 +273,107 @@ impl Client {
         Ok(self.rpc().redrive_messages(req).await?.into_inner())
     }
 
+    /// Creates a topic; returns the existing one when it exists.
+    ///
+    /// Topic names follow the queue-name rules: 1..=80 of `A-Z a-z 0-9 _ -`.
+    pub async fn create_topic(
+        &self,
+        req: pb::CreateTopicRequest,
+    ) -> Result<pb::CreateTopicResponse, Error> {
+        Ok(self.topic_rpc().create_topic(req).await?.into_inner())
+    }
+
+    /// A topic and its number of subscriptions.
+    pub async fn get_topic(&self, req: pb::GetTopicRequest) -> Result<pb::GetTopicResponse, Error> {
+        Ok(self.topic_rpc().get_topic(req).await?.into_inner())
+    }
+
+    /// One page of topics in name order; follow `next_page_token` for more.
+    pub async fn list_topics(
+        &self,
+        req: pb::ListTopicsRequest,
+    ) -> Result<pb::ListTopicsResponse, Error> {
+        Ok(self.topic_rpc().list_topics(req).await?.into_inner())
+    }
+
+    /// Deletes a topic and its subscriptions; the subscribed queues and the
+    /// copies already in them stay.
+    pub async fn delete_topic(
+        &self,
+        req: pb::DeleteTopicRequest,
+    ) -> Result<pb::DeleteTopicResponse, Error> {
+        Ok(self.topic_rpc().delete_topic(req).await?.into_inner())
+    }
+
+    /// Subscribes a queue to a topic, with an optional filter policy (SNS
+    /// syntax over message attributes) and raw or envelope delivery.
+    ///
+    /// Idempotent for equal settings: the existing subscription is returned.
+    /// [`Error::AlreadyExists`] when the queue is subscribed to the topic
+    /// with other settings; [`Error::NotFound`] when the topic or the queue
+    /// does not exist; [`Error::InvalidArgument`] for an invalid policy.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: broker_client::Client) -> Result<(), broker_client::Error> {
+    /// use broker_client::pb;
+    ///
+    /// let subscription = client
+    ///     .subscribe(pb::SubscribeRequest {
+    ///         topic: "payments".into(),
+    ///         queue: "sms".into(),
+    ///         filter_policy: r#"{"country": ["IN", "BR"]}"#.into(),
+    ///         raw_delivery: true,
+    ///     })
+    ///     .await?
+    ///     .subscription;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn subscribe(
+        &self,
+        req: pb::SubscribeRequest,
+    ) -> Result<pb::SubscribeResponse, Error> {
+        Ok(self.topic_rpc().subscribe(req).await?.into_inner())
+    }
+
+    /// Removes a subscription by id; the queue and its messages stay.
+    pub async fn unsubscribe(
+        &self,
+        req: pb::UnsubscribeRequest,
+    ) -> Result<pb::UnsubscribeResponse, Error> {
+        Ok(self.topic_rpc().unsubscribe(req).await?.into_inner())
+    }
+
+    /// One page of subscriptions, optionally only those of one topic and/or
+    /// one queue; follow `next_page_token` for more.
+    pub async fn list_subscriptions(
+        &self,
+        req: pb::ListSubscriptionsRequest,
+    ) -> Result<pb::ListSubscriptionsResponse, Error> {
+        Ok(self.topic_rpc().list_subscriptions(req).await?.into_inner())
+    }
+
+    /// Publishes one message to a topic: a copy goes into every subscribed
+    /// queue whose filter policy matches, all copies or none. Returns the
+    /// message id (each copy has it too) and the number of copies written.
+    ///
+    /// The RPC `Publish`; see [`Client::publish`] for the short form.
+    pub async fn publish_message(
+        &self,
+        req: pb::PublishRequest,
+    ) -> Result<pb::PublishResponse, Error> {
+        Ok(self.topic_rpc().publish(req).await?.into_inner())
+    }
+
+    /// Publishes up to 100 messages to a topic; a bad entry fails alone, in
+    /// `failed`.
+    pub async fn publish_batch(
+        &self,
+        req: pb::PublishBatchRequest,
+    ) -> Result<pb::PublishBatchResponse, Error> {
+        Ok(self.topic_rpc().publish_batch(req).await?.into_inner())
+    }
+
     /// Sends `body` to `queue` with no attributes and the queue's delay;
     /// returns the new message's id.
     ///
@@ -290,6 +441,34 @@ impl Client {
         .await?;
         Ok(())
     }
+
+    /// Publishes `body` with `attributes` to `topic`; returns the message id
+    /// and the number of copies delivered (0 when no subscription matched).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: broker_client::Client) -> Result<(), broker_client::Error> {
+    /// use std::collections::HashMap;
+    ///
+    /// let published = client.publish("payments", "paid", HashMap::new()).await?;
+    /// let attributes = HashMap::from([("country".to_owned(), "BR".to_owned())]);
+    /// let published = client.publish("payments", vec![0u8, 1, 2], attributes).await?;
+    /// println!("{} copies of {}", published.delivered, published.message_id);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn publish(
+        &self,
+        topic: &str,
+        body: impl Into<Bytes>,
+        attributes: HashMap<String, String>,
+    ) -> Result<pb::PublishResponse, Error> {
+        self.publish_message(pb::PublishRequest {
+            topic: topic.to_owned(),
+            body: body.into(),
+            attributes,
+        })
+        .await
+    }
 }
 
 /// Why a call failed: the broker's gRPC status, by code, with its message.
@@ -302,10 +481,11 @@ pub enum Error {
     /// A name, range or size is invalid (`INVALID_ARGUMENT`).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
-    /// The queue (or another named resource) does not exist (`NOT_FOUND`).
+    /// The queue, topic or subscription named does not exist (`NOT_FOUND`).
     #[error("not found: {0}")]
     NotFound(String),
-    /// A queue exists with different attributes (`ALREADY_EXISTS`).
+    /// A queue exists with different attributes, or a queue is subscribed to
+    /// the topic with different settings (`ALREADY_EXISTS`).
     #[error("already exists: {0}")]
     AlreadyExists(String),
     /// The state does not allow the call, e.g. a superseded receipt handle

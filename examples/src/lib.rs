@@ -1,5 +1,11 @@
 //! Shared by the examples: a broker embedded in the example's process, on
 //! a temp data dir, so an example runs with no server started beforehand.
+//!
+//! - [`EmbeddedBroker`]: a broker serving on an ephemeral port until dropped.
+//! - [`payments`]: the logic of the `payments` example (topics, fan-out,
+//!   filters, dead letters), a function so that the test suite runs it too.
+
+pub mod payments;
 
 use broker::config::ServerConfig;
 

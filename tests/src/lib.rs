@@ -572,3 +572,120 @@ pub fn now_ms() -> u64 {
         .expect("the clock is after 1970")
         .as_millis() as u64
 }
+
+// ---------------------------------------------------------------------------
+// Startup failures: a data directory the broker must refuse to serve.
+// ---------------------------------------------------------------------------
+
+impl TestServer {
+    /// Stops the server gracefully (as [`TestServer::shutdown`]) and hands
+    /// back its data directory instead of deleting it, e.g. to corrupt it.
+    pub async fn stop_keeping_data(mut self) -> TempDir {
+        self.stop().await;
+        self.data_dir.take().expect("data dir")
+    }
+}
+
+/// Runs [`broker::server::run`] on `data_dir` in this process and returns the
+/// error it fails with. Panics if it serves instead (answers a `ListQueues`),
+/// which for a corrupt or locked directory would mean a silently empty or
+/// shared broker.
+pub async fn startup_error(data_dir: &Path) -> broker::Error {
+    let (addr, Running { shutdown, mut task }) = spawn_server(data_dir).await;
+    let serving = async {
+        loop {
+            if let Ok(client) = Client::connect(addr.to_string()).await
+                && client
+                    .list_queues(pb::ListQueuesRequest::default())
+                    .await
+                    .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let result = tokio::select! {
+        result = &mut task => result.expect("the server task"),
+        () = serving => {
+            let _ = shutdown.send(());
+            let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, task).await;
+            panic!("the broker served {} instead of refusing it", data_dir.display());
+        }
+    };
+    match result {
+        Ok(()) => panic!("the broker returned Ok for {}", data_dir.display()),
+        Err(error) => error,
+    }
+}
+
+/// The `broker` binary beside this test binary (`target/<profile>/broker`),
+/// if it is there and not older than the broker library this test binary
+/// was built with.
+///
+/// `cargo test --workspace` does not build it (only a package's own
+/// integration tests make cargo build its binaries), so it exists after a
+/// `cargo build`. One older than the newest `deps/libbroker-*.rlib` was
+/// built before the library last changed and would test old code, so it
+/// counts as absent.
+pub fn broker_binary() -> Option<std::path::PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let deps = exe.parent()?;
+    let binary = deps.parent()?.join("broker");
+    let built = std::fs::metadata(&binary).ok()?.modified().ok()?;
+    let newest_library = std::fs::read_dir(deps)
+        .ok()?
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("libbroker-") && name.ends_with(".rlib")
+        })
+        .filter_map(|entry| entry.metadata().ok()?.modified().ok())
+        .max();
+    match newest_library {
+        Some(library) if library > built => None,
+        _ => Some(binary),
+    }
+}
+
+/// How a `broker serve` process ended.
+#[derive(Debug)]
+pub struct ProcessExit {
+    pub status: std::process::ExitStatus,
+    pub stderr: String,
+}
+
+/// Runs `broker serve --listen 127.0.0.1:0 --data-dir <data_dir>` with the
+/// given binary and waits for it to exit. Panics if it is still running
+/// after 10 s: it served a directory it should have refused.
+pub async fn broker_serve_exit(binary: &Path, data_dir: &Path) -> ProcessExit {
+    let mut process = tokio::process::Command::new(binary)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", binary.display()));
+    let mut stderr = process.stderr.take().expect("piped stderr");
+    let read_stderr = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text).await;
+        text
+    });
+    let status = match tokio::time::timeout(Duration::from_secs(10), process.wait()).await {
+        Ok(status) => status.expect("wait for broker serve"),
+        Err(_) => {
+            let _ = process.kill().await;
+            panic!(
+                "`broker serve` was still running after 10 s: it served {} instead of refusing it",
+                data_dir.display()
+            );
+        }
+    };
+    let stderr = read_stderr.await.expect("the stderr reader");
+    ProcessExit { status, stderr }
+}

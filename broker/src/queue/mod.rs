@@ -399,6 +399,30 @@ impl Engine {
         self.shutdown.cancel();
     }
 
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown.is_cancelled()
+    }
+
+    /// Resolves when shutdown begins.
+    pub async fn shutting_down(&self) {
+        self.shutdown.cancelled().await
+    }
+
+    /// For each receipt handle: whether its lease still holds (the message
+    /// exists, nobody received it since, and its visibility timeout has
+    /// not lapsed). A malformed handle holds nothing.
+    pub fn leases_held(&self, queue: &str, handles: &[String]) -> Vec<bool> {
+        let now = self.now_ms();
+        let mut st = self.lock();
+        handles
+            .iter()
+            .map(|h| {
+                matches!(Self::check_handle(&mut st, queue, h),
+                    Ok((_, _, Some(state))) if state.visible_at_ms > now)
+            })
+            .collect()
+    }
+
     /// Approximate bytes of live data on disk.
     pub fn disk_bytes(&self) -> u64 {
         self.store.estimated_size()

@@ -3,6 +3,7 @@
 //! status codes lives here.
 
 pub mod queue;
+pub mod stream;
 pub mod topic;
 
 use broker_proto::pb;
@@ -56,4 +57,38 @@ pub fn failed(id: String, e: &Error) -> pb::BatchResultError {
         code: code_name(e).to_string(),
         message: e.to_string(),
     }
+}
+
+/// Runs a batch RPC: checks its size and that entry ids are distinct (else
+/// the whole request fails), fails entries with a malformed id alone, runs
+/// `run` on the others and splits its per-entry results into successes
+/// (with the entry id) and failures.
+pub async fn run_batch<E, T>(
+    entries: Vec<E>,
+    id: impl Fn(&E) -> &String,
+    run: impl AsyncFnOnce(&[E]) -> crate::Result<Vec<crate::Result<T>>>,
+) -> Result<(Vec<(String, T)>, Vec<pb::BatchResultError>), Status> {
+    crate::queue::validate::batch(entries.len(), entries.iter().map(|e| id(e).as_str()))
+        .map_err(status)?;
+    let mut failures = Vec::new();
+    let mut good = Vec::with_capacity(entries.len());
+    for e in entries {
+        match crate::queue::validate::entry_id(id(&e)) {
+            Ok(()) => good.push(e),
+            Err(err) => failures.push(failed(id(&e).clone(), &err)),
+        }
+    }
+    let results = if good.is_empty() {
+        Vec::new()
+    } else {
+        run(&good).await.map_err(status)?
+    };
+    let mut successes = Vec::with_capacity(good.len());
+    for (e, result) in good.iter().zip(results) {
+        match result {
+            Ok(value) => successes.push((id(e).clone(), value)),
+            Err(err) => failures.push(failed(id(e).clone(), &err)),
+        }
+    }
+    Ok((successes, failures))
 }

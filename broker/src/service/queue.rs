@@ -5,8 +5,7 @@ use std::sync::Arc;
 use broker_proto::pb;
 use tonic::{Request, Response, Status};
 
-use super::{failed, status};
-use crate::queue::validate;
+use super::{run_batch, status};
 use crate::queue::{
     AttributeChanges, Engine, NewMessage, QueueInfo, QueueStats, ReceiveOptions, Received,
     RedrivePolicy, RetryPolicy,
@@ -111,29 +110,35 @@ impl From<Received> for pb::ReceivedMessage {
     }
 }
 
-/// Checks batch size and id uniqueness, then each entry id on its own: the
-/// ids that fail go straight to `failed`.
-fn check_batch<'a>(
-    ids: impl Iterator<Item = &'a str> + Clone,
-    len: usize,
-) -> Result<(Vec<bool>, Vec<pb::BatchResultError>), Status> {
-    validate::batch(len, ids.clone()).map_err(status)?;
-    let mut ok = Vec::with_capacity(len);
-    let mut bad = Vec::new();
-    for id in ids {
-        match validate::entry_id(id) {
-            Ok(()) => ok.push(true),
-            Err(e) => {
-                ok.push(false);
-                bad.push(failed(id.to_string(), &e));
-            }
-        }
-    }
-    Ok((ok, bad))
+fn successes(ids: Vec<(String, ())>) -> Vec<pb::BatchResultSuccess> {
+    ids.into_iter()
+        .map(|(id, ())| pb::BatchResultSuccess { id })
+        .collect()
 }
+
+type MessageStream = std::pin::Pin<
+    Box<dyn futures::Stream<Item = Result<pb::StreamMessagesResponse, Status>> + Send>,
+>;
 
 #[tonic::async_trait]
 impl pb::queue_service_server::QueueService for QueueApi {
+    type StreamMessagesStream = MessageStream;
+
+    async fn stream_messages(
+        &self,
+        req: Request<tonic::Streaming<pb::StreamMessagesRequest>>,
+    ) -> Reply<MessageStream> {
+        let mut inbound = req.into_inner();
+        let open = super::stream::open(inbound.message().await?)?;
+        // The queue must exist now: fail the call, not the first push.
+        self.engine.get_queue(&open.queue).map_err(status)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(super::stream::run(self.engine.clone(), open, inbound, tx));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
     async fn create_queue(
         &self,
         req: Request<pb::CreateQueueRequest>,
@@ -236,44 +241,28 @@ impl pb::queue_service_server::QueueService for QueueApi {
         req: Request<pb::SendMessageBatchRequest>,
     ) -> Reply<pb::SendMessageBatchResponse> {
         let req = req.into_inner();
-        let (ok, mut failed_entries) =
-            check_batch(req.entries.iter().map(|e| e.id.as_str()), req.entries.len())?;
-        let (ids, messages): (Vec<String>, Vec<NewMessage>) = req
-            .entries
-            .into_iter()
-            .zip(ok)
-            .filter(|(_, ok)| *ok)
-            .map(|(e, _)| {
-                (
-                    e.id,
-                    NewMessage {
-                        body: e.body,
-                        attributes: e.attributes,
+        let (successful, failed) = run_batch(
+            req.entries,
+            |e| &e.id,
+            async |entries| {
+                let messages = entries
+                    .iter()
+                    .map(|e| NewMessage {
+                        body: e.body.clone(),
+                        attributes: e.attributes.clone(),
                         delay_seconds: e.delay_seconds,
-                    },
-                )
-            })
-            .unzip();
-        let results = if messages.is_empty() {
-            Vec::new()
-        } else {
-            self.engine
-                .send(&req.queue, messages)
-                .await
-                .map_err(status)?
-        };
-        let mut successful = Vec::new();
-        for (id, result) in ids.into_iter().zip(results) {
-            match result {
-                Ok(message_id) => {
-                    successful.push(pb::SendMessageBatchResultEntry { id, message_id })
-                }
-                Err(e) => failed_entries.push(failed(id, &e)),
-            }
-        }
+                    })
+                    .collect();
+                self.engine.send(&req.queue, messages).await
+            },
+        )
+        .await?;
         Ok(Response::new(pb::SendMessageBatchResponse {
-            successful,
-            failed: failed_entries,
+            successful: successful
+                .into_iter()
+                .map(|(id, message_id)| pb::SendMessageBatchResultEntry { id, message_id })
+                .collect(),
+            failed,
         }))
     }
 
@@ -316,33 +305,19 @@ impl pb::queue_service_server::QueueService for QueueApi {
         req: Request<pb::DeleteMessageBatchRequest>,
     ) -> Reply<pb::DeleteMessageBatchResponse> {
         let req = req.into_inner();
-        let (ok, mut failed_entries) =
-            check_batch(req.entries.iter().map(|e| e.id.as_str()), req.entries.len())?;
-        let entries: Vec<&pb::DeleteMessageBatchEntry> = req
-            .entries
-            .iter()
-            .zip(ok)
-            .filter(|(_, ok)| *ok)
-            .map(|(e, _)| e)
-            .collect();
-        let handles: Vec<&str> = entries.iter().map(|e| e.receipt_handle.as_str()).collect();
-        let results = self
-            .engine
-            .delete(&req.queue, &handles)
-            .await
-            .map_err(status)?;
-        let mut successful = Vec::new();
-        for (entry, result) in entries.into_iter().zip(results) {
-            match result {
-                Ok(()) => successful.push(pb::BatchResultSuccess {
-                    id: entry.id.clone(),
-                }),
-                Err(e) => failed_entries.push(failed(entry.id.clone(), &e)),
-            }
-        }
+        let (successful, failed) = run_batch(
+            req.entries,
+            |e| &e.id,
+            async |entries| {
+                let handles: Vec<&str> =
+                    entries.iter().map(|e| e.receipt_handle.as_str()).collect();
+                self.engine.delete(&req.queue, &handles).await
+            },
+        )
+        .await?;
         Ok(Response::new(pb::DeleteMessageBatchResponse {
-            successful,
-            failed: failed_entries,
+            successful: successes(successful),
+            failed,
         }))
     }
 
@@ -367,35 +342,21 @@ impl pb::queue_service_server::QueueService for QueueApi {
         req: Request<pb::ChangeMessageVisibilityBatchRequest>,
     ) -> Reply<pb::ChangeMessageVisibilityBatchResponse> {
         let req = req.into_inner();
-        let (ok, mut failed_entries) =
-            check_batch(req.entries.iter().map(|e| e.id.as_str()), req.entries.len())?;
-        let entries: Vec<&pb::ChangeMessageVisibilityBatchEntry> = req
-            .entries
-            .iter()
-            .zip(ok)
-            .filter(|(_, ok)| *ok)
-            .map(|(e, _)| e)
-            .collect();
-        let changes: Vec<(&str, u32)> = entries
-            .iter()
-            .map(|e| (e.receipt_handle.as_str(), e.visibility_timeout_seconds))
-            .collect();
-        let results = self
-            .engine
-            .change_visibility(&req.queue, &changes)
-            .map_err(status)?;
-        let mut successful = Vec::new();
-        for (entry, result) in entries.into_iter().zip(results) {
-            match result {
-                Ok(()) => successful.push(pb::BatchResultSuccess {
-                    id: entry.id.clone(),
-                }),
-                Err(e) => failed_entries.push(failed(entry.id.clone(), &e)),
-            }
-        }
+        let (successful, failed) = run_batch(
+            req.entries,
+            |e| &e.id,
+            async |entries| {
+                let changes: Vec<(&str, u32)> = entries
+                    .iter()
+                    .map(|e| (e.receipt_handle.as_str(), e.visibility_timeout_seconds))
+                    .collect();
+                self.engine.change_visibility(&req.queue, &changes)
+            },
+        )
+        .await?;
         Ok(Response::new(pb::ChangeMessageVisibilityBatchResponse {
-            successful,
-            failed: failed_entries,
+            successful: successes(successful),
+            failed,
         }))
     }
 

@@ -5,8 +5,7 @@ use std::sync::Arc;
 use broker_proto::pb;
 use tonic::{Request, Response, Status};
 
-use super::{failed, status};
-use crate::queue::validate;
+use super::{run_batch, status};
 use crate::queue::{Engine, NewPublication};
 use crate::topic::{SubscriptionInfo, TopicInfo};
 
@@ -157,45 +156,31 @@ impl pb::topic_service_server::TopicService for TopicApi {
         req: Request<pb::PublishBatchRequest>,
     ) -> Reply<pb::PublishBatchResponse> {
         let req = req.into_inner();
-        validate::batch(req.entries.len(), req.entries.iter().map(|e| e.id.as_str()))
-            .map_err(status)?;
-        let mut failed_entries = Vec::new();
-        let mut ids = Vec::new();
-        let mut messages = Vec::new();
-        for e in req.entries {
-            match validate::entry_id(&e.id) {
-                Ok(()) => {
-                    ids.push(e.id);
-                    messages.push(NewPublication {
-                        body: e.body,
-                        attributes: e.attributes,
-                    });
-                }
-                Err(err) => failed_entries.push(failed(e.id, &err)),
-            }
-        }
-        let results = if messages.is_empty() {
-            Vec::new()
-        } else {
-            self.engine
-                .publish(&req.topic, messages)
-                .await
-                .map_err(status)?
-        };
-        let mut successful = Vec::new();
-        for (id, result) in ids.into_iter().zip(results) {
-            match result {
-                Ok(p) => successful.push(pb::PublishBatchResultEntry {
+        let (successful, failed) = run_batch(
+            req.entries,
+            |e| &e.id,
+            async |entries| {
+                let messages = entries
+                    .iter()
+                    .map(|e| NewPublication {
+                        body: e.body.clone(),
+                        attributes: e.attributes.clone(),
+                    })
+                    .collect();
+                self.engine.publish(&req.topic, messages).await
+            },
+        )
+        .await?;
+        Ok(Response::new(pb::PublishBatchResponse {
+            successful: successful
+                .into_iter()
+                .map(|(id, p)| pb::PublishBatchResultEntry {
                     id,
                     message_id: p.message_id,
                     delivered: p.delivered,
-                }),
-                Err(e) => failed_entries.push(failed(id, &e)),
-            }
-        }
-        Ok(Response::new(pb::PublishBatchResponse {
-            successful,
-            failed: failed_entries,
+                })
+                .collect(),
+            failed,
         }))
     }
 }

@@ -118,6 +118,20 @@ impl Store {
             reason,
         };
         std::fs::create_dir_all(path).map_err(|e| open_err(e.to_string()))?;
+        // RocksDB would create a fresh, empty database in a directory that
+        // lost its CURRENT file: refuse anything but an empty directory or
+        // one that holds a database.
+        let has_entries = std::fs::read_dir(path)
+            .map_err(|e| open_err(e.to_string()))?
+            .next()
+            .is_some();
+        if has_entries && !path.join("CURRENT").exists() {
+            return Err(open_err(
+                "it is not empty but holds no database (no CURRENT file): refusing to start an empty broker over it; \
+                 restore the directory, or point --data-dir at an empty or new directory"
+                    .into(),
+            ));
+        }
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.set_max_background_jobs(2);

@@ -2,22 +2,30 @@
 //!
 //! Every test starts its own server (`broker_tests::TestServer`) on
 //! `127.0.0.1:0` with a temporary data directory, so tests run in parallel
-//! without sharing state. One module per feature of the queue API:
+//! without sharing state. One module per feature of the API:
 //!
 //! - `queues`: create / get / list / update / delete / purge and their validation
 //! - `send`: single and batch sends, sizes, attributes, delays
 //! - `receive`: visibility timeouts, receipt handles, delete and change visibility
 //! - `long_poll`: what wakes a waiting receive, and disconnects mid-wait
+//! - `delivery`: a queue's receive rate limit and retry backoff
 //! - `dead_letter`: redrive policies, dead-letter moves and `RedriveMessages`
 //! - `restart`: what survives a graceful restart on the same data directory,
 //!   and a SIGKILLed server process
+//! - `stream`: push delivery over `StreamMessages`
+//! - `topics`: topics and subscriptions, fan-out publishes, filter policies,
+//!   raw and envelope delivery, atomicity, and what survives a restart
 //!
 //! Timings are short (1–2 s visibility timeouts and waits); tests wait for an
 //! event (a long-poll receive) rather than sleep wherever they can.
 
+mod crash;
 mod dead_letter;
+mod delivery;
 mod long_poll;
 mod queues;
 mod receive;
 mod restart;
 mod send;
+mod stream;
+mod topics;

@@ -13,6 +13,10 @@ fn default_attributes() -> pb::QueueAttributes {
         max_message_bytes: Some(262_144),
         redrive_policy: None,
         clear_redrive_policy: false,
+        max_receive_rate: Some(0),
+        max_receive_burst: Some(0),
+        retry_policy: None,
+        clear_retry_policy: false,
     }
 }
 
@@ -70,6 +74,13 @@ async fn create_queue_keeps_the_given_attributes() {
             max_receive_count: 4,
         }),
         clear_redrive_policy: false,
+        max_receive_rate: Some(10),
+        max_receive_burst: Some(25),
+        retry_policy: Some(pb::RetryPolicy {
+            min_backoff_seconds: 1,
+            max_backoff_seconds: 30,
+        }),
+        clear_retry_policy: false,
     };
     let queue = create_queue(&client, "orders", given.clone()).await;
     assert_eq!(queue.attributes, Some(given.clone()));
@@ -171,6 +182,13 @@ fn with_defaults(attributes: pb::QueueAttributes) -> pb::QueueAttributes {
         max_message_bytes: attributes.max_message_bytes.or(defaults.max_message_bytes),
         redrive_policy: attributes.redrive_policy,
         clear_redrive_policy: false,
+        max_receive_rate: attributes.max_receive_rate.or(defaults.max_receive_rate),
+        max_receive_burst: attributes
+            .max_receive_burst
+            .or(attributes.max_receive_rate)
+            .or(defaults.max_receive_burst),
+        retry_policy: attributes.retry_policy,
+        clear_retry_policy: false,
     }
 }
 

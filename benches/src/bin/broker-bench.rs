@@ -1,0 +1,158 @@
+//! `broker-bench`: the load generator. See `benches/README.md` for the
+//! scenarios and their figures, and `broker-bench --help` for the flags.
+//!
+//! Phases: start an embedded broker (unless `--server`), connect, create
+//! the queues (and topic), preload the backlog, then measure for
+//! `--duration` seconds, and print the report. CPU time is read just
+//! before and just after the measured phase; peak RSS at the end.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use benches::embedded::{BROKER_THREAD_NAME, EmbeddedBroker};
+use benches::load::{self, Plan};
+use benches::options::Options;
+use benches::procfs::{self, Process};
+use benches::report::{Report, ResourceSource, Resources};
+use clap::Parser as _;
+
+/// Name of the generator's runtime threads.
+const GENERATOR_THREAD_NAME: &str = "bench-gen";
+
+fn main() -> ExitCode {
+    let opts = Options::parse();
+    match run(&opts) {
+        Ok(report) => {
+            if opts.json {
+                println!("{}", report.json());
+            } else {
+                print!("{}", report.text());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(opts: &Options) -> anyhow::Result<Report> {
+    let server_addr = opts.validate().map_err(anyhow::Error::msg)?;
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores)
+        .thread_name(GENERATOR_THREAD_NAME)
+        .enable_all()
+        .build()
+        .context("cannot start the generator's runtime")?;
+    let embedded = match server_addr {
+        Some(_) => None,
+        None => Some(EmbeddedBroker::start(opts.sync, cores)?),
+    };
+    let addr = match (&embedded, server_addr) {
+        (Some(b), _) => b.addr().to_string(),
+        (None, Some(a)) => a.to_string(),
+        (None, None) => unreachable!("validate resolves --server"),
+    };
+    let source = match (&embedded, opts.server_pid) {
+        (Some(_), _) => ResourceSource::SharedProcess,
+        (None, Some(_)) => ResourceSource::ServerPid,
+        (None, None) => ResourceSource::NotMeasured,
+    };
+    let broker_process = match (&embedded, opts.server_pid) {
+        (Some(_), _) => Some(Process::Current),
+        (None, pid) => pid.map(Process::Pid),
+    };
+
+    let result = runtime.block_on(async {
+        let producer_clients = load::connect(&addr, opts.producers as usize).await?;
+        let consumer_clients = load::connect(&addr, opts.consumers as usize).await?;
+        let plan = Plan::create(&producer_clients[0], opts, embedded.is_none()).await?;
+        let preload_seconds = if opts.backlog > 0 {
+            eprintln!("preloading {} messages ...", opts.backlog);
+            let began = Instant::now();
+            load::preload(
+                &producer_clients,
+                &plan,
+                opts.payload as usize,
+                opts.backlog,
+            )
+            .await?;
+            Some(began.elapsed().as_secs_f64())
+        } else {
+            None
+        };
+        let before = Counters::read(broker_process)?;
+        let began = Instant::now();
+        let stats = load::run(&producer_clients, &consumer_clients, &plan, opts).await?;
+        let wall = began.elapsed().as_secs_f64();
+        let after = Counters::read(broker_process)?;
+        let resources = Resources {
+            cpu_seconds: after.broker_cpu.zip(before.broker_cpu).map(|(a, b)| a - b),
+            broker_threads_cpu_seconds: embedded.is_some().then_some(
+                (after.process_cpu - after.generator_cpu)
+                    - (before.process_cpu - before.generator_cpu),
+            ),
+            generator_cpu_seconds: Some(after.generator_cpu - before.generator_cpu),
+            peak_rss_bytes: after.broker_memory.map(|m| m.peak_rss_bytes),
+            rss_bytes: after.broker_memory.map(|m| m.rss_bytes),
+        };
+        anyhow::Ok(Report::new(
+            opts,
+            &stats,
+            wall,
+            preload_seconds,
+            source,
+            resources,
+        ))
+    });
+    drop(runtime);
+    if let Some(b) = embedded {
+        b.stop()?;
+    }
+    result
+}
+
+/// CPU and memory counters read at one moment.
+struct Counters {
+    /// CPU seconds of the broker's process, if it is known.
+    broker_cpu: Option<f64>,
+    /// The broker's process's memory, if it is known.
+    broker_memory: Option<procfs::Sample>,
+    /// CPU seconds of this whole process.
+    process_cpu: f64,
+    /// CPU seconds of the generator: its runtime's threads and the main
+    /// thread when the broker is embedded, else this whole process.
+    generator_cpu: f64,
+}
+
+impl Counters {
+    fn read(broker: Option<Process>) -> anyhow::Result<Counters> {
+        let own = procfs::sample(Process::Current).context("cannot read /proc/self")?;
+        let broker_sample = match broker {
+            Some(p) => Some(
+                procfs::sample(p)
+                    .with_context(|| format!("cannot read the broker's {p:?} in /proc"))?,
+            ),
+            None => None,
+        };
+        let generator_cpu = if broker == Some(Process::Current) {
+            let main = procfs::current_pid();
+            procfs::threads_cpu_seconds(|tid, name| {
+                tid == main
+                    || (name.starts_with(GENERATOR_THREAD_NAME)
+                        && !name.starts_with(BROKER_THREAD_NAME))
+            })?
+        } else {
+            own.cpu_seconds
+        };
+        Ok(Counters {
+            broker_cpu: broker_sample.map(|s| s.cpu_seconds),
+            broker_memory: broker_sample,
+            process_cpu: own.cpu_seconds,
+            generator_cpu,
+        })
+    }
+}

@@ -1,0 +1,213 @@
+//! The load generator's flags. [`Options::validate`] checks what clap's
+//! ranges cannot (flags that only make sense together, the loopback rule)
+//! and names the flag and its bounds in each message.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use broker::storage::SyncMode;
+use clap::Parser;
+
+/// Largest batch the broker accepts in one send, receive or delete.
+pub const MAX_BATCH: u32 = 100;
+
+/// The payload carries its send time in its first 8 bytes.
+pub const MIN_PAYLOAD_BYTES: usize = 8;
+
+/// Load generator for the broker: producers send (or publish), consumers
+/// long-poll, receive and delete; prints throughput, latency percentiles,
+/// and the broker's CPU time and peak RSS.
+///
+/// Without --server it starts a broker in its own process, on a temp data
+/// dir; the generator then shares that process (and its CPU figures).
+#[derive(Parser, Debug, Clone)]
+#[command(name = "broker-bench", version)]
+pub struct Options {
+    /// A running broker, `host:port` on a loopback address; without it, an
+    /// embedded broker is started on 127.0.0.1 with a temp data dir.
+    #[arg(long)]
+    pub server: Option<String>,
+    /// The process id of the --server broker, to report its CPU time and
+    /// peak RSS from /proc; without it they are reported as n/a.
+    #[arg(long, requires = "server")]
+    pub server_pid: Option<u32>,
+    /// Sending tasks (0: only consume, e.g. a --backlog).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub producers: u32,
+    /// Receiving tasks; each long-polls, then deletes what it received.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub consumers: u32,
+    /// Messages per send, publish, receive and delete call (1 uses the
+    /// single-message RPCs).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=MAX_BATCH as i64))]
+    pub batch: u32,
+    /// Bytes per message body; the first 8 carry the send time.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(MIN_PAYLOAD_BYTES as u64..=1_048_576))]
+    pub payload: u64,
+    /// Queues to spread producers and consumers over.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub queues: u32,
+    /// Publish to a topic with this many subscribed queues (raw delivery)
+    /// instead of sending to queues; consumers spread over those queues.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000), conflicts_with = "queues")]
+    pub fanout: Option<u32>,
+    /// Seconds to measure for; the run then stops by itself.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub duration: u64,
+    /// Offered messages per second over all producers (open loop: sends
+    /// start on schedule whether or not earlier ones were acknowledged).
+    /// Without it, each producer sends as fast as acknowledgements come
+    /// back (closed loop).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub rate: Option<u64>,
+    /// Messages to send before measuring (in batches of 100), so that the
+    /// run starts with a backlog; they are not counted as sent, and their
+    /// receipt is counted as consumed but left out of end-to-end latency.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=100_000_000))]
+    pub backlog: u64,
+    /// Long-poll wait of each receive, in seconds (the broker allows 0..=20).
+    /// With several queues per consumer, it polls them in turn without
+    /// waiting and waits only after a whole round found nothing.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=20))]
+    pub wait: u32,
+    /// Durability of the embedded broker: `always` (ack after fsync, shared
+    /// by concurrent writes), `batch` or `batch:MS` (fsync at least every MS
+    /// ms, default 10), `none` (left to the OS).
+    #[arg(long, default_value = "always", value_parser = parse_sync, conflicts_with = "server")]
+    pub sync: SyncMode,
+    /// Print one JSON object instead of the text report.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl Options {
+    /// Checks the combinations clap cannot; returns the broker's resolved
+    /// address for `--server`.
+    pub fn validate(&self) -> Result<Option<SocketAddr>, String> {
+        if self.producers == 0 && self.consumers == 0 {
+            return Err("--producers and --consumers are both 0: nothing to measure".into());
+        }
+        if self.producers == 0 && self.rate.is_some() {
+            return Err("--rate needs at least one producer; got --producers 0".into());
+        }
+        let Some(server) = &self.server else {
+            return Ok(None);
+        };
+        let hostport = server
+            .strip_prefix("http://")
+            .unwrap_or(server)
+            .trim_end_matches('/');
+        let addrs: Vec<SocketAddr> = hostport
+            .to_socket_addrs()
+            .map_err(|e| format!("--server must be host:port; got {server:?}: {e}"))?
+            .collect();
+        match addrs.iter().find(|a| !a.ip().is_loopback()) {
+            Some(a) => Err(format!(
+                "--server must be a loopback address (127.0.0.0/8 or ::1), since broker-bench \
+                 reads the broker's CPU and memory from this machine's /proc; {server:?} resolves to {a}"
+            )),
+            None => Ok(addrs.first().copied()),
+        }
+    }
+
+    /// How long the measured phase lasts.
+    pub fn duration(&self) -> Duration {
+        Duration::from_secs(self.duration)
+    }
+}
+
+/// Parses `always`, `batch`, `batch:MS` or `none`.
+pub fn parse_sync(s: &str) -> Result<SyncMode, String> {
+    match s {
+        "always" => Ok(SyncMode::Always),
+        "none" => Ok(SyncMode::None),
+        "batch" => Ok(SyncMode::Batch(Duration::from_millis(10))),
+        _ => match s.strip_prefix("batch:").map(str::parse::<u64>) {
+            Some(Ok(ms @ 1..=10_000)) => Ok(SyncMode::Batch(Duration::from_millis(ms))),
+            Some(_) => Err(format!(
+                "the interval of batch:MS must be in 1..=10000; got {s:?}"
+            )),
+            None => Err(format!(
+                "must be one of always, batch, batch:MS, none; got {s:?}"
+            )),
+        },
+    }
+}
+
+/// The name of a sync mode as `--sync` spells it.
+pub fn sync_name(mode: SyncMode) -> String {
+    match mode {
+        SyncMode::Always => "always".into(),
+        SyncMode::Batch(every) => format!("batch:{}", every.as_millis()),
+        SyncMode::None => "none".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Options, clap::Error> {
+        Options::try_parse_from(std::iter::once("broker-bench").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn sync_modes_parse_and_print_back() {
+        for s in ["always", "none", "batch:10", "batch:250"] {
+            assert_eq!(sync_name(parse_sync(s).unwrap()), s);
+        }
+        assert_eq!(
+            parse_sync("batch").unwrap(),
+            SyncMode::Batch(Duration::from_millis(10))
+        );
+        assert!(parse_sync("batch:0").unwrap_err().contains("1..=10000"));
+        assert!(
+            parse_sync("sometimes")
+                .unwrap_err()
+                .contains("always, batch")
+        );
+    }
+
+    #[test]
+    fn defaults_are_a_small_closed_loop_run() {
+        let o = parse(&[]).unwrap();
+        assert_eq!(
+            (o.producers, o.consumers, o.batch, o.payload),
+            (4, 4, 1, 256)
+        );
+        assert_eq!((o.queues, o.fanout, o.rate, o.backlog), (1, None, None, 0));
+        assert_eq!(o.sync, SyncMode::Always);
+        assert_eq!(o.validate(), Ok(None));
+    }
+
+    #[test]
+    fn out_of_range_flags_are_refused() {
+        assert!(parse(&["--batch", "101"]).is_err());
+        assert!(parse(&["--payload", "7"]).is_err());
+        assert!(parse(&["--wait", "21"]).is_err());
+        assert!(parse(&["--fanout", "10", "--queues", "2"]).is_err());
+        assert!(parse(&["--server-pid", "1"]).is_err(), "needs --server");
+        assert!(parse(&["--server", "127.0.0.1:1", "--sync", "none"]).is_err());
+    }
+
+    #[test]
+    fn only_loopback_servers_are_accepted() {
+        let ok = parse(&["--server", "127.0.0.1:50051"]).unwrap();
+        assert_eq!(
+            ok.validate().unwrap(),
+            Some("127.0.0.1:50051".parse().unwrap())
+        );
+        let ok = parse(&["--server", "http://[::1]:50051"]).unwrap();
+        assert!(ok.validate().unwrap().is_some());
+        let remote = parse(&["--server", "10.1.2.3:50051"]).unwrap();
+        assert!(remote.validate().unwrap_err().contains("loopback"));
+    }
+
+    #[test]
+    fn a_run_needs_someone_to_work() {
+        let idle = parse(&["--producers", "0", "--consumers", "0"]).unwrap();
+        assert!(idle.validate().unwrap_err().contains("nothing to measure"));
+        let rate = parse(&["--producers", "0", "--rate", "10"]).unwrap();
+        assert!(rate.validate().unwrap_err().contains("--rate"));
+    }
+}

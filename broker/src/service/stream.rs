@@ -1,0 +1,172 @@
+//! Push delivery: `QueueService.StreamMessages`.
+//!
+//! One task per stream alternates between two things: applying the
+//! acknowledgements the client sends, and receiving (long polling) as many
+//! messages as the credit allows. The credit counts the stream's messages
+//! whose lease still holds, so an acknowledgement made through the ordinary
+//! RPCs, or a lapsed visibility timeout, frees credit too. Receiving is the
+//! engine's ordinary receive, so leases, receipt handles, dead letters and
+//! rate limits are the same as for pull consumers. Receive is cancel-safe
+//! (messages are claimed in one synchronous step), so the select below can
+//! drop a waiting receive when an acknowledgement arrives.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use broker_proto::pb;
+use pb::stream_messages_request::Request as Op;
+use tokio::sync::mpsc;
+use tonic::{Status, Streaming};
+
+use super::{code_name, status};
+use crate::error::Error;
+use crate::queue::{Engine, ReceiveOptions, validate};
+
+pub const CREDIT_MAX: u32 = 1_000;
+/// How often a stream whose credit is used up rechecks its leases (for
+/// acknowledgements made outside the stream, and lapsed timeouts).
+const RECHECK: Duration = Duration::from_millis(250);
+
+/// Checks the opening request; returns the queue, credit and visibility.
+pub fn open(first: Option<pb::StreamMessagesRequest>) -> Result<pb::StreamOpen, Status> {
+    let Some(pb::StreamMessagesRequest {
+        request: Some(Op::Open(open)),
+    }) = first
+    else {
+        return Err(Status::invalid_argument(
+            "the first request of StreamMessages must be `open` (queue and credit)",
+        ));
+    };
+    validate::queue_name("open.queue", &open.queue).map_err(status)?;
+    if open.credit == 0 || open.credit > CREDIT_MAX {
+        return Err(Status::invalid_argument(format!(
+            "open.credit must be in 1..={CREDIT_MAX}; got {}",
+            open.credit
+        )));
+    }
+    Ok(open)
+}
+
+/// Runs one stream until the client goes away, the queue is deleted, or
+/// the broker shuts down.
+pub async fn run(
+    engine: Arc<Engine>,
+    open: pb::StreamOpen,
+    mut inbound: Streaming<pb::StreamMessagesRequest>,
+    tx: mpsc::Sender<Result<pb::StreamMessagesResponse, Status>>,
+) {
+    let queue = open.queue;
+    let mut outstanding: Vec<String> = Vec::new();
+    let mut inbound_open = true;
+    loop {
+        if engine.is_shutting_down() {
+            return;
+        }
+        let held = engine.leases_held(&queue, &outstanding);
+        let mut held = held.into_iter();
+        outstanding.retain(|_| held.next().unwrap_or(false));
+        let room = open
+            .credit
+            .saturating_sub(outstanding.len() as u32)
+            .min(validate::RECEIVE_MAX);
+        let receive = engine.receive(
+            &queue,
+            ReceiveOptions {
+                max_messages: room.max(1),
+                visibility_timeout_seconds: open.visibility_timeout_seconds,
+                wait_time_seconds: Some(20),
+            },
+        );
+        tokio::select! {
+            _ = tx.closed() => return,
+            _ = engine.shutting_down() => return,
+            request = inbound.message(), if inbound_open => match request {
+                Ok(Some(request)) => {
+                    if let Some(error) = acknowledge(&engine, &queue, request, &mut outstanding).await
+                        && tx.send(Ok(pb::StreamMessagesResponse { messages: Vec::new(), errors: vec![error] })).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                // The client closed its side: keep pushing until it drops the stream.
+                Ok(None) => inbound_open = false,
+                Err(_) => return,
+            },
+            received = receive, if room > 0 => match received {
+                Ok(messages) if messages.is_empty() => {}
+                Ok(messages) => {
+                    outstanding.extend(messages.iter().map(|m| m.receipt_handle.clone()));
+                    let response = pb::StreamMessagesResponse {
+                        messages: messages.into_iter().map(Into::into).collect(),
+                        errors: Vec::new(),
+                    };
+                    // If the client is gone, its messages stay in flight and
+                    // come back when their visibility timeout lapses.
+                    if tx.send(Ok(response)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(status(e))).await;
+                    return;
+                }
+            },
+            _ = tokio::time::sleep(RECHECK), if room == 0 => {}
+        }
+    }
+}
+
+/// Applies one acknowledgement; the error to report, if it failed.
+async fn acknowledge(
+    engine: &Engine,
+    queue: &str,
+    request: pb::StreamMessagesRequest,
+    outstanding: &mut Vec<String>,
+) -> Option<pb::StreamError> {
+    let (handle, result) = match request.request {
+        Some(Op::Ack(a)) => {
+            let r = engine
+                .delete(queue, &[a.receipt_handle.as_str()])
+                .await
+                .and_then(first);
+            (a.receipt_handle, r)
+        }
+        Some(Op::Release(r)) => {
+            let result = engine
+                .change_visibility(queue, &[(r.receipt_handle.as_str(), r.delay_seconds)])
+                .and_then(first);
+            (r.receipt_handle, result)
+        }
+        Some(Op::Extend(x)) => {
+            let result = engine
+                .change_visibility(
+                    queue,
+                    &[(x.receipt_handle.as_str(), x.visibility_timeout_seconds)],
+                )
+                .and_then(first);
+            return result.err().map(|e| stream_error(x.receipt_handle, &e));
+        }
+        Some(Op::Open(_)) | None => {
+            return Some(pb::StreamError {
+                receipt_handle: String::new(),
+                code: "INVALID_ARGUMENT".into(),
+                message: "a stream is opened once; later requests are ack, release or extend"
+                    .into(),
+            });
+        }
+    };
+    outstanding.retain(|h| *h != handle);
+    result.err().map(|e| stream_error(handle, &e))
+}
+
+fn first(mut results: Vec<crate::error::Result<()>>) -> crate::error::Result<()> {
+    results.pop().unwrap_or(Ok(()))
+}
+
+fn stream_error(receipt_handle: String, e: &Error) -> pb::StreamError {
+    pb::StreamError {
+        receipt_handle,
+        code: code_name(e).to_string(),
+        message: e.to_string(),
+    }
+}
