@@ -236,6 +236,9 @@ pub enum QueueCommand {
         /// Remove the redrive policy: messages no longer move to a dead-letter queue
         #[arg(long, conflicts_with_all = ["dead_letter_queue", "max_receive_count"])]
         no_redrive_policy: bool,
+        /// Remove the retry policy: lapsed messages are visible again at once
+        #[arg(long, conflicts_with_all = ["min_backoff", "max_backoff"])]
+        no_retry_policy: bool,
     },
     /// Delete a queue and all of its messages
     Delete {
@@ -273,6 +276,18 @@ pub struct AttributeArgs {
     /// Receives before a message moves to the dead-letter queue (1..=1000)
     #[arg(long, value_name = "N", requires = "dead_letter_queue")]
     pub max_receive_count: Option<u32>,
+    /// Messages per second all receivers together may take (0..=100000; 0: unlimited) [new queues: 0]
+    #[arg(long, value_name = "N")]
+    pub max_receive_rate: Option<u32>,
+    /// Messages receivable at once after an idle period (at least the rate) [new queues: the rate]
+    #[arg(long, value_name = "N")]
+    pub max_receive_burst: Option<u32>,
+    /// Retry backoff: a lapsed or released message waits MIN * 2^(receives - 1) seconds (0..=600)
+    #[arg(long, value_name = "S", requires = "max_backoff")]
+    pub min_backoff: Option<u32>,
+    /// Retry backoff cap in seconds (MIN..=600)
+    #[arg(long, value_name = "S", requires = "min_backoff")]
+    pub max_backoff: Option<u32>,
 }
 
 impl AttributeArgs {
@@ -286,6 +301,10 @@ impl AttributeArgs {
             max_message_bytes,
             dead_letter_queue,
             max_receive_count,
+            max_receive_rate,
+            max_receive_burst,
+            min_backoff,
+            max_backoff,
         } = self;
         visibility_timeout.is_none()
             && retention.is_none()
@@ -294,6 +313,10 @@ impl AttributeArgs {
             && max_message_bytes.is_none()
             && dead_letter_queue.is_none()
             && max_receive_count.is_none()
+            && max_receive_rate.is_none()
+            && max_receive_burst.is_none()
+            && min_backoff.is_none()
+            && max_backoff.is_none()
     }
 
     /// The attributes to send: unset flags stay unset, so the broker applies
@@ -315,11 +338,15 @@ impl AttributeArgs {
             max_message_bytes: self.max_message_bytes,
             redrive_policy,
             clear_redrive_policy: false,
-            // No flags for these yet: the broker's defaults (create) or the
-            // current values (update) apply.
-            max_receive_rate: None,
-            max_receive_burst: None,
-            retry_policy: None,
+            max_receive_rate: self.max_receive_rate,
+            max_receive_burst: self.max_receive_burst,
+            // clap's `requires` makes the two flags come together.
+            retry_policy: self.min_backoff.zip(self.max_backoff).map(|(min, max)| {
+                pb::RetryPolicy {
+                    min_backoff_seconds: min,
+                    max_backoff_seconds: max,
+                }
+            }),
             clear_retry_policy: false,
         }
     }
@@ -355,6 +382,7 @@ pub async fn run(args: &ClientArgs, cmd: Command) -> anyhow::Result<()> {
             QueueCommand::Update {
                 attributes,
                 no_redrive_policy: false,
+                no_retry_policy: false,
                 ..
             },
     } = &cmd
@@ -701,6 +729,7 @@ async fn run_queue(client: &Client, json: bool, cmd: QueueCommand) -> anyhow::Re
             name,
             attributes,
             no_redrive_policy,
+            no_retry_policy,
         } => {
             let only_queue = attributes
                 .dead_letter_queue
@@ -708,6 +737,7 @@ async fn run_queue(client: &Client, json: bool, cmd: QueueCommand) -> anyhow::Re
                 .then_some(name.as_str());
             let mut pb_attributes = attributes.to_pb();
             pb_attributes.clear_redrive_policy = no_redrive_policy;
+            pb_attributes.clear_retry_policy = no_retry_policy;
             let queue = client
                 .update_queue(pb::UpdateQueueRequest {
                     name: name.clone(),
@@ -992,6 +1022,24 @@ fn queue_text(queue: &pb::Queue, stats: Option<&pb::QueueStats>) -> String {
                 .map_or("-".to_owned(), |n| n.to_string()),
         ),
         ("dead-letter queue", redrive_text(a.redrive_policy.as_ref())),
+        (
+            "receive rate",
+            match a.max_receive_rate {
+                Some(rate) if rate > 0 => {
+                    format!("{rate}/s, burst {}", a.max_receive_burst.unwrap_or(rate))
+                }
+                _ => "unlimited".to_owned(),
+            },
+        ),
+        (
+            "retry backoff",
+            a.retry_policy.map_or("none".to_owned(), |p| {
+                format!(
+                    "{}s doubling up to {}s",
+                    p.min_backoff_seconds, p.max_backoff_seconds
+                )
+            }),
+        ),
     ];
     if let Some(s) = stats {
         rows.extend([

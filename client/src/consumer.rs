@@ -1707,7 +1707,9 @@ fn count_failures(
         }
         Err(error) => {
             let counted = loud.iter().filter(|l| **l).count() as u64;
-            core.counters.ack_errors.fetch_add(counted, Ordering::Relaxed);
+            core.counters
+                .ack_errors
+                .fetch_add(counted, Ordering::Relaxed);
             tracing::warn!(queue = %core.queue, %error, entries = loud.len(), "{what} batch failed");
         }
     }

@@ -639,7 +639,10 @@ mod tests {
         ));
         assert!(matches!(error, Error::InvalidArgument(_)));
         assert_eq!(code_from_name("NOT_FOUND"), tonic::Code::NotFound);
-        assert_eq!(code_from_name("RESOURCE_EXHAUSTED"), tonic::Code::ResourceExhausted);
+        assert_eq!(
+            code_from_name("RESOURCE_EXHAUSTED"),
+            tonic::Code::ResourceExhausted
+        );
         assert_eq!(code_from_name("something new"), tonic::Code::Unknown);
     }
 
@@ -649,7 +652,9 @@ mod tests {
         assert_eq!(message.size(), 4 + 3 + MESSAGE_OVERHEAD);
         assert_eq!(OutgoingMessage::from("x").delay_seconds, None);
         assert_eq!(
-            OutgoingMessage::new("x").delay(Duration::from_millis(2500)).delay_seconds,
+            OutgoingMessage::new("x")
+                .delay(Duration::from_millis(2500))
+                .delay_seconds,
             Some(2)
         );
     }

@@ -188,7 +188,12 @@ struct State {
 }
 
 impl State {
+    /// The id of the queue `name`: INVALID_ARGUMENT for a name no queue
+    /// could have, NOT_FOUND for one that does not exist.
     fn queue_id(&self, name: &str) -> Result<u64> {
+        if !self.names.contains_key(name) {
+            validate::queue_name("queue name", name)?;
+        }
         self.names
             .get(name)
             .copied()

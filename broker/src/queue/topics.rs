@@ -126,8 +126,13 @@ pub(super) fn forget_subscription(st: &mut State, id: u64) {
     }
 }
 
+/// NOT_FOUND for a topic that does not exist; INVALID_ARGUMENT for a name
+/// no topic could have.
 fn topic_not_found(name: &str) -> Error {
-    Error::NotFound(format!("topic {name:?} does not exist"))
+    match validate::queue_name("topic name", name) {
+        Err(e) => e,
+        Ok(()) => Error::NotFound(format!("topic {name:?} does not exist")),
+    }
 }
 
 impl Engine {

@@ -32,7 +32,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use rocksdb::{DB, Direction, IteratorMode, Options, WriteOptions};
+use rocksdb::{DB, DBRecoveryMode, Direction, IteratorMode, Options, WriteOptions};
 use tokio::sync::watch;
 
 /// Errors of the storage layer. Never caused by bad client input.
@@ -137,6 +137,11 @@ impl Store {
         opts.set_max_background_jobs(2);
         opts.set_keep_log_file_num(4);
         opts.set_paranoid_checks(true);
+        // A record cut short at the end of the log is what a crash during a
+        // write leaves (that write was never acknowledged): recover up to
+        // it. Corruption anywhere else is an error, never a silent loss of
+        // the records after it (RocksDB's default, point-in-time recovery).
+        opts.set_wal_recovery_mode(DBRecoveryMode::TolerateCorruptedTailRecords);
         let db = DB::open(&opts, path).map_err(|e| {
             let reason = e.to_string();
             if reason.contains("LOCK") {

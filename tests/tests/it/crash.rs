@@ -582,6 +582,7 @@ async fn drain(client: &Client, killed_at: Instant) -> Drained {
     // Everything hidden at the kill is visible again within this time.
     let all_visible = killed_at + Duration::from_secs(MAX_HIDDEN_SECONDS as u64 + 1);
     for queue in QUEUES {
+        let t0 = Instant::now();
         let settled = loop {
             let now = counts(client, queue).await;
             if now.in_flight == 0 && now.delayed == 0 {
@@ -614,6 +615,11 @@ async fn drain(client: &Client, killed_at: Instant) -> Drained {
             }
         }
         let held = handles.len() as u64;
+        eprintln!(
+            "DEBUG {queue}: settled+received {held} in {:?}, since kill {:?}",
+            t0.elapsed(),
+            killed_at.elapsed()
+        );
         let before = at_restart[queue];
         if before.visible + before.in_flight + before.delayed != held {
             drained.violations.push(format!(
@@ -985,7 +991,10 @@ async fn torn_tail_of_the_write_ahead_log_is_recovered() {
         .collect();
     // The torn record is the last send; every earlier one is back.
     for i in 0..count - 1 {
-        assert!(bodies.contains(&format!("m{i}")), "m{i} is back: {bodies:?}");
+        assert!(
+            bodies.contains(&format!("m{i}")),
+            "m{i} is back: {bodies:?}"
+        );
     }
 }
 

@@ -4,6 +4,7 @@
 //! `127.0.0.1:0` with a temporary data directory, so tests run in parallel
 //! without sharing state. One module per feature of the API:
 //!
+//! - `consumer`: the client's `Consumer` and `Publisher` (pull and push)
 //! - `queues`: create / get / list / update / delete / purge and their validation
 //! - `send`: single and batch sends, sizes, attributes, delays
 //! - `receive`: visibility timeouts, receipt handles, delete and change visibility
@@ -19,6 +20,7 @@
 //! Timings are short (1–2 s visibility timeouts and waits); tests wait for an
 //! event (a long-poll receive) rather than sleep wherever they can.
 
+mod consumer;
 mod crash;
 mod dead_letter;
 mod delivery;
