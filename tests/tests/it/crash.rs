@@ -579,94 +579,105 @@ async fn drain(client: &Client, killed_at: Instant) -> Drained {
         ));
     }
 
-    // Everything hidden at the kill is visible again within this time.
-    let all_visible = killed_at + Duration::from_secs(MAX_HIDDEN_SECONDS as u64 + 1);
-    for queue in QUEUES {
-        let t0 = Instant::now();
-        let settled = loop {
-            let now = counts(client, queue).await;
-            if now.in_flight == 0 && now.delayed == 0 {
-                break now;
-            }
-            if Instant::now() > all_visible + Duration::from_secs(5) {
-                drained.violations.push(format!(
-                    "{queue}: {now:?} {:?} after the kill, with no timeout over {MAX_HIDDEN_SECONDS} s",
-                    killed_at.elapsed()
-                ));
-                break now;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+    let queues = QUEUES.map(|queue| drain_queue(client, queue, at_restart[queue], killed_at));
+    for (copies, violations) in futures::future::join_all(queues).await {
+        drained.copies.extend(copies);
+        drained.violations.extend(violations);
+    }
+    drained
+}
 
-        let mut handles = Vec::new();
-        loop {
-            let messages = receive_now(client, queue, 100, 600).await;
-            if messages.is_empty() {
-                break;
-            }
-            for message in messages {
-                let copy: Copy = (queue, String::from_utf8_lossy(&message.body).into_owned());
-                if let Some(first) = drained.copies.insert(copy.clone(), message.message_id) {
-                    drained.violations.push(format!(
-                        "{copy:?} delivered twice within a 600 s visibility timeout (first id {first})"
-                    ));
-                }
-                handles.push(message.receipt_handle);
-            }
+/// Drains one queue: waits until nothing is in flight or delayed, receives
+/// every message (once: with a 600 s visibility timeout), checks the stats
+/// against what it received (`before`: the stats right after the restart),
+/// and deletes it all. Returns the copies and the broken promises.
+async fn drain_queue(
+    client: &Client,
+    queue: &'static str,
+    before: Counts,
+    killed_at: Instant,
+) -> (HashMap<Copy, String>, Vec<String>) {
+    let mut copies = HashMap::new();
+    let mut violations = Vec::new();
+    // Everything hidden at the kill is visible again by then.
+    let all_visible = killed_at + Duration::from_secs(MAX_HIDDEN_SECONDS as u64 + 1);
+    let settled = loop {
+        let now = counts(client, queue).await;
+        if now.in_flight == 0 && now.delayed == 0 {
+            break now;
         }
-        let held = handles.len() as u64;
-        eprintln!(
-            "DEBUG {queue}: settled+received {held} in {:?}, since kill {:?}",
-            t0.elapsed(),
-            killed_at.elapsed()
-        );
-        let before = at_restart[queue];
-        if before.visible + before.in_flight + before.delayed != held {
-            drained.violations.push(format!(
-                "{queue}: stats right after the restart {before:?}, but it holds {held} messages"
+        if Instant::now() > all_visible + Duration::from_secs(5) {
+            violations.push(format!(
+                "{queue}: {now:?} {:?} after the kill, with no timeout over {MAX_HIDDEN_SECONDS} s",
+                killed_at.elapsed()
             ));
+            break now;
         }
-        if settled.visible != held {
-            drained.violations.push(format!(
-                "{queue}: stats {settled:?} once all is visible, but it holds {held} messages"
-            ));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    let mut handles = Vec::new();
+    loop {
+        let messages = receive_now(client, queue, 100, 600).await;
+        if messages.is_empty() {
+            break;
         }
-        let received = counts(client, queue).await;
-        if received != Counts::new(0, held, 0) {
-            drained.violations.push(format!(
-                "{queue}: stats {received:?} with all {held} messages received"
-            ));
-        }
-        for chunk in handles.chunks(100) {
-            let response = client
-                .delete_message_batch(pb::DeleteMessageBatchRequest {
-                    queue: queue.into(),
-                    entries: chunk
-                        .iter()
-                        .enumerate()
-                        .map(|(i, receipt_handle)| pb::DeleteMessageBatchEntry {
-                            id: format!("d{i}"),
-                            receipt_handle: receipt_handle.clone(),
-                        })
-                        .collect(),
-                })
-                .await
-                .unwrap_or_else(|e| panic!("DeleteMessageBatch on {queue}: {e:?}"));
-            if !response.failed.is_empty() {
-                drained.violations.push(format!(
-                    "{queue}: deletes failed while draining: {:?}",
-                    response.failed
+        for message in messages {
+            let copy: Copy = (queue, String::from_utf8_lossy(&message.body).into_owned());
+            if let Some(first) = copies.insert(copy.clone(), message.message_id) {
+                violations.push(format!(
+                    "{copy:?} delivered twice within a 600 s visibility timeout (first id {first})"
                 ));
             }
+            handles.push(message.receipt_handle);
         }
-        let empty = counts(client, queue).await;
-        if empty != Counts::EMPTY {
-            drained.violations.push(format!(
-                "{queue}: stats {empty:?} after deleting all {held} messages"
+    }
+    let held = handles.len() as u64;
+    if before.visible + before.in_flight + before.delayed != held {
+        violations.push(format!(
+            "{queue}: stats right after the restart {before:?}, but it holds {held} messages"
+        ));
+    }
+    if settled.visible != held {
+        violations.push(format!(
+            "{queue}: stats {settled:?} once all is visible, but it holds {held} messages"
+        ));
+    }
+    let received = counts(client, queue).await;
+    if received != Counts::new(0, held, 0) {
+        violations.push(format!(
+            "{queue}: stats {received:?} with all {held} messages received"
+        ));
+    }
+    for chunk in handles.chunks(100) {
+        let response = client
+            .delete_message_batch(pb::DeleteMessageBatchRequest {
+                queue: queue.into(),
+                entries: chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(i, receipt_handle)| pb::DeleteMessageBatchEntry {
+                        id: format!("d{i}"),
+                        receipt_handle: receipt_handle.clone(),
+                    })
+                    .collect(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("DeleteMessageBatch on {queue}: {e:?}"));
+        if !response.failed.is_empty() {
+            violations.push(format!(
+                "{queue}: deletes failed while draining: {:?}",
+                response.failed
             ));
         }
     }
-    drained
+    let empty = counts(client, queue).await;
+    if empty != Counts::EMPTY {
+        violations.push(format!(
+            "{queue}: stats {empty:?} after deleting all {held} messages"
+        ));
+    }
+    (copies, violations)
 }
 
 /// The outcome of one cycle's checks.
