@@ -53,7 +53,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::{FutureExt, Stream};
+use futures::Stream;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use pb::stream_messages_request::Request as StreamOp;
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
@@ -84,6 +84,9 @@ const EMPTY_POLL_PAUSE: Duration = Duration::from_millis(100);
 /// How long an acknowledgement sent on a push stream is kept to be sent
 /// again through the RPCs if the stream ends.
 const STREAM_REPLAY_WINDOW: Duration = Duration::from_secs(2);
+/// How long a push stream being shut down is still read, for messages the
+/// broker is pushing at that moment.
+const STREAM_DRAIN_GRACE: Duration = Duration::from_millis(50);
 /// Requests (acknowledgements) buffered towards one push stream.
 const STREAM_REQUEST_BUFFER: usize = 256;
 /// Attempts of one acker batch RPC that fails with a transient error.
@@ -1280,11 +1283,7 @@ async fn receive_pushed(core: Arc<Core>, deliveries: mpsc::UnboundedSender<Deliv
                     let next = tokio::select! {
                         biased;
                         _ = core.stop.cancelled() => {
-                            // Release what the broker already sent.
-                            while let Some(Ok(Some(response))) = responses.message().now_or_never() {
-                                response.messages.into_iter().for_each(|m| core.release_unleased(m));
-                            }
-                            end_stream(&core);
+                            drain_stream(&core, &mut responses).await;
                             break 'connect;
                         }
                         next = responses.message() => next,
@@ -1294,10 +1293,15 @@ async fn receive_pushed(core: Arc<Core>, deliveries: mpsc::UnboundedSender<Deliv
                             failures = 0;
                             for error in &response.errors {
                                 core.counters.ack_errors.fetch_add(1, Ordering::Relaxed);
-                                tracing::warn!(queue = %core.queue, code = %error.code, message = %error.message, "the broker refused an acknowledgement");
+                                tracing::warn!(
+                                    queue = %core.queue,
+                                    code = %error.code,
+                                    message = %error.message,
+                                    "the broker refused an acknowledgement"
+                                );
                             }
                             if !forward_pushed(&core, response.messages, &deliveries).await {
-                                end_stream(&core);
+                                drain_stream(&core, &mut responses).await;
                                 break 'connect;
                             }
                         }
@@ -1318,7 +1322,12 @@ async fn receive_pushed(core: Arc<Core>, deliveries: mpsc::UnboundedSender<Deliv
         }
         failures += 1;
         let delay = backoff(RECONNECT_MIN, RECONNECT_MAX, failures);
-        tracing::warn!(queue = %core.queue, error = %ended, ?delay, "push stream failed; reopening");
+        tracing::warn!(
+            queue = %core.queue,
+            error = %ended,
+            ?delay,
+            "push stream failed; reopening"
+        );
         if !core.pause(delay).await {
             break;
         }
@@ -1340,7 +1349,10 @@ async fn forward_pushed(
         let got_slot = tokio::select! {
             biased;
             _ = core.stop.cancelled() => false,
-            permit = core.slots.acquire() => { permit.expect("the slots are never closed").forget(); true }
+            permit = core.slots.acquire() => {
+                permit.expect("the slots are never closed").forget();
+                true
+            }
         };
         if !got_slot {
             core.release_unleased(message);
@@ -1366,6 +1378,22 @@ async fn forward_pushed(
         }
     }
     true
+}
+
+/// Shutdown of a push stream: detaches it from the acker, then releases
+/// what the broker already pushed (and what it pushes for a short while,
+/// since acknowledgements sent just before freed credit), so that nothing
+/// is left to wait for its visibility timeout.
+async fn drain_stream(core: &Core, responses: &mut tonic::Streaming<pb::StreamMessagesResponse>) {
+    end_stream(core);
+    while let Ok(Ok(Some(response))) =
+        tokio::time::timeout(STREAM_DRAIN_GRACE, responses.message()).await
+    {
+        response
+            .messages
+            .into_iter()
+            .for_each(|m| core.release_unleased(m));
+    }
 }
 
 /// Detaches the push stream from the acker, which then replays its recent
@@ -1701,7 +1729,12 @@ fn count_failures(
                     .unwrap_or(true);
                 if counted {
                     core.counters.ack_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(queue = %core.queue, code = %failure.code, message = %failure.message, "{what} refused by the broker");
+                    tracing::warn!(
+                        queue = %core.queue,
+                        code = %failure.code,
+                        message = %failure.message,
+                        "{what} refused by the broker"
+                    );
                 }
             }
         }
@@ -1710,7 +1743,12 @@ fn count_failures(
             core.counters
                 .ack_errors
                 .fetch_add(counted, Ordering::Relaxed);
-            tracing::warn!(queue = %core.queue, %error, entries = loud.len(), "{what} batch failed");
+            tracing::warn!(
+                queue = %core.queue,
+                %error,
+                entries = loud.len(),
+                "{what} batch failed"
+            );
         }
     }
 }

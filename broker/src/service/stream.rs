@@ -57,7 +57,6 @@ pub async fn run(
 ) {
     let queue = open.queue;
     let mut outstanding: Vec<String> = Vec::new();
-    let mut inbound_open = true;
     loop {
         if engine.is_shutting_down() {
             return;
@@ -80,7 +79,7 @@ pub async fn run(
         tokio::select! {
             _ = tx.closed() => return,
             _ = engine.shutting_down() => return,
-            request = inbound.message(), if inbound_open => match request {
+            request = inbound.message() => match request {
                 Ok(Some(request)) => {
                     if let Some(error) = acknowledge(&engine, &queue, request, &mut outstanding).await
                         && tx.send(Ok(pb::StreamMessagesResponse { messages: Vec::new(), errors: vec![error] })).await.is_err()
@@ -88,8 +87,10 @@ pub async fn run(
                         return;
                     }
                 }
-                // The client closed its side: keep pushing until it drops the stream.
-                Ok(None) => inbound_open = false,
+                // The client closed its side: every acknowledgement it sent
+                // before is applied (they are handled in order), so ending
+                // the stream now gives it a clean barrier to shut down on.
+                Ok(None) => return,
                 Err(_) => return,
             },
             received = receive, if room > 0 => match received {

@@ -314,7 +314,8 @@ async fn push_heartbeat_keeps_a_slow_message_invisible_to_other_consumers() {
 async fn without_heartbeat_a_slow_message_is_received_again() {
     let (stolen, summary, _client, _server) =
         slow_handler_with_a_competing_receiver(false, false).await;
-    assert!(stolen >= 1, "{summary:?}");
+    // Received again, by the other client or by the consumer itself.
+    assert!(stolen + summary.received as usize >= 2, "{summary:?}");
     assert_eq!(summary.extended, 0, "{summary:?}");
 }
 
@@ -602,7 +603,8 @@ async fn consumer_of_a_missing_queue_or_with_a_bad_option_fails_to_start() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&error, Error::InvalidArgument(m) if m.contains("batch_size") && m.contains("1..=100") && m.contains("500")),
+        matches!(&error, Error::InvalidArgument(m)
+            if m.contains("batch_size") && m.contains("1..=100") && m.contains("500")),
         "{error}"
     );
 }
@@ -613,11 +615,11 @@ async fn consumer_of_a_missing_queue_or_with_a_bad_option_fails_to_start() {
 struct FixedPortBroker {
     addr: SocketAddr,
     data_dir: tempfile::TempDir,
-    running: Option<(
-        tokio::sync::oneshot::Sender<()>,
-        tokio::task::JoinHandle<Result<(), broker::Error>>,
-    )>,
+    running: Option<(tokio::sync::oneshot::Sender<()>, ServerTask)>,
 }
+
+/// `broker::server::run` in a task.
+type ServerTask = tokio::task::JoinHandle<Result<(), broker::Error>>;
 
 impl FixedPortBroker {
     async fn start() -> FixedPortBroker {
