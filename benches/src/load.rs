@@ -15,7 +15,9 @@
 //! Counting: a message counts as sent when its send or publish was
 //! acknowledged before the deadline, and as consumed when its delete was;
 //! calls still running at the deadline finish (within [`GRACE`]) but do
-//! not count. Latencies are recorded for every acknowledged call.
+//! not count. Latencies are recorded for every acknowledged call. The
+//! consumed count is also sampled each second, so that a run shows whether
+//! its rate was sustained or only averaged.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -273,6 +275,8 @@ pub struct Stats {
     pub delivered: u64,
     /// Messages whose delete was acknowledged before the deadline.
     pub consumed: u64,
+    /// Messages consumed in each whole second of the phase, in order.
+    pub consumed_each_second: Vec<u64>,
     /// Send or publish call, from its start to its acknowledgement.
     pub send: Latency,
     /// Receive calls that returned messages, including any long-poll wait.
@@ -328,6 +332,9 @@ struct Run {
     /// Long-poll wait, seconds.
     wait: u32,
 }
+
+/// Consumed messages so far, over all consumers; sampled each second.
+type LiveCount = Arc<AtomicU64>;
 
 impl Run {
     fn stamp(&self, at: Instant) -> u64 {
@@ -475,6 +482,8 @@ pub async fn run(
         payload: opts.payload as usize,
         wait: opts.wait,
     };
+    let consumed = LiveCount::default();
+    let sampler = tokio::spawn(sample_each_second(consumed.clone(), start, opts.duration));
     let producers = opts.producers as usize;
     let consumers = opts.consumers as usize;
     let dests = plan.dests();
@@ -496,13 +505,28 @@ pub async fn run(
     }
     for c in 0..consumers {
         let client = consumer_clients[c % consumer_clients.len()].clone();
-        tasks.spawn(consume(client, share(&plan.queues, c, consumers), run));
+        let queues = share(&plan.queues, c, consumers);
+        tasks.spawn(consume(client, queues, run, consumed.clone()));
     }
     let mut total = Stats::default();
     while let Some(done) = tasks.join_next().await {
         total.merge(&done.context("a load task panicked")?);
     }
+    total.consumed_each_second = sampler.await.context("the sampler panicked")?;
     Ok(total)
+}
+
+/// The increments of `count` over each whole second from `start`.
+async fn sample_each_second(count: LiveCount, start: Instant, seconds: u64) -> Vec<u64> {
+    let mut each = Vec::new();
+    let mut before = 0;
+    for second in 1..=seconds {
+        tokio::time::sleep_until(start + Duration::from_secs(second)).await;
+        let now = count.load(Ordering::Relaxed);
+        each.push(now - before);
+        before = now;
+    }
+    each
 }
 
 /// Sends one call at a time, each as soon as the previous was acknowledged.
@@ -580,7 +604,7 @@ async fn produce_open(
 
 /// Receives from `queues` (long polling) and deletes what it received,
 /// until the deadline; a receive still waiting then is abandoned.
-async fn consume(client: Client, queues: Vec<Arc<str>>, run: Run) -> Stats {
+async fn consume(client: Client, queues: Vec<Arc<str>>, run: Run, consumed: LiveCount) -> Stats {
     let mut stats = Stats::default();
     let mut empty_in_a_row = queues.len();
     for queue in queues.iter().cycle() {
@@ -639,6 +663,7 @@ async fn consume(client: Client, queues: Vec<Arc<str>>, run: Run) -> Stats {
             Ok((deleted, failed)) => {
                 if Instant::now() <= run.deadline {
                     stats.consumed += deleted;
+                    consumed.fetch_add(deleted, Ordering::Relaxed);
                 }
                 for f in failed {
                     stats.errors.add("delete entry", &f.code, &f.message);

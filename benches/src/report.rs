@@ -74,6 +74,11 @@ pub struct Report {
     pub consumed: u64,
     pub sent_per_sec: f64,
     pub consumed_per_sec: f64,
+    /// The lowest count consumed in one whole second of the phase: how well
+    /// the rate was sustained.
+    pub consumed_min_per_sec: Option<u64>,
+    /// Messages consumed in each second of the phase.
+    pub consumed_each_second: Vec<u64>,
     /// With `--fanout`: copies the acknowledged publications wrote, per second.
     pub delivered_per_sec: Option<f64>,
 
@@ -143,6 +148,8 @@ impl Report {
             consumed: stats.consumed,
             sent_per_sec: round1(stats.sent as f64 / secs),
             consumed_per_sec: round1(stats.consumed as f64 / secs),
+            consumed_min_per_sec: stats.consumed_each_second.iter().min().copied(),
+            consumed_each_second: stats.consumed_each_second.clone(),
             delivered_per_sec: opts.fanout.map(|_| round1(stats.delivered as f64 / secs)),
             send_p50_ms: q(&stats.send, 0.5),
             send_p99_ms: q(&stats.send, 0.99),
@@ -226,8 +233,12 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "consumed    {:>12.0} msg/s  ({} received and deleted)",
-            self.consumed_per_sec, self.consumed
+            "consumed    {:>12.0} msg/s  ({} received and deleted{})",
+            self.consumed_per_sec,
+            self.consumed,
+            self.consumed_min_per_sec
+                .map(|m| format!("; slowest second {m}"))
+                .unwrap_or_default()
         );
         let row = |s: &mut String, name: &str, p50, p99, p999, max: Option<f64>| {
             let _ = writeln!(
@@ -356,6 +367,7 @@ mod tests {
         let stats = Stats {
             sent: 10,
             consumed: 8,
+            consumed_each_second: vec![5, 3],
             ..Default::default()
         };
         let report = Report::new(
@@ -387,6 +399,8 @@ mod tests {
         assert_eq!(v["consumed_per_sec"], 4.0);
         assert_eq!(v["broker_cpu_cores"], 0.5);
         assert!(v["e2e_p99_ms"].is_null());
+        assert_eq!(v["consumed_min_per_sec"], 3);
+        assert!(report.text().contains("slowest second 3"));
         assert!(report.text().contains("generator shares it"));
     }
 }

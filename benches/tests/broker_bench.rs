@@ -44,6 +44,13 @@ fn closed_loop_run_sends_consumes_and_times_both() {
     assert!(num(&r, "sent_per_sec") > 0.0, "{r}");
     assert!(num(&r, "consumed_per_sec") > 0.0, "{r}");
     assert!(num(&r, "consumed") <= num(&r, "sent"), "{r}");
+    let each_second = r["consumed_each_second"].as_array().expect("an array");
+    assert_eq!(each_second.len(), 1, "{r}");
+    // Sampled at the deadline: what was counted consumed by then, at most.
+    assert!(
+        each_second[0].as_u64().unwrap() <= r["consumed"].as_u64().unwrap(),
+        "{r}"
+    );
     for field in ["send_p50_ms", "send_p99_ms", "e2e_p50_ms", "e2e_p99_ms"] {
         assert!(num(&r, field) > 0.0, "{field}: {r}");
     }
