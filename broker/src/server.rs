@@ -13,7 +13,6 @@ use std::time::Duration;
 use broker_proto::pb::queue_service_server::QueueServiceServer;
 use broker_proto::pb::topic_service_server::TopicServiceServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerConfig;
@@ -54,11 +53,13 @@ pub async fn run(
     let topics = TopicServiceServer::new(TopicApi::new(engine.clone()))
         .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+    // `Server::tcp_nodelay` is ignored for a caller's listener: without
+    // this, Nagle holds most responses back for the peer's delayed ACK (~40 ms).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let serve = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_service(queues)
         .add_service(topics)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+        .serve_with_incoming_shutdown(incoming, signal);
     let deadline = async {
         stopping.cancelled().await;
         tokio::time::sleep(config.shutdown_timeout).await;
