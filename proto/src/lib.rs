@@ -8,3 +8,7 @@ pub mod pb {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("broker.v1");
 }
+
+/// The encoded `FileDescriptorSet` of `broker.v1`, served by gRPC server
+/// reflection so that tools such as grpcurl work without the .proto files.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("broker_v1_descriptor");
