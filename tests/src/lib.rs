@@ -50,7 +50,12 @@ pub struct TestServer {
     /// The RocksDB directory. An `Option` only so that `Drop` can hand it to
     /// the task that waits for the server, and delete it after the DB closed.
     data_dir: Option<TempDir>,
+    /// Adjusts the default configuration before every start (restarts too).
+    configure: Configure,
 }
+
+/// A change to the default [`ServerConfig`] of a [`TestServer`].
+pub type Configure = std::sync::Arc<dyn Fn(&mut ServerConfig) + Send + Sync>;
 
 /// One instance of the server: a task running `broker::server::run`.
 struct Running {
@@ -69,11 +74,25 @@ impl TestServer {
     /// Starts a server on `127.0.0.1:0` with the data left in `data_dir`,
     /// e.g. by a [`ChildServer`] that was killed.
     pub async fn start_in(data_dir: TempDir) -> TestServer {
-        let (addr, running) = spawn_server(data_dir.path()).await;
+        TestServer::start_configured(data_dir, std::sync::Arc::new(|_| {})).await
+    }
+
+    /// Starts a server on `127.0.0.1:0` with an empty data directory and the
+    /// default configuration changed by `configure` (also on restarts), e.g.
+    /// `TestServer::start_with(|c| c.limits.max_streams = 1)`.
+    pub async fn start_with(
+        configure: impl Fn(&mut ServerConfig) + Send + Sync + 'static,
+    ) -> TestServer {
+        TestServer::start_configured(temp_data_dir(), std::sync::Arc::new(configure)).await
+    }
+
+    async fn start_configured(data_dir: TempDir, configure: Configure) -> TestServer {
+        let (addr, running) = spawn_server(data_dir.path(), &*configure).await;
         TestServer {
             addr,
             running: Some(running),
             data_dir: Some(data_dir),
+            configure,
         }
     }
 
@@ -99,7 +118,7 @@ impl TestServer {
     /// the old instance must reconnect with [`TestServer::client`].
     pub async fn restart(&mut self) {
         self.stop().await;
-        let (addr, running) = spawn_server(self.data_dir()).await;
+        let (addr, running) = spawn_server(self.data_dir(), &*self.configure).await;
         self.addr = addr;
         self.running = Some(running);
     }
@@ -159,13 +178,18 @@ pub fn temp_data_dir() -> TempDir {
         .expect("create a temporary data directory")
 }
 
-async fn spawn_server(data_dir: &Path) -> (SocketAddr, Running) {
+async fn spawn_server(
+    data_dir: &Path,
+    configure: &(dyn Fn(&mut ServerConfig) + Send + Sync),
+) -> (SocketAddr, Running) {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind 127.0.0.1:0");
     let addr = listener.local_addr().expect("the listener's address");
     let (shutdown, shutdown_rx) = oneshot::channel::<()>();
-    let config = ServerConfig::new(data_dir);
+    let mut config = ServerConfig::new(data_dir);
+    config.listen = addr;
+    configure(&mut config);
     let task = tokio::spawn(broker::server::run(listener, config, async move {
         // A dropped sender means shutdown too.
         let _ = shutdown_rx.await;
@@ -591,7 +615,7 @@ impl TestServer {
 /// which for a corrupt or locked directory would mean a silently empty or
 /// shared broker.
 pub async fn startup_error(data_dir: &Path) -> broker::Error {
-    let (addr, Running { shutdown, mut task }) = spawn_server(data_dir).await;
+    let (addr, Running { shutdown, mut task }) = spawn_server(data_dir, &|_| {}).await;
     let serving = async {
         loop {
             if let Ok(client) = Client::connect(addr.to_string()).await
