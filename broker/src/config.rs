@@ -43,7 +43,10 @@ pub struct LogConfig {
     pub filter: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(
+    clap::ValueEnum, serde::Deserialize, serde::Serialize, Debug, Clone, Copy, PartialEq, Eq,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
     Text,
@@ -105,5 +108,553 @@ impl ServerConfig {
             auth_tokens: None,
             limits: Limits::default(),
         }
+    }
+}
+
+/// The settings of `broker serve` (and `broker config print`) as flags,
+/// `BROKER_*` environment variables and keys of a TOML file: one struct for
+/// all three, every field optional, so that precedence is one `or` per key:
+/// flag, then environment (clap's `env`), then file, then the default.
+/// [`Settings::resolve`] validates the merged values into a [`ServerConfig`].
+#[derive(clap::Args, serde::Deserialize, serde::Serialize, Debug, Clone, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Address to serve gRPC on [default: 127.0.0.1:50051]
+    #[arg(long, env = "BROKER_LISTEN", value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// Directory of the database; created if missing [default: broker-data]
+    #[arg(long, env = "BROKER_DATA_DIR", value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// What an acknowledged send or delete promises: `always` synced to disk
+    /// (concurrent requests share syncs), `batch` synced within
+    /// --sync-interval-ms, `none` left to the OS [default: always]
+    #[arg(long, env = "BROKER_SYNC", value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sync: Option<SyncPolicy>,
+    /// With --sync batch: the longest time between two syncs, 1..=10000 [default: 10]
+    #[arg(long, env = "BROKER_SYNC_INTERVAL_MS", value_name = "MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sync_interval_ms: Option<u64>,
+    /// Seconds in-flight requests may run on after SIGINT/SIGTERM, 0..=3600 [default: 10]
+    #[arg(long, env = "BROKER_SHUTDOWN_TIMEOUT", value_name = "S")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shutdown_timeout: Option<u64>,
+    /// Address to serve Prometheus metrics on (`/metrics`), or `off` [default: 127.0.0.1:9464]
+    #[arg(long, env = "BROKER_METRICS_LISTEN", value_name = "ADDR|off")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<String>,
+    /// Log format [default: text]
+    #[arg(long, env = "BROKER_LOG_FORMAT", value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+    /// Log filter, `RUST_LOG` style (e.g. `info` or `broker=debug,info`) [default: $RUST_LOG, else info]
+    #[arg(long, env = "BROKER_LOG", value_name = "FILTER")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
+    /// PEM certificate chain: serve gRPC and metrics over TLS (with --tls-key)
+    #[arg(long, env = "BROKER_TLS_CERT", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert
+    #[arg(long, env = "BROKER_TLS_KEY", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates: require client certificates signed by them
+    #[arg(long, env = "BROKER_TLS_CLIENT_CA", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Token file (TOML): turns authentication on
+    #[arg(long, env = "BROKER_AUTH_TOKENS", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_tokens: Option<PathBuf>,
+    /// Open connections at once, 1..=1000000 [default: 10000]
+    #[arg(long, env = "BROKER_MAX_CONNECTIONS", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+    /// Open StreamMessages streams at once, 1..=1000000 [default: 10000]
+    #[arg(long, env = "BROKER_MAX_STREAMS", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_streams: Option<usize>,
+    /// Long-polling receives waiting at once on one connection, 1..=1000000 [default: 1000]
+    #[arg(long, env = "BROKER_MAX_LONG_POLLS_PER_CONNECTION", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_long_polls_per_connection: Option<usize>,
+    /// The largest request in bytes, checked before decoding, 2097152..=1073741824 [default: 134217728]
+    #[arg(long, env = "BROKER_MAX_REQUEST_BYTES", value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_request_bytes: Option<usize>,
+}
+
+/// `--sync`: see [`SyncMode`].
+#[derive(
+    clap::ValueEnum, serde::Deserialize, serde::Serialize, Clone, Copy, Debug, PartialEq, Eq,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncPolicy {
+    Always,
+    Batch,
+    None,
+}
+
+/// A setting with a wrong value: names the key, the value and what is allowed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("configuration file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{key} = {value}: {allowed} ({})", origin(key))]
+    Invalid {
+        key: &'static str,
+        value: String,
+        allowed: String,
+    },
+    #[error("{key} is not set: {why} ({})", origin(key))]
+    Missing { key: &'static str, why: String },
+}
+
+/// Where a key's value may come from, for error messages.
+fn origin(key: &str) -> String {
+    format!(
+        "flag --{}, environment BROKER_{}, or key {key} of the config file",
+        key.replace('_', "-"),
+        key.to_uppercase()
+    )
+}
+
+/// Ranges of the numeric settings: (key, min, max).
+const SYNC_INTERVAL_MS: (&str, u64, u64) = ("sync_interval_ms", 1, 10_000);
+const SHUTDOWN_TIMEOUT: (&str, u64, u64) = ("shutdown_timeout", 0, 3600);
+const MAX_CONNECTIONS: (&str, u64, u64) = ("max_connections", 1, 1_000_000);
+const MAX_STREAMS: (&str, u64, u64) = ("max_streams", 1, 1_000_000);
+const MAX_LONG_POLLS: (&str, u64, u64) = ("max_long_polls_per_connection", 1, 1_000_000);
+/// At least one message of the largest size (1 MiB) with its framing.
+const MAX_REQUEST_BYTES: (&str, u64, u64) = ("max_request_bytes", 2 << 20, 1 << 30);
+
+/// The metrics address `broker serve` uses when none is given.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
+
+impl Settings {
+    /// Reads a TOML file of settings; unknown keys are errors (a typo must
+    /// not be ignored silently).
+    pub fn from_file(path: &std::path::Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Each key of `self`, or of `fallback` where `self` has none.
+    pub fn or(self, fallback: Settings) -> Settings {
+        Settings {
+            listen: self.listen.or(fallback.listen),
+            data_dir: self.data_dir.or(fallback.data_dir),
+            sync: self.sync.or(fallback.sync),
+            sync_interval_ms: self.sync_interval_ms.or(fallback.sync_interval_ms),
+            shutdown_timeout: self.shutdown_timeout.or(fallback.shutdown_timeout),
+            metrics_listen: self.metrics_listen.or(fallback.metrics_listen),
+            log_format: self.log_format.or(fallback.log_format),
+            log: self.log.or(fallback.log),
+            tls_cert: self.tls_cert.or(fallback.tls_cert),
+            tls_key: self.tls_key.or(fallback.tls_key),
+            tls_client_ca: self.tls_client_ca.or(fallback.tls_client_ca),
+            auth_tokens: self.auth_tokens.or(fallback.auth_tokens),
+            max_connections: self.max_connections.or(fallback.max_connections),
+            max_streams: self.max_streams.or(fallback.max_streams),
+            max_long_polls_per_connection: self
+                .max_long_polls_per_connection
+                .or(fallback.max_long_polls_per_connection),
+            max_request_bytes: self.max_request_bytes.or(fallback.max_request_bytes),
+        }
+    }
+
+    /// The effective configuration: `self` (flags and environment), then
+    /// the TOML file at `file`, then the defaults; validated.
+    pub fn load(
+        self,
+        file: Option<&std::path::Path>,
+        rust_log: Option<String>,
+    ) -> Result<ServerConfig, ConfigError> {
+        let from_file = match file {
+            Some(path) => Settings::from_file(path)?,
+            None => Settings::default(),
+        };
+        self.or(from_file).resolve(rust_log)
+    }
+
+    /// Validates the settings and fills in defaults. `rust_log` is the
+    /// value of `RUST_LOG`, the filter when `log` is not set.
+    pub fn resolve(self, rust_log: Option<String>) -> Result<ServerConfig, ConfigError> {
+        let defaults = ServerConfig::new("broker-data");
+        let sync_interval = in_range(SYNC_INTERVAL_MS, self.sync_interval_ms, 10)?;
+        let sync = match self.sync.unwrap_or(SyncPolicy::Always) {
+            SyncPolicy::Always => SyncMode::Always,
+            SyncPolicy::Batch => SyncMode::Batch(Duration::from_millis(sync_interval)),
+            SyncPolicy::None => SyncMode::None,
+        };
+        let metrics_listen = match self
+            .metrics_listen
+            .as_deref()
+            .unwrap_or(DEFAULT_METRICS_LISTEN)
+        {
+            "off" => None,
+            addr => Some(addr.parse().map_err(|_| ConfigError::Invalid {
+                key: "metrics_listen",
+                value: format!("{addr:?}"),
+                allowed: "must be an address such as 127.0.0.1:9464, or off".into(),
+            })?),
+        };
+        let filter = self
+            .log
+            .or(rust_log)
+            .unwrap_or_else(|| defaults.log.filter.clone());
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&filter) {
+            return Err(ConfigError::Invalid {
+                key: "log",
+                value: format!("{filter:?}"),
+                allowed: format!(
+                    "must be a RUST_LOG-style filter such as info or broker=debug,info ({e})"
+                ),
+            });
+        }
+        let tls = match (self.tls_cert, self.tls_key, self.tls_client_ca) {
+            (None, None, None) => None,
+            (Some(cert), Some(key), client_ca) => Some(TlsConfig {
+                cert,
+                key,
+                client_ca,
+            }),
+            (cert, _, _) => {
+                let (key, set) = match cert {
+                    Some(_) => ("tls_key", "tls_cert"),
+                    None => ("tls_cert", "tls_key or tls_client_ca"),
+                };
+                return Err(ConfigError::Missing {
+                    key,
+                    why: format!("{set} is set, and TLS needs both tls_cert and tls_key"),
+                });
+            }
+        };
+        let data_dir = self.data_dir.unwrap_or(defaults.data_dir);
+        if data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "data_dir",
+                value: "\"\"".into(),
+                allowed: "must be a directory path".into(),
+            });
+        }
+        let limits = Limits {
+            max_connections: in_range(
+                MAX_CONNECTIONS,
+                self.max_connections,
+                defaults.limits.max_connections,
+            )?,
+            max_streams: in_range(MAX_STREAMS, self.max_streams, defaults.limits.max_streams)?,
+            max_long_polls_per_connection: in_range(
+                MAX_LONG_POLLS,
+                self.max_long_polls_per_connection,
+                defaults.limits.max_long_polls_per_connection,
+            )?,
+            max_request_bytes: in_range(
+                MAX_REQUEST_BYTES,
+                self.max_request_bytes,
+                defaults.limits.max_request_bytes,
+            )?,
+        };
+        Ok(ServerConfig {
+            listen: self.listen.unwrap_or(defaults.listen),
+            data_dir,
+            sync,
+            shutdown_timeout: Duration::from_secs(in_range(
+                SHUTDOWN_TIMEOUT,
+                self.shutdown_timeout,
+                10,
+            )?),
+            metrics_listen,
+            log: LogConfig {
+                format: self.log_format.unwrap_or(LogFormat::Text),
+                filter,
+            },
+            tls,
+            auth_tokens: self.auth_tokens,
+            limits,
+        })
+    }
+}
+
+/// `value` (or `default` when unset) if it lies in the key's range.
+fn in_range<T>(
+    range: (&'static str, u64, u64),
+    value: Option<T>,
+    default: T,
+) -> Result<T, ConfigError>
+where
+    T: Copy + TryInto<u64> + std::fmt::Display,
+{
+    let (key, min, max) = range;
+    let Some(value) = value else {
+        return Ok(default);
+    };
+    match value.try_into() {
+        Ok(v) if (min..=max).contains(&v) => Ok(value),
+        _ => Err(ConfigError::Invalid {
+            key,
+            value: value.to_string(),
+            allowed: format!("must be in {min}..={max}"),
+        }),
+    }
+}
+
+impl From<&ServerConfig> for Settings {
+    /// Every key set, to the value `config` runs with: what `broker config
+    /// print` shows.
+    fn from(config: &ServerConfig) -> Settings {
+        let (sync, interval) = match config.sync {
+            SyncMode::Always => (SyncPolicy::Always, None),
+            SyncMode::Batch(interval) => (SyncPolicy::Batch, Some(interval)),
+            SyncMode::None => (SyncPolicy::None, None),
+        };
+        Settings {
+            listen: Some(config.listen),
+            data_dir: Some(config.data_dir.clone()),
+            sync: Some(sync),
+            sync_interval_ms: Some(interval.map_or(10, |i| i.as_millis() as u64)),
+            shutdown_timeout: Some(config.shutdown_timeout.as_secs()),
+            metrics_listen: Some(
+                config
+                    .metrics_listen
+                    .map_or("off".to_string(), |a| a.to_string()),
+            ),
+            log_format: Some(config.log.format),
+            log: Some(config.log.filter.clone()),
+            tls_cert: config.tls.as_ref().map(|t| t.cert.clone()),
+            tls_key: config.tls.as_ref().map(|t| t.key.clone()),
+            tls_client_ca: config.tls.as_ref().and_then(|t| t.client_ca.clone()),
+            auth_tokens: config.auth_tokens.clone(),
+            max_connections: Some(config.limits.max_connections),
+            max_streams: Some(config.limits.max_streams),
+            max_long_polls_per_connection: Some(config.limits.max_long_polls_per_connection),
+            max_request_bytes: Some(config.limits.max_request_bytes),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invalid(settings: Settings) -> String {
+        settings.resolve(None).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_example_file_documents_every_key_with_its_default() {
+        let text = include_str!("../../examples/broker.toml");
+        let example: Settings = toml::from_str(text).expect("examples/broker.toml parses");
+        let defaults = Settings::from(&Settings::default().resolve(None).unwrap());
+        assert_eq!(example, defaults);
+        for key in ["tls_cert", "tls_key", "tls_client_ca", "auth_tokens"] {
+            assert!(text.contains(&format!("# {key} = ")), "{key} is documented");
+        }
+    }
+
+    #[test]
+    fn a_flag_or_environment_value_beats_the_file_which_beats_the_default() {
+        let flags = Settings {
+            max_streams: Some(7),
+            ..Settings::default()
+        };
+        let file = Settings {
+            max_streams: Some(5),
+            listen: Some("0.0.0.0:6000".parse().unwrap()),
+            ..Settings::default()
+        };
+        let config = flags.or(file).resolve(None).unwrap();
+        assert_eq!(config.limits.max_streams, 7);
+        assert_eq!(config.listen, "0.0.0.0:6000".parse().unwrap());
+        assert_eq!(
+            config.limits.max_connections,
+            Limits::default().max_connections
+        );
+    }
+
+    #[test]
+    fn the_log_key_beats_rust_log_which_beats_info() {
+        let rust_log = Some("warn".to_string());
+        assert_eq!(
+            Settings::default().resolve(None).unwrap().log.filter,
+            "info"
+        );
+        assert_eq!(
+            Settings::default()
+                .resolve(rust_log.clone())
+                .unwrap()
+                .log
+                .filter,
+            "warn"
+        );
+        let settings = Settings {
+            log: Some("debug".into()),
+            ..Settings::default()
+        };
+        assert_eq!(settings.resolve(rust_log).unwrap().log.filter, "debug");
+    }
+
+    #[test]
+    fn out_of_range_numbers_name_the_key_the_value_and_the_range() {
+        let cases: [(Settings, &str); 6] = [
+            (
+                Settings {
+                    sync_interval_ms: Some(0),
+                    ..Default::default()
+                },
+                "sync_interval_ms = 0: must be in 1..=10000",
+            ),
+            (
+                Settings {
+                    shutdown_timeout: Some(3601),
+                    ..Default::default()
+                },
+                "shutdown_timeout = 3601: must be in 0..=3600",
+            ),
+            (
+                Settings {
+                    max_connections: Some(0),
+                    ..Default::default()
+                },
+                "max_connections = 0: must be in 1..=1000000",
+            ),
+            (
+                Settings {
+                    max_streams: Some(1_000_001),
+                    ..Default::default()
+                },
+                "max_streams = 1000001: must be in 1..=1000000",
+            ),
+            (
+                Settings {
+                    max_long_polls_per_connection: Some(0),
+                    ..Default::default()
+                },
+                "max_long_polls_per_connection = 0: must be in 1..=1000000",
+            ),
+            (
+                Settings {
+                    max_request_bytes: Some(1024),
+                    ..Default::default()
+                },
+                "max_request_bytes = 1024: must be in 2097152..=1073741824",
+            ),
+        ];
+        for (settings, expected) in cases {
+            let message = invalid(settings);
+            assert!(message.starts_with(expected), "{message}");
+            assert!(message.contains("environment BROKER_"), "{message}");
+        }
+    }
+
+    #[test]
+    fn wrong_values_name_the_key_and_what_is_allowed() {
+        let message = invalid(Settings {
+            metrics_listen: Some("nope".into()),
+            ..Default::default()
+        });
+        assert!(
+            message.starts_with(
+                "metrics_listen = \"nope\": must be an address such as 127.0.0.1:9464, or off"
+            ),
+            "{message}"
+        );
+        let message = invalid(Settings {
+            log: Some("broker=[".into()),
+            ..Default::default()
+        });
+        assert!(
+            message.starts_with("log = \"broker=[\": must be a RUST_LOG-style filter"),
+            "{message}"
+        );
+        let message = invalid(Settings {
+            data_dir: Some(PathBuf::new()),
+            ..Default::default()
+        });
+        assert!(
+            message.starts_with("data_dir = \"\": must be a directory path"),
+            "{message}"
+        );
+        let message = invalid(Settings {
+            tls_cert: Some("c.pem".into()),
+            ..Default::default()
+        });
+        assert!(
+            message.starts_with("tls_key is not set: tls_cert is set, and TLS needs both"),
+            "{message}"
+        );
+        let message = invalid(Settings {
+            tls_client_ca: Some("ca.pem".into()),
+            ..Default::default()
+        });
+        assert!(message.starts_with("tls_cert is not set"), "{message}");
+    }
+
+    #[test]
+    fn metrics_can_be_turned_off_and_tls_is_built_from_its_three_keys() {
+        let config = Settings {
+            metrics_listen: Some("off".into()),
+            tls_cert: Some("c.pem".into()),
+            tls_key: Some("k.pem".into()),
+            tls_client_ca: Some("ca.pem".into()),
+            sync: Some(SyncPolicy::Batch),
+            sync_interval_ms: Some(50),
+            ..Settings::default()
+        }
+        .resolve(None)
+        .unwrap();
+        assert_eq!(config.metrics_listen, None);
+        assert_eq!(config.sync, SyncMode::Batch(Duration::from_millis(50)));
+        let tls = config.tls.as_ref().unwrap();
+        assert_eq!(
+            (tls.cert.to_str(), tls.key.to_str()),
+            (Some("c.pem"), Some("k.pem"))
+        );
+        assert_eq!(
+            tls.client_ca.as_deref().and_then(|p| p.to_str()),
+            Some("ca.pem")
+        );
+        // What `config print` shows resolves to the same configuration.
+        let printed = toml::to_string(&Settings::from(&config)).unwrap();
+        let reread: Settings = toml::from_str(&printed).unwrap();
+        assert_eq!(
+            Settings::from(&reread.resolve(None).unwrap()),
+            Settings::from(&config)
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_unreadable_files_are_errors_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broker.toml");
+        std::fs::write(&path, "lisen = \"127.0.0.1:1\"\n").unwrap();
+        let message = Settings::from_file(&path).unwrap_err().to_string();
+        assert!(
+            message.contains("broker.toml") && message.contains("unknown field `lisen`"),
+            "{message}"
+        );
+        let message = Settings::from_file(&dir.path().join("missing.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.starts_with("cannot read the configuration file")
+                && message.contains("missing.toml"),
+            "{message}"
+        );
     }
 }

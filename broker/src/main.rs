@@ -1,14 +1,12 @@
-//! The `broker` binary: `broker serve` runs the server; every other
-//! subcommand is a client of a running broker (see `cli`).
+//! The `broker` binary: `broker serve` runs the server, `broker config
+//! print` shows the configuration it would run with; every other subcommand
+//! is a client of a running broker (see `cli`).
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context;
-use broker::config::ServerConfig;
-use broker::storage::SyncMode;
-use clap::{Parser, Subcommand, ValueEnum};
+use broker::config::{LogConfig, LogFormat, ServerConfig, Settings};
+use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -27,36 +25,38 @@ struct Cli {
 enum Command {
     /// Run the broker server.
     Serve(ServeArgs),
+    /// Show the server's configuration.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCommand,
+    },
     #[command(flatten)]
     Client(broker::cli::Command),
 }
 
-#[derive(clap::Args, Debug)]
-struct ServeArgs {
-    /// Address to serve gRPC on.
-    #[arg(long, env = "BROKER_LISTEN", default_value = "127.0.0.1:50051")]
-    listen: SocketAddr,
-    /// Directory of the database; created if missing.
-    #[arg(long, env = "BROKER_DATA_DIR", default_value = "broker-data")]
-    data_dir: PathBuf,
-    /// What an acknowledged send or delete promises: `always` synced to disk
-    /// (concurrent requests share syncs), `batch` synced within
-    /// --sync-interval-ms, `none` left to the OS.
-    #[arg(long, env = "BROKER_SYNC", value_enum, default_value_t = Sync::Always)]
-    sync: Sync,
-    /// With --sync batch: the longest time between two syncs.
-    #[arg(long, env = "BROKER_SYNC_INTERVAL_MS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=10_000))]
-    sync_interval_ms: u64,
-    /// Seconds in-flight requests may run on after SIGINT/SIGTERM.
-    #[arg(long, env = "BROKER_SHUTDOWN_TIMEOUT", default_value_t = 10)]
-    shutdown_timeout: u64,
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Print the effective configuration of `broker serve` with the same
+    /// flags, environment and file, as TOML (every key, defaults included).
+    Print(ServeArgs),
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum Sync {
-    Always,
-    Batch,
-    None,
+/// Every setting is a flag, a `BROKER_*` environment variable, or a key of
+/// the `--config` file, in that order of precedence.
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// TOML file of settings (keys as the flags, with `_` for `-`; see broker.toml)
+    #[arg(long, env = "BROKER_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    settings: Settings,
+}
+
+impl ServeArgs {
+    fn load(self) -> anyhow::Result<ServerConfig> {
+        let rust_log = std::env::var("RUST_LOG").ok();
+        Ok(self.settings.load(self.config.as_deref(), rust_log)?)
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -71,6 +71,14 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve(args).await,
+            Command::Config {
+                cmd: ConfigCommand::Print(args),
+            } => {
+                let config = args.load()?;
+                let text = toml::to_string(&Settings::from(&config))?;
+                println!("{}", text.trim_end());
+                Ok(())
+            }
             Command::Client(cmd) => broker::cli::run(&cli.client, cmd).await,
         }
     });
@@ -84,25 +92,31 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    let config = args.load()?;
+    init_logs(&config.log);
+    let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let config = ServerConfig {
-        sync: match args.sync {
-            Sync::Always => SyncMode::Always,
-            Sync::Batch => SyncMode::Batch(Duration::from_millis(args.sync_interval_ms)),
-            Sync::None => SyncMode::None,
-        },
-        shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
-        ..ServerConfig::new(args.data_dir)
-    };
+        .with_context(|| format!("cannot listen on {} (listen)", config.listen))?;
     broker::server::run(listener, config, shutdown_signal()).await?;
     Ok(())
+}
+
+/// Logs go to stderr, as text lines or JSON objects; the filter was
+/// validated with the configuration.
+fn init_logs(log: &LogConfig) {
+    let filter = tracing_subscriber::EnvFilter::new(&log.filter);
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match log.format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

@@ -1,10 +1,18 @@
 //! The server: opens the engine, serves gRPC on a listener until a shutdown
 //! future resolves, then shuts down in order.
 //!
-//! Shutdown: stop accepting, end long polls (they return what they have),
-//! let in-flight RPCs finish (bounded by `shutdown_timeout`), stop the
-//! scheduler, and close the database (syncing the WAL) before returning, so
-//! that the same data dir can be opened again at once.
+//! Served: `broker.v1.QueueService`, `broker.v1.TopicService`, gRPC health
+//! checking (`grpc.health.v1.Health`) and server reflection (v1 and
+//! v1alpha, so that `grpcurl` works without the .proto files). Every RPC
+//! runs in a span (`service::trace`). Deadlines that clients send
+//! (`grpc-timeout`) are enforced by tonic: the handler is dropped and the
+//! client gets DEADLINE_EXCEEDED; handlers are cancel-safe.
+//!
+//! Shutdown: health turns NOT_SERVING (and health watches end), new RPCs are
+//! refused (HTTP/2 GOAWAY), long polls and streams end (they return what
+//! they have), in-flight RPCs finish (bounded by `shutdown_timeout`), the
+//! scheduler stops, and the database closes (syncing the WAL) before `run`
+//! returns, so that the same data dir can be opened again at once.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -18,8 +26,10 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ServerConfig;
 use crate::error::Result;
 use crate::queue::Engine;
+use crate::service::health::health;
 use crate::service::queue::QueueApi;
 use crate::service::topic::TopicApi;
+use crate::service::trace::TraceLayer;
 
 /// The largest request or response: a batch of 100 messages of the largest
 /// size (1 MiB each), with room for attributes and framing.
@@ -34,15 +44,29 @@ pub async fn run(
 ) -> Result<()> {
     let engine = Arc::new(Engine::open(&config.data_dir, config.sync)?);
     let scheduler = tokio::spawn(engine.clone().run_scheduler());
-    let addr = listener.local_addr().ok();
-    tracing::info!(?addr, data_dir = %config.data_dir.display(), "broker serving");
+    let addr = listener
+        .local_addr()
+        .map_or_else(|e| format!("unknown ({e})"), |a| a.to_string());
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), "broker serving");
+
+    let (health_reporter, health_service) = health();
+    // The descriptor sets are compiled in; every test server builds these.
+    let reflection_v1 = reflection()
+        .build_v1()
+        .expect("the compiled-in descriptor sets are valid");
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .expect("the compiled-in descriptor sets are valid");
 
     let stopping = CancellationToken::new();
     let signal = {
         let (engine, stopping) = (engine.clone(), stopping.clone());
         async move {
             shutdown.await;
-            tracing::info!("shutting down: ending long polls, finishing in-flight requests");
+            tracing::info!(
+                "shutting down: health NOT_SERVING, refusing new requests, ending long polls, finishing in-flight requests"
+            );
+            health_reporter.set_not_serving();
             stopping.cancel();
             engine.shutdown();
         }
@@ -57,6 +81,10 @@ pub async fn run(
     // this, Nagle holds most responses back for the peer's delayed ACK (~40 ms).
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let serve = tonic::transport::Server::builder()
+        .layer(TraceLayer)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(queues)
         .add_service(topics)
         .serve_with_incoming_shutdown(incoming, signal);
@@ -77,6 +105,13 @@ pub async fn run(
     close(engine).await;
     tracing::info!("database closed");
     Ok(())
+}
+
+/// Server reflection over the broker's and the health service's descriptors.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(broker_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }
 
 /// Drops the last reference to the engine, which closes the database.

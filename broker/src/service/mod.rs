@@ -2,9 +2,11 @@
 //! protobuf or a status out. The one table that maps engine errors to gRPC
 //! status codes lives here.
 
+pub mod health;
 pub mod queue;
 pub mod stream;
 pub mod topic;
+pub mod trace;
 
 use broker_proto::pb;
 use tonic::{Code, Status};
@@ -39,14 +41,30 @@ pub fn status(e: Error) -> Status {
 /// A failed batch entry's `code` field: the status code name in the style
 /// of gRPC's own (e.g. "INVALID_ARGUMENT").
 pub fn code_name(e: &Error) -> &'static str {
-    match code(e) {
+    grpc_name(code(e))
+}
+
+/// A status code's name as gRPC spells it (e.g. "NOT_FOUND"), for batch
+/// results, logs and metrics.
+pub fn grpc_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
         Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
         Code::NotFound => "NOT_FOUND",
         Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::PermissionDenied => "PERMISSION_DENIED",
         Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
         Code::Unavailable => "UNAVAILABLE",
-        _ => "INTERNAL",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 
