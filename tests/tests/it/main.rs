@@ -11,6 +11,7 @@
 //! - `long_poll`: what wakes a waiting receive, and disconnects mid-wait
 //! - `delivery`: a queue's receive rate limit and retry backoff
 //! - `dead_letter`: redrive policies, dead-letter moves and `RedriveMessages`
+//! - `peek`: `PeekMessages`, a read-only look at messages, paged
 //! - `restart`: what survives a graceful restart on the same data directory,
 //!   and a SIGKILLed server process
 //! - `stream`: push delivery over `StreamMessages`
@@ -25,6 +26,7 @@ mod crash;
 mod dead_letter;
 mod delivery;
 mod long_poll;
+mod peek;
 mod queues;
 mod receive;
 mod restart;
