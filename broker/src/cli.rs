@@ -546,7 +546,13 @@ pub async fn run(args: &ClientArgs, cmd: Command) -> anyhow::Result<()> {
         Command::Peek { queue, max } => admin::peek(&client, json, &queue, max).await,
         Command::Stats { prefix } => admin::stats(&client, json, &prefix).await,
         Command::Top { prefix, interval } => {
-            admin::top(&client, json, &args.server, &prefix, interval).await
+            let ctrl_c = async {
+                // If the handler cannot be installed, run until killed.
+                if tokio::signal::ctrl_c().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            };
+            admin::top(&client, json, &args.server, &prefix, interval, ctrl_c).await
         }
         Command::Topic { cmd } => run_topic(&client, json, cmd).await,
         Command::Subscribe {

@@ -396,12 +396,15 @@ pub fn parse_interval(s: &str) -> Result<Duration, String> {
 /// Clears the terminal and puts the cursor top left.
 const CLEAR_SCREEN: &str = "\x1b[H\x1b[2J";
 
-pub(super) async fn top(
+/// Draws the `stats` table every `interval` until `stop` resolves (the
+/// binary passes Ctrl-C; a test, any future).
+pub async fn top(
     client: &Client,
     json: bool,
     server: &str,
     prefix: &str,
     interval: Duration,
+    stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     // On a terminal each frame replaces the last; piped, frames follow each
     // other (one JSON document per line with --json) for a log.
@@ -409,8 +412,7 @@ pub(super) async fn top(
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut previous: Option<(Vec<QueueRow>, Instant)> = None;
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
+    tokio::pin!(stop);
     loop {
         let frame = async {
             ticker.tick().await;
@@ -418,7 +420,7 @@ pub(super) async fn top(
         };
         let rows = tokio::select! {
             rows = frame => rows.map_err(|e| failure(e, None))?,
-            _ = &mut ctrl_c => return Ok(()),
+            () = &mut stop => return Ok(()),
         };
         let taken = Instant::now();
         let at_ms = now_ms();

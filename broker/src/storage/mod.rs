@@ -334,3 +334,32 @@ fn sync_loop(db: &DB, sync: &SyncShared, interval: Option<Duration>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scan_range_starts_at_from_and_stops_before_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), SyncMode::None).unwrap();
+        let mut batch = Batch::default();
+        for key in [&b"a1"[..], b"a2", b"a3", b"b1"] {
+            batch.put(key, b"v");
+        }
+        batch.delete(b"a3");
+        store.write(batch).unwrap();
+        let keys = |from: &[u8], to: &[u8]| -> Vec<Vec<u8>> {
+            store
+                .scan_range(from, to)
+                .map(|item| item.unwrap().0.to_vec())
+                .collect()
+        };
+        assert_eq!(keys(b"a2", b"b"), [b"a2".to_vec()], "deleted a3 is skipped");
+        assert_eq!(
+            keys(b"a", b"b2"),
+            [b"a1".to_vec(), b"a2".to_vec(), b"b1".to_vec()]
+        );
+        assert_eq!(keys(b"a15", b"a2"), Vec::<Vec<u8>>::new());
+    }
+}

@@ -181,3 +181,66 @@ async fn paced_redrive_stops_at_max_and_sends_dead_letters_home() {
     .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 }
+
+/// The commands as `main` runs them: they print (not checked here; the
+/// rendering has unit tests) and succeed, or fail with the broker's message.
+#[tokio::test(flavor = "multi_thread")]
+async fn operator_commands_run_end_to_end() {
+    use broker::cli::{ClientArgs, Command, run};
+
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    create_queue(&client, "dlq", attributes()).await;
+    create_queue(&client, "work", attributes()).await;
+    send_many(&client, "dlq", 4).await;
+    send_message(&client, "dlq", vec![0xffu8, 0], &[("k", "v")], None).await;
+
+    for json in [false, true] {
+        let args = ClientArgs {
+            server: server.addr().to_string(),
+            json,
+        };
+        let peek = Command::Peek {
+            queue: "dlq".into(),
+            max: 3,
+        };
+        run(&args, peek).await.expect("peek");
+        let stats = Command::Stats {
+            prefix: String::new(),
+        };
+        run(&args, stats).await.expect("stats");
+        let missing = Command::Peek {
+            queue: "missing".into(),
+            max: 3,
+        };
+        let err = run(&args, missing).await.unwrap_err();
+        assert_eq!(format!("{err:#}"), "queue 'missing' not found");
+    }
+    assert_eq!(
+        counts(&client, "dlq").await,
+        Counts::new(5, 0, 0),
+        "peek only looks"
+    );
+
+    // Three frames or so (at 0, 100 and 200 ms), then the stop future.
+    for json in [false, true] {
+        let stop = tokio::time::sleep(Duration::from_millis(250));
+        let addr = server.addr().to_string();
+        broker::cli::admin::top(&client, json, &addr, "", Duration::from_millis(100), stop)
+            .await
+            .expect("top");
+    }
+
+    let args = ClientArgs {
+        server: server.addr().to_string(),
+        json: false,
+    };
+    let redrive = Command::Redrive {
+        dlq: "dlq".into(),
+        to: Some("work".into()),
+        max: None,
+        per_second: Some(1000),
+    };
+    run(&args, redrive).await.expect("redrive --per-second");
+    assert_eq!(counts(&client, "work").await, Counts::new(5, 0, 0));
+}
