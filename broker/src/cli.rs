@@ -2,7 +2,9 @@
 //! through [`broker_client::Client`]:
 //!
 //! - queues: `broker queue create|list|get|update|delete|purge`, `send`,
-//!   `receive`, `delete` and `redrive`;
+//!   `receive`, `delete` and `redrive` (paced with `--per-second`);
+//! - operators: `peek` (look without receiving), `stats` (every queue's
+//!   counts) and `top` (the same, refreshed), in module [`admin`];
 //! - topics: `broker topic create|list|get|delete`, `subscribe`,
 //!   `unsubscribe`, `subscriptions` and `publish`.
 //!
@@ -27,6 +29,8 @@ use broker_client::{Client, pb};
 use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt as _;
+
+pub mod admin;
 
 /// Options shared by every client command.
 #[derive(clap::Args, Debug)]
@@ -100,6 +104,35 @@ pub enum Command {
         /// Move at most N messages [default: all]
         #[arg(long, value_name = "N")]
         max: Option<u32>,
+        /// Move at most N messages a second, a few per call, showing progress
+        /// on stderr [default: all in one call]
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        per_second: Option<u32>,
+    },
+    /// Show messages without receiving them (a dead-letter queue's too):
+    /// receive counts and visibility stay as they are
+    Peek {
+        /// Queue to look into
+        queue: String,
+        /// Show at most N messages, oldest first
+        #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+        max: u32,
+    },
+    /// Show every queue with its message counts
+    Stats {
+        /// Only queues whose name starts with P
+        #[arg(long, value_name = "P", default_value = "")]
+        prefix: String,
+    },
+    /// Show every queue's counts, refreshed until Ctrl-C, with the change of
+    /// visible messages per second
+    Top {
+        /// Only queues whose name starts with P
+        #[arg(long, value_name = "P", default_value = "")]
+        prefix: String,
+        /// Time between refreshes, e.g. 1s, 500ms, 5 (seconds)
+        #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = admin::parse_interval)]
+        interval: std::time::Duration,
     },
     /// Create, list, inspect and delete topics
     Topic {
@@ -474,18 +507,31 @@ pub async fn run(args: &ClientArgs, cmd: Command) -> anyhow::Result<()> {
                 emit("deleted message\n")
             }
         }
-        Command::Redrive { dlq, to, max } => {
-            let resp = client
-                .redrive_messages(pb::RedriveMessagesRequest {
-                    source_queue: dlq.clone(),
-                    destination_queue: to.clone().unwrap_or_default(),
-                    max_messages: max.unwrap_or(0),
-                })
-                .await
-                // With --to, NOT_FOUND may be about either queue: let the broker say which.
-                .map_err(|e| failure(e, to.is_none().then_some(dlq.as_str())))?;
+        Command::Redrive {
+            dlq,
+            to,
+            max,
+            per_second,
+        } => {
+            let request = pb::RedriveMessagesRequest {
+                source_queue: dlq.clone(),
+                destination_queue: to.clone().unwrap_or_default(),
+                max_messages: max.unwrap_or(0),
+            };
+            let moved = match per_second.and_then(std::num::NonZeroU32::new) {
+                None => client.redrive_messages(request).await.map(|r| r.moved),
+                Some(rate) => {
+                    let mut progress = admin::ProgressPrinter::new(&dlq);
+                    let moved =
+                        admin::redrive_paced(&client, request, rate, |p| progress.update(p)).await;
+                    progress.finish();
+                    moved
+                }
+            }
+            // With --to, NOT_FOUND may be about either queue: let the broker say which.
+            .map_err(|e| failure(e, to.is_none().then_some(dlq.as_str())))?;
             if json {
-                emit_json(&json!({ "moved": resp.moved }))
+                emit_json(&json!({ "moved": moved }))
             } else {
                 let destination = match &to {
                     Some(queue) => format!("to '{queue}'"),
@@ -493,9 +539,20 @@ pub async fn run(args: &ClientArgs, cmd: Command) -> anyhow::Result<()> {
                 };
                 emit(&format!(
                     "moved {} from '{dlq}' {destination}\n",
-                    plural(resp.moved, "message")
+                    plural(moved, "message")
                 ))
             }
+        }
+        Command::Peek { queue, max } => admin::peek(&client, json, &queue, max).await,
+        Command::Stats { prefix } => admin::stats(&client, json, &prefix).await,
+        Command::Top { prefix, interval } => {
+            let ctrl_c = async {
+                // If the handler cannot be installed, run until killed.
+                if tokio::signal::ctrl_c().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            };
+            admin::top(&client, json, &args.server, &prefix, interval, ctrl_c).await
         }
         Command::Topic { cmd } => run_topic(&client, json, cmd).await,
         Command::Subscribe {
@@ -546,9 +603,8 @@ pub async fn run(args: &ClientArgs, cmd: Command) -> anyhow::Result<()> {
                 (None, Some(queue)) => Some(("queue", queue.as_str())),
                 _ => None,
             };
-            let mut subscriptions = Vec::new();
-            let mut page_token = String::new();
-            loop {
+            let (client, topic, queue) = (&client, &topic, &queue);
+            let subscriptions = all_pages(|page_token| async move {
                 let page = client
                     .list_subscriptions(pb::ListSubscriptionsRequest {
                         topic: topic.clone().unwrap_or_default(),
@@ -556,14 +612,11 @@ pub async fn run(args: &ClientArgs, cmd: Command) -> anyhow::Result<()> {
                         page_size: 1000,
                         page_token,
                     })
-                    .await
-                    .map_err(|e| failure_of(e, only))?;
-                subscriptions.extend(page.subscriptions);
-                if page.next_page_token.is_empty() {
-                    break;
-                }
-                page_token = page.next_page_token;
-            }
+                    .await?;
+                Ok((page.subscriptions, page.next_page_token))
+            })
+            .await
+            .map_err(|e| failure_of(e, only))?;
             if json {
                 let list: Vec<Value> = subscriptions.iter().map(subscription_json).collect();
                 emit_json(&json!({ "subscriptions": list }))
@@ -609,23 +662,19 @@ async fn run_topic(client: &Client, json: bool, cmd: TopicCommand) -> anyhow::Re
             }
         }
         TopicCommand::List { prefix } => {
-            let mut topics = Vec::new();
-            let mut page_token = String::new();
-            loop {
+            let prefix = &prefix;
+            let topics = all_pages(|page_token| async move {
                 let page = client
                     .list_topics(pb::ListTopicsRequest {
                         prefix: prefix.clone(),
                         page_size: 1000,
                         page_token,
                     })
-                    .await
-                    .map_err(|e| failure(e, None))?;
-                topics.extend(page.topics);
-                if page.next_page_token.is_empty() {
-                    break;
-                }
-                page_token = page.next_page_token;
-            }
+                    .await?;
+                Ok((page.topics, page.next_page_token))
+            })
+            .await
+            .map_err(|e| failure(e, None))?;
             if json {
                 let list: Vec<Value> = topics.iter().map(topic_json).collect();
                 emit_json(&json!({ "topics": list }))
@@ -686,23 +735,9 @@ async fn run_queue(client: &Client, json: bool, cmd: QueueCommand) -> anyhow::Re
             }
         }
         QueueCommand::List { prefix } => {
-            let mut queues = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let page = client
-                    .list_queues(pb::ListQueuesRequest {
-                        prefix: prefix.clone(),
-                        page_size: 1000,
-                        page_token,
-                    })
-                    .await
-                    .map_err(|e| failure(e, None))?;
-                queues.extend(page.queues);
-                if page.next_page_token.is_empty() {
-                    break;
-                }
-                page_token = page.next_page_token;
-            }
+            let queues = all_queues(client, &prefix)
+                .await
+                .map_err(|e| failure(e, None))?;
             if json {
                 let list: Vec<Value> = queues.iter().map(queue_json).collect();
                 emit_json(&json!({ "queues": list }))
@@ -776,6 +811,41 @@ async fn run_queue(client: &Client, json: bool, cmd: QueueCommand) -> anyhow::Re
             }
         }
     }
+}
+
+/// Every item of a paged list RPC: `page` is called with the page token
+/// (empty first, then each `next_page_token`) and returns a page's items
+/// and the next token, until that token is empty.
+async fn all_pages<T, F, Fut>(mut page: F) -> Result<Vec<T>, broker_client::Error>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, String), broker_client::Error>>,
+{
+    let mut items = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let (page_items, next_page_token) = page(page_token).await?;
+        items.extend(page_items);
+        if next_page_token.is_empty() {
+            return Ok(items);
+        }
+        page_token = next_page_token;
+    }
+}
+
+/// Every queue whose name starts with `prefix`, in name order.
+async fn all_queues(client: &Client, prefix: &str) -> Result<Vec<pb::Queue>, broker_client::Error> {
+    all_pages(|page_token| async move {
+        let page = client
+            .list_queues(pb::ListQueuesRequest {
+                prefix: prefix.to_owned(),
+                page_size: 1000,
+                page_token,
+            })
+            .await?;
+        Ok((page.queues, page.next_page_token))
+    })
+    .await
 }
 
 /// Deletes received messages in one batch call; fails naming every entry
@@ -1098,6 +1168,11 @@ fn queues_table(queues: &[pb::Queue]) -> String {
 
 /// Columns padded to their widest cell; the last column is not padded.
 fn table<const N: usize>(rows: &[[String; N]]) -> String {
+    table_aligned(rows, [false; N])
+}
+
+/// [`table`] with the columns marked in `right` aligned right (numbers).
+fn table_aligned<const N: usize>(rows: &[[String; N]], right: [bool; N]) -> String {
     let mut widths = [0; N];
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
@@ -1107,10 +1182,14 @@ fn table<const N: usize>(rows: &[[String; N]]) -> String {
     let mut out = String::new();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
-            if i + 1 == N {
+            let width = widths[i];
+            let sep = if i + 1 == N { "" } else { "  " };
+            if right[i] {
+                let _ = write!(out, "{cell:>width$}{sep}");
+            } else if i + 1 == N {
                 out.push_str(cell);
             } else {
-                let _ = write!(out, "{cell:<width$}  ", width = widths[i]);
+                let _ = write!(out, "{cell:<width$}{sep}");
             }
         }
         out.push('\n');
@@ -1118,12 +1197,14 @@ fn table<const N: usize>(rows: &[[String; N]]) -> String {
     out
 }
 
+/// The label column of message blocks (`receive`, `peek`): "receives" and one space.
+const WIDTH: usize = 9;
+
 /// `receive`: a block of aligned lines per message, blank line between.
 fn messages_text(messages: &[pb::ReceivedMessage]) -> String {
     if messages.is_empty() {
         return "no messages\n".to_owned();
     }
-    const WIDTH: usize = 9; // "receives" and one space
     let indent = " ".repeat(WIDTH + 1);
     let mut out = String::new();
     for (i, m) in messages.iter().enumerate() {
@@ -1139,26 +1220,28 @@ fn messages_text(messages: &[pb::ReceivedMessage]) -> String {
         for (key, value) in attributes {
             let _ = writeln!(out, "{:<WIDTH$} {key}={value}", "attr");
         }
-        // Continuation lines of a multi-line body stay in the value column;
-        // other control characters are escaped so they cannot upset the terminal.
-        let mut body = String::new();
-        for c in String::from_utf8_lossy(&m.body)
-            .trim_end_matches('\n')
-            .chars()
-        {
-            match c {
-                '\n' => {
-                    body.push('\n');
-                    body.push_str(&indent);
-                }
-                '\t' => body.push(c),
-                c if c.is_control() => body.extend(c.escape_debug()),
-                c => body.push(c),
-            }
-        }
-        let _ = writeln!(out, "{:<WIDTH$} {body}", "body");
+        let _ = writeln!(out, "{:<WIDTH$} {}", "body", body_text(&m.body, &indent));
     }
     out
+}
+
+/// A body for the terminal: continuation lines of a multi-line body start
+/// with `indent` (to stay in the value column); other control characters
+/// are escaped so they cannot upset the terminal.
+fn body_text(body: &[u8], indent: &str) -> String {
+    let mut text = String::new();
+    for c in String::from_utf8_lossy(body).trim_end_matches('\n').chars() {
+        match c {
+            '\n' => {
+                text.push('\n');
+                text.push_str(indent);
+            }
+            '\t' => text.push(c),
+            c if c.is_control() => text.extend(c.escape_debug()),
+            c => text.push(c),
+        }
+    }
+    text
 }
 
 fn plural(n: u64, noun: &str) -> String {
@@ -1395,9 +1478,52 @@ mod tests {
             Command::Redrive {
                 to: None,
                 max: None,
+                per_second: None,
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn redrive_per_second_is_at_least_one() {
+        let cli = parse(&["redrive", "dlq", "--per-second", "50", "--max", "7"]).unwrap();
+        assert!(matches!(
+            cli.cmd,
+            Command::Redrive {
+                per_second: Some(50),
+                max: Some(7),
+                ..
+            }
+        ));
+        let err = parse(&["redrive", "dlq", "--per-second", "0"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+    }
+
+    #[test]
+    fn operator_commands_parse() {
+        let cli = parse(&["peek", "orders-dlq"]).unwrap();
+        assert!(matches!(cli.cmd, Command::Peek { queue, max: 10 } if queue == "orders-dlq"));
+        let cli = parse(&["peek", "q", "--max", "500"]).unwrap();
+        assert!(matches!(cli.cmd, Command::Peek { max: 500, .. }));
+        assert!(parse(&["peek", "q", "--max", "0"]).is_err());
+        assert!(parse(&["peek"]).is_err(), "a queue is required");
+
+        let cli = parse(&["stats", "--prefix", "ord", "--json"]).unwrap();
+        assert!(cli.client.json);
+        assert!(matches!(cli.cmd, Command::Stats { prefix } if prefix == "ord"));
+
+        let cli = parse(&["top"]).unwrap();
+        assert!(matches!(
+            cli.cmd,
+            Command::Top { interval, .. } if interval == std::time::Duration::from_secs(1)
+        ));
+        let cli = parse(&["top", "--interval", "500ms"]).unwrap();
+        assert!(matches!(
+            cli.cmd,
+            Command::Top { interval, .. } if interval == std::time::Duration::from_millis(500)
+        ));
+        let err = parse(&["top", "--interval", "10ms"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
     }
 
     #[test]

@@ -273,6 +273,36 @@ impl Client {
         Ok(self.rpc().redrive_messages(req).await?.into_inner())
     }
 
+    /// Looks at up to `max_messages` (0: 10, at most 100) messages of a
+    /// queue, oldest first, without receiving them: receive counts,
+    /// visibility and receipt handles stay as they are. Each message says
+    /// whether it is visible, in flight or delayed; follow
+    /// `next_page_token` for more.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: broker_client::Client) -> Result<(), broker_client::Error> {
+    /// use broker_client::pb;
+    ///
+    /// let page = client
+    ///     .peek_messages(pb::PeekMessagesRequest {
+    ///         queue: "orders-dlq".into(),
+    ///         max_messages: 100,
+    ///         page_token: String::new(),
+    ///     })
+    ///     .await?;
+    /// for m in &page.messages {
+    ///     println!("{} {:?} from {}", m.message_id, m.state(), m.dead_letter_source);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn peek_messages(
+        &self,
+        req: pb::PeekMessagesRequest,
+    ) -> Result<pb::PeekMessagesResponse, Error> {
+        Ok(self.rpc().peek_messages(req).await?.into_inner())
+    }
+
     /// Creates a topic; returns the existing one when it exists.
     ///
     /// Topic names follow the queue-name rules: 1..=80 of `A-Z a-z 0-9 _ -`.

@@ -1,6 +1,7 @@
 //! The queue engine: send, receive with visibility timeouts and long
 //! polling, delete and visibility changes by receipt handle, dead letters,
-//! redrive, purge and retention.
+//! redrive, purge and retention; and peek, a read-only look at messages
+//! (module `peek`).
 //!
 //! # Data model
 //! RocksDB is the truth (layouts in `storage::keys`, values in [`records`]);
@@ -37,6 +38,7 @@
 
 pub mod attributes;
 pub mod index;
+mod peek;
 mod rate;
 pub mod receipt;
 pub mod records;
@@ -58,6 +60,7 @@ use crate::error::{Error, Result, invalid};
 use crate::storage::{Batch, Store, SyncMode, Ticket, keys};
 pub use attributes::{AttributeChanges, QueueAttributes, RedrivePolicy, RetryPolicy};
 use index::{QueueIndex, Timers};
+pub use peek::{MessageState, PEEK_DEFAULT, PEEK_MAX, Peeked};
 use receipt::ReceiptHandle;
 use records::{BodyRecord, QueueRecord, StateRecord};
 pub use topics::{NewPublication, Published};

@@ -7,8 +7,8 @@ use tonic::{Request, Response, Status};
 
 use super::{run_batch, status};
 use crate::queue::{
-    AttributeChanges, Engine, NewMessage, QueueInfo, QueueStats, ReceiveOptions, Received,
-    RedrivePolicy, RetryPolicy,
+    AttributeChanges, Engine, MessageState, NewMessage, Peeked, QueueInfo, QueueStats,
+    ReceiveOptions, Received, RedrivePolicy, RetryPolicy,
 };
 
 pub struct QueueApi {
@@ -106,6 +106,27 @@ impl From<Received> for pb::ReceivedMessage {
             receive_count: m.receive_count,
             sent_at_ms: m.sent_at_ms,
             first_received_at_ms: m.first_received_at_ms,
+        }
+    }
+}
+
+impl From<Peeked> for pb::PeekedMessage {
+    fn from(m: Peeked) -> pb::PeekedMessage {
+        let state = match m.state {
+            MessageState::Visible => pb::MessageState::Visible,
+            MessageState::InFlight => pb::MessageState::InFlight,
+            MessageState::Delayed => pb::MessageState::Delayed,
+        };
+        pb::PeekedMessage {
+            message_id: m.message_id,
+            body: m.body,
+            attributes: m.attributes,
+            receive_count: m.receive_count,
+            sent_at_ms: m.sent_at_ms,
+            first_received_at_ms: m.first_received_at_ms,
+            state: state.into(),
+            visible_at_ms: m.visible_at_ms,
+            dead_letter_source: m.dead_letter_source,
         }
     }
 }
@@ -371,5 +392,20 @@ impl pb::queue_service_server::QueueService for QueueApi {
             .await
             .map_err(status)?;
         Ok(Response::new(pb::RedriveMessagesResponse { moved }))
+    }
+
+    async fn peek_messages(
+        &self,
+        req: Request<pb::PeekMessagesRequest>,
+    ) -> Reply<pb::PeekMessagesResponse> {
+        let req = req.into_inner();
+        let (messages, next_page_token) = self
+            .engine
+            .peek(&req.queue, req.max_messages, &req.page_token)
+            .map_err(status)?;
+        Ok(Response::new(pb::PeekMessagesResponse {
+            messages: messages.into_iter().map(Into::into).collect(),
+            next_page_token,
+        }))
     }
 }

@@ -4,6 +4,8 @@
 //! `127.0.0.1:0` with a temporary data directory, so tests run in parallel
 //! without sharing state. One module per feature of the API:
 //!
+//! - `admin`: the CLI's operator tools (`stats`/`top` rows, `peek` paging,
+//!   `redrive --per-second`) against a real server
 //! - `consumer`: the client's `Consumer` and `Publisher` (pull and push)
 //! - `queues`: create / get / list / update / delete / purge and their validation
 //! - `send`: single and batch sends, sizes, attributes, delays
@@ -12,6 +14,7 @@
 //! - `operations`: health checking, reflection, client deadlines, shutdown order
 //! - `delivery`: a queue's receive rate limit and retry backoff
 //! - `dead_letter`: redrive policies, dead-letter moves and `RedriveMessages`
+//! - `peek`: `PeekMessages`, a read-only look at messages, paged
 //! - `restart`: what survives a graceful restart on the same data directory,
 //!   and a SIGKILLed server process
 //! - `stream`: push delivery over `StreamMessages`
@@ -21,12 +24,14 @@
 //! Timings are short (1–2 s visibility timeouts and waits); tests wait for an
 //! event (a long-poll receive) rather than sleep wherever they can.
 
+mod admin;
 mod consumer;
 mod crash;
 mod dead_letter;
 mod delivery;
 mod long_poll;
 mod operations;
+mod peek;
 mod queues;
 mod receive;
 mod restart;

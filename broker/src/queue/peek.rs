@@ -1,0 +1,219 @@
+//! Peek: a look at a queue's messages without receiving them, for
+//! operators (what is stuck in a dead-letter queue, what is in flight).
+//!
+//! # Invariants
+//! - Read-only: no write, and no change to the index (not even promoting due
+//!   timers), so a peek never changes a receive count, a visibility deadline
+//!   or which receipt handle is current, and it never wakes a receiver.
+//! - Queue order: messages come in seq order, the order in which receive
+//!   takes visible ones; hidden ones appear where they will be taken.
+//! - Cost O(`max_messages`), not O(backlog): the state keys of the queue
+//!   are scanned from just after the page token's seq (`storage::keys` puts
+//!   one queue's keys together, in seq order), the index is looked up per
+//!   seq under the lock, and the bodies are read by point lookups after it.
+//! - Consistency: the scan runs without the engine lock, so a message
+//!   deleted or moved between the scan and the lookups is left out of the
+//!   page (a page may hold fewer than `max_messages` while more follow; the
+//!   next page token says whether they do). A message sent after the scan
+//!   started shows on a later page.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+
+use super::Engine;
+use super::records::{self, BodyRecord};
+use crate::error::{Error, Result, invalid};
+use crate::storage::keys;
+
+/// Messages per page when the request says 0.
+pub const PEEK_DEFAULT: u32 = 10;
+/// The largest page.
+pub const PEEK_MAX: u32 = 100;
+
+/// Where a peeked message is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageState {
+    /// A receive would take it now.
+    Visible,
+    /// Received, hidden until its visibility timeout (and retry backoff) lapses.
+    InFlight,
+    /// Never received, hidden until its delay lapses.
+    Delayed,
+}
+
+/// A message as a peek shows it.
+#[derive(Debug, Clone)]
+pub struct Peeked {
+    pub message_id: String,
+    pub body: Bytes,
+    pub attributes: HashMap<String, String>,
+    pub receive_count: u32,
+    pub sent_at_ms: u64,
+    /// 0 if never received.
+    pub first_received_at_ms: u64,
+    pub state: MessageState,
+    /// When it became (visible) or becomes (hidden) visible.
+    pub visible_at_ms: u64,
+    /// The queue it died in, if it was dead-lettered; else empty.
+    pub dead_letter_source: String,
+}
+
+/// A page position: the queue id (so that a token of another queue, or of
+/// a deleted queue of the same name, is refused rather than misread) and
+/// the last seq of the previous page, as 32 hex digits.
+fn encode_token(queue_id: u64, seq: u64) -> String {
+    format!("{queue_id:016x}{seq:016x}")
+}
+
+fn decode_token(token: &str) -> Result<(u64, u64)> {
+    let parsed = (token.len() == 32 && token.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| {
+            Some((
+                u64::from_str_radix(&token[..16], 16).ok()?,
+                u64::from_str_radix(&token[16..], 16).ok()?,
+            ))
+        })
+        .flatten();
+    match parsed {
+        Some(position) => Ok(position),
+        None => invalid!(
+            "page_token is malformed: pass the next_page_token of the previous PeekMessages response, or empty for the first page"
+        ),
+    }
+}
+
+/// `max_messages` of a request: 0 means [`PEEK_DEFAULT`].
+fn page_size(max_messages: u32) -> Result<usize> {
+    match max_messages {
+        0 => Ok(PEEK_DEFAULT as usize),
+        n if n > PEEK_MAX => {
+            invalid!("max_messages must be in 1..={PEEK_MAX} (0 means {PEEK_DEFAULT}); got {n}")
+        }
+        n => Ok(n as usize),
+    }
+}
+
+impl Engine {
+    /// Up to `max_messages` (0: 10, at most 100) messages of `queue` in
+    /// queue order, after `page_token` (empty: from the first); and the
+    /// token of the next page, empty on the last one. See the module docs.
+    pub fn peek(
+        &self,
+        queue: &str,
+        max_messages: u32,
+        page_token: &str,
+    ) -> Result<(Vec<Peeked>, String)> {
+        let max = page_size(max_messages)?;
+        let id = self.lock().queue_id(queue)?;
+        let first_seq = match page_token {
+            "" => 0,
+            token => match decode_token(token)? {
+                (token_queue, seq) if token_queue == id => match seq.checked_add(1) {
+                    Some(next) => next,
+                    // Nothing can follow the largest seq.
+                    None => return Ok((Vec::new(), String::new())),
+                },
+                _ => {
+                    return invalid!(
+                        "page_token belongs to another queue than {queue:?} (or to a deleted queue of that name); start again with an empty page_token"
+                    );
+                }
+            },
+        };
+
+        // One more than a page: whether it exists decides the next token.
+        let (_, end) = keys::queue_range(keys::STATE_PREFIX, id);
+        let mut seqs = Vec::with_capacity(max + 1);
+        for item in self
+            .store
+            .scan_range(&keys::state(id, first_seq), &end)
+            .take(max + 1)
+        {
+            let (key, _) = item?;
+            if let Some((_, seq)) = keys::decode_message(&key) {
+                seqs.push(seq);
+            }
+        }
+        let next_page_token = if seqs.len() > max {
+            seqs.truncate(max);
+            encode_token(id, seqs[max - 1])
+        } else {
+            String::new()
+        };
+
+        let now = self.now_ms();
+        let found: Vec<_> = {
+            let st = self.lock();
+            let Some(q) = st.queues.get(&id) else {
+                return Err(Error::NotFound(format!(
+                    "queue {queue:?} was deleted while it was being peeked"
+                )));
+            };
+            seqs.iter()
+                .filter_map(|&seq| {
+                    let slot = q.index.slots.get(&seq)?;
+                    // A due timer the scheduler has not fired yet is visible
+                    // already: the next receive promotes it first.
+                    let state = if slot.ready || slot.due_at <= now {
+                        MessageState::Visible
+                    } else if slot.state.receive_count > 0 {
+                        MessageState::InFlight
+                    } else {
+                        MessageState::Delayed
+                    };
+                    Some((seq, slot.state, state, slot.due_at))
+                })
+                .collect()
+        };
+
+        let body_keys: Vec<Vec<u8>> = found
+            .iter()
+            .map(|&(seq, ..)| keys::body(id, seq).to_vec())
+            .collect();
+        let bodies = self.store.multi_get(&body_keys)?;
+        let mut page = Vec::with_capacity(found.len());
+        for ((seq, record, state, due_at), raw) in found.into_iter().zip(bodies) {
+            // Deleted since the lookup: leave it out, as if peeked a moment later.
+            let Some(raw) = raw else { continue };
+            let body: BodyRecord = records::decode(&keys::body(id, seq), &raw)?;
+            page.push(Peeked {
+                message_id: body.message_id,
+                body: body.body,
+                attributes: body.attributes,
+                receive_count: record.receive_count,
+                sent_at_ms: body.sent_at_ms,
+                first_received_at_ms: record.first_received_at_ms,
+                state,
+                visible_at_ms: due_at,
+                dead_letter_source: body.dead_letter_source,
+            });
+        }
+        Ok((page, next_page_token))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_and_garbage_is_refused() {
+        let token = encode_token(7, u64::MAX);
+        assert_eq!(token.len(), 32);
+        assert_eq!(decode_token(&token).unwrap(), (7, u64::MAX));
+        for bad in ["x", "zz", &"g".repeat(32), &"0".repeat(31), &"0".repeat(33)] {
+            let err = decode_token(bad).unwrap_err();
+            assert!(err.to_string().contains("page_token"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn page_size_defaults_and_is_bounded() {
+        assert_eq!(page_size(0).unwrap(), 10);
+        assert_eq!(page_size(1).unwrap(), 1);
+        assert_eq!(page_size(100).unwrap(), 100);
+        let err = page_size(101).unwrap_err().to_string();
+        assert_eq!(err, "max_messages must be in 1..=100 (0 means 10); got 101");
+    }
+}

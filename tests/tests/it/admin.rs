@@ -1,0 +1,246 @@
+//! The CLI's operator tools against a real server: the rows of `stats` and
+//! `top`, `peek` beyond one page, and `redrive --per-second` (paced, with
+//! progress). Their rendering is unit-tested in `broker::cli::admin`.
+
+use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
+
+use broker::cli::admin::{QueueRow, RedriveProgress, peek_messages, queue_rows, redrive_paced};
+use broker_tests::*;
+
+/// Sends `n` messages to `queue` in batches of 100.
+async fn send_many(client: &Client, queue: &str, n: usize) {
+    let bodies: Vec<String> = (0..n).map(|i| format!("m{i}")).collect();
+    for chunk in bodies.chunks(100) {
+        let resp = client
+            .send_message_batch(pb::SendMessageBatchRequest {
+                queue: queue.to_string(),
+                entries: chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(i, body)| pb::SendMessageBatchEntry {
+                        id: i.to_string(),
+                        body: body.clone().into(),
+                        ..Default::default()
+                    })
+                    .collect(),
+            })
+            .await
+            .expect("SendMessageBatch");
+        assert!(resp.failed.is_empty(), "{:?}", resp.failed);
+    }
+}
+
+fn redrive_request(
+    source: &str,
+    destination: &str,
+    max_messages: u32,
+) -> pb::RedriveMessagesRequest {
+    pb::RedriveMessagesRequest {
+        source_queue: source.to_string(),
+        destination_queue: destination.to_string(),
+        max_messages,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stats_rows_show_every_queue_with_its_counts() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    create_queue(&client, "orders-dlq", attributes()).await;
+    create_queue(&client, "orders", redrive_to("orders-dlq", 3)).await;
+    create_queue(&client, "other", attributes()).await;
+    send_many(&client, "orders", 3).await;
+    send_message(&client, "orders", "later", &[], Some(60)).await;
+    only(receive_now(&client, "orders", 1, 30).await);
+
+    let rows = queue_rows(&client, "").await.expect("queue rows");
+    let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["orders", "orders-dlq", "other"]);
+    let orders = &rows[0];
+    assert_eq!(
+        (orders.visible, orders.in_flight, orders.delayed),
+        (2, 1, 1)
+    );
+    assert_eq!(orders.dead_letter_queue.as_deref(), Some("orders-dlq"));
+    assert_eq!(
+        rows[1],
+        QueueRow {
+            name: "orders-dlq".into(),
+            visible: 0,
+            in_flight: 0,
+            delayed: 0,
+            oldest_message_age_seconds: 0,
+            dead_letter_queue: None,
+        }
+    );
+
+    let only_orders = queue_rows(&client, "orders").await.expect("queue rows");
+    assert_eq!(only_orders.len(), 2, "the prefix filters: {only_orders:?}");
+    assert!(
+        queue_rows(&client, "zzz")
+            .await
+            .expect("queue rows")
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn peek_pages_beyond_one_response_and_says_whether_more_follow() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    create_queue(&client, "big", attributes()).await;
+    send_many(&client, "big", 150).await;
+
+    let (messages, more) = peek_messages(&client, "big", 120).await.expect("peek");
+    assert_eq!(messages.len(), 120);
+    assert!(more);
+    assert_eq!(messages[0].body, "m0");
+    assert_eq!(messages[119].body, "m119");
+
+    let (messages, more) = peek_messages(&client, "big", 1000).await.expect("peek");
+    assert_eq!((messages.len(), more), (150, false));
+    let (messages, more) = peek_messages(&client, "big", 150).await.expect("peek");
+    assert_eq!((messages.len(), more), (150, false));
+    assert_eq!(counts(&client, "big").await, Counts::new(150, 0, 0));
+
+    let err = peek_messages(&client, "nope", 10).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn paced_redrive_moves_everything_at_the_rate_with_progress() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    create_queue(&client, "dlq", attributes()).await;
+    create_queue(&client, "work", attributes()).await;
+    send_many(&client, "dlq", 10).await;
+
+    // 20 a second: calls of 2; the first at once, then one every 100 ms.
+    let mut progress = Vec::new();
+    let started = Instant::now();
+    let moved = redrive_paced(
+        &client,
+        redrive_request("dlq", "work", 0),
+        NonZeroU32::new(20).unwrap(),
+        |p| progress.push(p),
+    )
+    .await
+    .expect("paced redrive");
+    let elapsed = started.elapsed();
+
+    assert_eq!(moved, 10);
+    assert_eq!(counts(&client, "dlq").await, Counts::EMPTY);
+    assert_eq!(counts(&client, "work").await, Counts::new(10, 0, 0));
+    let moved_so_far: Vec<u64> = progress.iter().map(|p| p.moved).collect();
+    assert_eq!(moved_so_far, [0, 2, 4, 6, 8, 10, 10], "{progress:?}");
+    assert!(progress.iter().all(|p| p.total == 10), "{progress:?}");
+    // 8 messages after the first burst of 2, at 20 a second: 400 ms at least.
+    assert!(
+        elapsed >= Duration::from_millis(350),
+        "10 messages at 20/s took only {elapsed:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn paced_redrive_stops_at_max_and_sends_dead_letters_home() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    create_queue(&client, "dlq", attributes()).await;
+    create_queue(&client, "orders", redrive_to("dlq", 1)).await;
+    send_many(&client, "orders", 5).await;
+    receive_now(&client, "orders", 10, 0).await;
+    // The second receive moves all five (received once each) to the dlq.
+    assert!(receive_now(&client, "orders", 10, 0).await.is_empty());
+    assert_eq!(counts(&client, "dlq").await, Counts::new(5, 0, 0));
+
+    let mut progress = Vec::new();
+    let moved = redrive_paced(
+        &client,
+        redrive_request("dlq", "", 3),
+        NonZeroU32::new(1000).unwrap(),
+        |p| progress.push(p),
+    )
+    .await
+    .expect("paced redrive");
+    assert_eq!(moved, 3);
+    assert_eq!(
+        progress.last(),
+        Some(&RedriveProgress { moved: 3, total: 3 })
+    );
+    assert_eq!(counts(&client, "dlq").await, Counts::new(2, 0, 0));
+    assert_eq!(counts(&client, "orders").await, Counts::new(3, 0, 0));
+
+    let err = redrive_paced(
+        &client,
+        redrive_request("missing", "", 0),
+        NonZeroU32::new(10).unwrap(),
+        |_| {},
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+}
+
+/// The commands as `main` runs them: they print (not checked here; the
+/// rendering has unit tests) and succeed, or fail with the broker's message.
+#[tokio::test(flavor = "multi_thread")]
+async fn operator_commands_run_end_to_end() {
+    use broker::cli::{ClientArgs, Command, run};
+
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    create_queue(&client, "dlq", attributes()).await;
+    create_queue(&client, "work", attributes()).await;
+    send_many(&client, "dlq", 4).await;
+    send_message(&client, "dlq", vec![0xffu8, 0], &[("k", "v")], None).await;
+
+    for json in [false, true] {
+        let args = ClientArgs {
+            server: server.addr().to_string(),
+            json,
+        };
+        let peek = Command::Peek {
+            queue: "dlq".into(),
+            max: 3,
+        };
+        run(&args, peek).await.expect("peek");
+        let stats = Command::Stats {
+            prefix: String::new(),
+        };
+        run(&args, stats).await.expect("stats");
+        let missing = Command::Peek {
+            queue: "missing".into(),
+            max: 3,
+        };
+        let err = run(&args, missing).await.unwrap_err();
+        assert_eq!(format!("{err:#}"), "queue 'missing' not found");
+    }
+    assert_eq!(
+        counts(&client, "dlq").await,
+        Counts::new(5, 0, 0),
+        "peek only looks"
+    );
+
+    // Three frames or so (at 0, 100 and 200 ms), then the stop future.
+    for json in [false, true] {
+        let stop = tokio::time::sleep(Duration::from_millis(250));
+        let addr = server.addr().to_string();
+        broker::cli::admin::top(&client, json, &addr, "", Duration::from_millis(100), stop)
+            .await
+            .expect("top");
+    }
+
+    let args = ClientArgs {
+        server: server.addr().to_string(),
+        json: false,
+    };
+    let redrive = Command::Redrive {
+        dlq: "dlq".into(),
+        to: Some("work".into()),
+        max: None,
+        per_second: Some(1000),
+    };
+    run(&args, redrive).await.expect("redrive --per-second");
+    assert_eq!(counts(&client, "work").await, Counts::new(5, 0, 0));
+}
