@@ -3,8 +3,14 @@
 //!
 //! Shutdown: stop accepting, end long polls (they return what they have),
 //! let in-flight RPCs finish (bounded by `shutdown_timeout`), stop the
-//! scheduler, and close the database (syncing the WAL) before returning, so
-//! that the same data dir can be opened again at once.
+//! scheduler and the metrics endpoint, and close the database (syncing the
+//! WAL) before returning, so that the same data dir can be opened again at
+//! once.
+//!
+//! Metrics: with `metrics_listen`, [`run`] binds it and serves `/metrics`
+//! there ([`crate::metrics`]); [`run_with_metrics_listener`] takes that
+//! listener already bound, so that a caller (a test) can bind port 0 and
+//! know the port before the server starts.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,7 +22,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerConfig;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 use crate::queue::Engine;
 use crate::service::queue::QueueApi;
 use crate::service::topic::TopicApi;
@@ -26,13 +33,46 @@ use crate::service::topic::TopicApi;
 pub const MAX_GRPC_MESSAGE_BYTES: usize = 128 * 1024 * 1024;
 
 /// Serves on `listener` until `shutdown` resolves; returns once the
-/// database is closed.
+/// database is closed. Binds `config.metrics_listen` if set: failing to is
+/// an error naming the address, before anything else starts.
 pub async fn run(
     listener: TcpListener,
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+            Error::Startup(format!(
+                "cannot serve metrics on metrics_listen = {addr}: {e}"
+            ))
+        })?),
+        None => None,
+    };
+    run_with_metrics_listener(listener, metrics_listener, config, shutdown).await
+}
+
+/// As [`run`], with the metrics listener bound by the caller: `/metrics` is
+/// served on `metrics_listener` if it is `Some` (`config.metrics_listen` is
+/// not looked at).
+pub async fn run_with_metrics_listener(
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     let engine = Arc::new(Engine::open(&config.data_dir, config.sync)?);
+    let metrics = Metrics::new(Arc::downgrade(&engine));
+    let metrics_stop = CancellationToken::new();
+    let metrics_server = metrics_listener.map(|l| {
+        tracing::info!(addr = ?l.local_addr().ok(), "serving metrics at /metrics");
+        // TLS for the metrics endpoint comes with the gRPC TLS settings.
+        tokio::spawn(crate::metrics::http::serve(
+            l,
+            metrics.clone(),
+            None,
+            metrics_stop.clone(),
+        ))
+    });
     let scheduler = tokio::spawn(engine.clone().run_scheduler());
     let addr = listener.local_addr().ok();
     tracing::info!(?addr, data_dir = %config.data_dir.display(), "broker serving");
@@ -57,6 +97,7 @@ pub async fn run(
     // this, Nagle holds most responses back for the peer's delayed ACK (~40 ms).
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let serve = tonic::transport::Server::builder()
+        .layer(metrics.rpc_layer())
         .add_service(queues)
         .add_service(topics)
         .serve_with_incoming_shutdown(incoming, signal);
@@ -74,6 +115,10 @@ pub async fn run(
     }
     engine.shutdown();
     let _ = scheduler.await;
+    metrics_stop.cancel();
+    if let Some(task) = metrics_server {
+        let _ = task.await;
+    }
     close(engine).await;
     tracing::info!("database closed");
     Ok(())

@@ -9,6 +9,7 @@
 //! - `send`: single and batch sends, sizes, attributes, delays
 //! - `receive`: visibility timeouts, receipt handles, delete and change visibility
 //! - `long_poll`: what wakes a waiting receive, and disconnects mid-wait
+//! - `metrics`: Prometheus metrics at `/metrics` follow real operations
 //! - `delivery`: a queue's receive rate limit and retry backoff
 //! - `dead_letter`: redrive policies, dead-letter moves and `RedriveMessages`
 //! - `restart`: what survives a graceful restart on the same data directory,
@@ -25,6 +26,7 @@ mod crash;
 mod dead_letter;
 mod delivery;
 mod long_poll;
+mod metrics;
 mod queues;
 mod receive;
 mod restart;
