@@ -25,6 +25,10 @@ pub enum Error {
     /// Not the client's fault; logged in full, reported as INTERNAL.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// The server could not start (e.g. a listener could not be bound);
+    /// returned by `server::run`, never to a client.
+    #[error("{0}")]
+    Startup(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -4,6 +4,7 @@
 //! Layout (dependencies point down the list):
 //! - [`server`]: `run(listener, config, shutdown)`: the gRPC server and the engine's background task.
 //! - [`service`]: thin gRPC adapters: protobuf in, engine call, protobuf or status out.
+//! - [`metrics`]: Prometheus metrics of the engine, storage and RPCs, and the `/metrics` endpoint.
 //! - [`queue`]: the engine: queues (send, receive, visibility, long polling, dead letters) and the fan-out of topics.
 //! - [`topic`]: topic records, filter policies, the JSON envelope of copies.
 //! - [`storage`]: the narrow storage interface; the only module that imports RocksDB.
@@ -15,6 +16,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod queue;
 pub mod server;
 pub mod service;

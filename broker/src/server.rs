@@ -4,15 +4,22 @@
 //! Served: `broker.v1.QueueService`, `broker.v1.TopicService`, gRPC health
 //! checking (`grpc.health.v1.Health`) and server reflection (v1 and
 //! v1alpha, so that `grpcurl` works without the .proto files). Every RPC
-//! runs in a span (`service::trace`). Deadlines that clients send
-//! (`grpc-timeout`) are enforced by tonic: the handler is dropped and the
-//! client gets DEADLINE_EXCEEDED; handlers are cancel-safe.
+//! runs in a span (`service::trace`) and is counted and timed
+//! (`metrics::rpc`). Deadlines that clients send (`grpc-timeout`) are
+//! enforced by tonic: the handler is dropped and the client gets CANCELLED;
+//! handlers are cancel-safe.
 //!
 //! Shutdown: health turns NOT_SERVING (and health watches end), new RPCs are
 //! refused (HTTP/2 GOAWAY), long polls and streams end (they return what
 //! they have), in-flight RPCs finish (bounded by `shutdown_timeout`), the
-//! scheduler stops, and the database closes (syncing the WAL) before `run`
-//! returns, so that the same data dir can be opened again at once.
+//! scheduler and the metrics endpoint stop, and the database closes (syncing
+//! the WAL) before `run` returns, so that the same data dir can be opened
+//! again at once.
+//!
+//! Metrics: with `metrics_listen`, [`run`] binds it and serves `/metrics`
+//! there ([`crate::metrics`]); [`run_with_metrics_listener`] takes that
+//! listener already bound, so that a caller (a test) can bind port 0 and
+//! know the port before the server starts.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -24,7 +31,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerConfig;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 use crate::queue::Engine;
 use crate::service::health::health;
 use crate::service::queue::QueueApi;
@@ -36,13 +44,46 @@ use crate::service::trace::TraceLayer;
 pub const MAX_GRPC_MESSAGE_BYTES: usize = 128 * 1024 * 1024;
 
 /// Serves on `listener` until `shutdown` resolves; returns once the
-/// database is closed.
+/// database is closed. Binds `config.metrics_listen` if set: failing to is
+/// an error naming the address, before anything else starts.
 pub async fn run(
     listener: TcpListener,
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+            Error::Startup(format!(
+                "cannot serve metrics on metrics_listen = {addr}: {e}"
+            ))
+        })?),
+        None => None,
+    };
+    run_with_metrics_listener(listener, metrics_listener, config, shutdown).await
+}
+
+/// As [`run`], with the metrics listener bound by the caller: `/metrics` is
+/// served on `metrics_listener` if it is `Some` (`config.metrics_listen` is
+/// not looked at).
+pub async fn run_with_metrics_listener(
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     let engine = Arc::new(Engine::open(&config.data_dir, config.sync)?);
+    let metrics = Metrics::new(Arc::downgrade(&engine));
+    let metrics_stop = CancellationToken::new();
+    let metrics_server = metrics_listener.map(|l| {
+        tracing::info!(addr = ?l.local_addr().ok(), "serving metrics at /metrics");
+        // TLS for the metrics endpoint comes with the gRPC TLS settings.
+        tokio::spawn(crate::metrics::http::serve(
+            l,
+            metrics.clone(),
+            None,
+            metrics_stop.clone(),
+        ))
+    });
     let scheduler = tokio::spawn(engine.clone().run_scheduler());
     let addr = listener
         .local_addr()
@@ -82,6 +123,7 @@ pub async fn run(
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let serve = tonic::transport::Server::builder()
         .layer(TraceLayer)
+        .layer(metrics.rpc_layer())
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -102,6 +144,10 @@ pub async fn run(
     }
     engine.shutdown();
     let _ = scheduler.await;
+    metrics_stop.cancel();
+    if let Some(task) = metrics_server {
+        let _ = task.await;
+    }
     close(engine).await;
     tracing::info!("database closed");
     Ok(())

@@ -7,6 +7,11 @@
 //! Tests run on `#[tokio::test(flavor = "multi_thread")]`, so that dropping a
 //! `TestServer` can wait for the database to close before deleting its files.
 //!
+//! A server configured with `metrics_listen` (e.g. `127.0.0.1:0`) gets a
+//! metrics listener bound by the harness before the server starts (through
+//! [`broker::server::run_with_metrics_listener`]), so that port 0 works and
+//! [`TestServer::metrics_addr`] tells the port.
+//!
 //! [`ChildServer`] runs the broker in a separate process (this same test
 //! binary, re-executed) so that a crash test can SIGKILL it and then open its
 //! data directory with [`TestServer::start_in`].
@@ -45,6 +50,8 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct TestServer {
     /// Where the current instance listens; a restart picks a new port.
     addr: SocketAddr,
+    /// Where it serves `/metrics`, if configured with `metrics_listen`.
+    metrics_addr: Option<SocketAddr>,
     /// The running instance; `None` only while restarting or shutting down.
     running: Option<Running>,
     /// The RocksDB directory. An `Option` only so that `Drop` can hand it to
@@ -87,9 +94,10 @@ impl TestServer {
     }
 
     async fn start_configured(data_dir: TempDir, configure: Configure) -> TestServer {
-        let (addr, running) = spawn_server(data_dir.path(), &*configure).await;
+        let (addr, metrics_addr, running) = spawn_server(data_dir.path(), &*configure).await;
         TestServer {
             addr,
+            metrics_addr,
             running: Some(running),
             data_dir: Some(data_dir),
             configure,
@@ -99,6 +107,13 @@ impl TestServer {
     /// The address the server listens on, e.g. `127.0.0.1:40123`.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where the server serves `/metrics`; panics unless it was started with
+    /// `metrics_listen` set (port 0 picks a free port).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+            .expect("start the server with `metrics_listen` set to serve metrics")
     }
 
     /// The server's data directory (kept across restarts).
@@ -118,8 +133,9 @@ impl TestServer {
     /// the old instance must reconnect with [`TestServer::client`].
     pub async fn restart(&mut self) {
         self.stop().await;
-        let (addr, running) = spawn_server(self.data_dir(), &*self.configure).await;
+        let (addr, metrics_addr, running) = spawn_server(self.data_dir(), &*self.configure).await;
         self.addr = addr;
+        self.metrics_addr = metrics_addr;
         self.running = Some(running);
     }
 
@@ -181,7 +197,7 @@ pub fn temp_data_dir() -> TempDir {
 async fn spawn_server(
     data_dir: &Path,
     configure: &(dyn Fn(&mut ServerConfig) + Send + Sync),
-) -> (SocketAddr, Running) {
+) -> (SocketAddr, Option<SocketAddr>, Running) {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind 127.0.0.1:0");
@@ -190,11 +206,27 @@ async fn spawn_server(
     let mut config = ServerConfig::new(data_dir);
     config.listen = addr;
     configure(&mut config);
-    let task = tokio::spawn(broker::server::run(listener, config, async move {
-        // A dropped sender means shutdown too.
-        let _ = shutdown_rx.await;
-    }));
-    (addr, Running { shutdown, task })
+    let metrics_listener = match config.metrics_listen {
+        Some(at) => Some(
+            TcpListener::bind(at)
+                .await
+                .unwrap_or_else(|e| panic!("bind the metrics listener {at}: {e}")),
+        ),
+        None => None,
+    };
+    let metrics_addr = metrics_listener
+        .as_ref()
+        .map(|l| l.local_addr().expect("the metrics listener's address"));
+    let task = tokio::spawn(broker::server::run_with_metrics_listener(
+        listener,
+        metrics_listener,
+        config,
+        async move {
+            // A dropped sender means shutdown too.
+            let _ = shutdown_rx.await;
+        },
+    ));
+    (addr, metrics_addr, Running { shutdown, task })
 }
 
 /// The test of the `it` binary that [`ChildServer`] runs: it must call
@@ -615,7 +647,7 @@ impl TestServer {
 /// which for a corrupt or locked directory would mean a silently empty or
 /// shared broker.
 pub async fn startup_error(data_dir: &Path) -> broker::Error {
-    let (addr, Running { shutdown, mut task }) = spawn_server(data_dir, &|_| {}).await;
+    let (addr, _, Running { shutdown, mut task }) = spawn_server(data_dir, &|_| {}).await;
     let serving = async {
         loop {
             if let Ok(client) = Client::connect(addr.to_string()).await

@@ -37,6 +37,7 @@
 //! messages (retention) once a second.
 
 pub mod attributes;
+pub mod counters;
 pub mod index;
 mod peek;
 mod rate;
@@ -59,6 +60,7 @@ use crate::clock::Clock;
 use crate::error::{Error, Result, invalid};
 use crate::storage::{Batch, Store, SyncMode, Ticket, keys};
 pub use attributes::{AttributeChanges, QueueAttributes, RedrivePolicy, RetryPolicy};
+use counters::{Activity, QueueCounters};
 use index::{QueueIndex, Timers};
 pub use peek::{MessageState, PEEK_DEFAULT, PEEK_MAX, Peeked};
 use receipt::ReceiptHandle;
@@ -127,6 +129,8 @@ struct Queue {
     notify: Arc<Notify>,
     /// The `max_receive_rate` bucket, if the queue has a rate.
     limiter: Option<rate::TokenBucket>,
+    /// Operations since the process started, for the metrics.
+    counters: QueueCounters,
 }
 
 impl Queue {
@@ -145,6 +149,7 @@ impl Queue {
             index: QueueIndex::default(),
             notify: Arc::new(Notify::new()),
             limiter: None,
+            counters: QueueCounters::default(),
         };
         q.set_attributes(attributes, now);
         q
@@ -163,6 +168,19 @@ impl Queue {
             self.limiter = Some(rate::TokenBucket::new(rate, burst, now));
         }
         self.attributes = attributes;
+    }
+
+    /// Exact counts at `now` (due timers must have been promoted).
+    fn stats(&self, now: u64) -> QueueStats {
+        QueueStats {
+            visible: self.index.ready.len() as u64,
+            in_flight: self.index.in_flight,
+            delayed: self.index.delayed,
+            oldest_message_age_seconds: self
+                .index
+                .oldest_sent_at()
+                .map_or(0, |sent| now.saturating_sub(sent) / 1000),
+        }
     }
 
     fn info(&self) -> QueueInfo {
@@ -333,6 +351,8 @@ pub struct Engine {
     /// Wakes the scheduler when a timer earlier than its sleep is set.
     scheduler: Notify,
     shutdown: CancellationToken,
+    /// Open long polls and streams, for the metrics.
+    activity: Activity,
 }
 
 impl Engine {
@@ -391,6 +411,7 @@ impl Engine {
             clock,
             scheduler: Notify::new(),
             shutdown: CancellationToken::new(),
+            activity: Activity::default(),
         })
     }
 
@@ -516,16 +537,7 @@ impl Engine {
         let mut st = self.lock();
         st.promote_due(now);
         let q = st.queue(name)?;
-        let stats = QueueStats {
-            visible: q.index.ready.len() as u64,
-            in_flight: q.index.in_flight,
-            delayed: q.index.delayed,
-            oldest_message_age_seconds: q
-                .index
-                .oldest_sent_at()
-                .map_or(0, |sent| now.saturating_sub(sent) / 1000),
-        };
-        Ok((q.info(), stats))
+        Ok((q.info(), q.stats(now)))
     }
 
     /// Up to `page_size` queues whose name starts with `prefix`, after
@@ -699,6 +711,7 @@ impl Engine {
         for p in placed {
             if let Some(q) = queues.get_mut(&p.queue_id) {
                 q.index.insert(timers, p.queue_id, p.seq, p.state, now);
+                q.counters.sent += 1;
                 if p.state.visible_at_ms <= now {
                     q.notify.notify_one();
                 }
@@ -848,12 +861,11 @@ impl Engine {
         for &(_, seq, state) in &claim.taken {
             q.index.update(timers, id, seq, state, now, true);
         }
+        q.counters.received += claim.taken.len() as u64;
         for (seq, dlq, dlq_seq, state) in moved {
-            queues
-                .get_mut(&id)
-                .expect("checked above")
-                .index
-                .remove(timers, id, seq);
+            let q = queues.get_mut(&id).expect("checked above");
+            q.index.remove(timers, id, seq);
+            q.counters.dead_lettered += 1;
             if let Some(d) = queues.get_mut(&dlq) {
                 d.index.insert(timers, dlq, dlq_seq, state, now);
                 d.notify.notify_one();
@@ -973,6 +985,7 @@ impl Engine {
                             let State { queues, timers, .. } = &mut *st;
                             if let Some(q) = queues.get_mut(&id) {
                                 q.index.remove(timers, id, seq);
+                                q.counters.deleted += 1;
                             }
                         }
                     }),
@@ -1111,11 +1124,9 @@ impl Engine {
             ticket = self.write(batch)?.or(ticket);
             let State { queues, timers, .. } = &mut *st;
             for (seq, to, new_seq, state) in placed {
-                queues
-                    .get_mut(&src)
-                    .expect("locked")
-                    .index
-                    .remove(timers, src, seq);
+                let s = queues.get_mut(&src).expect("locked");
+                s.index.remove(timers, src, seq);
+                s.counters.redriven += 1;
                 let q = queues.get_mut(&to).expect("locked");
                 q.index.insert(timers, to, new_seq, state, now);
                 q.notify.notify_one();
@@ -1153,6 +1164,7 @@ impl Engine {
         for &(id, seq) in &expired {
             if let Some(q) = queues.get_mut(&id) {
                 q.index.remove(timers, id, seq);
+                q.counters.expired += 1;
             }
         }
         Ok(expired.len() as u64)

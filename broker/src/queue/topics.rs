@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use prost::Message;
 
+use super::counters::TopicCounters;
 use super::{Engine, Placed, State, by_name, enqueue, paginate, records, validate};
 use crate::error::{Error, Result, invalid};
 use crate::storage::{Batch, Store, keys};
@@ -25,6 +26,8 @@ pub(super) struct Topic {
     created_at_ms: u64,
     /// Ids of its subscriptions, in creation order.
     subscriptions: Vec<u64>,
+    /// Publishes since the process started, for the metrics.
+    pub(super) counters: TopicCounters,
 }
 
 pub(super) struct Subscription {
@@ -82,6 +85,7 @@ pub(super) fn recover(store: &Store, st: &mut State) -> Result<u64> {
             Topic {
                 created_at_ms: rec.created_at_ms,
                 subscriptions: Vec::new(),
+                counters: TopicCounters::default(),
             },
         );
     }
@@ -159,6 +163,7 @@ impl Engine {
                 Topic {
                     created_at_ms,
                     subscriptions: Vec::new(),
+                    counters: TopicCounters::default(),
                 },
             );
             (
@@ -391,6 +396,12 @@ impl Engine {
             }
             let ticket = self.write(batch)?;
             self.place(&mut st, placed, now);
+            if let Some(t) = st.topics.get_mut(topic) {
+                for p in results.iter().flatten() {
+                    t.counters.published += 1;
+                    t.counters.delivered += u64::from(p.delivered);
+                }
+            }
             (results, ticket)
         };
         self.durable(ticket).await?;

@@ -297,6 +297,7 @@ impl pb::queue_service_server::QueueService for QueueApi {
             visibility_timeout_seconds: req.visibility_timeout_seconds,
             wait_time_seconds: req.wait_time_seconds,
         };
+        let _open = self.engine.long_poll_opened();
         let messages = self
             .engine
             .receive(&req.queue, opts)

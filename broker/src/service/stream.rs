@@ -55,6 +55,7 @@ pub async fn run(
     mut inbound: Streaming<pb::StreamMessagesRequest>,
     tx: mpsc::Sender<Result<pb::StreamMessagesResponse, Status>>,
 ) {
+    let _open = engine.stream_opened();
     let queue = open.queue;
     let mut outstanding: Vec<String> = Vec::new();
     loop {

@@ -4,7 +4,8 @@
 //! [`Store::multi_get`]), ordered scans (of a prefix for recovery,
 //! [`Store::scan_prefix`]; of a key range for paging, [`Store::scan_range`]),
 //! and atomic writes ([`Store::write`]) whose durability is awaited
-//! separately ([`Store::sync`]).
+//! separately ([`Store::sync`]). The metrics read [`Store::stats`]: sizes
+//! and write stalls, without RocksDB's names.
 //!
 //! # Atomicity
 //! A [`Batch`] is applied with one RocksDB `WriteBatch`: after a crash at any
@@ -89,9 +90,30 @@ impl Batch {
     }
 }
 
+/// The store's size and health, for the metrics. Sizes in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StorageStats {
+    /// Every SST file, including obsolete ones not deleted yet.
+    pub sst_files_bytes: u64,
+    /// The SST files of the current version (what compaction keeps).
+    pub live_sst_files_bytes: u64,
+    /// The write-ahead log files.
+    pub wal_bytes: u64,
+    /// Memtables, active and immutable (in memory, not on disk).
+    pub memtable_bytes: u64,
+    /// What compaction estimates it must rewrite to reach its targets.
+    pub pending_compaction_bytes: u64,
+    /// Writes are stopped (stalled) until compaction catches up.
+    pub write_stopped: bool,
+    /// The rate writes are slowed to while delayed; 0 when not delayed.
+    pub delayed_write_rate_bytes_per_second: u64,
+}
+
 /// The database, and the syncer thread that makes its writes durable.
 pub struct Store {
     db: Arc<DB>,
+    /// The data directory: its WAL files are summed for [`Store::stats`].
+    path: PathBuf,
     sync: Arc<SyncShared>,
     mode: SyncMode,
     syncer: Option<JoinHandle<()>>,
@@ -180,6 +202,7 @@ impl Store {
         };
         Ok(Store {
             db,
+            path: path.to_path_buf(),
             sync,
             mode,
             syncer,
@@ -262,6 +285,35 @@ impl Store {
             Ok(_) => Ok(()),
             Err(e) => Err(StorageError::Sync(e.clone())),
         }
+    }
+
+    /// The sizes and write stalls of the database. RocksDB keeps these
+    /// properties current; reading them takes no disk I/O, and the WAL size
+    /// is one directory listing (the WAL is a few files).
+    pub fn stats(&self) -> StorageStats {
+        let int = |name: &str| self.db.property_int_value(name).ok().flatten().unwrap_or(0);
+        StorageStats {
+            sst_files_bytes: int("rocksdb.total-sst-files-size"),
+            live_sst_files_bytes: int("rocksdb.live-sst-files-size"),
+            wal_bytes: self.wal_bytes(),
+            memtable_bytes: int("rocksdb.size-all-mem-tables"),
+            pending_compaction_bytes: int("rocksdb.estimate-pending-compaction-bytes"),
+            write_stopped: int("rocksdb.is-write-stopped") != 0,
+            delayed_write_rate_bytes_per_second: int("rocksdb.actual-delayed-write-rate"),
+        }
+    }
+
+    /// The size of the WAL files (`*.log`; RocksDB's own log is `LOG`).
+    fn wal_bytes(&self) -> u64 {
+        let Ok(entries) = std::fs::read_dir(&self.path) else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum()
     }
 
     /// Approximate bytes of live data, for diagnostics.
