@@ -293,8 +293,18 @@ enum Command {
 struct Pending {
     message: OutgoingMessage,
     /// Its share of the budget, given back when dropped.
-    _bytes: OwnedSemaphorePermit,
+    bytes: OwnedSemaphorePermit,
     reply: oneshot::Sender<Result<String, Error>>,
+}
+
+impl Pending {
+    /// Gives the budget back, then answers: whoever awaits the answer sees
+    /// the bytes released already (`in_flight_bytes`).
+    fn answer(self, result: Result<String, Error>) {
+        let Pending { bytes, reply, .. } = self;
+        drop(bytes);
+        let _ = reply.send(result);
+    }
 }
 
 impl Publisher {
@@ -366,7 +376,7 @@ impl Publisher {
             .commands
             .send(Command::Send(Pending {
                 message,
-                _bytes: bytes,
+                bytes,
                 reply,
             }))
             .map_err(|_| closed())?;
@@ -530,17 +540,17 @@ async fn send_batch(config: Arc<Config>, batch: Vec<Pending>) {
             };
             for (id, message_id) in successful {
                 if let Some(pending) = take(&id) {
-                    let _ = pending.reply.send(Ok(message_id));
+                    pending.answer(Ok(message_id));
                 }
             }
             for failure in failed {
                 if let Some(pending) = take(&failure.id) {
                     let status = tonic::Status::new(code_from_name(&failure.code), failure.message);
-                    let _ = pending.reply.send(Err(Error::from(status)));
+                    pending.answer(Err(Error::from(status)));
                 }
             }
             for pending in waiting.into_iter().flatten() {
-                let _ = pending.reply.send(Err(Error::Other {
+                pending.answer(Err(Error::Other {
                     code: tonic::Code::Internal,
                     message: "the broker's answer to the batch did not mention this message".into(),
                 }));
@@ -548,7 +558,7 @@ async fn send_batch(config: Arc<Config>, batch: Vec<Pending>) {
         }
         Err(error) => {
             for pending in batch {
-                let _ = pending.reply.send(Err(copy(&error)));
+                pending.answer(Err(copy(&error)));
             }
         }
     }
