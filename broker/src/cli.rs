@@ -518,7 +518,10 @@ pub async fn run(args: &ClientArgs, cmd: Command) -> anyhow::Result<()> {
                 destination_queue: to.clone().unwrap_or_default(),
                 max_messages: max.unwrap_or(0),
             };
-            let moved = match per_second.and_then(std::num::NonZeroU32::new) {
+            let per_second = per_second
+                .map(|n| std::num::NonZeroU32::new(n).context("--per-second must be at least 1"))
+                .transpose()?;
+            let moved = match per_second {
                 None => client.redrive_messages(request).await.map(|r| r.moved),
                 Some(rate) => {
                     let mut progress = admin::ProgressPrinter::new(&dlq);

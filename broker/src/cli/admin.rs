@@ -418,12 +418,40 @@ pub async fn top(
             ticker.tick().await;
             queue_rows(client, prefix).await
         };
-        let rows = tokio::select! {
-            rows = frame => rows.map_err(|e| failure(e, None))?,
+        let result = tokio::select! {
+            result = frame => result,
             () = &mut stop => return Ok(()),
         };
-        let taken = Instant::now();
         let at_ms = now_ms();
+        let rows = match result {
+            Ok(rows) => rows,
+            // A broker restarting or out of reach: say so and keep trying
+            // (the connection comes back by itself); rates start afresh.
+            Err(
+                e @ (broker_client::Error::Unavailable(_)
+                | broker_client::Error::DeadlineExceeded(_)),
+            ) => {
+                let line = format!(
+                    "{}  {e}; retrying every {}",
+                    timestamp(at_ms),
+                    humantime::format_duration(interval)
+                );
+                if json {
+                    emit(&format!(
+                        "{}\n",
+                        json!({ "at_ms": at_ms, "error": e.to_string() })
+                    ))?;
+                } else if terminal {
+                    emit(&format!("{CLEAR_SCREEN}{line}\n"))?;
+                } else {
+                    emit(&format!("{line}\n"))?;
+                }
+                previous = None;
+                continue;
+            }
+            Err(e) => return Err(failure(e, None)),
+        };
+        let taken = Instant::now();
         let rates = previous
             .as_ref()
             .map(|(before, then)| visible_rates(before, &rows, taken - *then))

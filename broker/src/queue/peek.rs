@@ -11,6 +11,8 @@
 //!   are scanned from just after the page token's seq (`storage::keys` puts
 //!   one queue's keys together, in seq order), the index is looked up per
 //!   seq under the lock, and the bodies are read by point lookups after it.
+//!   (RocksDB also steps over the tombstones of messages deleted since the
+//!   last compaction; compaction bounds those.)
 //! - Consistency: the scan runs without the engine lock, so a message
 //!   deleted or moved between the scan and the lookups is left out of the
 //!   page (a page may hold fewer than `max_messages` while more follow; the
@@ -195,7 +197,52 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::queue::{AttributeChanges, NewMessage, ReceiveOptions, RetryPolicy};
+    use crate::storage::SyncMode;
+
+    /// A backoff counts as in flight until it lapses; a lapsed one is shown
+    /// visible at once, and the peek leaves the promotion to the next
+    /// receive (or the scheduler, not running here): the index is untouched.
+    #[tokio::test(start_paused = true)]
+    async fn peek_follows_the_clock_without_touching_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Engine::open(dir.path(), SyncMode::None).unwrap();
+        let retry = AttributeChanges {
+            retry_policy: Some(Some(RetryPolicy {
+                min_backoff_seconds: 5,
+                max_backoff_seconds: 5,
+            })),
+            ..Default::default()
+        };
+        e.create_queue("q", &retry).await.unwrap();
+        let message = NewMessage {
+            body: Bytes::from_static(b"a"),
+            ..Default::default()
+        };
+        e.send("q", vec![message]).await.unwrap();
+        let opts = ReceiveOptions {
+            max_messages: 1,
+            visibility_timeout_seconds: Some(0),
+            wait_time_seconds: Some(0),
+        };
+        let released_at = e.now_ms();
+        assert_eq!(e.receive("q", opts).await.unwrap().len(), 1);
+
+        let (page, _) = e.peek("q", 0, "").unwrap();
+        assert_eq!(page[0].state, MessageState::InFlight);
+        assert_eq!(page[0].visible_at_ms, released_at + 5_000);
+        assert_eq!(page[0].receive_count, 1);
+
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let (page, _) = e.peek("q", 0, "").unwrap();
+        assert_eq!(page[0].state, MessageState::Visible);
+        let ready = |e: &Engine| e.lock().queue("q").unwrap().index.ready.len();
+        assert_eq!(ready(&e), 0, "peek promoted nothing");
+        assert_eq!(e.receive("q", opts).await.unwrap()[0].receive_count, 2);
+    }
 
     #[test]
     fn tokens_round_trip_and_garbage_is_refused() {

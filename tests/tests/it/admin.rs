@@ -244,3 +244,22 @@ async fn operator_commands_run_end_to_end() {
     run(&args, redrive).await.expect("redrive --per-second");
     assert_eq!(counts(&client, "work").await, Counts::new(5, 0, 0));
 }
+
+/// `top` is for watching a broker: one that goes away is reported in the
+/// frame and retried, not the end of `top`.
+#[tokio::test(flavor = "multi_thread")]
+async fn top_keeps_refreshing_while_the_broker_is_away() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    create_queue(&client, "work", attributes()).await;
+    let addr = server.addr().to_string();
+
+    let stop = tokio::time::sleep(Duration::from_millis(600));
+    let top = broker::cli::admin::top(&client, true, &addr, "", Duration::from_millis(100), stop);
+    let stop_server = async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        server.shutdown().await;
+    };
+    let (result, ()) = tokio::join!(top, stop_server);
+    result.expect("top outlives its broker");
+}
