@@ -76,7 +76,7 @@ pub async fn run_with_metrics_listener(
     let metrics_stop = CancellationToken::new();
     let metrics_server = metrics_listener.map(|l| {
         tracing::info!(addr = ?l.local_addr().ok(), "serving metrics at /metrics");
-        // TLS for the metrics endpoint comes with the gRPC TLS settings.
+        // Plaintext until `config.tls` builds an acceptor for both listeners.
         tokio::spawn(crate::metrics::http::serve(
             l,
             metrics.clone(),

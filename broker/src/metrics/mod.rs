@@ -18,8 +18,10 @@
 //! # Metrics
 //! Queues (label `queue`):
 //! - `broker_queue_messages{queue,state}` gauge: messages by `state`:
-//!   `visible` (receivable now), `in_flight` (received, visibility timeout
-//!   running), `delayed` (sent with a delay, or backing off before a retry).
+//!   `visible` (receivable now), `in_flight` (received and hidden: its
+//!   visibility timeout, or a retry backoff, is running), `delayed` (sent
+//!   with a delay not yet over, never received). The same counts as
+//!   `GetQueue`'s stats.
 //! - `broker_queue_oldest_message_age_seconds{queue}` gauge: age of the
 //!   oldest message in the queue, whatever its state; 0 when empty.
 //! - `broker_queue_sent_total{queue}` counter: messages added by a send, or
