@@ -19,6 +19,10 @@ pub enum Error {
     FailedPrecondition(String),
     #[error("{0}")]
     ResourceExhausted(String),
+    /// A startup setting the server cannot use (a TLS file, the token
+    /// file); never returned for a request.
+    #[error("{0}")]
+    Config(String),
     /// The broker is shutting down.
     #[error("the broker is shutting down")]
     ShuttingDown,

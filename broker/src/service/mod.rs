@@ -20,7 +20,7 @@ pub fn code(e: &Error) -> Code {
         Error::FailedPrecondition(_) => Code::FailedPrecondition,
         Error::ResourceExhausted(_) => Code::ResourceExhausted,
         Error::ShuttingDown => Code::Unavailable,
-        Error::Storage(_) => Code::Internal,
+        Error::Storage(_) | Error::Config(_) => Code::Internal,
     }
 }
 

@@ -1,4 +1,8 @@
 //! `broker.v1.QueueService` over the queue engine.
+//!
+//! Every handler first checks the caller's permission (`crate::auth`; the
+//! table of what each RPC needs is there), then the per-connection and
+//! per-broker limits (`crate::limits`), then calls the engine.
 
 use std::sync::Arc;
 
@@ -6,6 +10,9 @@ use broker_proto::pb;
 use tonic::{Request, Response, Status};
 
 use super::{run_batch, status};
+use crate::auth::{self, Permission};
+use crate::config::Limits;
+use crate::limits::{LongPolls, Streams};
 use crate::queue::{
     AttributeChanges, Engine, NewMessage, QueueInfo, QueueStats, ReceiveOptions, Received,
     RedrivePolicy, RetryPolicy,
@@ -13,11 +20,26 @@ use crate::queue::{
 
 pub struct QueueApi {
     engine: Arc<Engine>,
+    /// Open `StreamMessages` streams (`max_streams`).
+    streams: Streams,
+    /// Waiting receives per connection (`max_long_polls_per_connection`).
+    long_polls: LongPolls,
 }
 
 impl QueueApi {
+    /// The service with the default [`Limits`].
     pub fn new(engine: Arc<Engine>) -> QueueApi {
-        QueueApi { engine }
+        QueueApi::with_limits(engine, &Limits::default())
+    }
+
+    /// The service enforcing `limits.max_streams` and
+    /// `limits.max_long_polls_per_connection`.
+    pub fn with_limits(engine: Arc<Engine>, limits: &Limits) -> QueueApi {
+        QueueApi {
+            engine,
+            streams: Streams::new(limits.max_streams),
+            long_polls: LongPolls::new(limits.max_long_polls_per_connection),
+        }
     }
 }
 
@@ -128,12 +150,20 @@ impl pb::queue_service_server::QueueService for QueueApi {
         &self,
         req: Request<tonic::Streaming<pb::StreamMessagesRequest>>,
     ) -> Reply<MessageStream> {
+        let caller = auth::caller(&req)?;
+        // Taken before the stream does anything, held by its task.
+        let slot = self.streams.open()?;
         let mut inbound = req.into_inner();
         let open = super::stream::open(inbound.message().await?)?;
+        caller.require(Permission::Receive, &open.queue)?;
         // The queue must exist now: fail the call, not the first push.
         self.engine.get_queue(&open.queue).map_err(status)?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tokio::spawn(super::stream::run(self.engine.clone(), open, inbound, tx));
+        let run = super::stream::run(self.engine.clone(), open, inbound, tx);
+        tokio::spawn(async move {
+            run.await;
+            drop(slot);
+        });
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
@@ -143,6 +173,7 @@ impl pb::queue_service_server::QueueService for QueueApi {
         &self,
         req: Request<pb::CreateQueueRequest>,
     ) -> Reply<pb::CreateQueueResponse> {
+        auth::require_admin(&req)?;
         let req = req.into_inner();
         let q = self
             .engine
@@ -155,6 +186,7 @@ impl pb::queue_service_server::QueueService for QueueApi {
     }
 
     async fn get_queue(&self, req: Request<pb::GetQueueRequest>) -> Reply<pb::GetQueueResponse> {
+        auth::caller(&req)?.require_queue_visible(&req.get_ref().name)?;
         let (q, stats) = self
             .engine
             .get_queue(&req.into_inner().name)
@@ -169,13 +201,20 @@ impl pb::queue_service_server::QueueService for QueueApi {
         &self,
         req: Request<pb::ListQueuesRequest>,
     ) -> Reply<pb::ListQueuesResponse> {
+        let caller = auth::caller(&req)?;
         let req = req.into_inner();
         let (queues, next_page_token) = self
             .engine
             .list_queues(&req.prefix, req.page_size, &req.page_token)
             .map_err(status)?;
+        // Only the queues the caller may see: a page may come back short,
+        // and `next_page_token` still continues after the whole page.
         Ok(Response::new(pb::ListQueuesResponse {
-            queues: queues.into_iter().map(Into::into).collect(),
+            queues: queues
+                .into_iter()
+                .filter(|q| caller.may_see_queue(&q.name))
+                .map(Into::into)
+                .collect(),
             next_page_token,
         }))
     }
@@ -184,6 +223,7 @@ impl pb::queue_service_server::QueueService for QueueApi {
         &self,
         req: Request<pb::UpdateQueueRequest>,
     ) -> Reply<pb::UpdateQueueResponse> {
+        auth::require_admin(&req)?;
         let req = req.into_inner();
         let q = self
             .engine
@@ -199,6 +239,7 @@ impl pb::queue_service_server::QueueService for QueueApi {
         &self,
         req: Request<pb::DeleteQueueRequest>,
     ) -> Reply<pb::DeleteQueueResponse> {
+        auth::require_admin(&req)?;
         self.engine
             .delete_queue(&req.into_inner().name)
             .await
@@ -210,6 +251,7 @@ impl pb::queue_service_server::QueueService for QueueApi {
         &self,
         req: Request<pb::PurgeQueueRequest>,
     ) -> Reply<pb::PurgeQueueResponse> {
+        auth::require_admin(&req)?;
         self.engine
             .purge_queue(&req.into_inner().name)
             .await
@@ -221,6 +263,7 @@ impl pb::queue_service_server::QueueService for QueueApi {
         &self,
         req: Request<pb::SendMessageRequest>,
     ) -> Reply<pb::SendMessageResponse> {
+        auth::require(&req, Permission::Send, &req.get_ref().queue)?;
         let req = req.into_inner();
         let message = NewMessage {
             body: req.body,
@@ -240,6 +283,7 @@ impl pb::queue_service_server::QueueService for QueueApi {
         &self,
         req: Request<pb::SendMessageBatchRequest>,
     ) -> Reply<pb::SendMessageBatchResponse> {
+        auth::require(&req, Permission::Send, &req.get_ref().queue)?;
         let req = req.into_inner();
         let (successful, failed) = run_batch(
             req.entries,
@@ -270,6 +314,13 @@ impl pb::queue_service_server::QueueService for QueueApi {
         &self,
         req: Request<pb::ReceiveMessagesRequest>,
     ) -> Reply<pb::ReceiveMessagesResponse> {
+        auth::require(&req, Permission::Receive, &req.get_ref().queue)?;
+        // Held until the receive returns or its future is dropped.
+        let _long_poll = if req.get_ref().wait_time_seconds == Some(0) {
+            None
+        } else {
+            self.long_polls.start(req.remote_addr())?
+        };
         let req = req.into_inner();
         let opts = ReceiveOptions {
             max_messages: req.max_messages,
@@ -290,6 +341,7 @@ impl pb::queue_service_server::QueueService for QueueApi {
         &self,
         req: Request<pb::DeleteMessageRequest>,
     ) -> Reply<pb::DeleteMessageResponse> {
+        auth::require(&req, Permission::Receive, &req.get_ref().queue)?;
         let req = req.into_inner();
         let mut results = self
             .engine
@@ -304,6 +356,7 @@ impl pb::queue_service_server::QueueService for QueueApi {
         &self,
         req: Request<pb::DeleteMessageBatchRequest>,
     ) -> Reply<pb::DeleteMessageBatchResponse> {
+        auth::require(&req, Permission::Receive, &req.get_ref().queue)?;
         let req = req.into_inner();
         let (successful, failed) = run_batch(
             req.entries,
@@ -325,6 +378,7 @@ impl pb::queue_service_server::QueueService for QueueApi {
         &self,
         req: Request<pb::ChangeMessageVisibilityRequest>,
     ) -> Reply<pb::ChangeMessageVisibilityResponse> {
+        auth::require(&req, Permission::Receive, &req.get_ref().queue)?;
         let req = req.into_inner();
         let mut results = self
             .engine
@@ -341,6 +395,7 @@ impl pb::queue_service_server::QueueService for QueueApi {
         &self,
         req: Request<pb::ChangeMessageVisibilityBatchRequest>,
     ) -> Reply<pb::ChangeMessageVisibilityBatchResponse> {
+        auth::require(&req, Permission::Receive, &req.get_ref().queue)?;
         let req = req.into_inner();
         let (successful, failed) = run_batch(
             req.entries,
@@ -364,6 +419,7 @@ impl pb::queue_service_server::QueueService for QueueApi {
         &self,
         req: Request<pb::RedriveMessagesRequest>,
     ) -> Reply<pb::RedriveMessagesResponse> {
+        auth::require_admin(&req)?;
         let req = req.into_inner();
         let moved = self
             .engine
