@@ -158,7 +158,11 @@ impl Grant {
             "send" => Permission::Send,
             "receive" => Permission::Receive,
             "publish" => Permission::Publish,
-            _ => return Err(format!("unknown permission kind {kind:?} in {text:?}; {expected}")),
+            _ => {
+                return Err(format!(
+                    "unknown permission kind {kind:?} in {text:?}; {expected}"
+                ));
+            }
         };
         let pattern = Pattern::parse(pattern).map_err(|e| format!("permission {text:?}: {e}"))?;
         Ok(Grant {
@@ -194,16 +198,20 @@ impl Principal {
     }
 
     pub fn is_admin(&self) -> bool {
-        self.grants.iter().any(|g| g.permission == Permission::Admin)
+        self.grants
+            .iter()
+            .any(|g| g.permission == Permission::Admin)
     }
 
     /// Whether the token has `permission` on `name` (or is admin).
     pub fn allows(&self, permission: Permission, name: &str) -> bool {
-        self.grants.iter().any(|g| match (&g.permission, &g.pattern) {
-            (Permission::Admin, _) => true,
-            (p, Some(pattern)) => *p == permission && pattern.matches(name),
-            (_, None) => false,
-        })
+        self.grants
+            .iter()
+            .any(|g| match (&g.permission, &g.pattern) {
+                (Permission::Admin, _) => true,
+                (p, Some(pattern)) => *p == permission && pattern.matches(name),
+                (_, None) => false,
+            })
     }
 
     /// Whether the token may see the queue `name`: admin, send or receive.
@@ -542,7 +550,10 @@ mod tests {
         assert_eq!(tokens.len(), 3);
         assert_eq!(principal(&tokens, "orders-secret").name(), "orders-service");
         assert_eq!(principal(&tokens, "operator-secret").name(), "operator");
-        assert_eq!(principal(&tokens, "reader-secret").name(), "everything-reader");
+        assert_eq!(
+            principal(&tokens, "reader-secret").name(),
+            "everything-reader"
+        );
         assert!(tokens.authenticate(b"orders-secre").is_none());
         assert!(tokens.authenticate(b"orders-secret2").is_none());
         assert!(tokens.authenticate(b"").is_none());
@@ -627,7 +638,10 @@ mod tests {
         assert!(e.contains("unknown permission kind \"sned\""), "{e}");
 
         let e = parse_error(&one("a", "", r#"["admin"]"#));
-        assert!(e.contains("tokens[0]") && e.contains("token is empty"), "{e}");
+        assert!(
+            e.contains("tokens[0]") && e.contains("token is empty"),
+            "{e}"
+        );
 
         let e = parse_error(&format!(
             "{}{}",
@@ -678,7 +692,10 @@ mod tests {
 
         let missing = dir.path().join("missing.toml");
         let e = Tokens::load(&missing).unwrap_err().to_string();
-        assert!(e.contains("missing.toml") && e.contains("--auth-tokens"), "{e}");
+        assert!(
+            e.contains("missing.toml") && e.contains("--auth-tokens"),
+            "{e}"
+        );
 
         std::fs::write(&path, one("a", "s", r#"["nope:x"]"#)).unwrap();
         let e = Tokens::load(&path).unwrap_err().to_string();

@@ -269,7 +269,7 @@ mod tests {
             "{status:?}"
         );
         drop(slot);
-        streams.open().unwrap();
+        drop(streams.open().unwrap());
     }
 
     #[tokio::test]

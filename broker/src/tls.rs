@@ -162,8 +162,12 @@ fn certificates(path: &Path, pem: &[u8], flag: &str) -> Result<Vec<CertificateDe
 }
 
 fn read(path: &Path, what: &str) -> Result<Vec<u8>> {
-    std::fs::read(path)
-        .map_err(|e| tls_error(format!("cannot read TLS {what} file {}: {e}", path.display())))
+    std::fs::read(path).map_err(|e| {
+        tls_error(format!(
+            "cannot read TLS {what} file {}: {e}",
+            path.display()
+        ))
+    })
 }
 
 fn tls_error(message: String) -> Error {
@@ -240,9 +244,11 @@ mod tests {
         let e = message(acceptor(&files.config("nope.pem", "key.pem", None)));
         assert!(e.contains("cannot read TLS certificate file"), "{e}");
         assert!(e.contains("nope.pem"), "{e}");
-        let e = message(server_tls_config(
-            &files.config("cert.pem", "key.pem", Some("nope.pem")),
-        ));
+        let e = message(server_tls_config(&files.config(
+            "cert.pem",
+            "key.pem",
+            Some("nope.pem"),
+        )));
         assert!(e.contains("client CA certificate file"), "{e}");
     }
 
@@ -257,7 +263,11 @@ mod tests {
         assert!(e.contains("--tls-key"), "{e}");
         let e = message(acceptor(&files.config("cert.pem", "garbage.pem", None)));
         assert!(e.contains("garbage.pem"), "{e}");
-        let e = message(acceptor(&files.config("cert.pem", "key.pem", Some("key.pem"))));
+        let e = message(acceptor(&files.config(
+            "cert.pem",
+            "key.pem",
+            Some("key.pem"),
+        )));
         assert!(e.contains("--tls-client-ca"), "{e}");
     }
 

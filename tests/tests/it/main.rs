@@ -11,6 +11,8 @@
 //! - `long_poll`: what wakes a waiting receive, and disconnects mid-wait
 //! - `delivery`: a queue's receive rate limit and retry backoff
 //! - `dead_letter`: redrive policies, dead-letter moves and `RedriveMessages`
+//! - `security`: TLS (server and client certificates), token authentication
+//!   and permissions, and the connection / stream / long-poll / request-size limits
 //! - `restart`: what survives a graceful restart on the same data directory,
 //!   and a SIGKILLed server process
 //! - `stream`: push delivery over `StreamMessages`
@@ -28,6 +30,7 @@ mod long_poll;
 mod queues;
 mod receive;
 mod restart;
+mod security;
 mod send;
 mod stream;
 mod topics;
