@@ -64,6 +64,8 @@ pub fn server_tls_config(config: &TlsConfig) -> Result<ServerTlsConfig> {
 /// A TLS acceptor for an HTTP/1.1 listener (the metrics endpoint): wrap each
 /// accepted TCP stream with `acceptor.accept(stream)`. It offers ALPN
 /// `http/1.1` only. The same file checks as [`server_tls_config`] apply.
+/// The caller bounds each handshake (e.g. with [`HANDSHAKE_TIMEOUT`]), so a
+/// client that connects and sends nothing cannot hold a task for ever.
 pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor> {
     let mut server = load(config)?.server;
     server.alpn_protocols = vec![b"http/1.1".to_vec()];
