@@ -25,7 +25,7 @@ use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
 
 use anyhow::{Context as _, anyhow, bail};
-use broker_client::{Client, pb};
+use broker_client::{Client, ConnectOptions, pb};
 use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt as _;
@@ -33,7 +33,7 @@ use tokio::io::AsyncReadExt as _;
 pub mod admin;
 
 /// Options shared by every client command.
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Default)]
 pub struct ClientArgs {
     /// Broker address, "host:port" or "http://host:port"
     #[arg(
@@ -47,6 +47,70 @@ pub struct ClientArgs {
     /// Print JSON instead of text
     #[arg(long, global = true, display_order = 1000)]
     pub json: bool,
+    /// Token for a broker with authentication (sent as `authorization: Bearer`)
+    #[arg(
+        long,
+        global = true,
+        env = "BROKER_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN",
+        display_order = 1001
+    )]
+    pub token: Option<String>,
+    /// CA certificate (PEM) of the broker's TLS certificate; connects with TLS
+    #[arg(
+        long,
+        global = true,
+        env = "BROKER_TLS_CA",
+        value_name = "FILE",
+        display_order = 1001
+    )]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM), for a broker that requires one; with --client-key
+    // Not `--tls-cert`: that is `broker serve`'s own certificate.
+    #[arg(
+        long,
+        global = true,
+        env = "BROKER_CLIENT_CERT",
+        value_name = "FILE",
+        display_order = 1001
+    )]
+    pub client_cert: Option<PathBuf>,
+    /// Private key (PEM) of --client-cert
+    #[arg(
+        long,
+        global = true,
+        env = "BROKER_CLIENT_KEY",
+        value_name = "FILE",
+        display_order = 1001
+    )]
+    pub client_key: Option<PathBuf>,
+}
+
+impl ClientArgs {
+    /// The token and TLS settings of the flags, with the PEM files read.
+    pub fn connect_options(&self) -> anyhow::Result<ConnectOptions> {
+        let read = |path: &PathBuf, flag: &str| {
+            std::fs::read(path).with_context(|| format!("cannot read {flag} {}", path.display()))
+        };
+        let mut options = ConnectOptions::new();
+        if let Some(token) = &self.token {
+            options = options.token(token.trim());
+        }
+        if let Some(ca) = &self.tls_ca {
+            options = options.tls_ca_pem(read(ca, "--tls-ca")?);
+        }
+        match (&self.client_cert, &self.client_key) {
+            (Some(cert), Some(key)) => {
+                options = options
+                    .tls_identity_pem(read(cert, "--client-cert")?, read(key, "--client-key")?);
+            }
+            (None, None) => {}
+            (Some(_), None) => bail!("--client-cert needs --client-key (its private key)"),
+            (None, Some(_)) => bail!("--client-key needs --client-cert (its certificate)"),
+        }
+        Ok(options)
+    }
 }
 
 /// Commands that talk to a running broker.
@@ -409,6 +473,21 @@ fn attribute_map(attrs: Vec<(String, String)>) -> anyhow::Result<HashMap<String,
 
 /// Runs one client command against the broker at `args.server`.
 pub async fn run(args: &ClientArgs, cmd: Command) -> anyhow::Result<()> {
+    // Most calls report through `failure`, which adds the hint itself;
+    // this catches a client error passed up as it is.
+    run_command(args, cmd)
+        .await
+        .map_err(|e| match e.downcast_ref::<broker_client::Error>() {
+            Some(broker_client::Error::Unauthenticated(_)) => anyhow!("{e:#}\n{TOKEN_HINT}"),
+            _ => e,
+        })
+}
+
+/// Added to an UNAUTHENTICATED error.
+const TOKEN_HINT: &str =
+    "hint: the broker requires a valid token: pass it with --token or set BROKER_TOKEN";
+
+async fn run_command(args: &ClientArgs, cmd: Command) -> anyhow::Result<()> {
     // Checked before connecting: a usage mistake should not wait on the network.
     if let Command::Queue {
         cmd:
@@ -425,12 +504,14 @@ pub async fn run(args: &ClientArgs, cmd: Command) -> anyhow::Result<()> {
             "nothing to update: give at least one attribute flag (see `broker queue update --help`)"
         );
     }
-    let client = Client::connect(&args.server).await.map_err(|e| {
-        anyhow!(
-            "{e}\nhint: is the broker running? Start one with `broker serve`, \
+    let client = Client::connect_with(&args.server, args.connect_options()?)
+        .await
+        .map_err(|e| {
+            anyhow!(
+                "{e}\nhint: is the broker running? Start one with `broker serve`, \
              or point --server / BROKER_ADDR at it"
-        )
-    })?;
+            )
+        })?;
     let json = args.json;
     match cmd {
         Command::Queue { cmd } => run_queue(&client, json, cmd).await,
@@ -909,6 +990,7 @@ fn failure_of(err: broker_client::Error, only: Option<(&str, &str)>) -> anyhow::
     use broker_client::Error as E;
     match (&err, only) {
         (E::NotFound(_), Some((kind, name))) => anyhow!("{kind} '{name}' not found"),
+        (E::Unauthenticated(_), _) => anyhow!("{err}\n{TOKEN_HINT}"),
         (
             E::InvalidArgument(m) | E::NotFound(m) | E::AlreadyExists(m) | E::FailedPrecondition(m),
             _,
@@ -1322,6 +1404,24 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         TestCli::command().debug_assert();
+    }
+
+    #[test]
+    fn security_flags_become_connect_options() {
+        let cli = parse(&["--token", "t0k", "send", "q", "body"]).unwrap();
+        assert_eq!(cli.client.token.as_deref(), Some("t0k"));
+        cli.client.connect_options().unwrap();
+
+        let cli = parse(&["send", "q", "body", "--client-cert", "c.pem"]).unwrap();
+        let e = cli.client.connect_options().unwrap_err().to_string();
+        assert!(e.contains("--client-key"), "{e}");
+
+        let cli = parse(&["--tls-ca", "/nonexistent/ca.pem", "send", "q", "body"]).unwrap();
+        let e = cli.client.connect_options().unwrap_err().to_string();
+        assert!(
+            e.contains("--tls-ca") && e.contains("/nonexistent/ca.pem"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -25,8 +25,9 @@ pub enum Error {
     /// Not the client's fault; logged in full, reported as INTERNAL.
     #[error(transparent)]
     Storage(#[from] StorageError),
-    /// The server could not start (e.g. a listener could not be bound);
-    /// returned by `server::run`, never to a client.
+    /// The server could not start: a listener could not be bound, a TLS
+    /// file or the token file is unusable. Returned by `server::run`, never
+    /// to a client.
     #[error("{0}")]
     Startup(String),
 }

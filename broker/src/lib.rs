@@ -9,18 +9,22 @@
 //! - [`topic`]: topic records, filter policies, the JSON envelope of copies.
 //! - [`storage`]: the narrow storage interface; the only module that imports RocksDB.
 //! - [`config`]: server settings.
+//! - [`tls`], [`auth`], [`limits`]: TLS for the listeners, token authentication and permissions, limits that protect the broker.
 //! - [`cli`]: the command-line client of the `broker` binary.
 //! - [`clock`], [`error`]: wall-clock time that follows tokio's clock; the engine's error type.
 
+pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod limits;
 pub mod metrics;
 pub mod queue;
 pub mod server;
 pub mod service;
 pub mod storage;
+pub mod tls;
 pub mod topic;
 
 pub use error::{Error, Result};

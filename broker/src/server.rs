@@ -20,6 +20,13 @@
 //! there ([`crate::metrics`]); [`run_with_metrics_listener`] takes that
 //! listener already bound, so that a caller (a test) can bind port 0 and
 //! know the port before the server starts.
+//!
+//! Security (checked before the database is opened, so that a bad setting
+//! fails fast): TLS from `config.tls` for the gRPC and metrics listeners
+//! (`crate::tls`), the token interceptor from `config.auth_tokens` on both
+//! broker services (`crate::auth`; health and reflection stay open), and
+//! the limits of `config.limits` (`crate::limits`). Without a token file the
+//! broker warns when it listens on a non-loopback address.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -29,7 +36,9 @@ use broker_proto::pb::queue_service_server::QueueServiceServer;
 use broker_proto::pb::topic_service_server::TopicServiceServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 
+use crate::auth::{Authenticator, Tokens};
 use crate::config::ServerConfig;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -71,16 +80,23 @@ pub async fn run_with_metrics_listener(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    let authenticator = authenticator(&config, &listener)?;
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder
+            .tls_config(crate::tls::server_tls_config(tls)?)
+            .map_err(|e| crate::Error::Startup(format!("cannot set up TLS: {e}")))?;
+    }
+    let metrics_tls = config.tls.as_ref().map(crate::tls::acceptor).transpose()?;
     let engine = Arc::new(Engine::open(&config.data_dir, config.sync)?);
     let metrics = Metrics::new(Arc::downgrade(&engine));
     let metrics_stop = CancellationToken::new();
     let metrics_server = metrics_listener.map(|l| {
         tracing::info!(addr = ?l.local_addr().ok(), "serving metrics at /metrics");
-        // Plaintext until `config.tls` builds an acceptor for both listeners.
         tokio::spawn(crate::metrics::http::serve(
             l,
             metrics.clone(),
-            None,
+            metrics_tls,
             metrics_stop.clone(),
         ))
     });
@@ -112,16 +128,25 @@ pub async fn run_with_metrics_listener(
             engine.shutdown();
         }
     };
-    let queues = QueueServiceServer::new(QueueApi::new(engine.clone()))
-        .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+    let limits = config.limits;
+    // The decoding limit is checked against a message's length prefix,
+    // before the message is buffered.
+    let queues = QueueServiceServer::new(QueueApi::with_limits(engine.clone(), &limits))
+        .max_decoding_message_size(limits.max_request_bytes)
         .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
     let topics = TopicServiceServer::new(TopicApi::new(engine.clone()))
-        .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+        .max_decoding_message_size(limits.max_request_bytes)
         .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+    // Only the broker's own services need a token (not health/reflection).
+    let queues = InterceptedService::new(queues, authenticator.clone());
+    let topics = InterceptedService::new(topics, authenticator);
     // `Server::tcp_nodelay` is ignored for a caller's listener: without
     // this, Nagle holds most responses back for the peer's delayed ACK (~40 ms).
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let serve = tonic::transport::Server::builder()
+    // tonic (0.14) runs the TLS handshake on connections of a caller's
+    // incoming stream too, after they are accepted here.
+    let incoming = crate::limits::limit_connections(incoming, limits.max_connections);
+    let serve = builder
         .layer(TraceLayer)
         .layer(metrics.rpc_layer())
         .add_service(health_service)
@@ -158,6 +183,31 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(broker_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
+/// The token interceptor: with `config.auth_tokens`, the tokens of that
+/// file; without, everyone may do everything, and a non-loopback listener
+/// is worth a warning.
+fn authenticator(config: &ServerConfig, listener: &TcpListener) -> Result<Authenticator> {
+    match &config.auth_tokens {
+        Some(path) => {
+            let tokens = Tokens::load(path)?;
+            tracing::info!(tokens = tokens.len(), file = %path.display(), "authentication on");
+            Ok(Authenticator::new(tokens))
+        }
+        None => {
+            if let Ok(addr) = listener.local_addr()
+                && !addr.ip().is_loopback()
+            {
+                tracing::warn!(
+                    %addr,
+                    "authentication is off (no --auth-tokens) and the broker listens on a \
+                     non-loopback address: anyone who can reach it may do everything"
+                );
+            }
+            Ok(Authenticator::off())
+        }
+    }
 }
 
 /// Drops the last reference to the engine, which closes the database.

@@ -20,6 +20,23 @@
 //! A `Client` is a cheap handle over one HTTP/2 connection: clone it freely
 //! and use the clones from many tasks at once; requests are multiplexed.
 //!
+//! [`Client::connect_with`] takes [`ConnectOptions`]: a token for a broker
+//! with authentication (sent as `authorization: Bearer <token>` on every
+//! call, streams included) and TLS (the CA certificate that signed the
+//! broker's certificate, and a client certificate for brokers that require
+//! one). Consumers and publishers built on such a client inherit both.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), broker_client::Error> {
+//! use broker_client::{Client, ConnectOptions};
+//!
+//! let ca = std::fs::read("ca.pem").expect("the CA certificate");
+//! let options = ConnectOptions::new().token("s3cr3t").tls_ca_pem(ca);
+//! let client = Client::connect_with("https://broker.internal:50051", options).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), broker_client::Error> {
 //! use broker_client::{Client, pb};
@@ -63,7 +80,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{AsciiMetadataValue, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 pub use broker_proto::pb;
 
@@ -88,6 +107,109 @@ const MAX_GRPC_MESSAGE_BYTES: usize = 128 * 1024 * 1024;
 /// for the operating system's TCP timeout (minutes).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What the stubs send through: the channel, with the token added to
+/// every call.
+type Transport = InterceptedService<Channel, Credentials>;
+
+/// Adds `authorization: Bearer <token>` to every call, when there is a token.
+#[derive(Clone)]
+struct Credentials {
+    authorization: Option<AsciiMetadataValue>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token itself.
+        f.debug_struct("Credentials")
+            .field("token", &self.authorization.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl tonic::service::Interceptor for Credentials {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// How [`Client::connect_with`] connects: a token and TLS settings. The
+/// default is plaintext without a token, as [`Client::connect`].
+#[derive(Clone, Default)]
+pub struct ConnectOptions {
+    /// Sent as `authorization: Bearer <token>`.
+    token: Option<String>,
+    /// PEM of the CA certificate(s) the broker's certificate must chain to.
+    tls_ca_pem: Option<Vec<u8>>,
+    /// PEM of the client's certificate chain and private key.
+    tls_identity_pem: Option<(Vec<u8>, Vec<u8>)>,
+    /// The name the broker's certificate must carry, if not the host of
+    /// the address.
+    tls_domain: Option<String>,
+}
+
+impl std::fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("tls_ca", &self.tls_ca_pem.is_some())
+            .field("tls_identity", &self.tls_identity_pem.is_some())
+            .field("tls_domain", &self.tls_domain)
+            .finish()
+    }
+}
+
+impl ConnectOptions {
+    /// Plaintext, no token.
+    pub fn new() -> ConnectOptions {
+        ConnectOptions::default()
+    }
+
+    /// The token to authenticate with (`--auth-tokens` on the broker);
+    /// printable ASCII.
+    pub fn token(mut self, token: impl Into<String>) -> ConnectOptions {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Connect with TLS, trusting the CA certificate(s) in `pem` (the
+    /// contents of a PEM file). An address without a scheme then means
+    /// `https://`.
+    pub fn tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> ConnectOptions {
+        self.tls_ca_pem = Some(pem.into());
+        self
+    }
+
+    /// Present this client certificate (PEM chain and PEM private key), for
+    /// a broker started with `--tls-client-ca`.
+    pub fn tls_identity_pem(
+        mut self,
+        cert: impl Into<Vec<u8>>,
+        key: impl Into<Vec<u8>>,
+    ) -> ConnectOptions {
+        self.tls_identity_pem = Some((cert.into(), key.into()));
+        self
+    }
+
+    /// Check the broker's certificate for `domain` instead of the host of
+    /// the address (e.g. when connecting by IP address).
+    pub fn tls_domain(mut self, domain: impl Into<String>) -> ConnectOptions {
+        self.tls_domain = Some(domain.into());
+        self
+    }
+
+    fn uses_tls(&self) -> bool {
+        self.tls_ca_pem.is_some() || self.tls_identity_pem.is_some()
+    }
+}
+
 /// A connection to a broker.
 ///
 /// Cloning is cheap (the clones share the connection), and every method
@@ -96,9 +218,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Client {
     /// The generated stub of `QueueService`; its methods take `&mut self`, so
     /// each call works on a clone, which shares the underlying channel.
-    queues: QueueServiceClient<Channel>,
+    queues: QueueServiceClient<Transport>,
     /// The generated stub of `TopicService`, on the same channel.
-    topics: TopicServiceClient<Channel>,
+    topics: TopicServiceClient<Transport>,
 }
 
 impl Client {
@@ -116,6 +238,35 @@ impl Client {
     /// # }
     /// ```
     pub async fn connect(addr: impl AsRef<str>) -> Result<Client, Error> {
+        Client::connect_with(addr, ConnectOptions::new()).await
+    }
+
+    /// Connects to the broker at `addr` with a token and/or TLS: `addr` is
+    /// `"host:port"` (`https` when the options have TLS settings, `http`
+    /// otherwise), `"http://host:port"` or `"https://host:port"`.
+    ///
+    /// Fails with [`Error::Connect`] when the address and the options
+    /// disagree (`https://` without a CA certificate, TLS settings with
+    /// `http://`), when a PEM or the token is unusable, or when the
+    /// connection or the TLS handshake fails. A wrong token is only noticed
+    /// by the first call ([`Error::Other`] with code `Unauthenticated`).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), broker_client::Error> {
+    /// use broker_client::{Client, ConnectOptions};
+    ///
+    /// let client = Client::connect_with(
+    ///     "127.0.0.1:50051",
+    ///     ConnectOptions::new().token(std::env::var("BROKER_TOKEN").unwrap_or_default()),
+    /// )
+    /// .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connect_with(
+        addr: impl AsRef<str>,
+        options: ConnectOptions,
+    ) -> Result<Client, Error> {
         let addr = addr.as_ref();
         let connect_error = |reason: String| Error::Connect {
             addr: addr.to_owned(),
@@ -123,16 +274,58 @@ impl Client {
         };
         let uri = if addr.contains("://") {
             addr.to_owned()
+        } else if options.uses_tls() {
+            format!("https://{addr}")
         } else {
             format!("http://{addr}")
         };
-        let endpoint = Endpoint::from_shared(uri)
+        let mut endpoint = Endpoint::from_shared(uri.clone())
             .map_err(|e| connect_error(format!("invalid address: {}", error_chain(&e))))?
             .connect_timeout(CONNECT_TIMEOUT);
+        let https = uri.starts_with("https://");
+        match (https, &options.tls_ca_pem) {
+            (true, None) => {
+                return Err(connect_error(
+                    "an https:// address needs the CA certificate of the broker's certificate \
+                     (ConnectOptions::tls_ca_pem; the CLI's --tls-ca)"
+                        .into(),
+                ));
+            }
+            (false, _) if options.uses_tls() => {
+                return Err(connect_error(
+                    "TLS settings were given for a plaintext address; use https://".into(),
+                ));
+            }
+            (true, Some(ca)) => {
+                let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+                if let Some((cert, key)) = &options.tls_identity_pem {
+                    tls = tls.identity(Identity::from_pem(cert, key));
+                }
+                if let Some(domain) = &options.tls_domain {
+                    tls = tls.domain_name(domain.clone());
+                }
+                endpoint = endpoint
+                    .tls_config(tls)
+                    .map_err(|e| connect_error(format!("TLS settings: {}", error_chain(&e))))?;
+            }
+            (false, _) => {}
+        }
+        let authorization = match &options.token {
+            None => None,
+            Some(token) => Some(
+                MetadataValue::try_from(format!("Bearer {token}"))
+                    .ok()
+                    .filter(|_| token.bytes().all(|b| b.is_ascii_graphic()))
+                    .ok_or_else(|| {
+                        connect_error("the token must be printable ASCII without spaces".into())
+                    })?,
+            ),
+        };
         let channel = endpoint
             .connect()
             .await
             .map_err(|e| connect_error(error_chain(&e)))?;
+        let channel = InterceptedService::new(channel, Credentials { authorization });
         let queues = QueueServiceClient::new(channel.clone())
             .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
@@ -143,12 +336,12 @@ impl Client {
     }
 
     /// A queue-service handle for one call: the generated methods need `&mut self`.
-    fn rpc(&self) -> QueueServiceClient<Channel> {
+    fn rpc(&self) -> QueueServiceClient<Transport> {
         self.queues.clone()
     }
 
     /// A topic-service handle for one call.
-    fn topic_rpc(&self) -> TopicServiceClient<Channel> {
+    fn topic_rpc(&self) -> TopicServiceClient<Transport> {
         self.topics.clone()
     }
 
@@ -531,6 +724,15 @@ pub enum Error {
     /// The call took longer than its deadline (`DEADLINE_EXCEEDED`).
     #[error("deadline exceeded: {0}")]
     DeadlineExceeded(String),
+    /// The broker requires a token and got none, or one it does not know
+    /// (`UNAUTHENTICATED`); see [`ConnectOptions::token`].
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// The token lacks the permission the call needs; the message names it,
+    /// e.g. `token 'orders-service' lacks permission send:payments`
+    /// (`PERMISSION_DENIED`).
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     /// [`Client::connect`] could not reach the broker at `addr`.
     #[error("cannot connect to broker at {addr}: {reason}")]
     Connect {
@@ -560,6 +762,8 @@ impl Error {
             Error::ResourceExhausted(_) => tonic::Code::ResourceExhausted,
             Error::Unavailable(_) | Error::Connect { .. } => tonic::Code::Unavailable,
             Error::DeadlineExceeded(_) => tonic::Code::DeadlineExceeded,
+            Error::Unauthenticated(_) => tonic::Code::Unauthenticated,
+            Error::PermissionDenied(_) => tonic::Code::PermissionDenied,
             Error::Other { code, .. } => *code,
         }
     }
@@ -575,6 +779,8 @@ impl Error {
             | Error::ResourceExhausted(m)
             | Error::Unavailable(m)
             | Error::DeadlineExceeded(m)
+            | Error::Unauthenticated(m)
+            | Error::PermissionDenied(m)
             | Error::Other { message: m, .. } => m,
             Error::Connect { reason, .. } => reason,
         }
@@ -592,6 +798,8 @@ impl From<tonic::Status> for Error {
             tonic::Code::ResourceExhausted => Error::ResourceExhausted(message),
             tonic::Code::Unavailable => Error::Unavailable(message),
             tonic::Code::DeadlineExceeded => Error::DeadlineExceeded(message),
+            tonic::Code::Unauthenticated => Error::Unauthenticated(message),
+            tonic::Code::PermissionDenied => Error::PermissionDenied(message),
             code => Error::Other { code, message },
         }
     }
@@ -658,6 +866,12 @@ mod tests {
         assert!(matches!(err, Error::InvalidArgument(_)));
         let err = Error::from(tonic::Status::failed_precondition("stale"));
         assert!(matches!(err, Error::FailedPrecondition(_)));
+        let err = Error::from(tonic::Status::unauthenticated("unknown token"));
+        assert!(matches!(&err, Error::Unauthenticated(m) if m == "unknown token"));
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        let err = Error::from(tonic::Status::permission_denied("lacks admin"));
+        assert!(matches!(err, Error::PermissionDenied(_)));
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
 
         let err = Error::from(tonic::Status::internal("boom"));
         assert!(matches!(
@@ -720,6 +934,43 @@ mod tests {
             matches!(&err, Error::Connect { addr: a, .. } if a == &url),
             "{err:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn options_and_scheme_must_agree() {
+        let err = Client::connect_with("https://127.0.0.1:1", ConnectOptions::new())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Connect { reason, .. } if reason.contains("CA certificate")),
+            "{err:?}"
+        );
+        let options = ConnectOptions::new().tls_ca_pem("pem");
+        let err = Client::connect_with("http://127.0.0.1:1", options)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Connect { reason, .. } if reason.contains("use https://")),
+            "{err:?}"
+        );
+        let options = ConnectOptions::new().token("has space");
+        let err = Client::connect_with("127.0.0.1:1", options)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Connect { reason, .. } if reason.contains("printable ASCII")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn debug_output_hides_the_token() {
+        let options = ConnectOptions::new().token("s3cr3t");
+        assert!(!format!("{options:?}").contains("s3cr3t"));
+        let credentials = Credentials {
+            authorization: Some("Bearer s3cr3t".parse().unwrap()),
+        };
+        assert!(!format!("{credentials:?}").contains("s3cr3t"));
     }
 
     #[tokio::test]

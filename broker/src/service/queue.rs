@@ -1,11 +1,18 @@
 //! `broker.v1.QueueService` over the queue engine.
+//!
+//! Every handler first checks the caller's permission (`crate::auth`; the
+//! table of what each RPC needs is there), then the per-connection and
+//! per-broker limits (`crate::limits`), then calls the engine.
 
 use std::sync::Arc;
 
 use broker_proto::pb;
 use tonic::{Request, Response, Status};
 
-use super::{run_batch, status};
+use super::{run_batch, status, trace};
+use crate::auth::{self, Permission};
+use crate::config::Limits;
+use crate::limits::{LongPolls, Streams};
 use crate::queue::{
     AttributeChanges, Engine, MessageState, NewMessage, Peeked, QueueInfo, QueueStats,
     ReceiveOptions, Received, RedrivePolicy, RetryPolicy,
@@ -13,11 +20,26 @@ use crate::queue::{
 
 pub struct QueueApi {
     engine: Arc<Engine>,
+    /// Open `StreamMessages` streams (`max_streams`).
+    streams: Streams,
+    /// Waiting receives per connection (`max_long_polls_per_connection`).
+    long_polls: LongPolls,
 }
 
 impl QueueApi {
+    /// The service with the default [`Limits`].
     pub fn new(engine: Arc<Engine>) -> QueueApi {
-        QueueApi { engine }
+        QueueApi::with_limits(engine, &Limits::default())
+    }
+
+    /// The service enforcing `limits.max_streams` and
+    /// `limits.max_long_polls_per_connection`.
+    pub fn with_limits(engine: Arc<Engine>, limits: &Limits) -> QueueApi {
+        QueueApi {
+            engine,
+            streams: Streams::new(limits.max_streams),
+            long_polls: LongPolls::new(limits.max_long_polls_per_connection),
+        }
     }
 }
 
@@ -149,12 +171,21 @@ impl pb::queue_service_server::QueueService for QueueApi {
         &self,
         req: Request<tonic::Streaming<pb::StreamMessagesRequest>>,
     ) -> Reply<MessageStream> {
+        let caller = auth::caller(&req)?;
+        // Taken before the stream does anything, held by its task.
+        let slot = self.streams.open()?;
         let mut inbound = req.into_inner();
         let open = super::stream::open(inbound.message().await?)?;
+        trace::record_queue(&open.queue);
+        caller.require(Permission::Receive, &open.queue)?;
         // The queue must exist now: fail the call, not the first push.
         self.engine.get_queue(&open.queue).map_err(status)?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tokio::spawn(super::stream::run(self.engine.clone(), open, inbound, tx));
+        let run = super::stream::run(self.engine.clone(), open, inbound, tx);
+        tokio::spawn(async move {
+            run.await;
+            drop(slot);
+        });
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
@@ -164,6 +195,8 @@ impl pb::queue_service_server::QueueService for QueueApi {
         &self,
         req: Request<pb::CreateQueueRequest>,
     ) -> Reply<pb::CreateQueueResponse> {
+        trace::record_queue(&req.get_ref().name);
+        auth::require_admin(&req)?;
         let req = req.into_inner();
         let q = self
             .engine
@@ -176,6 +209,8 @@ impl pb::queue_service_server::QueueService for QueueApi {
     }
 
     async fn get_queue(&self, req: Request<pb::GetQueueRequest>) -> Reply<pb::GetQueueResponse> {
+        trace::record_queue(&req.get_ref().name);
+        auth::caller(&req)?.require_queue_visible(&req.get_ref().name)?;
         let (q, stats) = self
             .engine
             .get_queue(&req.into_inner().name)
@@ -190,13 +225,20 @@ impl pb::queue_service_server::QueueService for QueueApi {
         &self,
         req: Request<pb::ListQueuesRequest>,
     ) -> Reply<pb::ListQueuesResponse> {
+        let caller = auth::caller(&req)?;
         let req = req.into_inner();
         let (queues, next_page_token) = self
             .engine
             .list_queues(&req.prefix, req.page_size, &req.page_token)
             .map_err(status)?;
+        // Only the queues the caller may see: a page may come back short,
+        // and `next_page_token` still continues after the whole page.
         Ok(Response::new(pb::ListQueuesResponse {
-            queues: queues.into_iter().map(Into::into).collect(),
+            queues: queues
+                .into_iter()
+                .filter(|q| caller.may_see_queue(&q.name))
+                .map(Into::into)
+                .collect(),
             next_page_token,
         }))
     }
@@ -205,6 +247,8 @@ impl pb::queue_service_server::QueueService for QueueApi {
         &self,
         req: Request<pb::UpdateQueueRequest>,
     ) -> Reply<pb::UpdateQueueResponse> {
+        trace::record_queue(&req.get_ref().name);
+        auth::require_admin(&req)?;
         let req = req.into_inner();
         let q = self
             .engine
@@ -220,6 +264,8 @@ impl pb::queue_service_server::QueueService for QueueApi {
         &self,
         req: Request<pb::DeleteQueueRequest>,
     ) -> Reply<pb::DeleteQueueResponse> {
+        trace::record_queue(&req.get_ref().name);
+        auth::require_admin(&req)?;
         self.engine
             .delete_queue(&req.into_inner().name)
             .await
@@ -231,6 +277,8 @@ impl pb::queue_service_server::QueueService for QueueApi {
         &self,
         req: Request<pb::PurgeQueueRequest>,
     ) -> Reply<pb::PurgeQueueResponse> {
+        trace::record_queue(&req.get_ref().name);
+        auth::require_admin(&req)?;
         self.engine
             .purge_queue(&req.into_inner().name)
             .await
@@ -242,6 +290,8 @@ impl pb::queue_service_server::QueueService for QueueApi {
         &self,
         req: Request<pb::SendMessageRequest>,
     ) -> Reply<pb::SendMessageResponse> {
+        trace::record_queue(&req.get_ref().queue);
+        auth::require(&req, Permission::Send, &req.get_ref().queue)?;
         let req = req.into_inner();
         let message = NewMessage {
             body: req.body,
@@ -261,6 +311,8 @@ impl pb::queue_service_server::QueueService for QueueApi {
         &self,
         req: Request<pb::SendMessageBatchRequest>,
     ) -> Reply<pb::SendMessageBatchResponse> {
+        trace::record_queue(&req.get_ref().queue);
+        auth::require(&req, Permission::Send, &req.get_ref().queue)?;
         let req = req.into_inner();
         let (successful, failed) = run_batch(
             req.entries,
@@ -291,6 +343,14 @@ impl pb::queue_service_server::QueueService for QueueApi {
         &self,
         req: Request<pb::ReceiveMessagesRequest>,
     ) -> Reply<pb::ReceiveMessagesResponse> {
+        trace::record_queue(&req.get_ref().queue);
+        auth::require(&req, Permission::Receive, &req.get_ref().queue)?;
+        // Held until the receive returns or its future is dropped.
+        let _long_poll = if req.get_ref().wait_time_seconds == Some(0) {
+            None
+        } else {
+            self.long_polls.start(req.remote_addr())?
+        };
         let req = req.into_inner();
         let opts = ReceiveOptions {
             max_messages: req.max_messages,
@@ -312,6 +372,8 @@ impl pb::queue_service_server::QueueService for QueueApi {
         &self,
         req: Request<pb::DeleteMessageRequest>,
     ) -> Reply<pb::DeleteMessageResponse> {
+        trace::record_queue(&req.get_ref().queue);
+        auth::require(&req, Permission::Receive, &req.get_ref().queue)?;
         let req = req.into_inner();
         let mut results = self
             .engine
@@ -326,6 +388,8 @@ impl pb::queue_service_server::QueueService for QueueApi {
         &self,
         req: Request<pb::DeleteMessageBatchRequest>,
     ) -> Reply<pb::DeleteMessageBatchResponse> {
+        trace::record_queue(&req.get_ref().queue);
+        auth::require(&req, Permission::Receive, &req.get_ref().queue)?;
         let req = req.into_inner();
         let (successful, failed) = run_batch(
             req.entries,
@@ -347,6 +411,8 @@ impl pb::queue_service_server::QueueService for QueueApi {
         &self,
         req: Request<pb::ChangeMessageVisibilityRequest>,
     ) -> Reply<pb::ChangeMessageVisibilityResponse> {
+        trace::record_queue(&req.get_ref().queue);
+        auth::require(&req, Permission::Receive, &req.get_ref().queue)?;
         let req = req.into_inner();
         let mut results = self
             .engine
@@ -363,6 +429,8 @@ impl pb::queue_service_server::QueueService for QueueApi {
         &self,
         req: Request<pb::ChangeMessageVisibilityBatchRequest>,
     ) -> Reply<pb::ChangeMessageVisibilityBatchResponse> {
+        trace::record_queue(&req.get_ref().queue);
+        auth::require(&req, Permission::Receive, &req.get_ref().queue)?;
         let req = req.into_inner();
         let (successful, failed) = run_batch(
             req.entries,
@@ -386,6 +454,8 @@ impl pb::queue_service_server::QueueService for QueueApi {
         &self,
         req: Request<pb::RedriveMessagesRequest>,
     ) -> Reply<pb::RedriveMessagesResponse> {
+        trace::record_queue(&req.get_ref().source_queue);
+        auth::require_admin(&req)?;
         let req = req.into_inner();
         let moved = self
             .engine
@@ -399,6 +469,8 @@ impl pb::queue_service_server::QueueService for QueueApi {
         &self,
         req: Request<pb::PeekMessagesRequest>,
     ) -> Reply<pb::PeekMessagesResponse> {
+        trace::record_queue(&req.get_ref().queue);
+        auth::require(&req, Permission::Receive, &req.get_ref().queue)?;
         let req = req.into_inner();
         let (messages, next_page_token) = self
             .engine

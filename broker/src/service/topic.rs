@@ -1,11 +1,15 @@
 //! `broker.v1.TopicService` over the engine's topic operations.
+//!
+//! Every handler first checks the caller's permission (`crate::auth`; the
+//! table of what each RPC needs is there).
 
 use std::sync::Arc;
 
 use broker_proto::pb;
 use tonic::{Request, Response, Status};
 
-use super::{run_batch, status};
+use super::{run_batch, status, trace};
+use crate::auth::{self, Permission};
 use crate::queue::{Engine, NewPublication};
 use crate::topic::{SubscriptionInfo, TopicInfo};
 
@@ -48,6 +52,8 @@ impl pb::topic_service_server::TopicService for TopicApi {
         &self,
         req: Request<pb::CreateTopicRequest>,
     ) -> Reply<pb::CreateTopicResponse> {
+        trace::record_topic(&req.get_ref().name);
+        auth::require_admin(&req)?;
         let topic = self
             .engine
             .create_topic(&req.into_inner().name)
@@ -59,6 +65,8 @@ impl pb::topic_service_server::TopicService for TopicApi {
     }
 
     async fn get_topic(&self, req: Request<pb::GetTopicRequest>) -> Reply<pb::GetTopicResponse> {
+        trace::record_topic(&req.get_ref().name);
+        auth::caller(&req)?.require_topic_visible(&req.get_ref().name)?;
         let (topic, subscription_count) = self
             .engine
             .get_topic(&req.into_inner().name)
@@ -73,13 +81,19 @@ impl pb::topic_service_server::TopicService for TopicApi {
         &self,
         req: Request<pb::ListTopicsRequest>,
     ) -> Reply<pb::ListTopicsResponse> {
+        let caller = auth::caller(&req)?;
         let req = req.into_inner();
         let (topics, next_page_token) = self
             .engine
             .list_topics(&req.prefix, req.page_size, &req.page_token)
             .map_err(status)?;
+        // Only the topics the caller may see (a page may come back short).
         Ok(Response::new(pb::ListTopicsResponse {
-            topics: topics.into_iter().map(Into::into).collect(),
+            topics: topics
+                .into_iter()
+                .filter(|t| caller.may_see_topic(&t.name))
+                .map(Into::into)
+                .collect(),
             next_page_token,
         }))
     }
@@ -88,6 +102,8 @@ impl pb::topic_service_server::TopicService for TopicApi {
         &self,
         req: Request<pb::DeleteTopicRequest>,
     ) -> Reply<pb::DeleteTopicResponse> {
+        trace::record_topic(&req.get_ref().name);
+        auth::require_admin(&req)?;
         self.engine
             .delete_topic(&req.into_inner().name)
             .await
@@ -96,6 +112,8 @@ impl pb::topic_service_server::TopicService for TopicApi {
     }
 
     async fn subscribe(&self, req: Request<pb::SubscribeRequest>) -> Reply<pb::SubscribeResponse> {
+        trace::record_topic(&req.get_ref().topic);
+        auth::require_admin(&req)?;
         let req = req.into_inner();
         let sub = self
             .engine
@@ -111,6 +129,7 @@ impl pb::topic_service_server::TopicService for TopicApi {
         &self,
         req: Request<pb::UnsubscribeRequest>,
     ) -> Reply<pb::UnsubscribeResponse> {
+        auth::require_admin(&req)?;
         self.engine
             .unsubscribe(&req.into_inner().subscription_id)
             .await
@@ -122,18 +141,26 @@ impl pb::topic_service_server::TopicService for TopicApi {
         &self,
         req: Request<pb::ListSubscriptionsRequest>,
     ) -> Reply<pb::ListSubscriptionsResponse> {
+        let caller = auth::caller(&req)?;
         let req = req.into_inner();
         let (subs, next_page_token) = self
             .engine
             .list_subscriptions(&req.topic, &req.queue, req.page_size, &req.page_token)
             .map_err(status)?;
+        // Only subscriptions whose topic or queue the caller may see.
         Ok(Response::new(pb::ListSubscriptionsResponse {
-            subscriptions: subs.into_iter().map(Into::into).collect(),
+            subscriptions: subs
+                .into_iter()
+                .filter(|s| caller.may_see_topic(&s.topic) || caller.may_see_queue(&s.queue))
+                .map(Into::into)
+                .collect(),
             next_page_token,
         }))
     }
 
     async fn publish(&self, req: Request<pb::PublishRequest>) -> Reply<pb::PublishResponse> {
+        trace::record_topic(&req.get_ref().topic);
+        auth::require(&req, Permission::Publish, &req.get_ref().topic)?;
         let req = req.into_inner();
         let message = NewPublication {
             body: req.body,
@@ -155,6 +182,8 @@ impl pb::topic_service_server::TopicService for TopicApi {
         &self,
         req: Request<pb::PublishBatchRequest>,
     ) -> Reply<pb::PublishBatchResponse> {
+        trace::record_topic(&req.get_ref().topic);
+        auth::require(&req, Permission::Publish, &req.get_ref().topic)?;
         let req = req.into_inner();
         let (successful, failed) = run_batch(
             req.entries,

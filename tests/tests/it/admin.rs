@@ -199,6 +199,7 @@ async fn operator_commands_run_end_to_end() {
         let args = ClientArgs {
             server: server.addr().to_string(),
             json,
+            ..ClientArgs::default()
         };
         let peek = Command::Peek {
             queue: "dlq".into(),
@@ -234,6 +235,7 @@ async fn operator_commands_run_end_to_end() {
     let args = ClientArgs {
         server: server.addr().to_string(),
         json: false,
+        ..ClientArgs::default()
     };
     let redrive = Command::Redrive {
         dlq: "dlq".into(),

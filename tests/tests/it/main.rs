@@ -16,6 +16,8 @@
 //! - `delivery`: a queue's receive rate limit and retry backoff
 //! - `dead_letter`: redrive policies, dead-letter moves and `RedriveMessages`
 //! - `peek`: `PeekMessages`, a read-only look at messages, paged
+//! - `security`: TLS (server and client certificates), token authentication
+//!   and permissions, and the connection / stream / long-poll / request-size limits
 //! - `restart`: what survives a graceful restart on the same data directory,
 //!   and a SIGKILLed server process
 //! - `stream`: push delivery over `StreamMessages`
@@ -37,6 +39,7 @@ mod peek;
 mod queues;
 mod receive;
 mod restart;
+mod security;
 mod send;
 mod stream;
 mod topics;
