@@ -653,10 +653,10 @@ async fn requests_beyond_max_request_bytes_are_refused_before_decoding() {
     let client = server.client().await;
     create_queue(&client, "q", Default::default()).await;
     client.send("q", vec![b'x'; 512]).await.unwrap();
-    // tonic refuses a message whose length prefix exceeds the limit, with
-    // OUT_OF_RANGE, before it buffers the body.
+    // tonic refuses a message whose length prefix exceeds the limit before
+    // it buffers the body; the broker reports it as RESOURCE_EXHAUSTED.
     let big = client.send("q", vec![b'x'; 4096]).await;
-    assert_error(big, Code::OutOfRange, &["too large", "1024"]);
+    assert_error(big, Code::ResourceExhausted, &["max_request_bytes = 1024"]);
     let stats = broker_tests::counts(&client, "q").await;
     assert_eq!(stats, broker_tests::Counts::new(1, 0, 0));
 }
