@@ -169,3 +169,29 @@ async fn a_client_deadline_ends_a_long_poll_and_the_queue_is_unharmed() {
     assert_eq!(received.len(), 1);
     assert_eq!(received[0].message_id, id);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_arguments_carry_the_field_as_a_bad_request_detail() {
+    use tonic_types::StatusExt as _;
+
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    create_queue(&client, "orders", attributes()).await;
+    let mut raw = pb::queue_service_client::QueueServiceClient::new(channel(&server).await);
+    let status = raw
+        .receive_messages(receive_request("orders", 101, Some(30), Some(0)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let details = status.get_error_details();
+    let violation = details
+        .bad_request()
+        .and_then(|b| b.field_violations.first())
+        .expect("a BadRequest field violation");
+    assert_eq!(violation.field, "max_messages");
+    assert!(
+        violation.description.contains("1..=100"),
+        "{}",
+        violation.description
+    );
+}
