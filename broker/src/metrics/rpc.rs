@@ -151,7 +151,10 @@ impl Collector for RpcMetrics {
                 if count > 0 {
                     let labels = [
                         ("method", m.label.as_str()),
-                        ("code", code_name(Code::from_i32(code as i32))),
+                        (
+                            "code",
+                            crate::service::grpc_name(Code::from_i32(code as i32)),
+                        ),
                     ];
                     requests
                         .encode_family(&labels)?
@@ -170,29 +173,6 @@ impl Collector for RpcMetrics {
                 .encode(durations.encode_family(&[("method", m.label.as_str())])?)?;
         }
         Ok(())
-    }
-}
-
-/// The gRPC name of a status code, as in the `code` label.
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 
@@ -431,8 +411,11 @@ mod tests {
 
     #[test]
     fn every_code_has_its_grpc_name() {
-        assert_eq!(code_name(Code::from_i32(5)), "NOT_FOUND");
-        assert_eq!(code_name(Code::from_i32(16)), "UNAUTHENTICATED");
+        assert_eq!(crate::service::grpc_name(Code::from_i32(5)), "NOT_FOUND");
+        assert_eq!(
+            crate::service::grpc_name(Code::from_i32(16)),
+            "UNAUTHENTICATED"
+        );
         let mut headers = http::HeaderMap::new();
         assert_eq!(grpc_status(&headers), None);
         headers.insert("grpc-status", http::HeaderValue::from_static("9"));
