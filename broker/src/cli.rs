@@ -1060,20 +1060,25 @@ fn stats_json(stats: &pb::QueueStats) -> Value {
     })
 }
 
-/// A received message as JSON; `body` is UTF-8 (lossy), and `body_base64`
-/// carries the exact bytes when they are not valid UTF-8.
+/// A received message as JSON, with its body as [`with_body`] gives it.
 fn message_json(m: &pb::ReceivedMessage) -> Value {
-    let mut value = json!({
+    let value = json!({
         "message_id": m.message_id,
         "receipt_handle": m.receipt_handle,
         "receive_count": m.receive_count,
         "sent_at_ms": m.sent_at_ms,
         "first_received_at_ms": m.first_received_at_ms,
         "attributes": m.attributes,
-        "body": String::from_utf8_lossy(&m.body),
     });
-    if std::str::from_utf8(&m.body).is_err() {
-        value["body_base64"] = json!(base64(&m.body));
+    with_body(value, &m.body)
+}
+
+/// `value` (a JSON object) with the message body: `body` as UTF-8 (lossy),
+/// and `body_base64` with the exact bytes when they are not valid UTF-8.
+fn with_body(mut value: Value, body: &[u8]) -> Value {
+    value["body"] = json!(String::from_utf8_lossy(body));
+    if std::str::from_utf8(body).is_err() {
+        value["body_base64"] = json!(base64(body));
     }
     value
 }

@@ -29,7 +29,7 @@ use serde_json::{Value, json};
 
 use super::{
     WIDTH, all_queues, base64, body_text, emit, emit_json, failure, plural, secs_short,
-    table_aligned, timestamp,
+    table_aligned, timestamp, with_body,
 };
 
 /// Largest page of `PeekMessages`.
@@ -112,7 +112,7 @@ fn state_name(state: pb::MessageState) -> &'static str {
 /// "visible", "in_flight" or "delayed", and the body as `receive --json`
 /// gives it (`body_base64` with the exact bytes when not UTF-8).
 fn peeked_json(m: &pb::PeekedMessage) -> Value {
-    let mut value = json!({
+    let value = json!({
         "message_id": m.message_id,
         "state": state_name(m.state()),
         "receive_count": m.receive_count,
@@ -121,12 +121,8 @@ fn peeked_json(m: &pb::PeekedMessage) -> Value {
         "visible_at_ms": m.visible_at_ms,
         "dead_letter_source": m.dead_letter_source,
         "attributes": m.attributes,
-        "body": String::from_utf8_lossy(&m.body),
     });
-    if std::str::from_utf8(&m.body).is_err() {
-        value["body_base64"] = json!(base64(&m.body));
-    }
-    value
+    with_body(value, &m.body)
 }
 
 /// Whole seconds from `now_ms` until `at_ms`, rounded up (0 if past).
