@@ -21,9 +21,9 @@
 //! - Request size: `max_request_bytes` is the services'
 //!   `max_decoding_message_size` (set in `server.rs`): tonic checks a
 //!   message's length prefix before it buffers or decodes the message, and
-//!   fails an oversize one with OUT_OF_RANGE; [`RequestSizeLayer`] turns that
+//!   fails an oversize one with OUT_OF_RANGE; the server turns that
 //!   answer into RESOURCE_EXHAUSTED naming `max_request_bytes`, the code the
-//!   other limits use.
+//!   other limits use ([`oversize_as_resource_exhausted`]).
 //!
 //! Every slot is released by a drop (of the IO, the stream task, the
 //! receive's future), so a client that goes away mid-call cannot leak one.
@@ -290,68 +290,27 @@ mod tests {
 
 /// Rewrites tonic's answer to an oversize request (OUT_OF_RANGE "decoded
 /// message length too large", a trailers-only response) into
-/// RESOURCE_EXHAUSTED naming `max_request_bytes` and its value.
-#[derive(Debug, Clone, Copy)]
-pub struct RequestSizeLayer {
-    /// `max_request_bytes`, for the message.
-    pub max_request_bytes: usize,
-}
-
-impl<S> tower_layer::Layer<S> for RequestSizeLayer {
-    type Service = RequestSize<S>;
-
-    fn layer(&self, inner: S) -> RequestSize<S> {
-        RequestSize {
-            inner,
-            max_request_bytes: self.max_request_bytes,
-        }
-    }
-}
-
-/// The service of [`RequestSizeLayer`].
-#[derive(Debug, Clone)]
-pub struct RequestSize<S> {
-    inner: S,
+/// RESOURCE_EXHAUSTED naming `max_request_bytes` and its value; other
+/// responses pass unchanged. Used with `tower::util::MapResponseLayer`.
+pub fn oversize_as_resource_exhausted<B>(
     max_request_bytes: usize,
-}
-
-impl<S, B, RB> tower_service::Service<http::Request<B>> for RequestSize<S>
-where
-    S: tower_service::Service<http::Request<B>, Response = http::Response<RB>>,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn std::future::Future<Output = Result<S::Response, S::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let response = self.inner.call(request);
-        let max = self.max_request_bytes;
-        Box::pin(async move {
-            let mut response = response.await?;
-            if is_oversize(response.headers()) {
-                let status = Status::resource_exhausted(format!(
-                    "the request is larger than max_request_bytes = {max} bytes"
-                ));
-                // Only fails for a message that is not a valid header value,
-                // which this one is.
-                let _ = status.add_header(response.headers_mut());
-            }
-            Ok(response)
-        })
+) -> impl Fn(http::Response<B>) -> http::Response<B> + Clone {
+    move |mut response| {
+        if is_oversize(response.headers()) {
+            let status = Status::resource_exhausted(format!(
+                "the request is larger than max_request_bytes = {max_request_bytes} bytes"
+            ));
+            // Only fails for a message that is not a valid header value,
+            // which this one is.
+            let _ = status.add_header(response.headers_mut());
+        }
+        response
     }
 }
 
 /// Whether a response head is tonic's refusal of an oversize request.
 fn is_oversize(headers: &http::HeaderMap) -> bool {
-    let out_of_range = headers
-        .get("grpc-status")
-        .is_some_and(|code| code.as_bytes() == b"11");
-    out_of_range
+    crate::service::grpc_status(headers) == Some(tonic::Code::OutOfRange)
         && headers
             .get("grpc-message")
             .and_then(|m| m.to_str().ok())

@@ -149,9 +149,9 @@ pub async fn run_with_metrics_listener(
     let serve = builder
         .layer(TraceLayer)
         .layer(metrics.rpc_layer())
-        .layer(crate::limits::RequestSizeLayer {
-            max_request_bytes: limits.max_request_bytes,
-        })
+        .layer(tower::util::MapResponseLayer::new(
+            crate::limits::oversize_as_resource_exhausted(limits.max_request_bytes),
+        ))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -38,6 +38,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Unit;
 use tonic::Code;
 
+use crate::service::grpc_status;
+
 /// Upper bounds of the duration buckets, in seconds: from sub-millisecond
 /// unary calls up to the 20 s of the longest long poll.
 const DURATION_BUCKETS: [f64; 16] = [
@@ -233,12 +235,6 @@ fn method_names(encoded: &[u8]) -> Vec<String> {
         }
     }
     names
-}
-
-/// The status code in a `grpc-status` field, if there is one.
-fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
-    let value = headers.get("grpc-status")?.to_str().ok()?;
-    Some(Code::from_i32(value.trim().parse().ok()?))
 }
 
 /// One call, recorded once: by [`Call::finish`], or as `CANCELLED` when

@@ -70,6 +70,13 @@ pub fn code_name(e: &Error) -> &'static str {
     grpc_name(code(e))
 }
 
+/// The status code in a response head's `grpc-status` field, if it has one
+/// (a trailers-only response: an error before any message).
+pub fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
+    let value = headers.get("grpc-status")?.to_str().ok()?;
+    Some(Code::from_i32(value.trim().parse().ok()?))
+}
+
 /// A status code's name as gRPC spells it (e.g. "NOT_FOUND"), for batch
 /// results, logs and metrics.
 pub fn grpc_name(code: Code) -> &'static str {

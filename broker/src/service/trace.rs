@@ -71,12 +71,7 @@ where
         Box::pin(async move {
             let result = response.instrument(span.clone()).await;
             if let Ok(response) = &result {
-                let code = response
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<i32>().ok())
-                    .map_or(tonic::Code::Ok, tonic::Code::from_i32);
+                let code = super::grpc_status(response.headers()).unwrap_or(tonic::Code::Ok);
                 span.record("code", super::grpc_name(code));
                 let elapsed_us = started.elapsed().as_micros() as u64;
                 let _entered = span.enter();
