@@ -220,6 +220,38 @@ impl Drop for LongPoll {
     }
 }
 
+/// Rewrites tonic's answer to an oversize request (OUT_OF_RANGE "decoded
+/// message length too large", a trailers-only response) into
+/// RESOURCE_EXHAUSTED naming `max_request_bytes` and its value; other
+/// responses pass unchanged. Used with `tower::util::MapResponseLayer`.
+pub fn oversize_as_resource_exhausted<B>(
+    max_request_bytes: usize,
+) -> impl Fn(http::Response<B>) -> http::Response<B> + Clone {
+    move |mut response| {
+        if is_oversize(response.headers()) {
+            let status = Status::resource_exhausted(format!(
+                "the request is larger than max_request_bytes = {max_request_bytes} bytes"
+            ));
+            // Only fails for a message that is not a valid header value,
+            // which this one is.
+            let _ = status.add_header(response.headers_mut());
+        }
+        response
+    }
+}
+
+/// Whether a response head is tonic's refusal of an oversize request.
+fn is_oversize(headers: &http::HeaderMap) -> bool {
+    crate::service::grpc_status(headers) == Some(tonic::Code::OutOfRange)
+        && headers
+            .get("grpc-message")
+            .and_then(|m| m.to_str().ok())
+            .is_some_and(|m| {
+                m.contains("decoded%20message%20length%20too%20large")
+                    || m.contains("decoded message length too large")
+            })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,36 +318,4 @@ mod tests {
         let third = limited.next().await.unwrap().unwrap();
         assert_eq!(third.io, 2);
     }
-}
-
-/// Rewrites tonic's answer to an oversize request (OUT_OF_RANGE "decoded
-/// message length too large", a trailers-only response) into
-/// RESOURCE_EXHAUSTED naming `max_request_bytes` and its value; other
-/// responses pass unchanged. Used with `tower::util::MapResponseLayer`.
-pub fn oversize_as_resource_exhausted<B>(
-    max_request_bytes: usize,
-) -> impl Fn(http::Response<B>) -> http::Response<B> + Clone {
-    move |mut response| {
-        if is_oversize(response.headers()) {
-            let status = Status::resource_exhausted(format!(
-                "the request is larger than max_request_bytes = {max_request_bytes} bytes"
-            ));
-            // Only fails for a message that is not a valid header value,
-            // which this one is.
-            let _ = status.add_header(response.headers_mut());
-        }
-        response
-    }
-}
-
-/// Whether a response head is tonic's refusal of an oversize request.
-fn is_oversize(headers: &http::HeaderMap) -> bool {
-    crate::service::grpc_status(headers) == Some(tonic::Code::OutOfRange)
-        && headers
-            .get("grpc-message")
-            .and_then(|m| m.to_str().ok())
-            .is_some_and(|m| {
-                m.contains("decoded%20message%20length%20too%20large")
-                    || m.contains("decoded message length too large")
-            })
 }
