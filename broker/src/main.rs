@@ -8,6 +8,12 @@ use anyhow::Context;
 use broker::config::{LogConfig, LogFormat, ServerConfig, Settings};
 use clap::{Parser, Subcommand};
 
+/// mimalloc instead of the system allocator: the broker allocates per
+/// request (prost messages, HTTP/2 frames), and glibc's malloc took about
+/// a fifth of its CPU under load (`benches/README.md`, "Allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "broker",

@@ -17,6 +17,11 @@ use benches::procfs::{self, Process};
 use benches::report::{Report, ResourceSource, Resources};
 use clap::Parser as _;
 
+/// The same allocator as `broker serve`, so that the embedded broker
+/// measures what the real one does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Name of the generator's runtime threads.
 const GENERATOR_THREAD_NAME: &str = "bench-gen";
 
