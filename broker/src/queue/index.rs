@@ -10,7 +10,7 @@
 //! costs about 100 bytes of memory here. Every operation is O(log n) in the
 //! queue's size or O(1): nothing scans the backlog.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::attributes::RetryPolicy;
 use super::records::StateRecord;
@@ -29,7 +29,11 @@ pub struct Slot {
 
 #[derive(Debug, Default)]
 pub struct QueueIndex {
-    pub slots: HashMap<u64, Slot>,
+    /// Every message by seq. A B-tree, not a hash map: seqs are handed out
+    /// in order and receives take the lowest, so neighbours share nodes
+    /// (a batch touches a few cache lines, not one per message), and the
+    /// map never stops to rehash as the backlog grows.
+    pub slots: BTreeMap<u64, Slot>,
     /// Visible messages by seq: receive takes from the front.
     pub ready: BTreeSet<u64>,
     /// `(sent_at_ms, seq)`: oldest message age and retention.
