@@ -3,8 +3,11 @@
 //! The layer opens the span around the handler, so every event the handler
 //! logs carries the method; handlers record the queue or topic they act on
 //! ([`record_queue`], [`record_topic`]); the layer records the gRPC status
-//! code of the response and logs one event per RPC: at DEBUG normally, at
-//! WARN for INTERNAL and UNKNOWN (a broker fault, not a client mistake).
+//! code of the response and logs one event per RPC, at DEBUG whatever the
+//! code. A broker fault is logged at ERROR, with its cause, where it is
+//! turned into INTERNAL (`service::status`); the other INTERNAL responses
+//! come from tonic, when a client goes away in the middle of sending its
+//! request, and are no fault of the broker's.
 //!
 //! The code is read from the response head: errors are trailers-only
 //! responses with `grpc-status` in the headers; a head without it is a
@@ -75,12 +78,7 @@ where
                 span.record("code", super::grpc_name(code));
                 let elapsed_us = started.elapsed().as_micros() as u64;
                 let _entered = span.enter();
-                match code {
-                    tonic::Code::Internal | tonic::Code::Unknown => {
-                        tracing::warn!(elapsed_us, "rpc failed")
-                    }
-                    _ => tracing::debug!(elapsed_us, "rpc done"),
-                }
+                tracing::debug!(elapsed_us, "rpc done");
             }
             result
         })
