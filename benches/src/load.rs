@@ -171,10 +171,16 @@ fn share<T: Clone>(items: &[T], index: usize, workers: usize) -> Vec<T> {
     }
 }
 
-/// Connects `tasks.min(MAX_CONNECTIONS)` clients (at least one).
-pub async fn connect(addr: &str, tasks: usize) -> anyhow::Result<Vec<Client>> {
+/// Connects one client per task, at most `connections` (default
+/// [`MAX_CONNECTIONS`]), and at least one.
+pub async fn connect(
+    addr: &str,
+    tasks: usize,
+    connections: Option<u32>,
+) -> anyhow::Result<Vec<Client>> {
+    let most = connections.map_or(MAX_CONNECTIONS, |c| c as usize);
     let mut clients = Vec::new();
-    for _ in 0..tasks.clamp(1, MAX_CONNECTIONS) {
+    for _ in 0..tasks.clamp(1, most) {
         clients.push(Client::connect(addr).await?);
     }
     Ok(clients)

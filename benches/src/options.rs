@@ -6,6 +6,8 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use broker::storage::SyncMode;
+
+use crate::load::MAX_CONNECTIONS;
 use clap::Parser;
 
 /// Largest batch the broker accepts in one send, receive or delete.
@@ -75,6 +77,11 @@ pub struct Options {
     /// ms, default 10), `none` (left to the OS).
     #[arg(long, default_value = "always", value_parser = parse_sync, conflicts_with = "server")]
     pub sync: SyncMode,
+    /// gRPC connections per role (producers, consumers). Default: one per
+    /// task, at most 64. Tasks beyond it share connections in turn (HTTP/2
+    /// multiplexes their calls).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=MAX_CONNECTIONS as i64))]
+    pub connections: Option<u32>,
     /// Print one JSON object instead of the text report.
     #[arg(long)]
     pub json: bool,

@@ -64,6 +64,8 @@ pub struct Report {
     pub rate: Option<u64>,
     pub backlog: u64,
     pub wait_seconds: u32,
+    /// `--connections`; `null`: one per task, at most 64.
+    pub connections: Option<u32>,
     pub duration_seconds: u64,
     /// How long the preload took, if there was one.
     pub preload_seconds: Option<f64>,
@@ -142,6 +144,7 @@ impl Report {
             rate: opts.rate,
             backlog: opts.backlog,
             wait_seconds: opts.wait,
+            connections: opts.connections,
             duration_seconds: opts.duration,
             preload_seconds: preload_seconds.map(round3),
             sent: stats.sent,
@@ -205,10 +208,13 @@ impl Report {
             None if self.queues == 1 => "1 queue".to_string(),
             None => format!("{} queues", self.queues),
         };
-        let mode = match self.rate {
+        let mut mode = match self.rate {
             Some(r) => format!("open loop at {r} msg/s"),
             None => "closed loop".into(),
         };
+        if let Some(c) = self.connections {
+            let _ = write!(mode, ", {c} connections per role");
+        }
         let _ = writeln!(
             s,
             "{broker}; {} producers, {} consumers, batch {}, {} B payload, {target}, {mode}, {} s",
