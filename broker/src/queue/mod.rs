@@ -452,11 +452,6 @@ impl Engine {
             .collect()
     }
 
-    /// Approximate bytes of live data on disk.
-    pub fn disk_bytes(&self) -> u64 {
-        self.store.estimated_size()
-    }
-
     /// Writes `batch` if it holds anything; the ticket to await durability.
     fn write(&self, batch: Batch) -> Result<Option<Ticket>> {
         if batch.is_empty() {

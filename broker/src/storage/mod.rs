@@ -166,7 +166,7 @@ impl Store {
         // Memtables: 16 MiB each (RocksDB's default is 64 MiB), at most two.
         // Message records are small and short-lived, so larger memtables buy
         // little; this keeps the broker's memory (1 M queued messages in
-        // about 300 MiB, benches/README.md) below the default's by ~90 MiB.
+        // under 300 MiB, benches/README.md) below the default's by ~90 MiB.
         opts.set_write_buffer_size(16 << 20);
         opts.set_max_write_buffer_number(2);
         // Bloom filters (10 bits a key, ~1 % false positives): a receive
@@ -334,15 +334,6 @@ impl Store {
             .filter_map(|e| e.metadata().ok())
             .map(|m| m.len())
             .sum()
-    }
-
-    /// Approximate bytes of live data, for diagnostics.
-    pub fn estimated_size(&self) -> u64 {
-        self.db
-            .property_int_value("rocksdb.estimate-live-data-size")
-            .ok()
-            .flatten()
-            .unwrap_or(0)
     }
 }
 
