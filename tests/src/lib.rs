@@ -581,6 +581,21 @@ pub fn only(messages: Vec<pb::ReceivedMessage>) -> pb::ReceivedMessage {
     messages.into_iter().next().expect("one message")
 }
 
+/// Redrives every message of `source` (a dead-letter queue) to
+/// `destination`, or back to the queues they died in when it is empty;
+/// returns how many moved, panicking on failure.
+pub async fn redrive(client: &Client, source: &str, destination: &str) -> u64 {
+    client
+        .redrive_messages(pb::RedriveMessagesRequest {
+            source_queue: source.to_string(),
+            destination_queue: destination.to_string(),
+            max_messages: 0,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("RedriveMessages {source}: {e:?}"))
+        .moved
+}
+
 /// Deletes a message by receipt handle, returning the RPC's result.
 pub async fn delete_message(
     client: &Client,

@@ -241,16 +241,7 @@ async fn redrive_moves_messages_back_to_the_queue_they_died_in() {
     let invoice = dead_letter(&client, "invoices", 2, "invoice").await;
     assert_eq!(counts(&client, "dlq").await, Counts::new(2, 0, 0));
 
-    let moved = client
-        .redrive_messages(pb::RedriveMessagesRequest {
-            source_queue: "dlq".into(),
-            destination_queue: String::new(),
-            max_messages: 0,
-        })
-        .await
-        .expect("RedriveMessages")
-        .moved;
-    assert_eq!(moved, 2);
+    assert_eq!(redrive(&client, "dlq", "").await, 2);
     assert_eq!(counts(&client, "dlq").await, Counts::EMPTY);
 
     for (queue, original) in [("orders", order), ("invoices", invoice)] {
@@ -290,16 +281,7 @@ async fn redrive_to_a_destination_queue_resets_the_receive_count() {
     create_queue(&client, "retry", attributes()).await;
     let original = dead_letter(&client, "orders", 2, "order").await;
 
-    let moved = client
-        .redrive_messages(pb::RedriveMessagesRequest {
-            source_queue: "dlq".into(),
-            destination_queue: "retry".into(),
-            max_messages: 0,
-        })
-        .await
-        .expect("RedriveMessages")
-        .moved;
-    assert_eq!(moved, 1);
+    assert_eq!(redrive(&client, "dlq", "retry").await, 1);
     assert_eq!(counts(&client, "orders").await, Counts::EMPTY);
     let back = only(receive_now(&client, "retry", 10, 30).await);
     assert_eq!(back.message_id, original.message_id);

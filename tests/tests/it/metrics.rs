@@ -166,16 +166,7 @@ async fn dead_letters_and_redrives_are_counted() {
     )
     .await;
 
-    let moved = client
-        .redrive_messages(pb::RedriveMessagesRequest {
-            source_queue: "dlq".into(),
-            destination_queue: String::new(),
-            max_messages: 0,
-        })
-        .await
-        .unwrap()
-        .moved;
-    assert_eq!(moved, 1);
+    assert_eq!(redrive(&client, "dlq", "").await, 1);
     assert_values(
         &server,
         &[

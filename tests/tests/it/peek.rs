@@ -150,15 +150,7 @@ async fn peek_of_a_dead_letter_queue_names_the_source_and_moves_nothing() {
     assert_eq!(counts(&client, "orders-dlq").await, Counts::new(1, 0, 0));
 
     // Redrive after peeking moves it back with its count reset.
-    let moved = client
-        .redrive_messages(pb::RedriveMessagesRequest {
-            source_queue: "orders-dlq".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("RedriveMessages")
-        .moved;
-    assert_eq!(moved, 1);
+    assert_eq!(redrive(&client, "orders-dlq", "").await, 1);
     let back = &peek(&client, "orders", 10, "").await.messages[0];
     assert_eq!(
         (back.message_id.as_str(), back.receive_count),

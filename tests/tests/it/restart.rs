@@ -246,16 +246,7 @@ async fn dead_lettered_message_remembers_its_source_after_restart() {
         .delete_queue(pb::DeleteQueueRequest { name: "dlq".into() })
         .await;
     assert_error(result, Code::FailedPrecondition, &["orders"]);
-    let moved = client
-        .redrive_messages(pb::RedriveMessagesRequest {
-            source_queue: "dlq".into(),
-            destination_queue: String::new(),
-            max_messages: 0,
-        })
-        .await
-        .expect("redrive")
-        .moved;
-    assert_eq!(moved, 1);
+    assert_eq!(redrive(&client, "dlq", "").await, 1);
     let back = only(receive_now(&client, "orders", 10, 30).await);
     assert_eq!((back.message_id, back.receive_count), (id, 1));
 }
