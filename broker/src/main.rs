@@ -108,11 +108,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// Logs go to stderr, as text lines or JSON objects; the filter was
-/// validated with the configuration.
+/// validated with the configuration. Text is coloured only on a terminal,
+/// and never when `NO_COLOR` is set (no-color.org): a log redirected to a
+/// file or a collector holds no escape sequences.
 fn init_logs(log: &LogConfig) {
+    use std::io::IsTerminal as _;
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let filter = tracing_subscriber::EnvFilter::new(&log.filter);
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match log.format {
         LogFormat::Text => logs.init(),

@@ -35,7 +35,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rocksdb::{
-    BlockBasedOptions, DB, DBRecoveryMode, Direction, IteratorMode, Options, ReadOptions,
+    BlockBasedOptions, DB, DBCompressionType, DBRecoveryMode, Direction, IteratorMode, Options, ReadOptions,
     WriteOptions,
 };
 use tokio::sync::watch;
@@ -180,6 +180,10 @@ impl Store {
         table.set_bloom_filter(10.0, false);
         opts.set_block_based_table_factory(&table);
         opts.set_optimize_filters_for_hits(true);
+        // Snappy, RocksDB's default, set here because it is the only
+        // compression the build compiles in (the workspace's `rocksdb`
+        // features): a data dir written with another one could not be read.
+        opts.set_compression_type(DBCompressionType::Snappy);
         // A record cut short at the end of the log is what a crash during a
         // write leaves (that write was never acknowledged): recover up to
         // it. Corruption anywhere else is an error, never a silent loss of
