@@ -66,6 +66,7 @@ fn receive_delete(c: &mut Criterion) {
                             max_messages: batch as u32,
                             visibility_timeout_seconds: Some(30),
                             wait_time_seconds: Some(0),
+                            ..ReceiveOptions::default()
                         },
                     )
                     .await

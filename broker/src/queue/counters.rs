@@ -174,6 +174,7 @@ mod tests {
             max_messages: 10,
             visibility_timeout_seconds: Some(0),
             wait_time_seconds: Some(wait),
+            ..ReceiveOptions::default()
         }
     }
 

@@ -117,6 +117,11 @@ pub struct ReceiveOptions {
     pub max_messages: u32,
     pub visibility_timeout_seconds: Option<u32>,
     pub wait_time_seconds: Option<u32>,
+    /// The longest the caller can wait, whatever the wait time says: a
+    /// long poll whose client gives up at a deadline must stop waiting
+    /// before it, or it could claim a message for a caller that is gone
+    /// (`service::deadline` derives it from `grpc-timeout`).
+    pub wait_limit: Option<Duration>,
 }
 
 struct Queue {
@@ -762,7 +767,8 @@ impl Engine {
                 continue;
             }
             let until = *until.get_or_insert_with(|| {
-                tokio::time::Instant::now() + Duration::from_secs(u64::from(claim.wait))
+                let wait = Duration::from_secs(u64::from(claim.wait));
+                tokio::time::Instant::now() + opts.wait_limit.map_or(wait, |limit| wait.min(limit))
             });
             if tokio::time::Instant::now() >= until || self.shutdown.is_cancelled() {
                 return Ok(Vec::new());

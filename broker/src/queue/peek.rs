@@ -227,6 +227,7 @@ mod tests {
             max_messages: 1,
             visibility_timeout_seconds: Some(0),
             wait_time_seconds: Some(0),
+            ..ReceiveOptions::default()
         };
         let released_at = e.now_ms();
         assert_eq!(e.receive("q", opts).await.unwrap().len(), 1);

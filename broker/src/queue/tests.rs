@@ -25,6 +25,7 @@ fn recv(max: u32, visibility: u32, wait: u32) -> ReceiveOptions {
         max_messages: max,
         visibility_timeout_seconds: Some(visibility),
         wait_time_seconds: Some(wait),
+        ..ReceiveOptions::default()
     }
 }
 
@@ -109,6 +110,30 @@ async fn long_poll_returns_empty_when_the_wait_ends() {
     let start = tokio::time::Instant::now();
     assert!(e.receive("q", recv(1, 2, 7)).await.unwrap().is_empty());
     assert_eq!(start.elapsed(), Duration::from_secs(7));
+}
+
+#[tokio::test(start_paused = true)]
+async fn long_poll_ends_at_its_wait_limit_and_takes_nothing_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine_with_queue(&dir).await;
+    let limited = ReceiveOptions {
+        wait_limit: Some(Duration::from_millis(1500)),
+        ..recv(1, 600, 20)
+    };
+    let start = tokio::time::Instant::now();
+    assert!(e.receive("q", limited).await.unwrap().is_empty());
+    assert_eq!(start.elapsed(), Duration::from_millis(1500));
+    // A message sent after the limit is still there for the next caller.
+    e.send("q", vec![msg("a")]).await.unwrap();
+    assert_eq!(e.receive("q", recv(1, 600, 0)).await.unwrap()[0].receive_count, 1);
+    // A wait time shorter than the limit still ends the wait.
+    let limited = ReceiveOptions {
+        wait_limit: Some(Duration::from_secs(60)),
+        ..recv(1, 600, 3)
+    };
+    let start = tokio::time::Instant::now();
+    assert!(e.receive("q", limited).await.unwrap().is_empty());
+    assert_eq!(start.elapsed(), Duration::from_secs(3));
 }
 
 #[tokio::test(start_paused = true)]

@@ -2,6 +2,7 @@
 //! protobuf or a status out. The one table that maps engine errors to gRPC
 //! status codes lives here.
 
+pub mod deadline;
 pub mod health;
 pub mod queue;
 pub mod stream;

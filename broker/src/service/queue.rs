@@ -9,7 +9,7 @@ use std::sync::Arc;
 use broker_proto::pb;
 use tonic::{Request, Response, Status};
 
-use super::{run_batch, status, trace};
+use super::{deadline, run_batch, status, trace};
 use crate::auth::{self, Permission};
 use crate::config::Limits;
 use crate::limits::{LongPolls, Streams};
@@ -351,11 +351,13 @@ impl pb::queue_service_server::QueueService for QueueApi {
         } else {
             self.long_polls.start(req.remote_addr())?
         };
+        let wait_limit = deadline::wait_limit(req.metadata());
         let req = req.into_inner();
         let opts = ReceiveOptions {
             max_messages: req.max_messages,
             visibility_timeout_seconds: req.visibility_timeout_seconds,
             wait_time_seconds: req.wait_time_seconds,
+            wait_limit,
         };
         let _open = self.engine.long_poll_opened();
         let messages = self

@@ -75,6 +75,7 @@ pub async fn run(
                 max_messages: room.max(1),
                 visibility_timeout_seconds: open.visibility_timeout_seconds,
                 wait_time_seconds: Some(20),
+                ..ReceiveOptions::default()
             },
         );
         tokio::select! {

@@ -343,3 +343,45 @@ fn a_thousand_idle_long_polls_cost_no_cpu() {
         server.shutdown().await;
     });
 }
+
+/// A long poll whose client gives up at a deadline stops waiting a margin
+/// before it (half the timeout, at most 500 ms): it answers empty while the
+/// client still listens, and a message sent the moment the client gave up
+/// stays visible instead of going in flight to a caller that is gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_poll_ends_before_its_client_deadline_and_takes_nothing_after_it() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    create_queue(&client, "orders", attributes()).await;
+    let raw = pb::queue_service_client::QueueServiceClient::connect(format!(
+        "http://{}",
+        server.addr()
+    ))
+    .await
+    .expect("connect");
+    let deadline = Duration::from_secs(2);
+    let started = Instant::now();
+    let polls: Vec<_> = (0..10)
+        .map(|_| {
+            let mut raw = raw.clone();
+            tokio::spawn(async move {
+                let mut request =
+                    tonic::Request::new(receive_request("orders", 1, Some(600), Some(20)));
+                request.set_timeout(deadline);
+                raw.receive_messages(request).await
+            })
+        })
+        .collect();
+    for poll in polls {
+        let answer = poll.await.expect("the receive task");
+        let messages = answer
+            .unwrap_or_else(|e| panic!("the broker did not answer before the deadline: {e:?}"))
+            .into_inner()
+            .messages;
+        assert!(messages.is_empty(), "nothing was sent yet");
+    }
+    assert!(started.elapsed() < deadline, "answered after the deadline");
+    tokio::time::sleep_until((started + deadline).into()).await;
+    send_message(&client, "orders", "after the deadline", &[], None).await;
+    assert_eq!(counts(&client, "orders").await, Counts::new(1, 0, 0));
+}
