@@ -109,6 +109,34 @@ impl QueueIndex {
         true
     }
 
+    /// Gives the queue a new retry policy and places every received
+    /// message again as of `now` under it, as a restart would: the index
+    /// stays a function of the state records and the queue's attributes.
+    /// O(messages): an attribute change, not a message operation.
+    pub fn set_retry(
+        &mut self,
+        timers: &mut Timers,
+        queue_id: u64,
+        retry: Option<RetryPolicy>,
+        now: u64,
+    ) {
+        if self.retry == retry {
+            return;
+        }
+        self.retry = retry;
+        let received: Vec<(u64, Slot)> = self
+            .slots
+            .iter()
+            .filter(|(_, slot)| slot.state.receive_count > 0)
+            .map(|(&seq, &slot)| (seq, slot))
+            .collect();
+        for (seq, old) in received {
+            self.unplace(timers, queue_id, seq, &old);
+            let slot = self.place(timers, queue_id, seq, old.state, now);
+            self.slots.insert(seq, slot);
+        }
+    }
+
     pub fn oldest_sent_at(&self) -> Option<u64> {
         self.by_sent.first().map(|&(sent, _)| sent)
     }

@@ -10,12 +10,23 @@
 //! hidden messages ordered by the moment they become visible. Bodies are
 //! read from RocksDB only when a message is received.
 //!
+//! # Decide, then apply
+//! Every state change is decided by the methods here, under the engine
+//! lock (validation, the clock, the seqs a receive claims, new seqs and
+//! message ids, deadlines), as a [`Command`] that carries every decided
+//! value; [`command::apply`] then writes it and updates the index, with
+//! no choice of its own. The command list and each command's atomic write
+//! are in [`command`]'s docs. A single node applies its own commands at
+//! once under the same lock; [`Engine::replay`] applies one decided
+//! elsewhere.
+//!
 //! # Invariants
-//! - Every state change of a message is one atomic [`Batch`]: send (body +
-//!   state), receive (state), visibility change (state), delete (body +
-//!   state), dead-letter move and redrive (delete in one queue + body and
-//!   state in the other), purge and queue deletion (range deletes).
-//! - Writes are applied under the engine lock, in the order the lock
+//! - Every state change of a message is one atomic write batch (one
+//!   command): send (body + state), receive (state), visibility change
+//!   (state), delete (body + state), dead-letter move and redrive (delete
+//!   in one queue + body and state in the other), purge and queue deletion
+//!   (range deletes).
+//! - Commands are applied under the engine lock, in the order the lock
 //!   decided them, so the WAL order is the order of the in-memory changes.
 //!   Durability is awaited after the lock is released (group commit, see
 //!   `storage`): send, delete, purge and queue changes are acknowledged only
@@ -23,7 +34,9 @@
 //!   since losing one only means an earlier redelivery.
 //! - A crash at any moment leaves each message either before or after its
 //!   last write; on restart the index is rebuilt from the state records, so
-//!   in-flight messages stay hidden until their persisted deadline.
+//!   in-flight messages stay hidden until their persisted deadline. The
+//!   index kept in memory is the one a restart would rebuild (a property
+//!   test checks it).
 //! - Receive claims messages in one synchronous step after the wait: a
 //!   client that disconnects while waiting (its future dropped) has claimed
 //!   nothing.
@@ -37,6 +50,7 @@
 //! messages (retention) once a second.
 
 pub mod attributes;
+pub mod command;
 pub mod counters;
 pub mod index;
 mod peek;
@@ -52,14 +66,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use prost::Message;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::error::{Error, Result, invalid};
-use crate::storage::{Batch, Store, SyncMode, Ticket, keys};
+use crate::storage::{Store, SyncMode, Ticket, keys};
 pub use attributes::{AttributeChanges, QueueAttributes, RedrivePolicy, RetryPolicy};
+use command::{Command, Op};
 use counters::{Activity, QueueCounters};
 use index::{QueueIndex, Timers};
 pub use peek::{MessageState, PEEK_DEFAULT, PEEK_MAX, Peeked};
@@ -151,7 +165,10 @@ impl Queue {
             name: name.to_string(),
             created_at_ms,
             attributes: QueueAttributes::default(),
-            index: QueueIndex::default(),
+            index: QueueIndex {
+                retry: attributes.retry_policy,
+                ..QueueIndex::default()
+            },
             notify: Arc::new(Notify::new()),
             limiter: None,
             counters: QueueCounters::default(),
@@ -160,10 +177,11 @@ impl Queue {
         q
     }
 
-    /// Applies attributes, and what derives from them: the retry policy of
-    /// the index and the rate limiter (kept as it is if its rate is unchanged).
+    /// Applies attributes, and the rate limiter that derives from them
+    /// (kept as it is if its rate is unchanged). The index's retry policy is
+    /// the caller's to set (`QueueIndex::set_retry` re-places timers, which
+    /// are the engine's).
     fn set_attributes(&mut self, attributes: QueueAttributes, now: u64) {
-        self.index.retry = attributes.retry_policy;
         let (rate, burst) = (attributes.max_receive_rate, attributes.max_receive_burst);
         let unchanged =
             self.attributes.max_receive_rate == rate && self.attributes.max_receive_burst == burst;
@@ -208,9 +226,14 @@ struct State {
     topics: BTreeMap<String, topics::Topic>,
     /// Subscriptions by id (ids come from the seq counter).
     subscriptions: BTreeMap<u64, topics::Subscription>,
+    /// The next seq to hand out. Decision state, not a command's effect:
+    /// a replica that starts deciding starts from `reserved_seq`.
     next_seq: u64,
     /// Seqs below this may have been handed out (persisted before use).
     reserved_seq: u64,
+    /// A reservation decided by `alloc_seqs` and not yet carried by a
+    /// command: the next command persists it.
+    pending_reservation: Option<u64>,
 }
 
 impl State {
@@ -231,16 +254,27 @@ impl State {
         Ok(self.queues.get_mut(&id).expect("names and queues agree"))
     }
 
-    /// Hands out `n` fresh seqs, extending the persisted reservation in
-    /// `batch` when needed (so the reservation is durable with their use).
-    fn alloc_seqs(&mut self, n: u64, batch: &mut Batch) -> u64 {
+    /// Hands out `n` fresh seqs, extending the reservation when needed: the
+    /// next command carries it, so it is durable with their first use.
+    fn alloc_seqs(&mut self, n: u64) -> u64 {
         let first = self.next_seq;
         self.next_seq += n;
-        if self.next_seq > self.reserved_seq {
-            self.reserved_seq = self.next_seq + SEQ_BLOCK;
-            batch.put(keys::SEQ_RESERVATION, self.reserved_seq.to_be_bytes());
+        let reserved = self.pending_reservation.unwrap_or(self.reserved_seq);
+        if self.next_seq > reserved {
+            self.pending_reservation = Some(self.next_seq + SEQ_BLOCK);
         }
         first
+    }
+
+    /// A command decided at `now`, carrying the pending seq reservation.
+    fn command(&mut self, now: u64, op: Op) -> Command {
+        Command::new(now, self.pending_reservation.take(), op)
+    }
+
+    /// Notes a seq used by an applied command: a replica that applies
+    /// commands it did not decide never hands it out again.
+    fn see_seq(&mut self, seq: u64) {
+        self.next_seq = self.next_seq.max(seq + 1);
     }
 
     /// Moves every message whose timer is due into its queue's ready set.
@@ -272,36 +306,20 @@ struct Claim {
     tokens_at: Option<u64>,
 }
 
-/// A message written by a send or a publish, to be added to the index
-/// once its write is applied.
-struct Placed {
-    queue_id: u64,
-    seq: u64,
-    state: StateRecord,
-}
-
-/// Adds a new message (body and state) to `batch`, with a fresh seq.
+/// A new message of a send or a publish: its seq, body and when it is
+/// visible, for a `Send` command.
 fn enqueue(
     st: &mut State,
-    batch: &mut Batch,
     queue_id: u64,
     body: BodyRecord,
     delay: u32,
     now: u64,
-) -> Placed {
-    let seq = st.alloc_seqs(1, batch);
-    let state = StateRecord {
-        receive_count: 0,
-        visible_at_ms: now + u64::from(delay) * 1000,
-        first_received_at_ms: 0,
-        sent_at_ms: body.sent_at_ms,
-    };
-    batch.put(keys::body(queue_id, seq), body.encode_to_vec());
-    batch.put(keys::state(queue_id, seq), state.encode());
-    Placed {
+) -> command::Enqueue {
+    command::Enqueue {
         queue_id,
-        seq,
-        state,
+        seq: st.alloc_seqs(1),
+        body,
+        visible_at_ms: now + u64::from(delay) * 1000,
     }
 }
 
@@ -358,6 +376,9 @@ pub struct Engine {
     shutdown: CancellationToken,
     /// Open long polls and streams, for the metrics.
     activity: Activity,
+    /// Every command applied, in order (unit tests replay them).
+    #[cfg(test)]
+    journal: Mutex<Vec<Command>>,
 }
 
 impl Engine {
@@ -368,7 +389,14 @@ impl Engine {
         let now = clock.now_ms();
         let mut state = State::default();
         if let Some(v) = store.get(keys::SEQ_RESERVATION)? {
-            state.reserved_seq = u64::from_be_bytes(v.as_slice().try_into().unwrap_or_default());
+            let bytes: [u8; 8] =
+                v.as_slice()
+                    .try_into()
+                    .map_err(|_| crate::storage::StorageError::Corrupt {
+                        key: format!("{:02x?}", keys::SEQ_RESERVATION),
+                        reason: format!("seq reservation of {} bytes, not 8", v.len()),
+                    })?;
+            state.reserved_seq = u64::from_be_bytes(bytes);
         }
         let mut max_id = 0;
         for item in store.scan_prefix(&[keys::QUEUE_PREFIX]) {
@@ -417,6 +445,8 @@ impl Engine {
             scheduler: Notify::new(),
             shutdown: CancellationToken::new(),
             activity: Activity::default(),
+            #[cfg(test)]
+            journal: Mutex::new(Vec::new()),
         })
     }
 
@@ -457,12 +487,31 @@ impl Engine {
             .collect()
     }
 
-    /// Writes `batch` if it holds anything; the ticket to await durability.
-    fn write(&self, batch: Batch) -> Result<Option<Ticket>> {
-        if batch.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(self.store.write(batch)?))
+    /// Applies a command this engine decided, under its lock (see
+    /// [`command`]). Returns the ticket to await the write's durability.
+    fn apply(&self, st: &mut State, cmd: Command) -> Result<Option<Ticket>> {
+        let ticket = self.apply_command(st, &cmd)?;
+        #[cfg(test)]
+        self.journal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(cmd);
+        Ok(ticket)
+    }
+
+    /// [`command::apply`], then wakes the scheduler when a timer moved earlier.
+    fn apply_command(&self, st: &mut State, cmd: &Command) -> Result<Option<Ticket>> {
+        let earliest = st.timers.first().map(|t| t.0);
+        let ticket = command::apply(st, &self.store, cmd)?;
+        self.timer_set(st, earliest);
+        Ok(ticket)
+    }
+
+    /// Applies a command decided by another engine (a replay), and waits
+    /// until it is durable.
+    pub async fn replay(&self, cmd: &Command) -> Result<()> {
+        let ticket = self.apply_command(&mut self.lock(), cmd)?;
+        self.durable(ticket).await
     }
 
     async fn durable(&self, ticket: Option<Ticket>) -> Result<()> {
@@ -497,19 +546,15 @@ impl Engine {
                 return Ok(q.info());
             }
             self.check_redrive(&st, name, &attributes)?;
-            let mut batch = Batch::default();
-            let id = st.alloc_seqs(1, &mut batch);
-            let created_at_ms = self.now_ms();
-            batch.put(
-                keys::queue(name),
-                QueueRecord::new(id, created_at_ms, &attributes).encode_to_vec(),
-            );
-            let ticket = self.write(batch)?;
-            let q = Queue::new(id, name, created_at_ms, attributes, created_at_ms);
-            let info = q.info();
-            st.names.insert(name.to_string(), id);
-            st.queues.insert(id, q);
-            (info, ticket)
+            let id = st.alloc_seqs(1);
+            let now = self.now_ms();
+            let put = command::PutQueue {
+                name: name.to_string(),
+                record: QueueRecord::new(id, now, &attributes),
+            };
+            let cmd = st.command(now, Op::PutQueue(put));
+            let ticket = self.apply(&mut st, cmd)?;
+            (st.queue(name)?.info(), ticket)
         };
         self.durable(ticket).await?;
         Ok(info)
@@ -561,16 +606,13 @@ impl Engine {
             let attributes = changes.apply_to(&q.attributes)?;
             let (id, created_at_ms) = (q.id, q.created_at_ms);
             self.check_redrive(&st, name, &attributes)?;
-            let mut batch = Batch::default();
-            batch.put(
-                keys::queue(name),
-                QueueRecord::new(id, created_at_ms, &attributes).encode_to_vec(),
-            );
-            let ticket = self.write(batch)?;
-            let now = self.now_ms();
-            let q = st.queue(name)?;
-            q.set_attributes(attributes, now);
-            (q.info(), ticket)
+            let put = command::PutQueue {
+                name: name.to_string(),
+                record: QueueRecord::new(id, created_at_ms, &attributes),
+            };
+            let cmd = st.command(self.now_ms(), Op::PutQueue(put));
+            let ticket = self.apply(&mut st, cmd)?;
+            (st.queue(name)?.info(), ticket)
         };
         self.durable(ticket).await?;
         Ok(info)
@@ -579,7 +621,7 @@ impl Engine {
     pub async fn delete_queue(&self, name: &str) -> Result<()> {
         let ticket = {
             let mut st = self.lock();
-            let id = st.queue_id(name)?;
+            st.queue_id(name)?;
             let mut sources: Vec<&str> = st
                 .queues
                 .values()
@@ -602,54 +644,27 @@ impl Engine {
                         .join(", ")
                 )));
             }
-            let mut batch = Batch::default();
-            batch.delete(keys::queue(name));
-            Self::delete_all_messages(&mut batch, id);
-            let subscriptions = topics::subscriptions_of_queue(&st, name);
-            for &sub in &subscriptions {
-                batch.delete(keys::subscription(sub));
-            }
-            let ticket = self.write(batch)?;
-            for sub in subscriptions {
-                topics::forget_subscription(&mut st, sub);
-            }
-            let q = st.queues.remove(&id).expect("names and queues agree");
-            st.names.remove(name);
-            for (seq, slot) in &q.index.slots {
-                if !slot.ready {
-                    st.timers.remove(&(slot.due_at, id, *seq));
-                }
-            }
-            q.notify.notify_waiters();
-            ticket
+            let cmd = st.command(
+                self.now_ms(),
+                Op::DeleteQueue(command::DeleteQueue {
+                    name: name.to_string(),
+                }),
+            );
+            self.apply(&mut st, cmd)?
         };
         self.durable(ticket).await
-    }
-
-    fn delete_all_messages(batch: &mut Batch, queue_id: u64) {
-        for prefix in [keys::BODY_PREFIX, keys::STATE_PREFIX] {
-            let (from, to) = keys::queue_range(prefix, queue_id);
-            batch.delete_range(from, to);
-        }
     }
 
     /// Deletes every message of the queue, in flight ones too.
     pub async fn purge_queue(&self, name: &str) -> Result<()> {
         let ticket = {
             let mut st = self.lock();
-            let id = st.queue_id(name)?;
-            let mut batch = Batch::default();
-            Self::delete_all_messages(&mut batch, id);
-            let ticket = self.write(batch)?;
-            let State { queues, timers, .. } = &mut *st;
-            let q = queues.get_mut(&id).expect("names and queues agree");
-            let index = std::mem::take(&mut q.index);
-            for (seq, slot) in index.slots {
-                if !slot.ready {
-                    timers.remove(&(slot.due_at, id, seq));
-                }
-            }
-            ticket
+            let queue_id = st.queue_id(name)?;
+            let cmd = st.command(
+                self.now_ms(),
+                Op::PurgeQueue(command::PurgeQueue { queue_id }),
+            );
+            self.apply(&mut st, cmd)?
         };
         self.durable(ticket).await
     }
@@ -677,7 +692,6 @@ impl Engine {
                     Ok((m, delay))
                 })
                 .collect();
-            let mut batch = Batch::default();
             let mut placed = Vec::new();
             let results: Vec<Result<String>> = checked
                 .into_iter()
@@ -691,33 +705,29 @@ impl Engine {
                         sent_at_ms: now,
                         dead_letter_source: String::new(),
                     };
-                    placed.push(enqueue(&mut st, &mut batch, id, body, delay, now));
+                    placed.push(enqueue(&mut st, id, body, delay, now));
                     Ok(message_id)
                 })
                 .collect();
-            let ticket = self.write(batch)?;
-            self.place(&mut st, placed, now);
+            let ticket = self.send_placed(&mut st, placed, now)?;
             (results, ticket)
         };
         self.durable(ticket).await?;
         Ok(results)
     }
 
-    /// Adds freshly written messages to the index, waking one waiter per
-    /// visible message and the scheduler for an earlier timer.
-    fn place(&self, st: &mut State, placed: Vec<Placed>, now: u64) {
-        let earliest = st.timers.first().map(|t| t.0);
-        let State { queues, timers, .. } = st;
-        for p in placed {
-            if let Some(q) = queues.get_mut(&p.queue_id) {
-                q.index.insert(timers, p.queue_id, p.seq, p.state, now);
-                q.counters.sent += 1;
-                if p.state.visible_at_ms <= now {
-                    q.notify.notify_one();
-                }
-            }
+    /// Applies the `Send` of new messages (none: nothing to write).
+    fn send_placed(
+        &self,
+        st: &mut State,
+        messages: Vec<command::Enqueue>,
+        now: u64,
+    ) -> Result<Option<Ticket>> {
+        if messages.is_empty() && st.pending_reservation.is_none() {
+            return Ok(None);
         }
-        self.timer_set(st, earliest);
+        let cmd = st.command(now, Op::Send(command::Send { messages }));
+        self.apply(st, cmd)
     }
 
     /// Receives up to `max_messages`, waiting up to the wait time for the
@@ -822,20 +832,20 @@ impl Engine {
                 p.max_receive_count,
             ))
         });
-        let mut batch = Batch::default();
-        let mut dead = Vec::new();
+        let mut claims = Vec::new();
+        let mut dead_letters = Vec::new();
         // Messages due for the dead-letter queue do not count against
         // `max`: the receive takes the next ones (at most CHUNK moves per
         // call, so a receive stays O(batch)).
         for &seq in &q.index.ready {
-            if claim.taken.len() >= max as usize || dead.len() >= CHUNK {
+            if claims.len() >= max as usize || dead_letters.len() >= CHUNK {
                 break;
             }
             let old = q.index.slots[&seq].state;
             if let Some((dlq, max_count)) = dead_letter
                 && old.receive_count >= max_count
             {
-                dead.push((seq, dlq));
+                dead_letters.push((seq, dlq));
                 continue;
             }
             let state = StateRecord {
@@ -848,72 +858,33 @@ impl Engine {
                 },
                 sent_at_ms: old.sent_at_ms,
             };
-            batch.put(keys::state(id, seq), state.encode());
-            claim.taken.push((id, seq, state));
+            claims.push(command::NewState::new(seq, state));
         }
-        let earliest = st.timers.first().map(|t| t.0);
-        let moved = self.dead_letter(&mut st, &mut batch, id, &dead, now)?;
-        self.write(batch)?;
-        let State { queues, timers, .. } = &mut *st;
-        let q = queues.get_mut(&id).expect("checked above");
+        if claims.is_empty() && dead_letters.is_empty() {
+            return Ok(claim);
+        }
+        let first = st.alloc_seqs(dead_letters.len() as u64);
+        let dead_letters = (first..)
+            .zip(dead_letters)
+            .map(|(to_seq, (seq, to_queue_id))| command::Move {
+                seq,
+                to_queue_id,
+                to_seq,
+            })
+            .collect();
+        claim.taken = claims.iter().map(|c| (id, c.seq, c.state())).collect();
+        let receive = command::Receive {
+            queue_id: id,
+            claims,
+            dead_letters,
+        };
+        let cmd = st.command(now, Op::Receive(receive));
+        self.apply(&mut st, cmd)?;
+        let q = st.queues.get_mut(&id).expect("checked above");
         if let Some(bucket) = &mut q.limiter {
             bucket.take(claim.taken.len() as u32);
         }
-        for &(_, seq, state) in &claim.taken {
-            q.index.update(timers, id, seq, state, now, true);
-        }
-        q.counters.received += claim.taken.len() as u64;
-        for (seq, dlq, dlq_seq, state) in moved {
-            let q = queues.get_mut(&id).expect("checked above");
-            q.index.remove(timers, id, seq);
-            q.counters.dead_lettered += 1;
-            if let Some(d) = queues.get_mut(&dlq) {
-                d.index.insert(timers, dlq, dlq_seq, state, now);
-                d.notify.notify_one();
-            }
-        }
-        self.timer_set(&st, earliest);
         Ok(claim)
-    }
-
-    /// Adds to `batch` the moves of `dead` messages to their dead-letter
-    /// queue; returns `(seq, dlq id, new seq, new state)` for the index.
-    fn dead_letter(
-        &self,
-        st: &mut State,
-        batch: &mut Batch,
-        id: u64,
-        dead: &[(u64, u64)],
-        now: u64,
-    ) -> Result<Vec<(u64, u64, u64, StateRecord)>> {
-        if dead.is_empty() {
-            return Ok(Vec::new());
-        }
-        let source = st.queues[&id].name.clone();
-        let keys: Vec<Vec<u8>> = dead
-            .iter()
-            .map(|&(seq, _)| keys::body(id, seq).to_vec())
-            .collect();
-        let bodies = self.store.multi_get(&keys)?;
-        let mut first = st.alloc_seqs(dead.len() as u64, batch);
-        let mut moved = Vec::with_capacity(dead.len());
-        for (&(seq, dlq), raw) in dead.iter().zip(bodies) {
-            let old = st.queues[&id].index.slots[&seq].state;
-            batch.delete(keys::body(id, seq));
-            batch.delete(keys::state(id, seq));
-            let Some(raw) = raw else { continue };
-            let mut body: BodyRecord = records::decode(&keys::body(id, seq), &raw)?;
-            body.dead_letter_source = source.clone();
-            let state = StateRecord {
-                visible_at_ms: now,
-                ..old
-            };
-            batch.put(keys::body(dlq, first), body.encode_to_vec());
-            batch.put(keys::state(dlq, first), state.encode());
-            moved.push((seq, dlq, first, state));
-            first += 1;
-        }
-        Ok(moved)
     }
 
     fn read_bodies(&self, claimed: Vec<(u64, u64, StateRecord)>) -> Result<Vec<Received>> {
@@ -974,25 +945,29 @@ impl Engine {
     pub async fn delete(&self, queue: &str, handles: &[&str]) -> Result<Vec<Result<()>>> {
         let (results, ticket) = {
             let mut st = self.lock();
-            st.queue_id(queue)?;
-            let mut batch = Batch::default();
-            let mut results = Vec::with_capacity(handles.len());
-            for handle in handles {
-                results.push(
-                    Self::check_handle(&mut st, queue, handle).map(|(id, seq, state)| {
-                        if state.is_some() {
-                            batch.delete(keys::body(id, seq));
-                            batch.delete(keys::state(id, seq));
-                            let State { queues, timers, .. } = &mut *st;
-                            if let Some(q) = queues.get_mut(&id) {
-                                q.index.remove(timers, id, seq);
-                                q.counters.deleted += 1;
-                            }
-                        }
-                    }),
+            let queue_id = st.queue_id(queue)?;
+            let mut seqs = Vec::new();
+            let results = handles
+                .iter()
+                .map(|handle| {
+                    let (_, seq, state) = Self::check_handle(&mut st, queue, handle)?;
+                    // The same message twice in one call is deleted once.
+                    if state.is_some() && !seqs.contains(&seq) {
+                        seqs.push(seq);
+                    }
+                    Ok(())
+                })
+                .collect();
+            let ticket = if seqs.is_empty() {
+                None
+            } else {
+                let cmd = st.command(
+                    self.now_ms(),
+                    Op::Delete(command::Delete { queue_id, seqs }),
                 );
-            }
-            (results, self.write(batch)?)
+                self.apply(&mut st, cmd)?
+            };
+            (results, ticket)
         };
         self.durable(ticket).await?;
         Ok(results)
@@ -1007,10 +982,8 @@ impl Engine {
     ) -> Result<Vec<Result<()>>> {
         let now = self.now_ms();
         let mut st = self.lock();
-        st.queue_id(queue)?;
-        let earliest = st.timers.first().map(|t| t.0);
-        let mut batch = Batch::default();
-        let mut updates = Vec::new();
+        let queue_id = st.queue_id(queue)?;
+        let mut updates: Vec<command::NewState> = Vec::new();
         let results = changes
             .iter()
             .map(|&(handle, seconds)| {
@@ -1020,7 +993,7 @@ impl Engine {
                     0,
                     attributes::VISIBILITY_TIMEOUT_MAX,
                 )?;
-                let (id, seq, state) = Self::check_handle(&mut st, queue, handle)?;
+                let (_, seq, state) = Self::check_handle(&mut st, queue, handle)?;
                 let state = match state {
                     Some(s) if s.visible_at_ms > now => s,
                     Some(_) => {
@@ -1039,22 +1012,20 @@ impl Engine {
                     visible_at_ms: now + u64::from(seconds) * 1000,
                     ..state
                 };
-                batch.put(keys::state(id, seq), state.encode());
-                updates.push((id, seq, state));
+                // The same message twice in one call: the last change wins.
+                updates.retain(|u| u.seq != seq);
+                updates.push(command::NewState::new(seq, state));
                 Ok(())
             })
             .collect();
-        self.write(batch)?;
-        let State { queues, timers, .. } = &mut *st;
-        for (id, seq, state) in updates {
-            if let Some(q) = queues.get_mut(&id) {
-                q.index.update(timers, id, seq, state, now, false);
-                if state.visible_at_ms <= now {
-                    q.notify.notify_one();
-                }
-            }
+        if !updates.is_empty() {
+            let change = command::ChangeVisibility {
+                queue_id,
+                changes: updates,
+            };
+            let cmd = st.command(now, Op::ChangeVisibility(change));
+            self.apply(&mut st, cmd)?;
         }
-        self.timer_set(&st, earliest);
         Ok(results)
     }
 
@@ -1091,48 +1062,45 @@ impl Engine {
                 .collect();
             let Some(&last) = seqs.last() else { break };
             after = last + 1;
-            let keys: Vec<Vec<u8>> = seqs.iter().map(|&s| keys::body(src, s).to_vec()).collect();
-            let bodies = self.store.multi_get(&keys)?;
-            let mut batch = Batch::default();
-            let mut first = st.alloc_seqs(seqs.len() as u64, &mut batch);
-            let mut placed = Vec::new();
-            for (seq, raw) in seqs.into_iter().zip(bodies) {
-                let Some(raw) = raw else { continue };
-                let mut body: BodyRecord = records::decode(&keys::body(src, seq), &raw)?;
-                let to = match dest {
-                    Some(d) => d,
-                    None => match st.names.get(&body.dead_letter_source) {
-                        Some(&d) if d != src => d,
-                        // Its source queue is gone: it stays here.
-                        _ => continue,
-                    },
-                };
-                let old = st.queues[&src].index.slots[&seq].state;
-                body.dead_letter_source.clear();
-                let state = StateRecord {
-                    receive_count: 0,
-                    visible_at_ms: now,
-                    first_received_at_ms: 0,
-                    sent_at_ms: old.sent_at_ms,
-                };
-                batch.delete(keys::body(src, seq));
-                batch.delete(keys::state(src, seq));
-                batch.put(keys::body(to, first), body.encode_to_vec());
-                batch.put(keys::state(to, first), state.encode());
-                placed.push((seq, to, first, state));
-                first += 1;
+            // Each message goes back where it died, unless told where.
+            let targets: Vec<(u64, u64)> = match dest {
+                Some(d) => seqs.into_iter().map(|seq| (seq, d)).collect(),
+                None => {
+                    let keys: Vec<Vec<u8>> =
+                        seqs.iter().map(|&s| keys::body(src, s).to_vec()).collect();
+                    let bodies = self.store.multi_get(&keys)?;
+                    let mut targets = Vec::with_capacity(seqs.len());
+                    for (seq, raw) in seqs.into_iter().zip(bodies) {
+                        let Some(raw) = raw else { continue };
+                        let body: BodyRecord = records::decode(&keys::body(src, seq), &raw)?;
+                        match st.names.get(&body.dead_letter_source) {
+                            Some(&d) if d != src => targets.push((seq, d)),
+                            // Its source queue is gone: it stays here.
+                            _ => {}
+                        }
+                    }
+                    targets
+                }
+            };
+            if targets.is_empty() {
+                continue;
             }
-            ticket = self.write(batch)?.or(ticket);
-            let State { queues, timers, .. } = &mut *st;
-            for (seq, to, new_seq, state) in placed {
-                let s = queues.get_mut(&src).expect("locked");
-                s.index.remove(timers, src, seq);
-                s.counters.redriven += 1;
-                let q = queues.get_mut(&to).expect("locked");
-                q.index.insert(timers, to, new_seq, state, now);
-                q.notify.notify_one();
-                moved += 1;
-            }
+            let first = st.alloc_seqs(targets.len() as u64);
+            let moves: Vec<command::Move> = (first..)
+                .zip(targets)
+                .map(|(to_seq, (seq, to_queue_id))| command::Move {
+                    seq,
+                    to_queue_id,
+                    to_seq,
+                })
+                .collect();
+            moved += moves.len() as u64;
+            let redrive = command::Redrive {
+                source_queue_id: src,
+                moves,
+            };
+            let cmd = st.command(now, Op::Redrive(redrive));
+            ticket = self.apply(&mut st, cmd)?.or(ticket);
             if max != 0 && moved >= u64::from(max) {
                 break;
             }
@@ -1146,29 +1114,29 @@ impl Engine {
     pub fn expire(&self) -> Result<u64> {
         let now = self.now_ms();
         let mut st = self.lock();
-        let mut batch = Batch::default();
-        let mut expired = Vec::new();
+        let mut messages = Vec::new();
         for q in st.queues.values() {
             let cutoff =
                 now.saturating_sub(u64::from(q.attributes.message_retention_seconds) * 1000);
             for &(sent, seq) in &q.index.by_sent {
-                if sent > cutoff || expired.len() >= CHUNK {
+                if sent > cutoff || messages.len() >= CHUNK {
                     break;
                 }
-                batch.delete(keys::body(q.id, seq));
-                batch.delete(keys::state(q.id, seq));
-                expired.push((q.id, seq));
+                messages.push(command::MessageRef {
+                    queue_id: q.id,
+                    seq,
+                });
             }
         }
-        self.write(batch)?;
-        let State { queues, timers, .. } = &mut *st;
-        for &(id, seq) in &expired {
-            if let Some(q) = queues.get_mut(&id) {
-                q.index.remove(timers, id, seq);
-                q.counters.expired += 1;
-            }
+        if messages.is_empty() {
+            return Ok(0);
         }
-        Ok(expired.len() as u64)
+        // Queues in id order: the same expiry is the same command.
+        messages.sort_by_key(|m| (m.queue_id, m.seq));
+        let expired = messages.len() as u64;
+        let cmd = st.command(now, Op::Expire(command::Expire { messages }));
+        self.apply(&mut st, cmd)?;
+        Ok(expired)
     }
 
     /// The background task: fires timers (delays, visibility timeouts) when
@@ -1199,5 +1167,48 @@ impl Engine {
     }
 }
 
+/// What tests compare: two engines in the same state dump the same.
+#[cfg(test)]
+impl Engine {
+    /// The whole state as text, as of `now` (due timers promoted first):
+    /// every key and value of the store, then the index.
+    fn dump(&self, now: u64) -> String {
+        use std::fmt::Write as _;
+        let mut st = self.lock();
+        st.promote_due(now);
+        let mut out = String::new();
+        for item in self.store.scan_prefix(&[]) {
+            let (key, value) = item.expect("scan the store");
+            writeln!(out, "{key:02x?} = {value:02x?}").unwrap();
+        }
+        let mut ids: Vec<u64> = st.queues.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            let q = &st.queues[&id];
+            let i = &q.index;
+            writeln!(
+                out,
+                "queue {id} {:?} created {} {:?}\n  slots {:?}\n  ready {:?}\n  by_sent {:?}\n  in flight {} delayed {} retry {:?}",
+                q.name, q.created_at_ms, q.attributes, i.slots, i.ready, i.by_sent, i.in_flight, i.delayed, i.retry
+            )
+            .unwrap();
+        }
+        writeln!(out, "names {:?}\ntimers {:?}", st.names, st.timers).unwrap();
+        topics::dump(&st, &mut out);
+        writeln!(out, "reserved {}", st.reserved_seq).unwrap();
+        out
+    }
+
+    /// The commands applied so far, in order.
+    fn journal(&self) -> Vec<Command> {
+        self.journal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod replay_tests;
 #[cfg(test)]
 mod tests;

@@ -125,7 +125,10 @@ async fn long_poll_ends_at_its_wait_limit_and_takes_nothing_after_it() {
     assert_eq!(start.elapsed(), Duration::from_millis(1500));
     // A message sent after the limit is still there for the next caller.
     e.send("q", vec![msg("a")]).await.unwrap();
-    assert_eq!(e.receive("q", recv(1, 600, 0)).await.unwrap()[0].receive_count, 1);
+    assert_eq!(
+        e.receive("q", recv(1, 600, 0)).await.unwrap()[0].receive_count,
+        1
+    );
     // A wait time shorter than the limit still ends the wait.
     let limited = ReceiveOptions {
         wait_limit: Some(Duration::from_secs(60)),

@@ -10,12 +10,12 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use prost::Message;
 
+use super::command::{self, Op};
 use super::counters::TopicCounters;
-use super::{Engine, Placed, State, by_name, enqueue, paginate, records, validate};
+use super::{Engine, State, by_name, enqueue, paginate, records, validate};
 use crate::error::{Error, Result, invalid};
-use crate::storage::{Batch, Store, keys};
+use crate::storage::{Store, keys};
 use crate::topic::filter::FilterPolicy;
 use crate::topic::{
     SubscriptionInfo, SubscriptionRecord, TopicInfo, TopicRecord, envelope, format_subscription_id,
@@ -80,14 +80,7 @@ pub(super) fn recover(store: &Store, st: &mut State) -> Result<u64> {
             continue;
         };
         let rec: TopicRecord = records::decode(&key, &value)?;
-        st.topics.insert(
-            name.to_string(),
-            Topic {
-                created_at_ms: rec.created_at_ms,
-                subscriptions: Vec::new(),
-                counters: TopicCounters::default(),
-            },
-        );
+        insert_topic(st, name, rec.created_at_ms);
     }
     let mut max_id = 0;
     for item in store.scan_prefix(&[keys::SUBSCRIPTION_PREFIX]) {
@@ -97,19 +90,71 @@ pub(super) fn recover(store: &Store, st: &mut State) -> Result<u64> {
         };
         let record: SubscriptionRecord = records::decode(&key, &value)?;
         max_id = max_id.max(id);
-        let filter = parse_filter(&record.filter_policy).map_err(|e| {
-            crate::storage::StorageError::Corrupt {
-                key: format!("{key:02x?}"),
-                reason: format!("stored filter policy no longer parses: {e}"),
-            }
-        })?;
-        match st.topics.get_mut(&record.topic) {
-            Some(topic) => topic.subscriptions.push(id),
-            None => continue,
-        }
-        st.subscriptions.insert(id, Subscription { record, filter });
+        insert_subscription(st, id, record)?;
     }
     Ok(max_id)
+}
+
+/// Adds a topic to memory (its record is written by the caller).
+pub(super) fn insert_topic(st: &mut State, name: &str, created_at_ms: u64) {
+    st.topics.insert(
+        name.to_string(),
+        Topic {
+            created_at_ms,
+            subscriptions: Vec::new(),
+            counters: TopicCounters::default(),
+        },
+    );
+}
+
+/// Adds a subscription to memory (its record is written by the caller),
+/// parsing its filter policy; one of a topic that is gone is left out.
+pub(super) fn insert_subscription(
+    st: &mut State,
+    id: u64,
+    record: SubscriptionRecord,
+) -> Result<()> {
+    let filter =
+        parse_filter(&record.filter_policy).map_err(|e| crate::storage::StorageError::Corrupt {
+            key: format!("{:02x?}", keys::subscription(id)),
+            reason: format!("stored filter policy no longer parses: {e}"),
+        })?;
+    let Some(topic) = st.topics.get_mut(&record.topic) else {
+        return Ok(());
+    };
+    topic.subscriptions.push(id);
+    st.subscriptions.insert(id, Subscription { record, filter });
+    Ok(())
+}
+
+/// Topics and subscriptions as text, for the tests' state dumps.
+#[cfg(test)]
+pub(super) fn dump(st: &State, out: &mut String) {
+    use std::fmt::Write as _;
+    for (name, t) in &st.topics {
+        writeln!(
+            out,
+            "topic {name:?} created {} subscriptions {:?}",
+            t.created_at_ms, t.subscriptions
+        )
+        .unwrap();
+    }
+    for (id, s) in &st.subscriptions {
+        writeln!(
+            out,
+            "subscription {id} {:?} filtered {}",
+            s.record,
+            s.filter.is_some()
+        )
+        .unwrap();
+    }
+}
+
+/// Ids of the subscriptions of `topic`.
+pub(super) fn subscriptions_of_topic(st: &State, topic: &str) -> Vec<u64> {
+    st.topics
+        .get(topic)
+        .map_or_else(Vec::new, |t| t.subscriptions.clone())
 }
 
 /// Ids of the subscriptions that deliver into `queue`.
@@ -152,20 +197,12 @@ impl Engine {
                 });
             }
             let created_at_ms = self.now_ms();
-            let mut batch = Batch::default();
-            batch.put(
-                keys::topic(name),
-                TopicRecord { created_at_ms }.encode_to_vec(),
-            );
-            let ticket = self.write(batch)?;
-            st.topics.insert(
-                name.to_string(),
-                Topic {
-                    created_at_ms,
-                    subscriptions: Vec::new(),
-                    counters: TopicCounters::default(),
-                },
-            );
+            let create = command::CreateTopic {
+                name: name.to_string(),
+                created_at_ms,
+            };
+            let cmd = st.command(created_at_ms, Op::CreateTopic(create));
+            let ticket = self.apply(&mut st, cmd)?;
             (
                 TopicInfo {
                     name: name.to_string(),
@@ -214,27 +251,14 @@ impl Engine {
     pub async fn delete_topic(&self, name: &str) -> Result<()> {
         let ticket = {
             let mut st = self.lock();
-            let topic = st
-                .topics
-                .remove(name)
-                .ok_or_else(|| topic_not_found(name))?;
-            let mut batch = Batch::default();
-            batch.delete(keys::topic(name));
-            for id in &topic.subscriptions {
-                batch.delete(keys::subscription(*id));
+            if !st.topics.contains_key(name) {
+                return Err(topic_not_found(name));
             }
-            match self.write(batch) {
-                Ok(ticket) => {
-                    for id in topic.subscriptions {
-                        st.subscriptions.remove(&id);
-                    }
-                    ticket
-                }
-                Err(e) => {
-                    st.topics.insert(name.to_string(), topic);
-                    return Err(e);
-                }
-            }
+            let delete = command::DeleteTopic {
+                name: name.to_string(),
+            };
+            let cmd = st.command(self.now_ms(), Op::DeleteTopic(delete));
+            self.apply(&mut st, cmd)?
         };
         self.durable(ticket).await
     }
@@ -273,25 +297,20 @@ impl Engine {
                     "queue {queue:?} is already subscribed to topic {topic:?} with {what}; unsubscribe it first to change its settings"
                 )));
             }
-            let mut batch = Batch::default();
-            let id = st.alloc_seqs(1, &mut batch);
+            drop(filter); // parsed again, the same way, when applied
+            let id = st.alloc_seqs(1);
             let record = SubscriptionRecord {
                 topic: topic.to_string(),
                 queue: queue.to_string(),
                 filter_policy: filter_policy.to_string(),
                 raw_delivery,
             };
-            batch.put(keys::subscription(id), record.encode_to_vec());
-            let ticket = self.write(batch)?;
-            let sub = Subscription { record, filter };
-            let info = sub.info(id);
-            st.subscriptions.insert(id, sub);
-            st.topics
-                .get_mut(topic)
-                .expect("checked above")
-                .subscriptions
-                .push(id);
-            (info, ticket)
+            let cmd = st.command(
+                self.now_ms(),
+                Op::Subscribe(command::Subscribe { id, record }),
+            );
+            let ticket = self.apply(&mut st, cmd)?;
+            (st.subscriptions[&id].info(id), ticket)
         };
         self.durable(ticket).await?;
         Ok(info)
@@ -310,11 +329,8 @@ impl Engine {
                     "subscription {subscription_id:?} does not exist"
                 )));
             }
-            let mut batch = Batch::default();
-            batch.delete(keys::subscription(id));
-            let ticket = self.write(batch)?;
-            forget_subscription(&mut st, id);
-            ticket
+            let cmd = st.command(self.now_ms(), Op::Unsubscribe(command::Unsubscribe { id }));
+            self.apply(&mut st, cmd)?
         };
         self.durable(ticket).await
     }
@@ -363,39 +379,29 @@ impl Engine {
         let (results, ticket) = {
             let mut st = self.lock();
             let t = st.topics.get(topic).ok_or_else(|| topic_not_found(topic))?;
-            // Resolve the targets once: (queue id, queue name, max bytes, raw, filter).
-            let targets: Vec<(u64, String, u32, bool, Option<FilterPolicy>)> = t
+            let targets: Vec<Target> = t
                 .subscriptions
                 .iter()
                 .filter_map(|id| {
                     let s = &st.subscriptions[id];
-                    let qid = *st.names.get(&s.record.queue)?;
-                    let q = &st.queues[&qid];
-                    Some((
-                        qid,
-                        q.name.clone(),
-                        q.attributes.max_message_bytes,
-                        s.record.raw_delivery,
-                        s.filter.clone(),
-                    ))
+                    let queue_id = *st.names.get(&s.record.queue)?;
+                    let q = &st.queues[&queue_id];
+                    Some(Target {
+                        queue_id,
+                        queue: q.name.clone(),
+                        max_message_bytes: q.attributes.max_message_bytes,
+                        delay_seconds: q.attributes.delay_seconds,
+                        raw_delivery: s.record.raw_delivery,
+                        filter: s.filter.clone(),
+                    })
                 })
                 .collect();
-            let mut batch = Batch::default();
-            let mut placed: Vec<Placed> = Vec::new();
-            let mut results = Vec::with_capacity(messages.len());
-            for m in messages {
-                results.push(self.fan_out(
-                    &mut st,
-                    &mut batch,
-                    &mut placed,
-                    topic,
-                    &targets,
-                    m,
-                    now,
-                ));
-            }
-            let ticket = self.write(batch)?;
-            self.place(&mut st, placed, now);
+            let mut copies = Vec::new();
+            let results: Vec<Result<Published>> = messages
+                .into_iter()
+                .map(|m| fan_out(&mut st, &mut copies, topic, &targets, m, now))
+                .collect();
+            let ticket = self.send_placed(&mut st, copies, now)?;
             if let Some(t) = st.topics.get_mut(topic) {
                 for p in results.iter().flatten() {
                     t.counters.published += 1;
@@ -407,71 +413,90 @@ impl Engine {
         self.durable(ticket).await?;
         Ok(results)
     }
+}
 
-    /// Adds the copies of one message to `batch`, or none if any is invalid.
-    #[allow(clippy::too_many_arguments)]
-    fn fan_out(
-        &self,
-        st: &mut State,
-        batch: &mut Batch,
-        placed: &mut Vec<Placed>,
-        topic: &str,
-        targets: &[(u64, String, u32, bool, Option<FilterPolicy>)],
-        m: NewPublication,
-        now: u64,
-    ) -> Result<Published> {
-        // The largest limit a copy can have: the per-queue check comes below.
-        validate::message(
-            &m.body,
-            &m.attributes,
-            crate::queue::attributes::MAX_MESSAGE_BYTES_MAX,
-        )?;
-        let message_id = uuid::Uuid::new_v4().to_string();
-        let mut envelope_body: Option<Bytes> = None;
-        let mut copies = Vec::new();
-        for (qid, name, max_bytes, raw, filter) in targets {
-            if filter.as_ref().is_some_and(|f| !f.matches(&m.attributes)) {
-                continue;
-            }
-            let (body, attributes) = if *raw {
-                (m.body.clone(), m.attributes.clone())
-            } else {
-                let body = envelope_body
-                    .get_or_insert_with(|| {
-                        envelope::envelope(topic, &message_id, &m.body, &m.attributes, now).into()
-                    })
-                    .clone();
-                (body, HashMap::new())
-            };
-            let size = body.len()
-                + attributes
-                    .iter()
-                    .map(|(k, v)| k.len() + v.len())
-                    .sum::<usize>();
-            if size > *max_bytes as usize {
-                return invalid!(
-                    "the copy for queue {name:?} would be {size} bytes, over its max_message_bytes = {max_bytes}; no queue got a copy of this message"
-                );
-            }
-            copies.push((*qid, body, attributes));
+/// A queue a publish delivers into, resolved once per publish.
+struct Target {
+    queue_id: u64,
+    queue: String,
+    max_message_bytes: u32,
+    delay_seconds: u32,
+    raw_delivery: bool,
+    /// `None` matches every message.
+    filter: Option<FilterPolicy>,
+}
+
+/// Adds the copies of one message to `copies`, or none if any is invalid.
+fn fan_out(
+    st: &mut State,
+    copies: &mut Vec<command::Enqueue>,
+    topic: &str,
+    targets: &[Target],
+    m: NewPublication,
+    now: u64,
+) -> Result<Published> {
+    // The largest limit a copy can have: the per-queue check comes below.
+    validate::message(
+        &m.body,
+        &m.attributes,
+        crate::queue::attributes::MAX_MESSAGE_BYTES_MAX,
+    )?;
+    let message_id = uuid::Uuid::new_v4().to_string();
+    let mut envelope_body: Option<Bytes> = None;
+    let mut these = Vec::new();
+    for target in targets {
+        if target
+            .filter
+            .as_ref()
+            .is_some_and(|f| !f.matches(&m.attributes))
+        {
+            continue;
         }
-        let delivered = copies.len() as u32;
-        for (qid, body, attributes) in copies {
-            let delay = st.queues[&qid].attributes.delay_seconds;
-            let record = records::BodyRecord {
-                message_id: message_id.clone(),
-                body,
-                attributes,
-                sent_at_ms: now,
-                dead_letter_source: String::new(),
-            };
-            placed.push(enqueue(st, batch, qid, record, delay, now));
+        let (body, attributes) = if target.raw_delivery {
+            (m.body.clone(), m.attributes.clone())
+        } else {
+            let body = envelope_body
+                .get_or_insert_with(|| {
+                    envelope::envelope(topic, &message_id, &m.body, &m.attributes, now).into()
+                })
+                .clone();
+            (body, HashMap::new())
+        };
+        let size = body.len()
+            + attributes
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>();
+        let max_bytes = target.max_message_bytes;
+        if size > max_bytes as usize {
+            return invalid!(
+                "the copy for queue {:?} would be {size} bytes, over its max_message_bytes = {max_bytes}; no queue got a copy of this message",
+                target.queue
+            );
         }
-        Ok(Published {
-            message_id,
-            delivered,
-        })
+        these.push((target, body, attributes));
     }
+    let delivered = these.len() as u32;
+    for (target, body, attributes) in these {
+        let record = records::BodyRecord {
+            message_id: message_id.clone(),
+            body,
+            attributes,
+            sent_at_ms: now,
+            dead_letter_source: String::new(),
+        };
+        copies.push(enqueue(
+            st,
+            target.queue_id,
+            record,
+            target.delay_seconds,
+            now,
+        ));
+    }
+    Ok(Published {
+        message_id,
+        delivered,
+    })
 }
 
 /// Whether two filter policies are the same: equal as JSON values (so

@@ -63,7 +63,10 @@ mod tests {
         assert_eq!(parse_grpc_timeout("20S"), Some(Duration::from_secs(20)));
         assert_eq!(parse_grpc_timeout("500m"), Some(Duration::from_millis(500)));
         assert_eq!(parse_grpc_timeout("7u"), Some(Duration::from_micros(7)));
-        assert_eq!(parse_grpc_timeout("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        assert_eq!(
+            parse_grpc_timeout("99999999n"),
+            Some(Duration::from_nanos(99_999_999))
+        );
         for bad in ["", "S", "5", "5s", "-5S", "123456789S", "1.5S", " 5S"] {
             assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
         }

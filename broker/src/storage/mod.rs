@@ -35,8 +35,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rocksdb::{
-    BlockBasedOptions, DB, DBCompressionType, DBRecoveryMode, Direction, IteratorMode, Options, ReadOptions,
-    WriteOptions,
+    BlockBasedOptions, DB, DBCompressionType, DBRecoveryMode, Direction, IteratorMode, Options,
+    ReadOptions, WriteOptions,
 };
 use tokio::sync::watch;
 

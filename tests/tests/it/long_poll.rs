@@ -353,12 +353,10 @@ async fn a_long_poll_ends_before_its_client_deadline_and_takes_nothing_after_it(
     let server = TestServer::start().await;
     let client = server.client().await;
     create_queue(&client, "orders", attributes()).await;
-    let raw = pb::queue_service_client::QueueServiceClient::connect(format!(
-        "http://{}",
-        server.addr()
-    ))
-    .await
-    .expect("connect");
+    let raw =
+        pb::queue_service_client::QueueServiceClient::connect(format!("http://{}", server.addr()))
+            .await
+            .expect("connect");
     let deadline = Duration::from_secs(2);
     let started = Instant::now();
     let polls: Vec<_> = (0..10)
