@@ -153,11 +153,15 @@ async fn a_client_deadline_ends_a_long_poll_and_the_queue_is_unharmed() {
     let mut request = tonic::Request::new(receive_request("orders", 10, Some(30), Some(10)));
     request.set_timeout(Duration::from_millis(300));
     let started = Instant::now();
-    let status = raw.receive_messages(request).await.unwrap_err();
-    assert!(
-        matches!(status.code(), Code::Cancelled | Code::DeadlineExceeded),
-        "{status:?}"
-    );
+    // The broker ends the wait before the deadline and answers empty; on a
+    // slow machine the answer may still arrive after the client gave up.
+    match raw.receive_messages(request).await {
+        Ok(answer) => assert!(answer.into_inner().messages.is_empty()),
+        Err(status) => assert!(
+            matches!(status.code(), Code::Cancelled | Code::DeadlineExceeded),
+            "{status:?}"
+        ),
+    }
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "{:?}",
