@@ -57,7 +57,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
-use crate::error::{Error, Result, invalid};
+use crate::error::{Error, Result};
 use crate::storage::{Batch, Store, SyncMode, Ticket, keys};
 pub use attributes::{AttributeChanges, QueueAttributes, RedrivePolicy, RetryPolicy};
 use counters::{Activity, QueueCounters};
@@ -209,20 +209,21 @@ struct State {
 }
 
 impl State {
-    /// The id of the queue `name`: INVALID_ARGUMENT for a name no queue
-    /// could have, NOT_FOUND for one that does not exist.
-    fn queue_id(&self, name: &str) -> Result<u64> {
-        if !self.names.contains_key(name) {
-            validate::queue_name("queue name", name)?;
+    /// The id of the queue `name`, given in the request field `field`:
+    /// [`Error::InvalidName`] for a name no queue could have,
+    /// [`Error::QueueNotFound`] for one that does not exist.
+    fn queue_id(&self, field: &'static str, name: &str) -> Result<u64> {
+        if let Some(&id) = self.names.get(name) {
+            return Ok(id);
         }
-        self.names
-            .get(name)
-            .copied()
-            .ok_or_else(|| Error::NotFound(format!("queue {name:?} does not exist")))
+        validate::name_as(field, "queue name", name)?;
+        Err(Error::QueueNotFound {
+            queue: name.to_string(),
+        })
     }
 
-    fn queue(&mut self, name: &str) -> Result<&mut Queue> {
-        let id = self.queue_id(name)?;
+    fn queue(&mut self, field: &'static str, name: &str) -> Result<&mut Queue> {
+        let id = self.queue_id(field, name)?;
         Ok(self.queues.get_mut(&id).expect("names and queues agree"))
     }
 
@@ -326,7 +327,7 @@ fn paginate<T>(
 ) -> Result<(Vec<T>, String)> {
     let page_size = match page_size {
         0 => 100,
-        n if n > 1000 => return invalid!("page_size must be in 0..=1000; got {n}"),
+        n if n > 1000 => return Err(Error::out_of_range("page_size", 0, 1000, n)),
         n => n as usize,
     };
     let mut page = Vec::new();
@@ -483,11 +484,14 @@ impl Engine {
         let attributes = changes.apply_to(&QueueAttributes::default())?;
         let (info, ticket) = {
             let mut st = self.lock();
-            if let Ok(q) = st.queue(name) {
-                if let Some((field, have, want)) = q.attributes.first_difference(&attributes) {
-                    return Err(Error::AlreadyExists(format!(
-                        "queue {name:?} already exists with {field} = {have} (requested {want})"
-                    )));
+            if let Ok(q) = st.queue("name", name) {
+                if let Some((attribute, have, want)) = q.attributes.first_difference(&attributes) {
+                    return Err(Error::QueueExists {
+                        queue: name.to_string(),
+                        attribute,
+                        have,
+                        want,
+                    });
                 }
                 return Ok(q.info());
             }
@@ -513,15 +517,15 @@ impl Engine {
     fn check_redrive(&self, st: &State, name: &str, a: &QueueAttributes) -> Result<()> {
         if let Some(p) = &a.redrive_policy {
             if p.dead_letter_queue == name {
-                return invalid!(
-                    "redrive_policy.dead_letter_queue must name another queue; a queue cannot be its own dead-letter queue"
-                );
+                return Err(Error::invalid(
+                    "attributes.redrive_policy.dead_letter_queue",
+                    "must name another queue; a queue cannot be its own dead-letter queue",
+                ));
             }
             if !st.names.contains_key(&p.dead_letter_queue) {
-                return Err(Error::NotFound(format!(
-                    "redrive_policy.dead_letter_queue {:?} does not exist; create it first",
-                    p.dead_letter_queue
-                )));
+                return Err(Error::DeadLetterQueueNotFound {
+                    queue: p.dead_letter_queue.clone(),
+                });
             }
         }
         Ok(())
@@ -531,7 +535,7 @@ impl Engine {
         let now = self.now_ms();
         let mut st = self.lock();
         st.promote_due(now);
-        let q = st.queue(name)?;
+        let q = st.queue("name", name)?;
         Ok((q.info(), q.stats(now)))
     }
 
@@ -552,7 +556,7 @@ impl Engine {
     pub async fn update_queue(&self, name: &str, changes: &AttributeChanges) -> Result<QueueInfo> {
         let (info, ticket) = {
             let mut st = self.lock();
-            let q = st.queue(name)?;
+            let q = st.queue("name", name)?;
             let attributes = changes.apply_to(&q.attributes)?;
             let (id, created_at_ms) = (q.id, q.created_at_ms);
             self.check_redrive(&st, name, &attributes)?;
@@ -563,7 +567,7 @@ impl Engine {
             );
             let ticket = self.write(batch)?;
             let now = self.now_ms();
-            let q = st.queue(name)?;
+            let q = st.queue("name", name)?;
             q.set_attributes(attributes, now);
             (q.info(), ticket)
         };
@@ -574,8 +578,8 @@ impl Engine {
     pub async fn delete_queue(&self, name: &str) -> Result<()> {
         let ticket = {
             let mut st = self.lock();
-            let id = st.queue_id(name)?;
-            let mut sources: Vec<&str> = st
+            let id = st.queue_id("name", name)?;
+            let mut sources: Vec<String> = st
                 .queues
                 .values()
                 .filter(|q| {
@@ -584,18 +588,14 @@ impl Engine {
                         .as_ref()
                         .is_some_and(|p| p.dead_letter_queue == name)
                 })
-                .map(|q| q.name.as_str())
+                .map(|q| q.name.clone())
                 .collect();
             if !sources.is_empty() {
                 sources.sort();
-                return Err(Error::FailedPrecondition(format!(
-                    "queue {name:?} is the dead-letter queue of {}; remove their redrive policy first",
-                    sources
-                        .iter()
-                        .map(|s| format!("{s:?}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )));
+                return Err(Error::QueueIsDeadLetterTarget {
+                    queue: name.to_string(),
+                    used_by: sources,
+                });
             }
             let mut batch = Batch::default();
             batch.delete(keys::queue(name));
@@ -632,7 +632,7 @@ impl Engine {
     pub async fn purge_queue(&self, name: &str) -> Result<()> {
         let ticket = {
             let mut st = self.lock();
-            let id = st.queue_id(name)?;
+            let id = st.queue_id("name", name)?;
             let mut batch = Batch::default();
             Self::delete_all_messages(&mut batch, id);
             let ticket = self.write(batch)?;
@@ -661,7 +661,7 @@ impl Engine {
         let now = self.now_ms();
         let (results, ticket) = {
             let mut st = self.lock();
-            let id = st.queue_id(queue)?;
+            let id = st.queue_id("queue", queue)?;
             let attrs = st.queues[&id].attributes.clone();
             let checked: Vec<Result<(NewMessage, u32)>> = messages
                 .into_iter()
@@ -724,10 +724,12 @@ impl Engine {
         let max = match opts.max_messages {
             0 => 1,
             n if n > validate::RECEIVE_MAX => {
-                return invalid!(
-                    "max_messages must be in 1..={}; got {n}",
-                    validate::RECEIVE_MAX
-                );
+                return Err(Error::out_of_range(
+                    "max_messages",
+                    1,
+                    validate::RECEIVE_MAX,
+                    n,
+                ));
             }
             n => n,
         };
@@ -742,7 +744,7 @@ impl Engine {
         if let Some(w) = opts.wait_time_seconds {
             attributes::check_range("wait_time_seconds", w, 0, attributes::RECEIVE_WAIT_MAX)?;
         }
-        let mut notify = self.lock().queue(queue)?.notify.clone();
+        let mut notify = self.lock().queue("queue", queue)?.notify.clone();
         let mut until = None;
         loop {
             // Registered before the claim looks: a message made visible
@@ -783,7 +785,7 @@ impl Engine {
         let now = self.now_ms();
         let mut st = self.lock();
         st.promote_due(now);
-        let id = st.queue_id(queue)?;
+        let id = st.queue_id("queue", queue)?;
         let q = st.queues.get_mut(&id).expect("names and queues agree");
         let mut claim = Claim {
             taken: Vec::new(),
@@ -939,26 +941,30 @@ impl Engine {
         Ok(out)
     }
 
-    /// Checks a receipt handle against the queue: the queue id, then
-    /// (if the message still exists) that no receive superseded it.
+    /// Checks a receipt handle against the queue (request field `queue`):
+    /// the queue id, then (if the message still exists) that no receive
+    /// superseded it.
     fn check_handle(
         st: &mut State,
         queue: &str,
         handle: &str,
     ) -> Result<(u64, u64, Option<StateRecord>)> {
         let h = ReceiptHandle::decode(handle)?;
-        let id = st.queue_id(queue)?;
+        let id = st.queue_id("queue", queue)?;
         if h.queue_id != id {
-            return invalid!("receipt_handle belongs to another queue than {queue:?}");
+            return Err(Error::invalid(
+                "receipt_handle",
+                format!("belongs to another queue than {queue:?}"),
+            ));
         }
         let state = st.queues[&id].index.slots.get(&h.seq).map(|s| s.state);
         if let Some(s) = state
             && s.receive_count != h.receive_count
         {
-            return Err(Error::FailedPrecondition(format!(
-                "receipt_handle is superseded: the message was received again since (receive {} of it, the handle is of receive {})",
-                s.receive_count, h.receive_count
-            )));
+            return Err(Error::ReceiptSuperseded {
+                current: s.receive_count,
+                handle: h.receive_count,
+            });
         }
         Ok((id, h.seq, state))
     }
@@ -968,7 +974,7 @@ impl Engine {
     pub async fn delete(&self, queue: &str, handles: &[&str]) -> Result<Vec<Result<()>>> {
         let (results, ticket) = {
             let mut st = self.lock();
-            st.queue_id(queue)?;
+            st.queue_id("queue", queue)?;
             let mut batch = Batch::default();
             let mut results = Vec::with_capacity(handles.len());
             for handle in handles {
@@ -1001,7 +1007,7 @@ impl Engine {
     ) -> Result<Vec<Result<()>>> {
         let now = self.now_ms();
         let mut st = self.lock();
-        st.queue_id(queue)?;
+        st.queue_id("queue", queue)?;
         let earliest = st.timers.first().map(|t| t.0);
         let mut batch = Batch::default();
         let mut updates = Vec::new();
@@ -1017,17 +1023,8 @@ impl Engine {
                 let (id, seq, state) = Self::check_handle(&mut st, queue, handle)?;
                 let state = match state {
                     Some(s) if s.visible_at_ms > now => s,
-                    Some(_) => {
-                        return Err(Error::FailedPrecondition(
-                            "the message is not in flight: its visibility timeout already lapsed"
-                                .into(),
-                        ));
-                    }
-                    None => {
-                        return Err(Error::FailedPrecondition(
-                            "the message no longer exists (deleted)".into(),
-                        ));
-                    }
+                    Some(_) => return Err(Error::NotInFlight),
+                    None => return Err(Error::MessageDeleted),
                 };
                 let state = StateRecord {
                     visible_at_ms: now + u64::from(seconds) * 1000,
@@ -1058,7 +1055,10 @@ impl Engine {
     pub async fn redrive(&self, source: &str, destination: &str, max: u32) -> Result<u64> {
         let now = self.now_ms();
         if source == destination {
-            return invalid!("destination_queue must differ from source_queue");
+            return Err(Error::invalid(
+                "destination_queue",
+                "must differ from source_queue",
+            ));
         }
         let mut moved = 0u64;
         let mut after = 0u64;
@@ -1066,10 +1066,10 @@ impl Engine {
         loop {
             let mut st = self.lock();
             st.promote_due(now);
-            let src = st.queue_id(source)?;
+            let src = st.queue_id("source_queue", source)?;
             let dest = match destination {
                 "" => None,
-                d => Some(st.queue_id(d)?),
+                d => Some(st.queue_id("destination_queue", d)?),
             };
             let want = if max == 0 {
                 CHUNK
