@@ -27,7 +27,7 @@ pub struct EmbeddedBroker {
     /// Resolving it begins the server's graceful shutdown.
     stop: tokio::sync::oneshot::Sender<()>,
     /// The server task; it ends once the database is closed.
-    server: tokio::task::JoinHandle<broker::error::Result<()>>,
+    server: tokio::task::JoinHandle<Result<(), broker::server::StartupError>>,
     /// The data dir, removed on drop: after the database is closed.
     dir: tempfile::TempDir,
 }

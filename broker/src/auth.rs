@@ -53,17 +53,75 @@
 //!   handlers check permissions against it with [`require`] and friends. A
 //!   request without a `Caller` (a service that was not wrapped) is refused,
 //!   so forgetting the interceptor fails closed.
+//!
+//! Errors: a refused call is an [`AuthError`] (UNAUTHENTICATED or
+//! PERMISSION_DENIED through the status table, `service::status`); an
+//! unusable token file is a [`TokenFileError`], a startup error.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Deserialize;
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 use tonic::{Request, Status};
 
-use crate::error::{Error, Result};
+/// A call the broker refuses: who is calling is unknown, or may not do it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No `authorization` metadata (or a request that skipped the
+    /// [`Authenticator`]).
+    #[error("missing token: send `authorization: Bearer <token>`")]
+    MissingToken,
+    /// `authorization` metadata that is not `Bearer <token>`.
+    #[error("malformed authorization metadata: expected `Bearer <token>`")]
+    MalformedAuthorization,
+    /// A token that is not in the token file.
+    #[error("unknown token")]
+    UnknownToken,
+    /// The token (named by its name in the file, never the secret) lacks
+    /// what the call needs.
+    #[error("token '{token}' lacks permission {needs}")]
+    Denied { token: String, needs: Needs },
+}
+
+/// What a refused call needed, as a [`AuthError::Denied`] message shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Needs {
+    /// `admin`.
+    Admin,
+    /// `KIND:NAME`, e.g. `send:orders`.
+    Permission(Permission, String),
+    /// Any permission that shows the queue: `send` or `receive` on it.
+    SeeQueue(String),
+    /// Any permission that shows the topic: `publish` on it.
+    SeeTopic(String),
+}
+
+impl fmt::Display for Needs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Needs::Admin => f.write_str("admin"),
+            Needs::Permission(p, name) => write!(f, "{p}:{name}"),
+            Needs::SeeQueue(name) => write!(f, "send:{name} or receive:{name} (or admin)"),
+            Needs::SeeTopic(name) => write!(f, "publish:{name} (or admin)"),
+        }
+    }
+}
+
+/// A token file that cannot be used; the server does not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenFileError {
+    #[error("cannot read the token file {} (--auth-tokens): {error}", path.display())]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    /// `reason` names the entry (`tokens[2] (name "x"): ...`).
+    #[error("token file {} (--auth-tokens): {reason}", path.display())]
+    Invalid { path: PathBuf, reason: String },
+}
 
 /// What a token may do to a queue or topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -224,44 +282,45 @@ impl Principal {
         self.allows(Permission::Publish, name)
     }
 
+    fn denied(&self, needs: Needs) -> AuthError {
+        AuthError::Denied {
+            token: self.name.clone(),
+            needs,
+        }
+    }
+
     /// `Ok` if the token has `permission` on `name`; otherwise
-    /// PERMISSION_DENIED naming the permission. `name` is ignored for
+    /// [`AuthError::Denied`] naming the permission. `name` is ignored for
     /// [`Permission::Admin`].
-    pub fn require(&self, permission: Permission, name: &str) -> Result<(), Status> {
+    pub fn require(&self, permission: Permission, name: &str) -> Result<(), AuthError> {
         if self.allows(permission, name) {
             return Ok(());
         }
-        Err(Status::permission_denied(match permission {
-            Permission::Admin => format!("token '{}' lacks permission admin", self.name),
-            p => format!("token '{}' lacks permission {p}:{name}", self.name),
+        Err(self.denied(match permission {
+            Permission::Admin => Needs::Admin,
+            p => Needs::Permission(p, name.to_string()),
         }))
     }
 
-    /// `Ok` if the token is admin; otherwise PERMISSION_DENIED.
-    pub fn require_admin(&self) -> Result<(), Status> {
+    /// `Ok` if the token is admin; otherwise [`AuthError::Denied`].
+    pub fn require_admin(&self) -> Result<(), AuthError> {
         self.require(Permission::Admin, "")
     }
 
     /// `Ok` if the token may see the queue `name` (see [`Self::may_see_queue`]).
-    pub fn require_queue_visible(&self, name: &str) -> Result<(), Status> {
+    pub fn require_queue_visible(&self, name: &str) -> Result<(), AuthError> {
         if self.may_see_queue(name) {
             return Ok(());
         }
-        Err(Status::permission_denied(format!(
-            "token '{}' lacks permission send:{name} or receive:{name} (or admin)",
-            self.name
-        )))
+        Err(self.denied(Needs::SeeQueue(name.to_string())))
     }
 
     /// `Ok` if the token may see the topic `name` (see [`Self::may_see_topic`]).
-    pub fn require_topic_visible(&self, name: &str) -> Result<(), Status> {
+    pub fn require_topic_visible(&self, name: &str) -> Result<(), AuthError> {
         if self.may_see_topic(name) {
             return Ok(());
         }
-        Err(Status::permission_denied(format!(
-            "token '{}' lacks permission publish:{name} (or admin)",
-            self.name
-        )))
+        Err(self.denied(Needs::SeeTopic(name.to_string())))
     }
 }
 
@@ -300,19 +359,15 @@ struct Entry {
 impl Tokens {
     /// Reads and checks the token file at `path`; warns if group or others
     /// may read it.
-    pub fn load(path: &Path) -> Result<Tokens> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::Startup(format!(
-                "cannot read the token file {} (--auth-tokens): {e}",
-                path.display()
-            ))
+    pub fn load(path: &Path) -> Result<Tokens, TokenFileError> {
+        let text = std::fs::read_to_string(path).map_err(|error| TokenFileError::Read {
+            path: path.to_path_buf(),
+            error,
         })?;
         warn_if_readable_by_others(path);
-        Tokens::parse(&text).map_err(|e| {
-            Error::Startup(format!(
-                "token file {} (--auth-tokens): {e}",
-                path.display()
-            ))
+        Tokens::parse(&text).map_err(|reason| TokenFileError::Invalid {
+            path: path.to_path_buf(),
+            reason,
         })
     }
 
@@ -438,7 +493,7 @@ impl fmt::Debug for Authenticator {
     }
 }
 
-/// The status for a request without a token.
+/// The message for a request without a token ([`AuthError::MissingToken`]).
 pub const MISSING_TOKEN: &str = "missing token: send `authorization: Bearer <token>`";
 
 impl Authenticator {
@@ -463,57 +518,57 @@ impl Authenticator {
         self.tokens.is_some()
     }
 
-    fn identify<T>(&self, request: &Request<T>) -> Result<Arc<Principal>, Status> {
+    fn identify<T>(&self, request: &Request<T>) -> Result<Arc<Principal>, AuthError> {
         let Some(tokens) = &self.tokens else {
             return Ok(self.anonymous.clone());
         };
         let value = request
             .metadata()
             .get("authorization")
-            .ok_or_else(|| Status::unauthenticated(MISSING_TOKEN))?
+            .ok_or(AuthError::MissingToken)?
             .as_bytes();
         // The scheme is case-insensitive (RFC 9110 §11.1).
         let token = match value.split_at_checked(7) {
             Some((scheme, token)) if scheme.eq_ignore_ascii_case(b"bearer ") => token,
-            _ => {
-                return Err(Status::unauthenticated(
-                    "malformed authorization metadata: expected `Bearer <token>`",
-                ));
-            }
+            _ => return Err(AuthError::MalformedAuthorization),
         };
         tokens.authenticate(token).ok_or_else(|| {
             tracing::debug!(remote = ?request.remote_addr(), "request with an unknown token");
-            Status::unauthenticated("unknown token")
+            AuthError::UnknownToken
         })
     }
 }
 
 impl tonic::service::Interceptor for Authenticator {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let caller = self.identify(&request)?;
+        let caller = self.identify(&request).map_err(crate::service::status)?;
         request.extensions_mut().insert(Caller(caller));
         Ok(request)
     }
 }
 
-/// The caller of `request`. UNAUTHENTICATED if the request did not pass an
-/// [`Authenticator`] (fail closed).
-pub fn caller<T>(request: &Request<T>) -> Result<Arc<Principal>, Status> {
+/// The caller of `request`. [`AuthError::MissingToken`] if the request did
+/// not pass an [`Authenticator`] (fail closed).
+pub fn caller<T>(request: &Request<T>) -> Result<Arc<Principal>, AuthError> {
     request
         .extensions()
         .get::<Caller>()
         .map(|c| c.0.clone())
-        .ok_or_else(|| Status::unauthenticated(MISSING_TOKEN))
+        .ok_or(AuthError::MissingToken)
 }
 
-/// `Ok` if the caller has `permission` on `name`; PERMISSION_DENIED naming
-/// the permission otherwise.
-pub fn require<T>(request: &Request<T>, permission: Permission, name: &str) -> Result<(), Status> {
+/// `Ok` if the caller has `permission` on `name`; [`AuthError::Denied`]
+/// naming the permission otherwise.
+pub fn require<T>(
+    request: &Request<T>,
+    permission: Permission,
+    name: &str,
+) -> Result<(), AuthError> {
     caller(request)?.require(permission, name)
 }
 
 /// `Ok` if the caller is admin.
-pub fn require_admin<T>(request: &Request<T>) -> Result<(), Status> {
+pub fn require_admin<T>(request: &Request<T>) -> Result<(), AuthError> {
     caller(request)?.require_admin()
 }
 
@@ -605,16 +660,32 @@ mod tests {
     fn denial_names_the_token_and_the_permission() {
         let tokens = Tokens::parse(FILE).unwrap();
         let orders = principal(&tokens, "orders-secret");
-        let status = orders.require(Permission::Send, "payments").unwrap_err();
-        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        let e = orders.require(Permission::Send, "payments").unwrap_err();
         assert_eq!(
-            status.message(),
+            e,
+            AuthError::Denied {
+                token: "orders-service".into(),
+                needs: Needs::Permission(Permission::Send, "payments".into()),
+            }
+        );
+        assert_eq!(
+            e.to_string(),
             "token 'orders-service' lacks permission send:payments"
         );
-        let status = orders.require_admin().unwrap_err();
+        let e = orders.require_admin().unwrap_err();
         assert_eq!(
-            status.message(),
+            e.to_string(),
             "token 'orders-service' lacks permission admin"
+        );
+        let e = orders.require_queue_visible("payments").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "token 'orders-service' lacks permission send:payments or receive:payments (or admin)"
+        );
+        let e = orders.require_topic_visible("audit").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "token 'orders-service' lacks permission publish:audit (or admin)"
         );
         orders.require(Permission::Send, "orders-1").unwrap();
     }
@@ -743,7 +814,7 @@ mod tests {
 
     #[test]
     fn a_request_that_skipped_the_interceptor_is_refused() {
-        let status = require(&request(None), Permission::Send, "q").unwrap_err();
-        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        let e = require(&request(None), Permission::Send, "q").unwrap_err();
+        assert_eq!(e, AuthError::MissingToken);
     }
 }

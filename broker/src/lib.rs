@@ -2,8 +2,8 @@
 //! gRPC and persisted in RocksDB.
 //!
 //! Layout (dependencies point down the list):
-//! - [`server`]: `run(listener, config, shutdown)`: the gRPC server and the engine's background task.
-//! - [`service`]: thin gRPC adapters: protobuf in, engine call, protobuf or status out.
+//! - [`server`]: `run(listener, config, shutdown)`: the gRPC server and the engine's background task; `StartupError`.
+//! - [`service`]: thin gRPC adapters: protobuf in, engine call, protobuf or status out; `service::status`, the one table from every layer's errors to gRPC statuses.
 //! - [`metrics`]: Prometheus metrics of the engine, storage and RPCs, and the `/metrics` endpoint.
 //! - [`queue`]: the engine: queues (send, receive, visibility, long polling, dead letters) and the fan-out of topics.
 //! - [`topic`]: topic records, filter policies, the JSON envelope of copies.
@@ -11,7 +11,8 @@
 //! - [`config`]: server settings.
 //! - [`tls`], [`auth`], [`limits`]: TLS for the listeners, token authentication and permissions, limits that protect the broker.
 //! - [`cli`]: the command-line client of the `broker` binary.
-//! - [`clock`], [`error`]: wall-clock time that follows tokio's clock; the engine's error type.
+//! - [`clock`]: wall-clock time that follows tokio's clock.
+//! - [`error`]: the engine's error type, and which error each layer has.
 
 pub mod auth;
 pub mod cli;

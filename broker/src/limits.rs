@@ -27,6 +27,9 @@
 //!
 //! Every slot is released by a drop (of the IO, the stream task, the
 //! receive's future), so a client that goes away mid-call cannot leak one.
+//!
+//! A limit that refuses a call is a [`LimitError`], RESOURCE_EXHAUSTED
+//! through the status table (`service::status`).
 
 use std::collections::HashMap;
 use std::io;
@@ -38,8 +41,25 @@ use std::task::{Context, Poll};
 use futures::{Stream, StreamExt as _};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tonic::Status;
 use tonic::transport::server::Connected;
+
+/// A call refused because a limit of the broker is reached; each names its
+/// setting and value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimitError {
+    #[error(
+        "at most max_streams = {max_streams} streams may be open at once; close one or use ReceiveMessages"
+    )]
+    TooManyStreams { max_streams: usize },
+    #[error(
+        "at most max_long_polls_per_connection = {max_long_polls_per_connection} receives may wait at once on one connection; use another connection, or wait_time_seconds = 0"
+    )]
+    TooManyLongPolls {
+        max_long_polls_per_connection: usize,
+    },
+    #[error("the request is larger than max_request_bytes = {max_request_bytes} bytes")]
+    RequestTooLarge { max_request_bytes: usize },
+}
 
 /// Accepts from `incoming` only while fewer than `max` of its connections
 /// are open (at least 1).
@@ -137,16 +157,15 @@ impl Streams {
         }
     }
 
-    /// A slot for one more stream, held until dropped; RESOURCE_EXHAUSTED
-    /// when `max_streams` are open.
-    pub fn open(&self) -> Result<OwnedSemaphorePermit, Status> {
-        self.slots.clone().try_acquire_owned().map_err(|_| {
-            Status::resource_exhausted(format!(
-                "at most max_streams = {} streams may be open at once; close one or use \
-                 ReceiveMessages",
-                self.max
-            ))
-        })
+    /// A slot for one more stream, held until dropped;
+    /// [`LimitError::TooManyStreams`] when `max_streams` are open.
+    pub fn open(&self) -> Result<OwnedSemaphorePermit, LimitError> {
+        self.slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| LimitError::TooManyStreams {
+                max_streams: self.max,
+            })
     }
 }
 
@@ -176,9 +195,10 @@ impl LongPolls {
     }
 
     /// A slot for one more long poll on the connection from `peer`;
-    /// RESOURCE_EXHAUSTED when it has `max_long_polls_per_connection`.
-    /// Without a peer address (not a TCP connection) nothing is counted.
-    pub fn start(&self, peer: Option<SocketAddr>) -> Result<Option<LongPoll>, Status> {
+    /// [`LimitError::TooManyLongPolls`] when it has
+    /// `max_long_polls_per_connection`. Without a peer address (not a TCP
+    /// connection) nothing is counted.
+    pub fn start(&self, peer: Option<SocketAddr>) -> Result<Option<LongPoll>, LimitError> {
         let Some(peer) = peer else {
             return Ok(None);
         };
@@ -188,11 +208,9 @@ impl LongPolls {
             if *count == 0 {
                 waiting.remove(&peer);
             }
-            return Err(Status::resource_exhausted(format!(
-                "at most max_long_polls_per_connection = {} receives may wait at once on one \
-                 connection; use another connection, or wait_time_seconds = 0",
-                self.max
-            )));
+            return Err(LimitError::TooManyLongPolls {
+                max_long_polls_per_connection: self.max,
+            });
         }
         *count += 1;
         Ok(Some(LongPoll {
@@ -229,9 +247,7 @@ pub fn oversize_as_resource_exhausted<B>(
 ) -> impl Fn(http::Response<B>) -> http::Response<B> + Clone {
     move |mut response| {
         if is_oversize(response.headers()) {
-            let status = Status::resource_exhausted(format!(
-                "the request is larger than max_request_bytes = {max_request_bytes} bytes"
-            ));
+            let status = crate::service::status(LimitError::RequestTooLarge { max_request_bytes });
             // Only fails for a message that is not a valid header value,
             // which this one is.
             let _ = status.add_header(response.headers_mut());
@@ -263,13 +279,16 @@ mod tests {
         let b: SocketAddr = "127.0.0.1:1001".parse().unwrap();
         let first = polls.start(Some(a)).unwrap();
         let _second = polls.start(Some(a)).unwrap();
-        let status = polls.start(Some(a)).unwrap_err();
-        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        let e = polls.start(Some(a)).unwrap_err();
+        assert_eq!(
+            e,
+            LimitError::TooManyLongPolls {
+                max_long_polls_per_connection: 2
+            }
+        );
         assert!(
-            status
-                .message()
-                .contains("max_long_polls_per_connection = 2"),
-            "{status:?}"
+            e.to_string().contains("max_long_polls_per_connection = 2"),
+            "{e}"
         );
         // Another connection has its own count.
         let _other = polls.start(Some(b)).unwrap();
@@ -294,13 +313,12 @@ mod tests {
     fn streams_beyond_the_limit_are_refused() {
         let streams = Streams::new(1);
         let slot = streams.open().unwrap();
-        let status = streams.open().unwrap_err();
-        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        let e = streams.open().unwrap_err();
+        assert_eq!(e, LimitError::TooManyStreams { max_streams: 1 });
         assert!(
-            status
-                .message()
+            e.to_string()
                 .contains("at most max_streams = 1 streams may be open at once"),
-            "{status:?}"
+            "{e}"
         );
         drop(slot);
         drop(streams.open().unwrap());

@@ -27,8 +27,14 @@
 //! broker services (`crate::auth`; health and reflection stay open), and
 //! the limits of `config.limits` (`crate::limits`). Without a token file the
 //! broker warns when it listens on a non-loopback address.
+//!
+//! Errors: whatever keeps the server from starting is a [`StartupError`]
+//! (a listener, a TLS or token file, the database), returned by [`run`]
+//! before anything is served. Once serving, errors go to clients through
+//! `service::status`, never out of `run`.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,15 +44,38 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 
-use crate::auth::{Authenticator, Tokens};
+use crate::auth::{Authenticator, TokenFileError, Tokens};
 use crate::config::ServerConfig;
-use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::queue::Engine;
 use crate::service::health::health;
 use crate::service::queue::QueueApi;
 use crate::service::topic::TopicApi;
 use crate::service::trace::TraceLayer;
+use crate::tls::TlsError;
+
+/// Why the server could not start. Never sent to a client.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// `metrics_listen` could not be bound.
+    #[error("cannot serve metrics on metrics_listen = {addr}: {error}")]
+    MetricsListen {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+    /// A TLS file is missing or unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// tonic refused the TLS settings.
+    #[error("cannot set up TLS: {error}")]
+    TlsSetup { error: tonic::transport::Error },
+    /// The token file (`auth_tokens`) is missing or unusable.
+    #[error(transparent)]
+    TokenFile(#[from] TokenFileError),
+    /// The database could not be opened (locked, corrupt, not a database).
+    #[error(transparent)]
+    Database(#[from] crate::Error),
+}
 
 /// The largest request or response: a batch of 100 messages of the largest
 /// size (1 MiB each), with room for attributes and framing.
@@ -59,13 +88,13 @@ pub async fn run(
     listener: TcpListener,
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<()> {
+) -> Result<(), StartupError> {
     let metrics_listener = match config.metrics_listen {
-        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
-            Error::Startup(format!(
-                "cannot serve metrics on metrics_listen = {addr}: {e}"
-            ))
-        })?),
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|error| StartupError::MetricsListen { addr, error })?,
+        ),
         None => None,
     };
     run_with_metrics_listener(listener, metrics_listener, config, shutdown).await
@@ -79,13 +108,13 @@ pub async fn run_with_metrics_listener(
     metrics_listener: Option<TcpListener>,
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<()> {
+) -> Result<(), StartupError> {
     let authenticator = authenticator(&config, &listener)?;
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = &config.tls {
         builder = builder
             .tls_config(crate::tls::server_tls_config(tls)?)
-            .map_err(|e| crate::Error::Startup(format!("cannot set up TLS: {e}")))?;
+            .map_err(|error| StartupError::TlsSetup { error })?;
     }
     let metrics_tls = config.tls.as_ref().map(crate::tls::acceptor).transpose()?;
     let engine = Arc::new(Engine::open(&config.data_dir, config.sync)?);
@@ -191,7 +220,10 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
 /// The token interceptor: with `config.auth_tokens`, the tokens of that
 /// file; without, everyone may do everything, and a non-loopback listener
 /// is worth a warning.
-fn authenticator(config: &ServerConfig, listener: &TcpListener) -> Result<Authenticator> {
+fn authenticator(
+    config: &ServerConfig,
+    listener: &TcpListener,
+) -> Result<Authenticator, StartupError> {
     match &config.auth_tokens {
         Some(path) => {
             let tokens = Tokens::load(path)?;

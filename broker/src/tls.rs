@@ -11,11 +11,11 @@
 //! The files are read and checked here, once, at startup, so that a missing
 //! file, a file without a certificate or a key that does not belong to the
 //! certificate is an error naming the file and what is wrong with it, not a
-//! failed handshake later. Only the ring crypto provider is compiled in;
-//! configs are built with it explicitly, so they never depend on a
-//! process-wide default provider.
+//! failed handshake later ([`TlsError`], a startup error). Only the ring
+//! crypto provider is compiled in; configs are built with it explicitly, so
+//! they never depend on a process-wide default provider.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,12 +23,71 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::crypto::CryptoProvider;
 use tokio_rustls::rustls::pki_types::pem::{self, PemObject};
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::server::{VerifierBuilderError, WebPkiClientVerifier};
 use tokio_rustls::rustls::{RootCertStore, ServerConfig};
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::config::TlsConfig;
-use crate::error::{Error, Result};
+
+/// A TLS file that cannot be used; each names the file, and the flag that
+/// sets it.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// `what`: `certificate`, `private key` or `client CA certificate`.
+    #[error("cannot read TLS {what} file {}: {error}", path.display())]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error(
+        "TLS private key file {} (--tls-key) holds no private key; expected a PEM block such as `-----BEGIN PRIVATE KEY-----` (PKCS#8, PKCS#1 or SEC1)",
+        path.display()
+    )]
+    NoPrivateKey { path: PathBuf },
+    #[error("TLS private key file {} (--tls-key) is not valid PEM: {error}", path.display())]
+    KeyNotPem { path: PathBuf, error: pem::Error },
+    /// `flag`: `--tls-cert` or `--tls-client-ca`.
+    #[error("TLS certificate file {} ({flag}) is not valid PEM: {error}", path.display())]
+    CertificateNotPem {
+        path: PathBuf,
+        flag: &'static str,
+        error: pem::Error,
+    },
+    #[error(
+        "TLS certificate file {} ({flag}) holds no certificate; expected a PEM block `-----BEGIN CERTIFICATE-----`",
+        path.display()
+    )]
+    NoCertificate { path: PathBuf, flag: &'static str },
+    #[error(
+        "TLS private key {} does not fit certificate {}: {error}",
+        key.display(),
+        cert.display()
+    )]
+    KeyMismatch {
+        key: PathBuf,
+        cert: PathBuf,
+        error: tokio_rustls::rustls::Error,
+    },
+    #[error(
+        "TLS client CA file {} (--tls-client-ca) holds a certificate that cannot be a trust anchor: {error}",
+        path.display()
+    )]
+    NotATrustAnchor {
+        path: PathBuf,
+        error: tokio_rustls::rustls::Error,
+    },
+    #[error("TLS client CA file {} (--tls-client-ca): {error}", path.display())]
+    ClientCa {
+        path: PathBuf,
+        error: VerifierBuilderError,
+    },
+    /// The TLS library refused its own settings (not a file's fault).
+    #[error("cannot set up TLS: {error}")]
+    Setup { error: tokio_rustls::rustls::Error },
+}
+
+type Result<T, E = TlsError> = std::result::Result<T, E>;
 
 /// How long a client may take to complete the TLS handshake. A connection
 /// holds one of the `max_connections` slots while it handshakes, so a client
@@ -77,20 +136,18 @@ fn load(config: &TlsConfig) -> Result<Loaded> {
     let key_pem = read(&config.key, "private key")?;
     let certs = certificates(&config.cert, &cert_pem, "--tls-cert")?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
-        pem::Error::NoItemsFound => tls_error(format!(
-            "TLS private key file {} (--tls-key) holds no private key; expected a PEM block \
-             such as `-----BEGIN PRIVATE KEY-----` (PKCS#8, PKCS#1 or SEC1)",
-            config.key.display()
-        )),
-        e => tls_error(format!(
-            "TLS private key file {} (--tls-key) is not valid PEM: {e}",
-            config.key.display()
-        )),
+        pem::Error::NoItemsFound => TlsError::NoPrivateKey {
+            path: config.key.clone(),
+        },
+        error => TlsError::KeyNotPem {
+            path: config.key.clone(),
+            error,
+        },
     })?;
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| tls_error(format!("cannot set up TLS: {e}")))?;
+        .map_err(|error| TlsError::Setup { error })?;
     let client_ca_pem = match &config.client_ca {
         None => None,
         Some(path) => Some(read(path, "client CA certificate")?),
@@ -101,13 +158,13 @@ fn load(config: &TlsConfig) -> Result<Loaded> {
         }
         _ => builder.with_no_client_auth(),
     };
-    let server = builder.with_single_cert(certs, key).map_err(|e| {
-        tls_error(format!(
-            "TLS private key {} does not fit certificate {}: {e}",
-            config.key.display(),
-            config.cert.display()
-        ))
-    })?;
+    let server = builder
+        .with_single_cert(certs, key)
+        .map_err(|error| TlsError::KeyMismatch {
+            key: config.key.clone(),
+            cert: config.cert.clone(),
+            error,
+        })?;
     Ok(Loaded {
         cert_pem,
         key_pem,
@@ -125,55 +182,47 @@ fn client_verifier(
 ) -> Result<Arc<dyn tokio_rustls::rustls::server::danger::ClientCertVerifier>> {
     let mut roots = RootCertStore::empty();
     for cert in certificates(path, pem, "--tls-client-ca")? {
-        roots.add(cert).map_err(|e| {
-            tls_error(format!(
-                "TLS client CA file {} (--tls-client-ca) holds a certificate that cannot be a \
-                 trust anchor: {e}",
-                path.display()
-            ))
+        roots.add(cert).map_err(|error| TlsError::NotATrustAnchor {
+            path: path.to_path_buf(),
+            error,
         })?;
     }
     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
         .build()
-        .map_err(|e| {
-            tls_error(format!(
-                "TLS client CA file {} (--tls-client-ca): {e}",
-                path.display()
-            ))
+        .map_err(|error| TlsError::ClientCa {
+            path: path.to_path_buf(),
+            error,
         })
 }
 
 /// The certificates of a PEM file; at least one.
-fn certificates(path: &Path, pem: &[u8], flag: &str) -> Result<Vec<CertificateDer<'static>>> {
+fn certificates(
+    path: &Path,
+    pem: &[u8],
+    flag: &'static str,
+) -> Result<Vec<CertificateDer<'static>>> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| {
-            tls_error(format!(
-                "TLS certificate file {} ({flag}) is not valid PEM: {e}",
-                path.display()
-            ))
+        .map_err(|error| TlsError::CertificateNotPem {
+            path: path.to_path_buf(),
+            flag,
+            error,
         })?;
     if certs.is_empty() {
-        return Err(tls_error(format!(
-            "TLS certificate file {} ({flag}) holds no certificate; expected a PEM block \
-             `-----BEGIN CERTIFICATE-----`",
-            path.display()
-        )));
+        return Err(TlsError::NoCertificate {
+            path: path.to_path_buf(),
+            flag,
+        });
     }
     Ok(certs)
 }
 
-fn read(path: &Path, what: &str) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| {
-        tls_error(format!(
-            "cannot read TLS {what} file {}: {e}",
-            path.display()
-        ))
+fn read(path: &Path, what: &'static str) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|error| TlsError::Read {
+        what,
+        path: path.to_path_buf(),
+        error,
     })
-}
-
-fn tls_error(message: String) -> Error {
-    Error::Startup(message)
 }
 
 #[cfg(test)]

@@ -69,7 +69,7 @@ struct Running {
     /// Resolves the shutdown future given to `run` (dropping it does too).
     shutdown: oneshot::Sender<()>,
     /// `run`'s result: it returns once the database is closed.
-    task: JoinHandle<Result<(), broker::Error>>,
+    task: JoinHandle<Result<(), broker::server::StartupError>>,
 }
 
 impl TestServer {
@@ -353,6 +353,43 @@ pub fn assert_error<T: Debug>(result: Result<T, Error>, code: Code, needles: &[&
         );
     }
     error
+}
+
+/// The generated `QueueService` client, for what [`Client`] does not show
+/// (the details of a status).
+pub async fn raw_queue_client(
+    server: &TestServer,
+) -> pb::queue_service_client::QueueServiceClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr()))
+        .expect("a valid URI")
+        .connect()
+        .await
+        .expect("connect to the test server");
+    pb::queue_service_client::QueueServiceClient::new(channel)
+}
+
+/// Checks that `result` failed with INVALID_ARGUMENT whose
+/// `google.rpc.BadRequest` detail names `field` (with the message as its
+/// description); returns the status.
+#[track_caller]
+pub fn assert_bad_request<T: Debug>(
+    result: Result<tonic::Response<T>, tonic::Status>,
+    field: &str,
+) -> tonic::Status {
+    use tonic_types::StatusExt as _;
+    let status = match result {
+        Ok(response) => panic!("expected INVALID_ARGUMENT on {field}, got {response:?}"),
+        Err(status) => status,
+    };
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let details = status.get_error_details();
+    let violation = details
+        .bad_request()
+        .and_then(|b| b.field_violations.first())
+        .unwrap_or_else(|| panic!("no BadRequest field violation in {status:?}"));
+    assert_eq!(violation.field, field, "{status:?}");
+    assert_eq!(violation.description, status.message());
+    status
 }
 
 /// Checks a failed batch entry: its id, its code name (e.g. "INVALID_ARGUMENT")
@@ -661,7 +698,7 @@ impl TestServer {
 /// error it fails with. Panics if it serves instead (answers a `ListQueues`),
 /// which for a corrupt or locked directory would mean a silently empty or
 /// shared broker.
-pub async fn startup_error(data_dir: &Path) -> broker::Error {
+pub async fn startup_error(data_dir: &Path) -> broker::server::StartupError {
     let (addr, _, Running { shutdown, mut task }) = spawn_server(data_dir, &|_| {}).await;
     let serving = async {
         loop {

@@ -1,6 +1,6 @@
 //! Queue attributes: defaults, limits, validation, and partial updates.
 
-use crate::error::{Result, invalid};
+use crate::error::{Error, Result};
 
 pub const VISIBILITY_TIMEOUT_MAX: u32 = 43_200;
 pub const RETENTION_MIN: u32 = 60;
@@ -85,63 +85,65 @@ pub struct AttributeChanges {
     pub retry_policy: Option<Option<RetryPolicy>>,
 }
 
-pub fn check_range(field: &str, value: u32, min: u32, max: u32) -> Result<()> {
+/// `value` in `min..=max`; `field` is the request field.
+pub fn check_range(field: &'static str, value: u32, min: u32, max: u32) -> Result<()> {
     if value < min || value > max {
-        return invalid!("{field} must be in {min}..={max}; got {value}");
+        return Err(Error::out_of_range(field, min, max, value));
     }
     Ok(())
 }
 
 impl AttributeChanges {
     /// The attributes that result from applying these changes to `base`,
-    /// every value checked against its range.
+    /// every value checked against its range. Errors name the field as the
+    /// requests that carry attributes do (`attributes.delay_seconds`).
     pub fn apply_to(&self, base: &QueueAttributes) -> Result<QueueAttributes> {
         let mut out = base.clone();
-        let fields: [(&str, Option<u32>, &mut u32, u32, u32); 7] = [
+        let fields: [(&'static str, Option<u32>, &mut u32, u32, u32); 7] = [
             (
-                "visibility_timeout_seconds",
+                "attributes.visibility_timeout_seconds",
                 self.visibility_timeout_seconds,
                 &mut out.visibility_timeout_seconds,
                 0,
                 VISIBILITY_TIMEOUT_MAX,
             ),
             (
-                "message_retention_seconds",
+                "attributes.message_retention_seconds",
                 self.message_retention_seconds,
                 &mut out.message_retention_seconds,
                 RETENTION_MIN,
                 RETENTION_MAX,
             ),
             (
-                "delay_seconds",
+                "attributes.delay_seconds",
                 self.delay_seconds,
                 &mut out.delay_seconds,
                 0,
                 DELAY_MAX,
             ),
             (
-                "receive_wait_time_seconds",
+                "attributes.receive_wait_time_seconds",
                 self.receive_wait_time_seconds,
                 &mut out.receive_wait_time_seconds,
                 0,
                 RECEIVE_WAIT_MAX,
             ),
             (
-                "max_message_bytes",
+                "attributes.max_message_bytes",
                 self.max_message_bytes,
                 &mut out.max_message_bytes,
                 MAX_MESSAGE_BYTES_MIN,
                 MAX_MESSAGE_BYTES_MAX,
             ),
             (
-                "max_receive_rate",
+                "attributes.max_receive_rate",
                 self.max_receive_rate,
                 &mut out.max_receive_rate,
                 0,
                 RECEIVE_RATE_MAX,
             ),
             (
-                "max_receive_burst",
+                "attributes.max_receive_burst",
                 self.max_receive_burst,
                 &mut out.max_receive_burst,
                 0,
@@ -157,11 +159,11 @@ impl AttributeChanges {
         if let Some(policy) = &self.redrive_policy {
             if let Some(p) = policy {
                 super::validate::queue_name(
-                    "redrive_policy.dead_letter_queue",
+                    "attributes.redrive_policy.dead_letter_queue",
                     &p.dead_letter_queue,
                 )?;
                 check_range(
-                    "redrive_policy.max_receive_count",
+                    "attributes.redrive_policy.max_receive_count",
                     p.max_receive_count,
                     1,
                     MAX_RECEIVE_COUNT_MAX,
@@ -172,13 +174,13 @@ impl AttributeChanges {
         if let Some(policy) = &self.retry_policy {
             if let Some(p) = policy {
                 check_range(
-                    "retry_policy.min_backoff_seconds",
+                    "attributes.retry_policy.min_backoff_seconds",
                     p.min_backoff_seconds,
                     0,
                     BACKOFF_MAX,
                 )?;
                 check_range(
-                    "retry_policy.max_backoff_seconds",
+                    "attributes.retry_policy.max_backoff_seconds",
                     p.max_backoff_seconds,
                     p.min_backoff_seconds,
                     BACKOFF_MAX,
@@ -263,6 +265,25 @@ mod tests {
             err,
             "visibility_timeout_seconds must be in 0..=43200; got 50000"
         );
+        let policy = AttributeChanges {
+            retry_policy: Some(Some(RetryPolicy {
+                min_backoff_seconds: 10,
+                max_backoff_seconds: 5,
+            })),
+            ..Default::default()
+        };
+        match policy.apply_to(&QueueAttributes::default()).unwrap_err() {
+            Error::OutOfRange {
+                field,
+                min,
+                max,
+                got,
+            } => {
+                assert_eq!(field, "attributes.retry_policy.max_backoff_seconds");
+                assert_eq!((min, max, got), (10, 600, 5));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -70,7 +70,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
-use crate::error::{Error, Result, invalid};
+use crate::error::{Error, Result};
 use crate::storage::{Store, SyncMode, Ticket, keys};
 pub use attributes::{AttributeChanges, QueueAttributes, RedrivePolicy, RetryPolicy};
 use command::{Command, Op};
@@ -237,20 +237,21 @@ struct State {
 }
 
 impl State {
-    /// The id of the queue `name`: INVALID_ARGUMENT for a name no queue
-    /// could have, NOT_FOUND for one that does not exist.
-    fn queue_id(&self, name: &str) -> Result<u64> {
-        if !self.names.contains_key(name) {
-            validate::queue_name("queue name", name)?;
+    /// The id of the queue `name`, given in the request field `field`:
+    /// [`Error::InvalidName`] for a name no queue could have,
+    /// [`Error::QueueNotFound`] for one that does not exist.
+    fn queue_id(&self, field: &'static str, name: &str) -> Result<u64> {
+        if let Some(&id) = self.names.get(name) {
+            return Ok(id);
         }
-        self.names
-            .get(name)
-            .copied()
-            .ok_or_else(|| Error::NotFound(format!("queue {name:?} does not exist")))
+        validate::name_as(field, "queue name", name)?;
+        Err(Error::QueueNotFound {
+            queue: name.to_string(),
+        })
     }
 
-    fn queue(&mut self, name: &str) -> Result<&mut Queue> {
-        let id = self.queue_id(name)?;
+    fn queue(&mut self, field: &'static str, name: &str) -> Result<&mut Queue> {
+        let id = self.queue_id(field, name)?;
         Ok(self.queues.get_mut(&id).expect("names and queues agree"))
     }
 
@@ -349,7 +350,7 @@ fn paginate<T>(
 ) -> Result<(Vec<T>, String)> {
     let page_size = match page_size {
         0 => 100,
-        n if n > 1000 => return invalid!("page_size must be in 0..=1000; got {n}"),
+        n if n > 1000 => return Err(Error::out_of_range("page_size", 0, 1000, n)),
         n => n as usize,
     };
     let mut page = Vec::new();
@@ -537,11 +538,14 @@ impl Engine {
         let attributes = changes.apply_to(&QueueAttributes::default())?;
         let (info, ticket) = {
             let mut st = self.lock();
-            if let Ok(q) = st.queue(name) {
-                if let Some((field, have, want)) = q.attributes.first_difference(&attributes) {
-                    return Err(Error::AlreadyExists(format!(
-                        "queue {name:?} already exists with {field} = {have} (requested {want})"
-                    )));
+            if let Ok(q) = st.queue("name", name) {
+                if let Some((attribute, have, want)) = q.attributes.first_difference(&attributes) {
+                    return Err(Error::QueueExists {
+                        queue: name.to_string(),
+                        attribute,
+                        have,
+                        want,
+                    });
                 }
                 return Ok(q.info());
             }
@@ -554,7 +558,7 @@ impl Engine {
             };
             let cmd = st.command(now, Op::PutQueue(put));
             let ticket = self.apply(&mut st, cmd)?;
-            (st.queue(name)?.info(), ticket)
+            (st.queue("name", name)?.info(), ticket)
         };
         self.durable(ticket).await?;
         Ok(info)
@@ -563,15 +567,15 @@ impl Engine {
     fn check_redrive(&self, st: &State, name: &str, a: &QueueAttributes) -> Result<()> {
         if let Some(p) = &a.redrive_policy {
             if p.dead_letter_queue == name {
-                return invalid!(
-                    "redrive_policy.dead_letter_queue must name another queue; a queue cannot be its own dead-letter queue"
-                );
+                return Err(Error::invalid(
+                    "attributes.redrive_policy.dead_letter_queue",
+                    "must name another queue; a queue cannot be its own dead-letter queue",
+                ));
             }
             if !st.names.contains_key(&p.dead_letter_queue) {
-                return Err(Error::NotFound(format!(
-                    "redrive_policy.dead_letter_queue {:?} does not exist; create it first",
-                    p.dead_letter_queue
-                )));
+                return Err(Error::DeadLetterQueueNotFound {
+                    queue: p.dead_letter_queue.clone(),
+                });
             }
         }
         Ok(())
@@ -581,7 +585,7 @@ impl Engine {
         let now = self.now_ms();
         let mut st = self.lock();
         st.promote_due(now);
-        let q = st.queue(name)?;
+        let q = st.queue("name", name)?;
         Ok((q.info(), q.stats(now)))
     }
 
@@ -602,7 +606,7 @@ impl Engine {
     pub async fn update_queue(&self, name: &str, changes: &AttributeChanges) -> Result<QueueInfo> {
         let (info, ticket) = {
             let mut st = self.lock();
-            let q = st.queue(name)?;
+            let q = st.queue("name", name)?;
             let attributes = changes.apply_to(&q.attributes)?;
             let (id, created_at_ms) = (q.id, q.created_at_ms);
             self.check_redrive(&st, name, &attributes)?;
@@ -612,7 +616,7 @@ impl Engine {
             };
             let cmd = st.command(self.now_ms(), Op::PutQueue(put));
             let ticket = self.apply(&mut st, cmd)?;
-            (st.queue(name)?.info(), ticket)
+            (st.queue("name", name)?.info(), ticket)
         };
         self.durable(ticket).await?;
         Ok(info)
@@ -621,8 +625,8 @@ impl Engine {
     pub async fn delete_queue(&self, name: &str) -> Result<()> {
         let ticket = {
             let mut st = self.lock();
-            st.queue_id(name)?;
-            let mut sources: Vec<&str> = st
+            st.queue_id("name", name)?;
+            let mut sources: Vec<String> = st
                 .queues
                 .values()
                 .filter(|q| {
@@ -631,18 +635,14 @@ impl Engine {
                         .as_ref()
                         .is_some_and(|p| p.dead_letter_queue == name)
                 })
-                .map(|q| q.name.as_str())
+                .map(|q| q.name.clone())
                 .collect();
             if !sources.is_empty() {
                 sources.sort();
-                return Err(Error::FailedPrecondition(format!(
-                    "queue {name:?} is the dead-letter queue of {}; remove their redrive policy first",
-                    sources
-                        .iter()
-                        .map(|s| format!("{s:?}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )));
+                return Err(Error::QueueIsDeadLetterTarget {
+                    queue: name.to_string(),
+                    used_by: sources,
+                });
             }
             let cmd = st.command(
                 self.now_ms(),
@@ -659,7 +659,7 @@ impl Engine {
     pub async fn purge_queue(&self, name: &str) -> Result<()> {
         let ticket = {
             let mut st = self.lock();
-            let queue_id = st.queue_id(name)?;
+            let queue_id = st.queue_id("name", name)?;
             let cmd = st.command(
                 self.now_ms(),
                 Op::PurgeQueue(command::PurgeQueue { queue_id }),
@@ -681,7 +681,7 @@ impl Engine {
         let now = self.now_ms();
         let (results, ticket) = {
             let mut st = self.lock();
-            let id = st.queue_id(queue)?;
+            let id = st.queue_id("queue", queue)?;
             let attrs = st.queues[&id].attributes.clone();
             let checked: Vec<Result<(NewMessage, u32)>> = messages
                 .into_iter()
@@ -739,10 +739,12 @@ impl Engine {
         let max = match opts.max_messages {
             0 => 1,
             n if n > validate::RECEIVE_MAX => {
-                return invalid!(
-                    "max_messages must be in 1..={}; got {n}",
-                    validate::RECEIVE_MAX
-                );
+                return Err(Error::out_of_range(
+                    "max_messages",
+                    1,
+                    validate::RECEIVE_MAX,
+                    n,
+                ));
             }
             n => n,
         };
@@ -757,7 +759,7 @@ impl Engine {
         if let Some(w) = opts.wait_time_seconds {
             attributes::check_range("wait_time_seconds", w, 0, attributes::RECEIVE_WAIT_MAX)?;
         }
-        let mut notify = self.lock().queue(queue)?.notify.clone();
+        let mut notify = self.lock().queue("queue", queue)?.notify.clone();
         let mut until = None;
         loop {
             // Registered before the claim looks: a message made visible
@@ -799,7 +801,7 @@ impl Engine {
         let now = self.now_ms();
         let mut st = self.lock();
         st.promote_due(now);
-        let id = st.queue_id(queue)?;
+        let id = st.queue_id("queue", queue)?;
         let q = st.queues.get_mut(&id).expect("names and queues agree");
         let mut claim = Claim {
             taken: Vec::new(),
@@ -916,26 +918,30 @@ impl Engine {
         Ok(out)
     }
 
-    /// Checks a receipt handle against the queue: the queue id, then
-    /// (if the message still exists) that no receive superseded it.
+    /// Checks a receipt handle against the queue (request field `queue`):
+    /// the queue id, then (if the message still exists) that no receive
+    /// superseded it.
     fn check_handle(
         st: &mut State,
         queue: &str,
         handle: &str,
     ) -> Result<(u64, u64, Option<StateRecord>)> {
         let h = ReceiptHandle::decode(handle)?;
-        let id = st.queue_id(queue)?;
+        let id = st.queue_id("queue", queue)?;
         if h.queue_id != id {
-            return invalid!("receipt_handle belongs to another queue than {queue:?}");
+            return Err(Error::invalid(
+                "receipt_handle",
+                format!("belongs to another queue than {queue:?}"),
+            ));
         }
         let state = st.queues[&id].index.slots.get(&h.seq).map(|s| s.state);
         if let Some(s) = state
             && s.receive_count != h.receive_count
         {
-            return Err(Error::FailedPrecondition(format!(
-                "receipt_handle is superseded: the message was received again since (receive {} of it, the handle is of receive {})",
-                s.receive_count, h.receive_count
-            )));
+            return Err(Error::ReceiptSuperseded {
+                current: s.receive_count,
+                handle: h.receive_count,
+            });
         }
         Ok((id, h.seq, state))
     }
@@ -945,7 +951,7 @@ impl Engine {
     pub async fn delete(&self, queue: &str, handles: &[&str]) -> Result<Vec<Result<()>>> {
         let (results, ticket) = {
             let mut st = self.lock();
-            let queue_id = st.queue_id(queue)?;
+            let queue_id = st.queue_id("queue", queue)?;
             let mut seqs = Vec::new();
             let results = handles
                 .iter()
@@ -982,7 +988,7 @@ impl Engine {
     ) -> Result<Vec<Result<()>>> {
         let now = self.now_ms();
         let mut st = self.lock();
-        let queue_id = st.queue_id(queue)?;
+        let queue_id = st.queue_id("queue", queue)?;
         let mut updates: Vec<command::NewState> = Vec::new();
         let results = changes
             .iter()
@@ -996,17 +1002,8 @@ impl Engine {
                 let (_, seq, state) = Self::check_handle(&mut st, queue, handle)?;
                 let state = match state {
                     Some(s) if s.visible_at_ms > now => s,
-                    Some(_) => {
-                        return Err(Error::FailedPrecondition(
-                            "the message is not in flight: its visibility timeout already lapsed"
-                                .into(),
-                        ));
-                    }
-                    None => {
-                        return Err(Error::FailedPrecondition(
-                            "the message no longer exists (deleted)".into(),
-                        ));
-                    }
+                    Some(_) => return Err(Error::NotInFlight),
+                    None => return Err(Error::MessageDeleted),
                 };
                 let state = StateRecord {
                     visible_at_ms: now + u64::from(seconds) * 1000,
@@ -1035,7 +1032,10 @@ impl Engine {
     pub async fn redrive(&self, source: &str, destination: &str, max: u32) -> Result<u64> {
         let now = self.now_ms();
         if source == destination {
-            return invalid!("destination_queue must differ from source_queue");
+            return Err(Error::invalid(
+                "destination_queue",
+                "must differ from source_queue",
+            ));
         }
         let mut moved = 0u64;
         let mut after = 0u64;
@@ -1043,10 +1043,10 @@ impl Engine {
         loop {
             let mut st = self.lock();
             st.promote_due(now);
-            let src = st.queue_id(source)?;
+            let src = st.queue_id("source_queue", source)?;
             let dest = match destination {
                 "" => None,
-                d => Some(st.queue_id(d)?),
+                d => Some(st.queue_id("destination_queue", d)?),
             };
             let want = if max == 0 {
                 CHUNK

@@ -25,7 +25,7 @@ use bytes::Bytes;
 
 use super::Engine;
 use super::records::{self, BodyRecord};
-use crate::error::{Error, Result, invalid};
+use crate::error::{Error, Result};
 use crate::storage::keys;
 
 /// Messages per page when the request says 0.
@@ -79,9 +79,10 @@ fn decode_token(token: &str) -> Result<(u64, u64)> {
         .flatten();
     match parsed {
         Some(position) => Ok(position),
-        None => invalid!(
-            "page_token is malformed: pass the next_page_token of the previous PeekMessages response, or empty for the first page"
-        ),
+        None => Err(Error::invalid(
+            "page_token",
+            "is malformed: pass the next_page_token of the previous PeekMessages response, or empty for the first page",
+        )),
     }
 }
 
@@ -89,9 +90,10 @@ fn decode_token(token: &str) -> Result<(u64, u64)> {
 fn page_size(max_messages: u32) -> Result<usize> {
     match max_messages {
         0 => Ok(PEEK_DEFAULT as usize),
-        n if n > PEEK_MAX => {
-            invalid!("max_messages must be in 1..={PEEK_MAX} (0 means {PEEK_DEFAULT}); got {n}")
-        }
+        n if n > PEEK_MAX => Err(Error::invalid(
+            "max_messages",
+            format!("must be in 1..={PEEK_MAX} (0 means {PEEK_DEFAULT}); got {n}"),
+        )),
         n => Ok(n as usize),
     }
 }
@@ -107,7 +109,7 @@ impl Engine {
         page_token: &str,
     ) -> Result<(Vec<Peeked>, String)> {
         let max = page_size(max_messages)?;
-        let id = self.lock().queue_id(queue)?;
+        let id = self.lock().queue_id("queue", queue)?;
         let first_seq = match page_token {
             "" => 0,
             token => match decode_token(token)? {
@@ -117,9 +119,12 @@ impl Engine {
                     None => return Ok((Vec::new(), String::new())),
                 },
                 _ => {
-                    return invalid!(
-                        "page_token belongs to another queue than {queue:?} (or to a deleted queue of that name); start again with an empty page_token"
-                    );
+                    return Err(Error::invalid(
+                        "page_token",
+                        format!(
+                            "belongs to another queue than {queue:?} (or to a deleted queue of that name); start again with an empty page_token"
+                        ),
+                    ));
                 }
             },
         };
@@ -148,9 +153,9 @@ impl Engine {
         let found: Vec<_> = {
             let st = self.lock();
             let Some(q) = st.queues.get(&id) else {
-                return Err(Error::NotFound(format!(
-                    "queue {queue:?} was deleted while it was being peeked"
-                )));
+                return Err(Error::QueueDeletedDuringPeek {
+                    queue: queue.to_string(),
+                });
             };
             seqs.iter()
                 .filter_map(|&seq| {
@@ -240,7 +245,7 @@ mod tests {
         tokio::time::advance(Duration::from_secs(5)).await;
         let (page, _) = e.peek("q", 0, "").unwrap();
         assert_eq!(page[0].state, MessageState::Visible);
-        let ready = |e: &Engine| e.lock().queue("q").unwrap().index.ready.len();
+        let ready = |e: &Engine| e.lock().queue("queue", "q").unwrap().index.ready.len();
         assert_eq!(ready(&e), 0, "peek promoted nothing");
         assert_eq!(e.receive("q", opts).await.unwrap()[0].receive_count, 2);
     }

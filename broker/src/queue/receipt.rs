@@ -6,7 +6,7 @@
 //! message's current count. Queue ids are never reused, so a handle of a
 //! deleted queue never matches a new queue of the same name.
 
-use crate::error::{Result, invalid};
+use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReceiptHandle {
@@ -36,9 +36,10 @@ impl ReceiptHandle {
             .filter(|h| h.receive_count > 0);
         match parsed {
             Some(h) => Ok(h),
-            None => invalid!(
-                "receipt_handle is malformed: expected the 40 hex digits a receive returned"
-            ),
+            None => Err(Error::invalid(
+                "receipt_handle",
+                "is malformed: expected the 40 hex digits a receive returned",
+            )),
         }
     }
 }

@@ -181,7 +181,13 @@ async fn receipt_handles_follow_the_latest_receive() {
     tokio::time::advance(Duration::from_secs(1)).await;
     let new = e.receive("q", recv(1, 1, 0)).await.unwrap().remove(0);
     let r = e.delete("q", &[&old.receipt_handle]).await.unwrap();
-    assert!(matches!(r[0], Err(Error::FailedPrecondition(_))));
+    assert!(matches!(
+        r[0],
+        Err(Error::ReceiptSuperseded {
+            current: 2,
+            handle: 1
+        })
+    ));
     // The latest handle deletes, also after its timeout lapsed.
     tokio::time::advance(Duration::from_secs(5)).await;
     assert!(e.delete("q", &[&new.receipt_handle]).await.unwrap()[0].is_ok());
@@ -450,4 +456,95 @@ async fn retry_policy_backs_off_redeliveries_exponentially() {
         5
     );
     assert_eq!(start.elapsed(), Duration::from_secs(6));
+}
+
+/// The request field an invalid name is reported under, per operation: the
+/// engine names the field its argument comes from, not what the name is.
+#[tokio::test(start_paused = true)]
+async fn invalid_names_are_reported_under_the_request_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine_with_topic(&dir, &[("q", 1024, true)]).await;
+    let bad = "no good";
+    #[track_caller]
+    fn field_of<T: std::fmt::Debug>(result: Result<T>) -> (&'static str, &'static str) {
+        match result {
+            Err(Error::InvalidName { field, what, .. }) => (field, what),
+            other => panic!("expected InvalidName, got {other:?}"),
+        }
+    }
+    let none = AttributeChanges::default();
+    assert_eq!(field_of(e.get_queue(bad)), ("name", "queue name"));
+    assert_eq!(
+        field_of(e.update_queue(bad, &none).await),
+        ("name", "queue name")
+    );
+    assert_eq!(field_of(e.delete_queue(bad).await), ("name", "queue name"));
+    assert_eq!(field_of(e.purge_queue(bad).await), ("name", "queue name"));
+    assert_eq!(field_of(e.create_queue(bad, &none).await), ("name", "name"));
+    assert_eq!(
+        field_of(e.send(bad, vec![msg("a")]).await),
+        ("queue", "queue name")
+    );
+    assert_eq!(
+        field_of(e.receive(bad, recv(1, 1, 0)).await),
+        ("queue", "queue name")
+    );
+    assert_eq!(field_of(e.peek(bad, 0, "")), ("queue", "queue name"));
+    assert_eq!(
+        field_of(e.redrive(bad, "q", 0).await),
+        ("source_queue", "queue name")
+    );
+    assert_eq!(
+        field_of(e.redrive("q", bad, 0).await),
+        ("destination_queue", "queue name")
+    );
+    assert_eq!(field_of(e.get_topic(bad)), ("name", "topic name"));
+    assert_eq!(field_of(e.delete_topic(bad).await), ("name", "topic name"));
+    assert_eq!(
+        field_of(e.publish(bad, vec![publication(b"x")]).await),
+        ("topic", "topic name")
+    );
+    assert_eq!(
+        field_of(e.subscribe(bad, "q", "", false).await),
+        ("topic", "topic")
+    );
+    assert_eq!(
+        field_of(e.subscribe("t", bad, "", false).await),
+        ("queue", "queue")
+    );
+    // Well-formed names that are not there.
+    assert!(matches!(
+        e.get_queue("missing"),
+        Err(Error::QueueNotFound { queue }) if queue == "missing"
+    ));
+    assert!(matches!(
+        e.get_topic("missing"),
+        Err(Error::TopicNotFound { topic }) if topic == "missing"
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_queue_used_as_dead_letter_queue_names_its_sources() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(&dir);
+    e.create_queue("dlq", &AttributeChanges::default())
+        .await
+        .unwrap();
+    let redrive = AttributeChanges {
+        redrive_policy: Some(Some(RedrivePolicy {
+            dead_letter_queue: "dlq".into(),
+            max_receive_count: 3,
+        })),
+        ..Default::default()
+    };
+    for name in ["b", "a"] {
+        e.create_queue(name, &redrive).await.unwrap();
+    }
+    match e.delete_queue("dlq").await {
+        Err(Error::QueueIsDeadLetterTarget { queue, used_by }) => {
+            assert_eq!(queue, "dlq");
+            assert_eq!(used_by, ["a", "b"]);
+        }
+        other => panic!("{other:?}"),
+    }
 }

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use super::command::{self, Op};
 use super::counters::TopicCounters;
 use super::{Engine, State, by_name, enqueue, paginate, records, validate};
-use crate::error::{Error, Result, invalid};
+use crate::error::{Error, Result};
 use crate::storage::{Store, keys};
 use crate::topic::filter::FilterPolicy;
 use crate::topic::{
@@ -175,12 +175,15 @@ pub(super) fn forget_subscription(st: &mut State, id: u64) {
     }
 }
 
-/// NOT_FOUND for a topic that does not exist; INVALID_ARGUMENT for a name
-/// no topic could have.
-fn topic_not_found(name: &str) -> Error {
-    match validate::queue_name("topic name", name) {
+/// The error for a topic `name` (given in the request field `field`) that
+/// is not there: [`Error::InvalidName`] for a name no topic could have,
+/// [`Error::TopicNotFound`] otherwise.
+fn topic_not_found(field: &'static str, name: &str) -> Error {
+    match validate::name_as(field, "topic name", name) {
         Err(e) => e,
-        Ok(()) => Error::NotFound(format!("topic {name:?} does not exist")),
+        Ok(()) => Error::TopicNotFound {
+            topic: name.to_string(),
+        },
     }
 }
 
@@ -218,7 +221,10 @@ impl Engine {
     /// A topic and its number of subscriptions.
     pub fn get_topic(&self, name: &str) -> Result<(TopicInfo, u32)> {
         let st = self.lock();
-        let t = st.topics.get(name).ok_or_else(|| topic_not_found(name))?;
+        let t = st
+            .topics
+            .get(name)
+            .ok_or_else(|| topic_not_found("name", name))?;
         Ok((
             TopicInfo {
                 name: name.to_string(),
@@ -252,7 +258,7 @@ impl Engine {
         let ticket = {
             let mut st = self.lock();
             if !st.topics.contains_key(name) {
-                return Err(topic_not_found(name));
+                return Err(topic_not_found("name", name));
             }
             let delete = command::DeleteTopic {
                 name: name.to_string(),
@@ -276,8 +282,11 @@ impl Engine {
         let filter = parse_filter(filter_policy)?;
         let (info, ticket) = {
             let mut st = self.lock();
-            let t = st.topics.get(topic).ok_or_else(|| topic_not_found(topic))?;
-            st.queue_id(queue)?;
+            let t = st
+                .topics
+                .get(topic)
+                .ok_or_else(|| topic_not_found("topic", topic))?;
+            st.queue_id("queue", queue)?;
             if let Some(&id) = t
                 .subscriptions
                 .iter()
@@ -288,14 +297,16 @@ impl Engine {
                 if same_filter && existing.record.raw_delivery == raw_delivery {
                     return Ok(existing.info(id));
                 }
-                let what = if same_filter {
+                let setting = if same_filter {
                     format!("raw_delivery = {}", existing.record.raw_delivery)
                 } else {
                     format!("filter_policy {:?}", existing.record.filter_policy)
                 };
-                return Err(Error::AlreadyExists(format!(
-                    "queue {queue:?} is already subscribed to topic {topic:?} with {what}; unsubscribe it first to change its settings"
-                )));
+                return Err(Error::AlreadySubscribed {
+                    queue: queue.to_string(),
+                    topic: topic.to_string(),
+                    setting,
+                });
             }
             drop(filter); // parsed again, the same way, when applied
             let id = st.alloc_seqs(1);
@@ -318,16 +329,17 @@ impl Engine {
 
     pub async fn unsubscribe(&self, subscription_id: &str) -> Result<()> {
         let Some(id) = parse_subscription_id(subscription_id) else {
-            return invalid!(
-                "subscription_id must be the 16 hex digits Subscribe returned; got {subscription_id:?}"
-            );
+            return Err(Error::invalid(
+                "subscription_id",
+                format!("must be the 16 hex digits Subscribe returned; got {subscription_id:?}"),
+            ));
         };
         let ticket = {
             let mut st = self.lock();
             if !st.subscriptions.contains_key(&id) {
-                return Err(Error::NotFound(format!(
-                    "subscription {subscription_id:?} does not exist"
-                )));
+                return Err(Error::SubscriptionNotFound {
+                    id: subscription_id.to_string(),
+                });
             }
             let cmd = st.command(self.now_ms(), Op::Unsubscribe(command::Unsubscribe { id }));
             self.apply(&mut st, cmd)?
@@ -348,9 +360,10 @@ impl Engine {
             t => match parse_subscription_id(t) {
                 Some(id) => Some(id),
                 None => {
-                    return invalid!(
-                        "page_token is malformed: pass the next_page_token of the previous page"
-                    );
+                    return Err(Error::invalid(
+                        "page_token",
+                        "is malformed: pass the next_page_token of the previous page",
+                    ));
                 }
             },
         };
@@ -378,7 +391,10 @@ impl Engine {
         let now = self.now_ms();
         let (results, ticket) = {
             let mut st = self.lock();
-            let t = st.topics.get(topic).ok_or_else(|| topic_not_found(topic))?;
+            let t = st
+                .topics
+                .get(topic)
+                .ok_or_else(|| topic_not_found("topic", topic))?;
             let targets: Vec<Target> = t
                 .subscriptions
                 .iter()
@@ -469,10 +485,11 @@ fn fan_out(
                 .sum::<usize>();
         let max_bytes = target.max_message_bytes;
         if size > max_bytes as usize {
-            return invalid!(
-                "the copy for queue {:?} would be {size} bytes, over its max_message_bytes = {max_bytes}; no queue got a copy of this message",
-                target.queue
-            );
+            return Err(Error::CopyTooLarge {
+                queue: target.queue.clone(),
+                size,
+                max: max_bytes,
+            });
         }
         these.push((target, body, attributes));
     }

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use crate::error::{Result, invalid};
+use crate::error::{Error, Result, subject, truncate};
 
 pub const NAME_MAX: usize = 80;
 pub const MAX_ATTRIBUTES: usize = 10;
@@ -14,38 +14,47 @@ fn is_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '_' || c == '-'
 }
 
-/// 1..=80 characters of `[A-Za-z0-9_-]`; `field` names the request field.
-pub fn queue_name(field: &str, name: &str) -> Result<()> {
-    if name.is_empty() || name.len() > NAME_MAX || !name.chars().all(is_name_char) {
-        return invalid!(
-            "{field} must be 1..={NAME_MAX} characters of [A-Za-z0-9_-]; got {:?}",
-            truncate(name)
-        );
-    }
-    Ok(())
+fn is_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= NAME_MAX && s.chars().all(is_name_char)
 }
 
-/// A batch entry id: the same rule as names.
-pub fn entry_id(id: &str) -> Result<()> {
-    if id.is_empty() || id.len() > NAME_MAX || !id.chars().all(is_name_char) {
-        return invalid!(
-            "entry id must be 1..={NAME_MAX} characters of [A-Za-z0-9_-]; got {:?}",
-            truncate(id)
-        );
+/// 1..=80 characters of `[A-Za-z0-9_-]`; `field` is the request field
+/// (the message calls it as [`subject`] does).
+pub fn queue_name(field: &'static str, name: &str) -> Result<()> {
+    name_as(field, subject(field), name)
+}
+
+/// The name rule, for a name that the message calls `what` (e.g. `queue
+/// name` when a request field names an existing queue).
+pub fn name_as(field: &'static str, what: &'static str, name: &str) -> Result<()> {
+    if is_name(name) {
+        return Ok(());
     }
-    Ok(())
+    Err(Error::InvalidName {
+        field,
+        what,
+        name: truncate(name),
+    })
+}
+
+/// A batch entry id (field `entries.id`): the same rule as names.
+pub fn entry_id(id: &str) -> Result<()> {
+    name_as("entries.id", "entry id", id)
 }
 
 /// Batch sizes and distinct entry ids (a duplicate fails the whole batch:
 /// its results could not be told apart).
 pub fn batch<'a>(len: usize, ids: impl Iterator<Item = &'a str>) -> Result<()> {
     if len == 0 || len > BATCH_MAX {
-        return invalid!("entries must hold 1..={BATCH_MAX} entries; got {len}");
+        return Err(Error::invalid(
+            "entries",
+            format!("must hold 1..={BATCH_MAX} entries; got {len}"),
+        ));
     }
     let mut seen = std::collections::HashSet::with_capacity(len);
     for id in ids {
         if !seen.insert(id) {
-            return invalid!("entry ids must be distinct; {id:?} appears twice");
+            return Err(Error::DuplicateEntryId { id: id.to_string() });
         }
     }
     Ok(())
@@ -54,20 +63,20 @@ pub fn batch<'a>(len: usize, ids: impl Iterator<Item = &'a str>) -> Result<()> {
 /// Body size, attribute count and names, against the queue's limit.
 pub fn message(body: &[u8], attributes: &HashMap<String, String>, max_bytes: u32) -> Result<()> {
     if body.is_empty() {
-        return invalid!("body must not be empty");
+        return Err(Error::invalid("body", "must not be empty"));
     }
     if attributes.len() > MAX_ATTRIBUTES {
-        return invalid!(
-            "a message has at most {MAX_ATTRIBUTES} attributes; got {}",
-            attributes.len()
-        );
+        return Err(Error::TooManyAttributes {
+            max: MAX_ATTRIBUTES,
+            got: attributes.len(),
+        });
     }
     for name in attributes.keys() {
         if name.is_empty() || name.len() > ATTRIBUTE_NAME_MAX {
-            return invalid!(
-                "attribute names must be 1..={ATTRIBUTE_NAME_MAX} bytes; got {:?}",
-                truncate(name)
-            );
+            return Err(Error::InvalidAttributeName {
+                max: ATTRIBUTE_NAME_MAX,
+                name: truncate(name),
+            });
         }
     }
     let size = body.len()
@@ -76,19 +85,12 @@ pub fn message(body: &[u8], attributes: &HashMap<String, String>, max_bytes: u32
             .map(|(k, v)| k.len() + v.len())
             .sum::<usize>();
     if size > max_bytes as usize {
-        return invalid!(
-            "message size (body plus attribute names and values) must be at most max_message_bytes = {max_bytes}; got {size}"
-        );
+        return Err(Error::MessageTooLarge {
+            max: max_bytes,
+            size,
+        });
     }
     Ok(())
-}
-
-fn truncate(s: &str) -> String {
-    if s.chars().count() > 100 {
-        format!("{}...", s.chars().take(100).collect::<String>())
-    } else {
-        s.to_string()
-    }
 }
 
 #[cfg(test)]
@@ -106,6 +108,17 @@ mod tests {
             err,
             r#"name must be 1..=80 characters of [A-Za-z0-9_-]; got "bad name""#
         );
+        let err = queue_name("attributes.redrive_policy.dead_letter_queue", "")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("redrive_policy.dead_letter_queue must be 1..=80"));
+        let err = entry_id("a b").unwrap_err().to_string();
+        assert!(err.starts_with("entry id must be 1..=80"), "{err}");
+        let long = "é".repeat(101);
+        match queue_name("name", &long).unwrap_err() {
+            Error::InvalidName { name, .. } => assert_eq!(name.chars().count(), 103),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

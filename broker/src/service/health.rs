@@ -48,13 +48,23 @@ pub struct HealthApi {
     status: watch::Receiver<ServingStatus>,
 }
 
-fn known(service: &str) -> Result<(), Status> {
+/// A refused health check.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HealthError {
+    /// `Check` of a service this server does not serve (NOT_FOUND).
+    #[error(
+        "unknown service {service:?}; known: \"\" (the whole server), broker.v1.QueueService, broker.v1.TopicService"
+    )]
+    UnknownService { service: String },
+}
+
+fn known(service: &str) -> Result<(), HealthError> {
     if SERVICES.contains(&service) {
         Ok(())
     } else {
-        Err(Status::not_found(format!(
-            "unknown service {service:?}; known: \"\" (the whole server), broker.v1.QueueService, broker.v1.TopicService"
-        )))
+        Err(HealthError::UnknownService {
+            service: service.to_string(),
+        })
     }
 }
 

@@ -18,9 +18,21 @@ use pb::stream_messages_request::Request as Op;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
-use super::{code_name, status};
+use super::{ToStatus, code_name, status};
 use crate::error::Error;
 use crate::queue::{Engine, ReceiveOptions, validate};
+
+/// A stream used against its protocol (INVALID_ARGUMENT, field `open`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// The first request is not `open`: fails the call.
+    #[error("the first request of StreamMessages must be `open` (queue and credit)")]
+    NotOpened,
+    /// A later request is `open` (or empty): reported as a stream error,
+    /// the stream goes on.
+    #[error("a stream is opened once; later requests are ack, release or extend")]
+    OpenedAgain,
+}
 
 pub const CREDIT_MAX: u32 = 1_000;
 /// How often a stream whose credit is used up rechecks its leases (for
@@ -33,15 +45,15 @@ pub fn open(first: Option<pb::StreamMessagesRequest>) -> Result<pb::StreamOpen, 
         request: Some(Op::Open(open)),
     }) = first
     else {
-        return Err(Status::invalid_argument(
-            "the first request of StreamMessages must be `open` (queue and credit)",
-        ));
+        return Err(status(ProtocolError::NotOpened));
     };
     validate::queue_name("open.queue", &open.queue).map_err(status)?;
     if open.credit == 0 || open.credit > CREDIT_MAX {
-        return Err(Status::invalid_argument(format!(
-            "open.credit must be in 1..={CREDIT_MAX}; got {}",
-            open.credit
+        return Err(status(Error::out_of_range(
+            "open.credit",
+            1,
+            CREDIT_MAX,
+            open.credit,
         )));
     }
     Ok(open)
@@ -150,12 +162,7 @@ async fn acknowledge(
             return result.err().map(|e| stream_error(x.receipt_handle, &e));
         }
         Some(Op::Open(_)) | None => {
-            return Some(pb::StreamError {
-                receipt_handle: String::new(),
-                code: "INVALID_ARGUMENT".into(),
-                message: "a stream is opened once; later requests are ack, release or extend"
-                    .into(),
-            });
+            return Some(stream_error(String::new(), &ProtocolError::OpenedAgain));
         }
     };
     outstanding.retain(|h| *h != handle);
@@ -166,7 +173,7 @@ fn first(mut results: Vec<crate::error::Result<()>>) -> crate::error::Result<()>
     results.pop().unwrap_or(Ok(()))
 }
 
-fn stream_error(receipt_handle: String, e: &Error) -> pb::StreamError {
+fn stream_error(receipt_handle: String, e: &impl ToStatus) -> pb::StreamError {
     pb::StreamError {
         receipt_handle,
         code: code_name(e).to_string(),

@@ -61,17 +61,17 @@
 //!
 //! # Errors
 //!
-//! Every error is [`Error::InvalidArgument`] with a message that starts with
-//! `filter_policy`, names where the problem is as a path of keys and array
-//! indices (`at "$or"[1]."country"[0]`), and says what was expected and what
-//! was given.
+//! Every error is [`Error::InvalidFilterPolicy`] (field `filter_policy`),
+//! whose message starts with `filter_policy`, names where the problem is as
+//! a path of keys and array indices (`at "$or"[1]."country"[0]`), and says
+//! what was expected and what was given.
 
 use std::collections::HashMap;
 use std::fmt;
 
 use serde_json::{Map, Value};
 
-use crate::error::{Error, Result, invalid};
+use crate::error::{Error, Result};
 
 /// The most conditions one policy may hold, counting every entry of every
 /// key's array across all `$or` branches. Bounds the work a publish does
@@ -85,14 +85,14 @@ pub struct FilterPolicy {
 }
 
 impl FilterPolicy {
-    /// Parses once at subscribe time. Errors are [`Error::InvalidArgument`]
+    /// Parses once at subscribe time. Errors are [`Error::InvalidFilterPolicy`]
     /// with a message that starts with `filter_policy` and says what is wrong
     /// and where, e.g.
     /// `filter_policy: at "price"[0]: "numeric" expects operator/number pairs such as [">", 0, "<=", 100]; got [">"]`
     pub fn parse(json: &str) -> Result<FilterPolicy> {
         let value: Value = match serde_json::from_str(json) {
             Ok(value) => value,
-            Err(e) => return invalid!("filter_policy: not valid JSON: {e}"),
+            Err(e) => return fail("", format_args!("not valid JSON: {e}")),
         };
         let Value::Object(object) = &value else {
             return fail(
@@ -103,10 +103,13 @@ impl FilterPolicy {
         let mut parser = Parser { conditions: 0 };
         let root = parser.policy(object, "")?;
         if parser.conditions > MAX_CONDITIONS {
-            return invalid!(
-                "filter_policy: a policy holds at most {MAX_CONDITIONS} conditions \
-                 (every entry of every key's array, in all \"$or\" branches); got {}",
-                parser.conditions
+            return fail(
+                "",
+                format_args!(
+                    "a policy holds at most {MAX_CONDITIONS} conditions \
+                     (every entry of every key's array, in all \"$or\" branches); got {}",
+                    parser.conditions
+                ),
             );
         }
         Ok(FilterPolicy { root })
@@ -566,10 +569,9 @@ fn index_path(path: &str, i: usize) -> String {
 }
 
 fn error(path: &str, what: fmt::Arguments<'_>) -> Error {
-    if path.is_empty() {
-        Error::InvalidArgument(format!("filter_policy: {what}"))
-    } else {
-        Error::InvalidArgument(format!("filter_policy: at {path}: {what}"))
+    Error::InvalidFilterPolicy {
+        path: path.to_string(),
+        reason: what.to_string(),
     }
 }
 
@@ -621,11 +623,12 @@ mod tests {
 
     fn parse_error(json: &str) -> String {
         match FilterPolicy::parse(json) {
-            Err(Error::InvalidArgument(message)) => {
+            Err(e @ Error::InvalidFilterPolicy { .. }) => {
+                let message = e.to_string();
                 assert!(message.starts_with("filter_policy"), "{message}");
                 message
             }
-            Err(other) => panic!("{json}: expected InvalidArgument, got {other:?}"),
+            Err(other) => panic!("{json}: expected InvalidFilterPolicy, got {other:?}"),
             Ok(p) => panic!("{json} should not parse; got {p:?}"),
         }
     }

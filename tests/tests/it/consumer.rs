@@ -619,7 +619,7 @@ struct FixedPortBroker {
 }
 
 /// `broker::server::run` in a task.
-type ServerTask = tokio::task::JoinHandle<Result<(), broker::Error>>;
+type ServerTask = tokio::task::JoinHandle<Result<(), broker::server::StartupError>>;
 
 impl FixedPortBroker {
     async fn start() -> FixedPortBroker {

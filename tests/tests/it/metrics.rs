@@ -421,7 +421,7 @@ async fn free_addr() -> SocketAddr {
 struct Run {
     addr: SocketAddr,
     shutdown: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), broker::Error>>,
+    task: tokio::task::JoinHandle<Result<(), broker::server::StartupError>>,
     _data_dir: tempfile::TempDir,
 }
 

@@ -204,6 +204,63 @@ fn out_of_range() -> Vec<(&'static str, u32, u32)> {
     cases
 }
 
+/// A name no queue could have, given to an RPC that looks a queue up, is
+/// a bad request on the request's `name` field (the message calls it the
+/// queue name).
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_name_in_a_lookup_is_a_bad_request_on_the_name_field() {
+    let server = TestServer::start().await;
+    let mut raw = raw_queue_client(&server).await;
+    let name = || "a b".to_string();
+    let status = assert_bad_request(
+        raw.get_queue(pb::GetQueueRequest { name: name() }).await,
+        "name",
+    );
+    assert!(
+        status
+            .message()
+            .starts_with("queue name must be 1..=80 characters"),
+        "{status:?}"
+    );
+    assert_bad_request(
+        raw.update_queue(pb::UpdateQueueRequest {
+            name: name(),
+            attributes: None,
+        })
+        .await,
+        "name",
+    );
+    assert_bad_request(
+        raw.delete_queue(pb::DeleteQueueRequest { name: name() })
+            .await,
+        "name",
+    );
+    assert_bad_request(
+        raw.purge_queue(pb::PurgeQueueRequest { name: name() })
+            .await,
+        "name",
+    );
+}
+
+/// Queue attributes are reported under their path in the request.
+#[tokio::test(flavor = "multi_thread")]
+async fn out_of_range_attribute_is_a_bad_request_on_its_path() {
+    let server = TestServer::start().await;
+    let mut raw = raw_queue_client(&server).await;
+    let status = assert_bad_request(
+        raw.create_queue(pb::CreateQueueRequest {
+            name: "orders".into(),
+            attributes: Some(with("visibility_timeout_seconds", 43_201)),
+        })
+        .await,
+        "attributes.visibility_timeout_seconds",
+    );
+    assert_eq!(
+        status.message(),
+        "visibility_timeout_seconds must be in 0..=43200; got 43201"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn create_queue_rejects_out_of_range_attributes_naming_field_limit_and_value() {
     let server = TestServer::start().await;

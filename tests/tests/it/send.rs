@@ -250,6 +250,33 @@ async fn ten_attributes_are_accepted_and_eleven_rejected() {
     );
 }
 
+/// Each refused send names the request field at fault in its BadRequest
+/// detail, whatever its message begins with.
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_sends_are_bad_requests_on_the_field_at_fault() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    create_queue(&client, "small", max_bytes(1024)).await;
+    let mut raw = raw_queue_client(&server).await;
+
+    let mut request = send_request("small", "x", &[], None);
+    request.attributes = numbered_attributes(11);
+    let status = assert_bad_request(raw.send_message(request).await, "attributes");
+    assert_eq!(
+        status.message(),
+        "a message has at most 10 attributes; got 11"
+    );
+    let empty_name = send_request("small", "x", &[("", "v")], None);
+    assert_bad_request(raw.send_message(empty_name).await, "attributes");
+    let too_big = send_request("small", vec![0u8; 1025], &[], None);
+    assert_bad_request(raw.send_message(too_big).await, "body");
+    let bad_queue = send_request("no good", "x", &[], None);
+    assert_bad_request(raw.send_message(bad_queue).await, "queue");
+    let late = send_request("small", "x", &[], Some(901));
+    assert_bad_request(raw.send_message(late).await, "delay_seconds");
+    assert_eq!(counts(&client, "small").await, Counts::EMPTY);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn delay_above_900_seconds_is_rejected() {
     let server = TestServer::start().await;
