@@ -225,6 +225,16 @@ impl QueueAttributes {
                 self.max_message_bytes,
                 other.max_message_bytes,
             ),
+            (
+                "max_receive_rate",
+                self.max_receive_rate,
+                other.max_receive_rate,
+            ),
+            (
+                "max_receive_burst",
+                self.max_receive_burst,
+                other.max_receive_burst,
+            ),
         ];
         if let Some((name, a, b)) = numbers.into_iter().find(|(_, a, b)| a != b) {
             return Some((name, a.to_string(), b.to_string()));
@@ -241,6 +251,20 @@ impl QueueAttributes {
                 "redrive_policy",
                 show(&self.redrive_policy),
                 show(&other.redrive_policy),
+            ));
+        }
+        if self.retry_policy != other.retry_policy {
+            let show = |p: &Option<RetryPolicy>| match p {
+                None => "none".to_string(),
+                Some(p) => format!(
+                    "min_backoff_seconds {}, max_backoff_seconds {}",
+                    p.min_backoff_seconds, p.max_backoff_seconds
+                ),
+            };
+            return Some((
+                "retry_policy",
+                show(&self.retry_policy),
+                show(&other.retry_policy),
             ));
         }
         None
@@ -284,6 +308,31 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn every_attribute_counts_as_a_difference() {
+        let base = QueueAttributes::default();
+        let rate = QueueAttributes {
+            max_receive_rate: 10,
+            max_receive_burst: 10,
+            ..Default::default()
+        };
+        assert_eq!(
+            base.first_difference(&rate).map(|d| d.0),
+            Some("max_receive_rate")
+        );
+        let retry = QueueAttributes {
+            retry_policy: Some(RetryPolicy {
+                min_backoff_seconds: 1,
+                max_backoff_seconds: 2,
+            }),
+            ..Default::default()
+        };
+        let difference = base.first_difference(&retry).unwrap();
+        assert_eq!(difference.0, "retry_policy");
+        assert_eq!(difference.1, "none");
+        assert_eq!(retry.first_difference(&retry.clone()), None);
     }
 
     #[test]
