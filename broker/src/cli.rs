@@ -687,20 +687,15 @@ async fn run_command(args: &ClientArgs, cmd: Command) -> anyhow::Result<()> {
                 (None, Some(queue)) => Some(("queue", queue.as_str())),
                 _ => None,
             };
-            let (client, topic, queue) = (&client, &topic, &queue);
-            let subscriptions = all_pages(|page_token| async move {
-                let page = client
-                    .list_subscriptions(pb::ListSubscriptionsRequest {
-                        topic: topic.clone().unwrap_or_default(),
-                        queue: queue.clone().unwrap_or_default(),
-                        page_size: 1000,
-                        page_token,
-                    })
-                    .await?;
-                Ok((page.subscriptions, page.next_page_token))
-            })
-            .await
-            .map_err(|e| failure_of(e, only))?;
+            let subscriptions = client
+                .list_all_subscriptions(pb::ListSubscriptionsRequest {
+                    topic: topic.clone().unwrap_or_default(),
+                    queue: queue.clone().unwrap_or_default(),
+                    page_size: 1000,
+                    page_token: String::new(),
+                })
+                .await
+                .map_err(|e| failure_of(e, only))?;
             if json {
                 let list: Vec<Value> = subscriptions.iter().map(subscription_json).collect();
                 emit_json(&json!({ "subscriptions": list }))
@@ -746,19 +741,14 @@ async fn run_topic(client: &Client, json: bool, cmd: TopicCommand) -> anyhow::Re
             }
         }
         TopicCommand::List { prefix } => {
-            let prefix = &prefix;
-            let topics = all_pages(|page_token| async move {
-                let page = client
-                    .list_topics(pb::ListTopicsRequest {
-                        prefix: prefix.clone(),
-                        page_size: 1000,
-                        page_token,
-                    })
-                    .await?;
-                Ok((page.topics, page.next_page_token))
-            })
-            .await
-            .map_err(|e| failure(e, None))?;
+            let topics = client
+                .list_all_topics(pb::ListTopicsRequest {
+                    prefix,
+                    page_size: 1000,
+                    page_token: String::new(),
+                })
+                .await
+                .map_err(|e| failure(e, None))?;
             if json {
                 let list: Vec<Value> = topics.iter().map(topic_json).collect();
                 emit_json(&json!({ "topics": list }))
@@ -897,39 +887,15 @@ async fn run_queue(client: &Client, json: bool, cmd: QueueCommand) -> anyhow::Re
     }
 }
 
-/// Every item of a paged list RPC: `page` is called with the page token
-/// (empty first, then each `next_page_token`) and returns a page's items
-/// and the next token, until that token is empty.
-async fn all_pages<T, F, Fut>(mut page: F) -> Result<Vec<T>, broker_client::Error>
-where
-    F: FnMut(String) -> Fut,
-    Fut: std::future::Future<Output = Result<(Vec<T>, String), broker_client::Error>>,
-{
-    let mut items = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let (page_items, next_page_token) = page(page_token).await?;
-        items.extend(page_items);
-        if next_page_token.is_empty() {
-            return Ok(items);
-        }
-        page_token = next_page_token;
-    }
-}
-
 /// Every queue whose name starts with `prefix`, in name order.
 async fn all_queues(client: &Client, prefix: &str) -> Result<Vec<pb::Queue>, broker_client::Error> {
-    all_pages(|page_token| async move {
-        let page = client
-            .list_queues(pb::ListQueuesRequest {
-                prefix: prefix.to_owned(),
-                page_size: 1000,
-                page_token,
-            })
-            .await?;
-        Ok((page.queues, page.next_page_token))
-    })
-    .await
+    client
+        .list_all_queues(pb::ListQueuesRequest {
+            prefix: prefix.to_owned(),
+            page_size: 1000,
+            page_token: String::new(),
+        })
+        .await
 }
 
 /// Deletes received messages in one batch call; fails naming every entry
