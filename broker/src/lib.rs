@@ -10,11 +10,13 @@
 //! - [`storage`]: the narrow storage interface; the only module that imports RocksDB.
 //! - [`config`]: server settings.
 //! - [`tls`], [`auth`], [`limits`]: TLS for the listeners, token authentication and permissions, limits that protect the broker.
-//! - [`cli`]: the command-line client of the `broker` binary.
 //! - [`clock`], [`error`]: wall-clock time that follows tokio's clock; the engine's error type.
+//!
+//! The `broker` binary (`src/main.rs`) runs `serve` and `config print` with
+//! this library and every other subcommand with the `broker-cli` crate, a
+//! client of the broker: this library never depends on the client.
 
 pub mod auth;
-pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod error;
