@@ -10,12 +10,14 @@
 //! - [`storage`]: the narrow storage interface; the only module that imports RocksDB.
 //! - [`config`]: server settings.
 //! - [`tls`], [`auth`], [`limits`]: TLS for the listeners, token authentication and permissions, limits that protect the broker.
-//! - [`cli`]: the command-line client of the `broker` binary.
 //! - [`clock`]: wall-clock time that follows tokio's clock.
 //! - [`error`]: the engine's error type, and which error each layer has.
+//!
+//! The `broker` binary (`src/main.rs`) runs `serve` and `config print` with
+//! this library and every other subcommand with the `broker-cli` crate, a
+//! client of the broker: this library never depends on the client.
 
 pub mod auth;
-pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod error;

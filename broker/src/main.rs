@@ -1,6 +1,6 @@
 //! The `broker` binary: `broker serve` runs the server, `broker config
 //! print` shows the configuration it would run with; every other subcommand
-//! is a client of a running broker (see `cli`).
+//! is a client of a running broker, run by the `broker-cli` crate.
 
 use std::path::PathBuf;
 
@@ -22,7 +22,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 )]
 struct Cli {
     #[command(flatten)]
-    client: broker::cli::ClientArgs,
+    client: broker_cli::ClientArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -37,7 +37,7 @@ enum Command {
         cmd: ConfigCommand,
     },
     #[command(flatten)]
-    Client(broker::cli::Command),
+    Client(broker_cli::Command),
 }
 
 #[derive(Subcommand, Debug)]
@@ -85,7 +85,7 @@ fn main() -> std::process::ExitCode {
                 println!("{}", text.trim_end());
                 Ok(())
             }
-            Command::Client(cmd) => broker::cli::run(&cli.client, cmd).await,
+            Command::Client(cmd) => broker_cli::run(&cli.client, cmd).await,
         }
     });
     match result {

@@ -8,6 +8,9 @@
 //!   [`Client::create_topic`]), except `Publish`, which is
 //!   [`Client::publish_message`] (as `SendMessage` is
 //!   [`Client::send_message`]), leaving the short name to the convenience.
+//!   [`Client::list_all_queues`], [`Client::list_all_topics`] and
+//!   [`Client::list_all_subscriptions`] (module `paging`) follow the pages
+//!   of a listing to the last.
 //! - [`Error`]: the gRPC status codes the broker uses, as an enum, so callers
 //!   match on `Error::NotFound(_)` instead of inspecting raw `tonic::Status`es.
 //! - [`Consumer`] (module `consumer`): a queue worker — receive, run an
@@ -87,6 +90,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 pub use broker_proto::pb;
 
 mod consumer;
+mod paging;
 mod publisher;
 pub use consumer::{Consumer, ConsumerBuilder, ConsumerStream, ConsumerSummary, Delivery, Message};
 pub use publisher::{AckFuture, OutgoingMessage, Publisher, PublisherBuilder};

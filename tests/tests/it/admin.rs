@@ -1,11 +1,11 @@
 //! The CLI's operator tools against a real server: the rows of `stats` and
 //! `top`, `peek` beyond one page, and `redrive --per-second` (paced, with
-//! progress). Their rendering is unit-tested in `broker::cli::admin`.
+//! progress). Their rendering is unit-tested in `broker_cli::admin`.
 
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
-use broker::cli::admin::{QueueRow, RedriveProgress, peek_messages, queue_rows, redrive_paced};
+use broker_cli::admin::{QueueRow, RedriveProgress, peek_messages, queue_rows, redrive_paced};
 use broker_tests::*;
 
 /// Sends `n` messages to `queue` in batches of 100.
@@ -186,7 +186,7 @@ async fn paced_redrive_stops_at_max_and_sends_dead_letters_home() {
 /// rendering has unit tests) and succeed, or fail with the broker's message.
 #[tokio::test(flavor = "multi_thread")]
 async fn operator_commands_run_end_to_end() {
-    use broker::cli::{ClientArgs, Command, run};
+    use broker_cli::{ClientArgs, Command, run};
 
     let server = TestServer::start().await;
     let client = server.client().await;
@@ -227,7 +227,7 @@ async fn operator_commands_run_end_to_end() {
     for json in [false, true] {
         let stop = tokio::time::sleep(Duration::from_millis(250));
         let addr = server.addr().to_string();
-        broker::cli::admin::top(&client, json, &addr, "", Duration::from_millis(100), stop)
+        broker_cli::admin::top(&client, json, &addr, "", Duration::from_millis(100), stop)
             .await
             .expect("top");
     }
@@ -257,7 +257,7 @@ async fn top_keeps_refreshing_while_the_broker_is_away() {
     let addr = server.addr().to_string();
 
     let stop = tokio::time::sleep(Duration::from_millis(600));
-    let top = broker::cli::admin::top(&client, true, &addr, "", Duration::from_millis(100), stop);
+    let top = broker_cli::admin::top(&client, true, &addr, "", Duration::from_millis(100), stop);
     let stop_server = async {
         tokio::time::sleep(Duration::from_millis(150)).await;
         server.shutdown().await;

@@ -422,6 +422,53 @@ async fn list_queues_pages_in_name_order_filtered_by_prefix() {
     );
 }
 
+/// `Client::list_all_queues`: every page of a listing, from its token on;
+/// an error on any page fails the listing.
+#[tokio::test(flavor = "multi_thread")]
+async fn list_all_queues_follows_every_page() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    for name in [
+        "page-4", "page-0", "other", "page-6", "page-2", "page-1", "page-5", "page-3", "zzz",
+    ] {
+        create_queue(&client, name, attributes()).await;
+    }
+    let names = |queues: Vec<pb::Queue>| queues.into_iter().map(|q| q.name).collect::<Vec<_>>();
+    let listing = |page_size, page_token| pb::ListQueuesRequest {
+        prefix: "page-".into(),
+        page_size,
+        page_token,
+    };
+
+    let all = client
+        .list_all_queues(listing(3, String::new()))
+        .await
+        .expect("list_all_queues");
+    assert_eq!(
+        names(all),
+        [
+            "page-0", "page-1", "page-2", "page-3", "page-4", "page-5", "page-6"
+        ]
+    );
+
+    let first = client
+        .list_queues(listing(3, String::new()))
+        .await
+        .expect("ListQueues");
+    let rest = client
+        .list_all_queues(listing(2, first.next_page_token))
+        .await
+        .expect("list_all_queues from a token");
+    assert_eq!(names(rest), ["page-3", "page-4", "page-5", "page-6"]);
+
+    let result = client.list_all_queues(listing(1001, String::new())).await;
+    assert_error(
+        result,
+        Code::InvalidArgument,
+        &["page_size", "1000", "1001"],
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn list_queues_without_prefix_or_page_size_returns_all_on_one_page() {
     let server = TestServer::start().await;

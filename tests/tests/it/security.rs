@@ -462,7 +462,7 @@ async fn streams_need_receive_on_the_queue() {
 #[tokio::test(flavor = "multi_thread")]
 async fn cli_tells_the_user_about_the_token() {
     let (server, _dir) = auth_server().await;
-    let args = broker::cli::ClientArgs {
+    let args = broker_cli::ClientArgs {
         server: server.addr().to_string(),
         json: false,
         token: None,
@@ -470,24 +470,24 @@ async fn cli_tells_the_user_about_the_token() {
         client_cert: None,
         client_key: None,
     };
-    let send = || broker::cli::Command::Send {
+    let send = || broker_cli::Command::Send {
         queue: "orders-eu".into(),
         body: Some("x".into()),
         attrs: Vec::new(),
         delay: None,
     };
-    let e = broker::cli::run(&args, send()).await.unwrap_err();
+    let e = broker_cli::run(&args, send()).await.unwrap_err();
     let e = format!("{e:#}");
     assert!(
         e.contains("unauthenticated") && e.contains("--token"),
         "{e}"
     );
 
-    let args = broker::cli::ClientArgs {
+    let args = broker_cli::ClientArgs {
         token: Some("operator-secret".into()),
         ..args
     };
-    let e = broker::cli::run(&args, send()).await.unwrap_err();
+    let e = broker_cli::run(&args, send()).await.unwrap_err();
     // Authenticated now: the queue just does not exist.
     assert!(format!("{e:#}").contains("not found"), "{e:#}");
 }

@@ -471,6 +471,65 @@ async fn list_topics_pages_in_name_order_filtered_by_prefix() {
     );
 }
 
+/// `Client::list_all_topics` and `Client::list_all_subscriptions`: every
+/// page of a listing, with its filters.
+#[tokio::test(flavor = "multi_thread")]
+async fn list_all_topics_and_subscriptions_follow_every_page() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    topic_with_queues(&client, "payments", &["email", "sms", "push"]).await;
+    topic_with_queues(&client, "refunds", &["audit"]).await;
+    subscribe(&client, "refunds", "email", "", true).await;
+    create_topic(&client, "pay-later").await;
+
+    let topics = client
+        .list_all_topics(pb::ListTopicsRequest {
+            prefix: "pay".into(),
+            page_size: 1,
+            page_token: String::new(),
+        })
+        .await
+        .expect("list_all_topics");
+    let names: Vec<_> = topics.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["pay-later", "payments"]);
+
+    let listing = |topic: &str, queue: &str| pb::ListSubscriptionsRequest {
+        topic: topic.into(),
+        queue: queue.into(),
+        page_size: 2,
+        page_token: String::new(),
+    };
+    let all = client
+        .list_all_subscriptions(listing("", ""))
+        .await
+        .expect("list_all_subscriptions");
+    assert_eq!(all, list_subscriptions(&client, "", "", 0).await);
+    assert_eq!(all.len(), 5);
+    let of_payments = client
+        .list_all_subscriptions(listing("payments", ""))
+        .await
+        .expect("list_all_subscriptions of a topic");
+    assert_eq!(
+        pairs(&of_payments),
+        [
+            ("payments".to_owned(), "email".to_owned()),
+            ("payments".to_owned(), "push".to_owned()),
+            ("payments".to_owned(), "sms".to_owned()),
+        ]
+    );
+    let of_email = client
+        .list_all_subscriptions(listing("", "email"))
+        .await
+        .expect("list_all_subscriptions of a queue");
+    assert_eq!(
+        pairs(&of_email),
+        [
+            ("payments".to_owned(), "email".to_owned()),
+            ("refunds".to_owned(), "email".to_owned()),
+        ]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn delete_topic_removes_its_subscriptions_and_keeps_the_queues_and_copies() {
     let server = TestServer::start().await;
