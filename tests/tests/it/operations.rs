@@ -199,3 +199,54 @@ async fn invalid_arguments_carry_the_field_as_a_bad_request_detail() {
         violation.description
     );
 }
+
+/// `broker serve` writing its log to a pipe or file (not a terminal) writes
+/// no colour escape sequences.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_log_that_is_not_a_terminal_has_no_colour_escapes() {
+    use tokio::io::AsyncBufReadExt as _;
+
+    let Some(binary) = broker_binary() else {
+        eprintln!("no up-to-date broker binary beside the test binary: `broker serve` not run");
+        return;
+    };
+    let data_dir = temp_data_dir();
+    let mut process = tokio::process::Command::new(binary)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "off",
+            "--data-dir",
+        ])
+        .arg(data_dir.path())
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn broker serve");
+    let mut lines = tokio::io::BufReader::new(process.stderr.take().expect("piped stderr")).lines();
+    let read = async {
+        let mut log = String::new();
+        while let Some(line) = lines.next_line().await.expect("read the log") {
+            log.push_str(&line);
+            log.push('\n');
+            if line.contains("broker serving") {
+                break;
+            }
+        }
+        log
+    };
+    let log = tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("the broker logs that it serves within 10 s");
+    let _ = process.kill().await;
+    assert!(log.contains("broker serving"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "escape sequences in the log: {log:?}"
+    );
+}
