@@ -716,14 +716,15 @@ impl Engine {
         Ok(results)
     }
 
-    /// Applies the `Send` of new messages (none: nothing to write).
+    /// Applies the `Send` of new messages (none: nothing to write; no seq
+    /// was handed out, so no reservation waits to be persisted).
     fn send_placed(
         &self,
         st: &mut State,
         messages: Vec<command::Enqueue>,
         now: u64,
     ) -> Result<Option<Ticket>> {
-        if messages.is_empty() && st.pending_reservation.is_none() {
+        if messages.is_empty() {
             return Ok(None);
         }
         let cmd = st.command(now, Op::Send(command::Send { messages }));
