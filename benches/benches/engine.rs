@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use broker::queue::{AttributeChanges, Engine, NewMessage, NewPublication, ReceiveOptions};
+use broker::engine::{AttributeChanges, Engine, NewMessage, NewPublication, ReceiveOptions};
 use broker::storage::SyncMode;
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};

@@ -65,7 +65,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use subtle::{ConditionallySelectable, ConstantTimeEq};
-use tonic::{Request, Status};
+use tonic::Request;
 
 /// A call the broker refuses: who is calling is unknown, or may not do it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -475,8 +475,8 @@ fn warn_if_readable_by_others(_path: &Path) {}
 #[derive(Debug, Clone)]
 pub struct Caller(pub Arc<Principal>);
 
-/// The interceptor in front of `QueueService` and `TopicService`: checks the
-/// bearer token and records the [`Caller`].
+/// The token check in front of `QueueService` and `TopicService`: checks
+/// the bearer token and records the [`Caller`] ([`Authenticator::authenticate`]).
 #[derive(Clone)]
 pub struct Authenticator {
     /// `None`: authentication is off.
@@ -518,6 +518,15 @@ impl Authenticator {
         self.tokens.is_some()
     }
 
+    /// Checks `request`'s bearer token and records its [`Caller`] in the
+    /// request's extensions (`service::Authenticate` runs this in front of
+    /// the services and turns a refusal into a status).
+    pub fn authenticate(&self, request: &mut Request<()>) -> Result<(), AuthError> {
+        let caller = self.identify(request)?;
+        request.extensions_mut().insert(Caller(caller));
+        Ok(())
+    }
+
     fn identify<T>(&self, request: &Request<T>) -> Result<Arc<Principal>, AuthError> {
         let Some(tokens) = &self.tokens else {
             return Ok(self.anonymous.clone());
@@ -536,14 +545,6 @@ impl Authenticator {
             tracing::debug!(remote = ?request.remote_addr(), "request with an unknown token");
             AuthError::UnknownToken
         })
-    }
-}
-
-impl tonic::service::Interceptor for Authenticator {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let caller = self.identify(&request).map_err(crate::service::status)?;
-        request.extensions_mut().insert(Caller(caller));
-        Ok(request)
     }
 }
 
@@ -575,8 +576,6 @@ pub fn require_admin<T>(request: &Request<T>) -> Result<(), AuthError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    use tonic::service::Interceptor;
 
     const FILE: &str = r#"
         [[tokens]]
@@ -783,31 +782,37 @@ mod tests {
         request
     }
 
+    fn authenticate(auth: &Authenticator, header: Option<&str>) -> Result<Request<()>, AuthError> {
+        let mut request = request(header);
+        auth.authenticate(&mut request)?;
+        Ok(request)
+    }
+
     #[test]
-    fn interceptor_checks_the_bearer_token() {
-        let mut auth = Authenticator::new(Tokens::parse(FILE).unwrap());
-        let status = auth.call(request(None)).unwrap_err();
-        assert_eq!(status.code(), tonic::Code::Unauthenticated);
-        assert_eq!(status.message(), MISSING_TOKEN);
+    fn authenticate_checks_the_bearer_token() {
+        let auth = Authenticator::new(Tokens::parse(FILE).unwrap());
+        let e = authenticate(&auth, None).unwrap_err();
+        assert_eq!(e, AuthError::MissingToken);
+        assert_eq!(e.to_string(), MISSING_TOKEN);
 
-        let status = auth.call(request(Some("Bearer nope"))).unwrap_err();
-        assert_eq!(status.code(), tonic::Code::Unauthenticated);
-        assert_eq!(status.message(), "unknown token");
+        let e = authenticate(&auth, Some("Bearer nope")).unwrap_err();
+        assert_eq!(e, AuthError::UnknownToken);
+        assert_eq!(e.to_string(), "unknown token");
 
-        let status = auth.call(request(Some("Basic b3BlcmF0b3I="))).unwrap_err();
-        assert_eq!(status.code(), tonic::Code::Unauthenticated);
-        assert!(status.message().contains("Bearer"), "{status:?}");
+        let e = authenticate(&auth, Some("Basic b3BlcmF0b3I=")).unwrap_err();
+        assert_eq!(e, AuthError::MalformedAuthorization);
+        assert!(e.to_string().contains("Bearer"), "{e}");
 
-        let passed = auth.call(request(Some("bearer operator-secret"))).unwrap();
+        let passed = authenticate(&auth, Some("bearer operator-secret")).unwrap();
         assert_eq!(caller(&passed).unwrap().name(), "operator");
         require_admin(&passed).unwrap();
     }
 
     #[test]
     fn without_tokens_every_request_may_do_everything() {
-        let mut auth = Authenticator::off();
+        let auth = Authenticator::off();
         assert!(!auth.is_on());
-        let passed = auth.call(request(Some("Bearer whatever"))).unwrap();
+        let passed = authenticate(&auth, Some("Bearer whatever")).unwrap();
         require(&passed, Permission::Send, "q").unwrap();
         require_admin(&passed).unwrap();
     }

@@ -85,7 +85,7 @@ impl Default for Limits {
             max_connections: 10_000,
             max_streams: 10_000,
             max_long_polls_per_connection: 1_000,
-            max_request_bytes: crate::server::MAX_GRPC_MESSAGE_BYTES,
+            max_request_bytes: broker_proto::limits::MAX_GRPC_MESSAGE_BYTES,
         }
     }
 }

@@ -23,7 +23,7 @@
 //!   message's length prefix before it buffers or decodes the message, and
 //!   fails an oversize one with OUT_OF_RANGE; the server turns that
 //!   answer into RESOURCE_EXHAUSTED naming `max_request_bytes`, the code the
-//!   other limits use ([`oversize_as_resource_exhausted`]).
+//!   other limits use (`service::status::oversize_as_resource_exhausted`).
 //!
 //! Every slot is released by a drop (of the IO, the stream task, the
 //! receive's future), so a client that goes away mid-call cannot leak one.
@@ -236,36 +236,6 @@ impl Drop for LongPoll {
             }
         }
     }
-}
-
-/// Rewrites tonic's answer to an oversize request (OUT_OF_RANGE "decoded
-/// message length too large", a trailers-only response) into
-/// RESOURCE_EXHAUSTED naming `max_request_bytes` and its value; other
-/// responses pass unchanged. Used with `tower::util::MapResponseLayer`.
-pub fn oversize_as_resource_exhausted<B>(
-    max_request_bytes: usize,
-) -> impl Fn(http::Response<B>) -> http::Response<B> + Clone {
-    move |mut response| {
-        if is_oversize(response.headers()) {
-            let status = crate::service::status(LimitError::RequestTooLarge { max_request_bytes });
-            // Only fails for a message that is not a valid header value,
-            // which this one is.
-            let _ = status.add_header(response.headers_mut());
-        }
-        response
-    }
-}
-
-/// Whether a response head is tonic's refusal of an oversize request.
-fn is_oversize(headers: &http::HeaderMap) -> bool {
-    crate::service::grpc_status(headers) == Some(tonic::Code::OutOfRange)
-        && headers
-            .get("grpc-message")
-            .and_then(|m| m.to_str().ok())
-            .is_some_and(|m| {
-                m.contains("decoded%20message%20length%20too%20large")
-                    || m.contains("decoded message length too large")
-            })
 }
 
 #[cfg(test)]

@@ -38,6 +38,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use broker_proto::limits::MAX_GRPC_MESSAGE_BYTES;
 use broker_proto::pb::queue_service_server::QueueServiceServer;
 use broker_proto::pb::topic_service_server::TopicServiceServer;
 use tokio::net::TcpListener;
@@ -46,8 +47,9 @@ use tonic::service::interceptor::InterceptedService;
 
 use crate::auth::{Authenticator, TokenFileError, Tokens};
 use crate::config::ServerConfig;
+use crate::engine::Engine;
 use crate::metrics::Metrics;
-use crate::queue::Engine;
+use crate::service::Authenticate;
 use crate::service::health::health;
 use crate::service::queue::QueueApi;
 use crate::service::topic::TopicApi;
@@ -76,10 +78,6 @@ pub enum StartupError {
     #[error(transparent)]
     Database(#[from] crate::Error),
 }
-
-/// The largest request or response: a batch of 100 messages of the largest
-/// size (1 MiB each), with room for attributes and framing.
-pub const MAX_GRPC_MESSAGE_BYTES: usize = 128 * 1024 * 1024;
 
 /// Serves on `listener` until `shutdown` resolves; returns once the
 /// database is closed. Binds `config.metrics_listen` if set: failing to is
@@ -167,8 +165,8 @@ pub async fn run_with_metrics_listener(
         .max_decoding_message_size(limits.max_request_bytes)
         .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
     // Only the broker's own services need a token (not health/reflection).
-    let queues = InterceptedService::new(queues, authenticator.clone());
-    let topics = InterceptedService::new(topics, authenticator);
+    let queues = InterceptedService::new(queues, Authenticate(authenticator.clone()));
+    let topics = InterceptedService::new(topics, Authenticate(authenticator));
     // `Server::tcp_nodelay` is ignored for a caller's listener: without
     // this, Nagle holds most responses back for the peer's delayed ACK (~40 ms).
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -179,7 +177,7 @@ pub async fn run_with_metrics_listener(
         .layer(TraceLayer)
         .layer(metrics.rpc_layer())
         .layer(tower::util::MapResponseLayer::new(
-            crate::limits::oversize_as_resource_exhausted(limits.max_request_bytes),
+            crate::service::status::oversize_as_resource_exhausted(limits.max_request_bytes),
         ))
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -245,20 +243,19 @@ fn authenticator(
     }
 }
 
-/// Drops the last reference to the engine, which closes the database.
-/// Connection tasks still finishing may hold references for a moment.
-async fn close(mut engine: Arc<Engine>) {
-    for _ in 0..500 {
-        match Arc::try_unwrap(engine) {
-            Ok(engine) => {
-                drop(engine);
-                return;
-            }
-            Err(shared) => engine = shared,
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+/// Drops this reference to the engine and waits until the last one is
+/// dropped, which closes the database. Connection tasks still finishing
+/// may hold references for a moment; after [`CLOSE_WAIT`] the database
+/// is left to close when the last of them ends.
+async fn close(engine: Arc<Engine>) {
+    let closed = engine.closed();
+    drop(engine);
+    if tokio::time::timeout(CLOSE_WAIT, closed).await.is_err() {
+        tracing::warn!(
+            "engine still referenced after shutdown; the database closes when the last request ends"
+        );
     }
-    tracing::warn!(
-        "engine still referenced after shutdown; the database closes when the last request ends"
-    );
 }
+
+/// How long [`close`] waits for the last reference to the engine.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);

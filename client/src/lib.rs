@@ -98,13 +98,6 @@ pub use publisher::{AckFuture, OutgoingMessage, Publisher, PublisherBuilder};
 use pb::queue_service_client::QueueServiceClient;
 use pb::topic_service_client::TopicServiceClient;
 
-/// Largest gRPC message the client sends or accepts.
-///
-/// A batch of 100 messages of the maximum 1 MiB body is a little over
-/// 100 MiB on the wire; 128 MiB admits it with room for attributes and
-/// framing.
-const MAX_GRPC_MESSAGE_BYTES: usize = 128 * 1024 * 1024;
-
 /// How long [`Client::connect`] waits for the TCP connection.
 ///
 /// Without it, an address that silently drops packets would hang the caller
@@ -331,11 +324,11 @@ impl Client {
             .map_err(|e| connect_error(error_chain(&e)))?;
         let channel = InterceptedService::new(channel, Credentials { authorization });
         let queues = QueueServiceClient::new(channel.clone())
-            .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+            .max_decoding_message_size(broker_proto::limits::MAX_GRPC_MESSAGE_BYTES)
+            .max_encoding_message_size(broker_proto::limits::MAX_GRPC_MESSAGE_BYTES);
         let topics = TopicServiceClient::new(channel)
-            .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+            .max_decoding_message_size(broker_proto::limits::MAX_GRPC_MESSAGE_BYTES)
+            .max_encoding_message_size(broker_proto::limits::MAX_GRPC_MESSAGE_BYTES);
         Ok(Client { queues, topics })
     }
 

@@ -10,8 +10,8 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet}
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Unit;
 
-use crate::queue::Engine;
-use crate::queue::counters::{QueueCounters, TopicCounters};
+use crate::engine::Engine;
+use crate::engine::counters::{QueueCounters, TopicCounters};
 
 /// Reads the engine on each scrape; reports nothing once it is gone.
 #[derive(Debug)]
@@ -252,8 +252,8 @@ mod tests {
 
     use bytes::Bytes;
 
+    use crate::engine::{AttributeChanges, Engine, NewMessage};
     use crate::metrics::Metrics;
-    use crate::queue::{AttributeChanges, Engine, NewMessage};
     use crate::storage::SyncMode;
 
     #[tokio::test(start_paused = true)]

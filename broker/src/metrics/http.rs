@@ -150,7 +150,7 @@ mod tests {
     use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 
     use super::*;
-    use crate::queue::Engine;
+    use crate::engine::Engine;
     use crate::storage::SyncMode;
 
     /// The TLS path of `serve` (the gRPC TLS settings hand it an acceptor):

@@ -75,7 +75,7 @@ use std::sync::{Arc, Weak};
 
 use prometheus_client::registry::Registry;
 
-use crate::queue::Engine;
+use crate::engine::Engine;
 
 /// The metrics of one server: a registry whose collectors read the engine
 /// and the RPC recorder. Cheap to clone.

@@ -14,8 +14,21 @@ pub mod trace;
 use broker_proto::pb;
 use tonic::Status;
 
-use crate::error::Error;
+use crate::auth::Authenticator;
+use crate::engine::error::Error;
 pub use status::{Kind, ToStatus, code_name, grpc_name, grpc_status, status};
+
+/// The token check in front of `QueueService` and `TopicService`
+/// ([`Authenticator::authenticate`]), its refusals through the status table.
+#[derive(Debug, Clone)]
+pub struct Authenticate(pub Authenticator);
+
+impl tonic::service::Interceptor for Authenticate {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        self.0.authenticate(&mut request).map_err(status)?;
+        Ok(request)
+    }
+}
 
 /// A failed batch entry: its id, its code name and the error's message.
 pub fn failed(id: String, e: &Error) -> pb::BatchResultError {
@@ -35,12 +48,12 @@ pub async fn run_batch<E, T>(
     id: impl Fn(&E) -> &String,
     run: impl AsyncFnOnce(&[E]) -> crate::Result<Vec<crate::Result<T>>>,
 ) -> Result<(Vec<(String, T)>, Vec<pb::BatchResultError>), Status> {
-    crate::queue::validate::batch(entries.len(), entries.iter().map(|e| id(e).as_str()))
+    crate::engine::validate::batch(entries.len(), entries.iter().map(|e| id(e).as_str()))
         .map_err(status)?;
     let mut failures = Vec::new();
     let mut good = Vec::with_capacity(entries.len());
     for e in entries {
-        match crate::queue::validate::entry_id(id(&e)) {
+        match crate::engine::validate::entry_id(id(&e)) {
             Ok(()) => good.push(e),
             Err(err) => failures.push(failed(id(&e).clone(), &err)),
         }

@@ -12,11 +12,11 @@ use tonic::{Request, Response, Status};
 use super::{deadline, run_batch, status, trace};
 use crate::auth::{self, Permission};
 use crate::config::Limits;
-use crate::limits::{LongPolls, Streams};
-use crate::queue::{
+use crate::engine::{
     AttributeChanges, Engine, MessageState, NewMessage, Peeked, QueueInfo, QueueStats,
     ReceiveOptions, Received, RedrivePolicy, RetryPolicy,
 };
+use crate::limits::{LongPolls, Streams};
 
 pub struct QueueApi {
     engine: Arc<Engine>,

@@ -21,7 +21,7 @@ use tonic_types::{ErrorDetails, StatusExt as _};
 use super::health::HealthError;
 use super::stream::ProtocolError;
 use crate::auth::AuthError;
-use crate::error::Error;
+use crate::engine::error::Error;
 use crate::limits::LimitError;
 
 /// What the table says of one error.
@@ -202,6 +202,36 @@ pub fn grpc_name(code: Code) -> &'static str {
     }
 }
 
+/// Rewrites tonic's answer to an oversize request (OUT_OF_RANGE "decoded
+/// message length too large", a trailers-only response) into
+/// RESOURCE_EXHAUSTED naming `max_request_bytes` and its value; other
+/// responses pass unchanged. Used with `tower::util::MapResponseLayer`.
+pub fn oversize_as_resource_exhausted<B>(
+    max_request_bytes: usize,
+) -> impl Fn(http::Response<B>) -> http::Response<B> + Clone {
+    move |mut response| {
+        if is_oversize(response.headers()) {
+            let status = status(LimitError::RequestTooLarge { max_request_bytes });
+            // Only fails for a message that is not a valid header value,
+            // which this one is.
+            let _ = status.add_header(response.headers_mut());
+        }
+        response
+    }
+}
+
+/// Whether a response head is tonic's refusal of an oversize request.
+fn is_oversize(headers: &http::HeaderMap) -> bool {
+    grpc_status(headers) == Some(tonic::Code::OutOfRange)
+        && headers
+            .get("grpc-message")
+            .and_then(|m| m.to_str().ok())
+            .is_some_and(|m| {
+                m.contains("decoded%20message%20length%20too%20large")
+                    || m.contains("decoded message length too large")
+            })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,7 +294,7 @@ mod tests {
             r#"queue name must be 1..=80 characters of [A-Za-z0-9_-]; got "a b""#,
         );
         assert_bad_request(
-            crate::queue::validate::entry_id("a.b").unwrap_err(),
+            crate::engine::validate::entry_id("a.b").unwrap_err(),
             "entries.id",
             r#"entry id must be 1..=80 characters of [A-Za-z0-9_-]; got "a.b""#,
         );

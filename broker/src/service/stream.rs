@@ -19,8 +19,8 @@ use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
 use super::{ToStatus, code_name, status};
-use crate::error::Error;
-use crate::queue::{Engine, ReceiveOptions, validate};
+use crate::engine::error::Error;
+use crate::engine::{Engine, ReceiveOptions, validate};
 
 /// A stream used against its protocol (INVALID_ARGUMENT, field `open`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -169,7 +169,7 @@ async fn acknowledge(
     result.err().map(|e| stream_error(handle, &e))
 }
 
-fn first(mut results: Vec<crate::error::Result<()>>) -> crate::error::Result<()> {
+fn first(mut results: Vec<crate::engine::error::Result<()>>) -> crate::engine::error::Result<()> {
     results.pop().unwrap_or(Ok(()))
 }
 

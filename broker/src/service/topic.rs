@@ -10,8 +10,8 @@ use tonic::{Request, Response, Status};
 
 use super::{run_batch, status, trace};
 use crate::auth::{self, Permission};
-use crate::queue::{Engine, NewPublication};
-use crate::topic::{SubscriptionInfo, TopicInfo};
+use crate::engine::topics::{SubscriptionInfo, TopicInfo};
+use crate::engine::{Engine, NewPublication};
 
 pub struct TopicApi {
     engine: Arc<Engine>,

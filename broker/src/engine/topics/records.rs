@@ -1,14 +1,5 @@
-//! Topics: subscriptions, filter policies and the copies a publish writes.
-//!
-//! This module holds the pure parts: records, the JSON envelope, filter
-//! policies. The fan-out itself is an engine operation (`queue::topics`),
-//! because a publish writes into queues: one publish is one atomic write
-//! that puts a copy into every subscribed queue whose filter matches, under
-//! the same lock as every queue operation, so a topic or queue deleted
-//! concurrently never leaves a copy half-written.
-
-pub mod envelope;
-pub mod filter;
+//! The stored topic and subscription records, and what clients see of
+//! them.
 
 use prost::Message;
 

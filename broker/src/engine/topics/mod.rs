@@ -6,6 +6,14 @@
 //! of its copies in one batch: a crash, or a topic or queue deleted at the
 //! same moment, leaves either every copy or none. A publish to N queues
 //! costs one durable sync, not N.
+//!
+//! Beside it: [`filter`] (subscription filter policies), [`envelope`] (the
+//! JSON envelope of a copy that is not raw) and `records` (the stored
+//! topic and subscription, and what clients see of them).
+
+pub mod envelope;
+pub mod filter;
+mod records;
 
 use std::collections::HashMap;
 
@@ -13,12 +21,15 @@ use bytes::Bytes;
 
 use super::command::{self, Op};
 use super::counters::TopicCounters;
-use super::{Engine, State, by_name, enqueue, paginate, records, validate};
-use crate::error::{Error, Result};
+use super::error::{Error, Result};
+use super::messages::enqueue;
+use super::queues::{by_name, paginate};
+use super::state::State;
+use super::{Engine, validate};
 use crate::storage::{Store, keys};
-use crate::topic::filter::FilterPolicy;
-use crate::topic::{
-    SubscriptionInfo, SubscriptionRecord, TopicInfo, TopicRecord, envelope, format_subscription_id,
+use filter::FilterPolicy;
+pub use records::{
+    SubscriptionInfo, SubscriptionRecord, TopicInfo, TopicRecord, format_subscription_id,
     parse_subscription_id,
 };
 
@@ -79,7 +90,7 @@ pub(super) fn recover(store: &Store, st: &mut State) -> Result<u64> {
         let Some(name) = keys::decode_topic(&key) else {
             continue;
         };
-        let rec: TopicRecord = records::decode(&key, &value)?;
+        let rec: TopicRecord = super::records::decode(&key, &value)?;
         insert_topic(st, name, rec.created_at_ms);
     }
     let mut max_id = 0;
@@ -88,7 +99,7 @@ pub(super) fn recover(store: &Store, st: &mut State) -> Result<u64> {
         let Some(id) = keys::decode_subscription(&key) else {
             continue;
         };
-        let record: SubscriptionRecord = records::decode(&key, &value)?;
+        let record: SubscriptionRecord = super::records::decode(&key, &value)?;
         max_id = max_id.max(id);
         insert_subscription(st, id, record)?;
     }
@@ -455,7 +466,7 @@ fn fan_out(
     validate::message(
         &m.body,
         &m.attributes,
-        crate::queue::attributes::MAX_MESSAGE_BYTES_MAX,
+        crate::engine::attributes::MAX_MESSAGE_BYTES_MAX,
     )?;
     let message_id = uuid::Uuid::new_v4().to_string();
     let mut envelope_body: Option<Bytes> = None;
@@ -495,7 +506,7 @@ fn fan_out(
     }
     let delivered = these.len() as u32;
     for (target, body, attributes) in these {
-        let record = records::BodyRecord {
+        let record = super::records::BodyRecord {
             message_id: message_id.clone(),
             body,
             attributes,

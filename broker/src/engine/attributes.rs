@@ -1,6 +1,6 @@
 //! Queue attributes: defaults, limits, validation, and partial updates.
 
-use crate::error::{Error, Result};
+use crate::engine::error::{Error, Result};
 
 pub const VISIBILITY_TIMEOUT_MAX: u32 = 43_200;
 pub const RETENTION_MIN: u32 = 60;

@@ -71,7 +71,7 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
-use crate::error::{Error, Result};
+use crate::engine::error::{Error, Result};
 
 /// The most conditions one policy may hold, counting every entry of every
 /// key's array across all `$or` branches. Bounds the work a publish does

@@ -157,7 +157,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::queue::{
+    use crate::engine::{
         AttributeChanges, NewMessage, NewPublication, ReceiveOptions, RedrivePolicy,
     };
     use crate::storage::SyncMode;

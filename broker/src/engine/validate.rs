@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use crate::error::{Error, Result, subject, truncate};
+use crate::engine::error::{Error, Result, subject, truncate};
 
 pub const NAME_MAX: usize = 80;
 pub const MAX_ATTRIBUTES: usize = 10;

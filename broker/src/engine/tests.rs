@@ -5,7 +5,11 @@
 //! time, during which a paused runtime would auto-advance its clock. The
 //! durable path is covered by the restart test here and over gRPC.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use super::*;
 

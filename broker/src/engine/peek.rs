@@ -25,7 +25,7 @@ use bytes::Bytes;
 
 use super::Engine;
 use super::records::{self, BodyRecord};
-use crate::error::{Error, Result};
+use crate::engine::error::{Error, Result};
 use crate::storage::keys;
 
 /// Messages per page when the request says 0.
@@ -205,7 +205,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::queue::{AttributeChanges, NewMessage, ReceiveOptions, RetryPolicy};
+    use crate::engine::{AttributeChanges, NewMessage, ReceiveOptions, RetryPolicy};
     use crate::storage::SyncMode;
 
     /// A backoff counts as in flight until it lapses; a lapsed one is shown

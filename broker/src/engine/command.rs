@@ -50,11 +50,13 @@
 
 use prost::Message;
 
-use super::records::{self, BodyRecord, QueueRecord, StateRecord};
-use super::{Queue, State, topics};
-use crate::error::Result;
+use super::dead_letters::{MoveKind, place_moves, read_moves};
+use super::records::{BodyRecord, QueueRecord, StateRecord};
+use super::state::{Queue, State};
+use super::topics;
+use crate::engine::error::Result;
+use crate::engine::topics::{SubscriptionRecord, TopicRecord};
 use crate::storage::{Batch, StorageError, Store, Ticket, keys};
-use crate::topic::{SubscriptionRecord, TopicRecord};
 
 /// The format version of [`Command`].
 pub const VERSION: u32 = 1;
@@ -292,15 +294,6 @@ impl Command {
     }
 }
 
-/// How a move transforms the moved message.
-#[derive(Clone, Copy)]
-enum MoveKind {
-    /// Keeps its receive count, remembers its source queue, visible at once.
-    DeadLetter,
-    /// Starts again from receive 0, forgets its source queue, visible at once.
-    Redrive,
-}
-
 /// Writes `cmd`'s batch and updates the index; returns the ticket to await
 /// the write's durability (`None` when there was nothing to write).
 ///
@@ -319,6 +312,16 @@ pub(super) fn apply(st: &mut State, store: &Store, cmd: &Command) -> Result<Opti
     if let Some(r) = cmd.reserve_seqs {
         batch.put(keys::SEQ_RESERVATION, r.to_be_bytes());
     }
+    // The subscriptions a deletion takes with it, looked up once for the
+    // batch and for memory.
+    let doomed_subscriptions = match op {
+        Op::DeleteQueue(c) => topics::subscriptions_of_queue(st, &c.name),
+        Op::DeleteTopic(c) => topics::subscriptions_of_topic(st, &c.name),
+        _ => Vec::new(),
+    };
+    for &id in &doomed_subscriptions {
+        batch.delete(keys::subscription(id));
+    }
     // Reads and batch first: nothing in memory changes before the write.
     let moved = match op {
         Op::PutQueue(c) => {
@@ -330,9 +333,6 @@ pub(super) fn apply(st: &mut State, store: &Store, cmd: &Command) -> Result<Opti
             batch.delete(keys::queue(&c.name));
             if let Some(id) = id {
                 delete_all_messages(&mut batch, id);
-            }
-            for sub in topics::subscriptions_of_queue(st, &c.name) {
-                batch.delete(keys::subscription(sub));
             }
             Vec::new()
         }
@@ -398,9 +398,6 @@ pub(super) fn apply(st: &mut State, store: &Store, cmd: &Command) -> Result<Opti
         }
         Op::DeleteTopic(c) => {
             batch.delete(keys::topic(&c.name));
-            for id in topics::subscriptions_of_topic(st, &c.name) {
-                batch.delete(keys::subscription(id));
-            }
             Vec::new()
         }
         Op::Subscribe(c) => {
@@ -442,8 +439,8 @@ pub(super) fn apply(st: &mut State, store: &Store, cmd: &Command) -> Result<Opti
             }
         }
         Op::DeleteQueue(c) => {
-            for sub in topics::subscriptions_of_queue(st, &c.name) {
-                topics::forget_subscription(st, sub);
+            for &id in &doomed_subscriptions {
+                topics::forget_subscription(st, id);
             }
             if let Some(id) = st.names.remove(&c.name)
                 && let Some(q) = st.queues.remove(&id)
@@ -530,8 +527,8 @@ pub(super) fn apply(st: &mut State, store: &Store, cmd: &Command) -> Result<Opti
         }
         Op::CreateTopic(c) => topics::insert_topic(st, &c.name, c.created_at_ms),
         Op::DeleteTopic(c) => {
-            for id in topics::subscriptions_of_topic(st, &c.name) {
-                st.subscriptions.remove(&id);
+            for id in &doomed_subscriptions {
+                st.subscriptions.remove(id);
             }
             st.topics.remove(&c.name);
         }
@@ -554,7 +551,7 @@ fn new_message_state(m: &Enqueue) -> StateRecord {
     }
 }
 
-fn delete_message(batch: &mut Batch, queue_id: u64, seq: u64) {
+pub(super) fn delete_message(batch: &mut Batch, queue_id: u64, seq: u64) {
     batch.delete(keys::body(queue_id, seq));
     batch.delete(keys::state(queue_id, seq));
 }
@@ -563,103 +560,5 @@ fn delete_all_messages(batch: &mut Batch, queue_id: u64) {
     for prefix in [keys::BODY_PREFIX, keys::STATE_PREFIX] {
         let (from, to) = keys::queue_range(prefix, queue_id);
         batch.delete_range(from, to);
-    }
-}
-
-/// A move whose batch part is written: what the index needs.
-pub(super) struct Moved {
-    seq: u64,
-    to_queue_id: u64,
-    to_seq: u64,
-    /// `None` when the body was already gone: the message is only deleted.
-    state: Option<StateRecord>,
-}
-
-/// Adds the moves out of queue `from` to `batch`: the one message move of
-/// dead-lettering and redrive.
-fn read_moves(
-    st: &State,
-    store: &Store,
-    batch: &mut Batch,
-    from: u64,
-    moves: &[Move],
-    kind: MoveKind,
-    now: u64,
-) -> Result<Vec<Moved>> {
-    if moves.is_empty() {
-        return Ok(Vec::new());
-    }
-    let Some(source) = st.queues.get(&from) else {
-        return Ok(Vec::new());
-    };
-    let body_keys: Vec<Vec<u8>> = moves
-        .iter()
-        .map(|m| keys::body(from, m.seq).to_vec())
-        .collect();
-    let bodies = store.multi_get(&body_keys)?;
-    let mut moved = Vec::with_capacity(moves.len());
-    for (m, raw) in moves.iter().zip(bodies) {
-        let Some(old) = source.index.slots.get(&m.seq).map(|s| s.state) else {
-            continue;
-        };
-        delete_message(batch, from, m.seq);
-        let Some(raw) = raw else {
-            moved.push(Moved {
-                seq: m.seq,
-                to_queue_id: m.to_queue_id,
-                to_seq: m.to_seq,
-                state: None,
-            });
-            continue;
-        };
-        let mut body: BodyRecord = records::decode(&keys::body(from, m.seq), &raw)?;
-        let state = match kind {
-            MoveKind::DeadLetter => {
-                body.dead_letter_source = source.name.clone();
-                StateRecord {
-                    visible_at_ms: now,
-                    ..old
-                }
-            }
-            MoveKind::Redrive => {
-                body.dead_letter_source.clear();
-                StateRecord {
-                    receive_count: 0,
-                    visible_at_ms: now,
-                    first_received_at_ms: 0,
-                    sent_at_ms: old.sent_at_ms,
-                }
-            }
-        };
-        batch.put(keys::body(m.to_queue_id, m.to_seq), body.encode_to_vec());
-        batch.put(keys::state(m.to_queue_id, m.to_seq), state.encode());
-        moved.push(Moved {
-            seq: m.seq,
-            to_queue_id: m.to_queue_id,
-            to_seq: m.to_seq,
-            state: Some(state),
-        });
-    }
-    Ok(moved)
-}
-
-/// The index side of [`read_moves`], once its batch is written.
-fn place_moves(st: &mut State, from: u64, moved: Vec<Moved>, kind: MoveKind, now: u64) {
-    for m in moved {
-        st.see_seq(m.to_seq);
-        let State { queues, timers, .. } = &mut *st;
-        if let Some(q) = queues.get_mut(&from) {
-            q.index.remove(timers, from, m.seq);
-            match kind {
-                MoveKind::DeadLetter => q.counters.dead_lettered += 1,
-                MoveKind::Redrive => q.counters.redriven += 1,
-            }
-        }
-        if let Some(state) = m.state
-            && let Some(to) = queues.get_mut(&m.to_queue_id)
-        {
-            to.index.insert(timers, m.to_queue_id, m.to_seq, state, now);
-            to.notify.notify_one();
-        }
     }
 }

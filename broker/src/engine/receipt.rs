@@ -6,7 +6,7 @@
 //! message's current count. Queue ids are never reused, so a handle of a
 //! deleted queue never matches a new queue of the same name.
 
-use crate::error::{Error, Result};
+use crate::engine::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReceiptHandle {

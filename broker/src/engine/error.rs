@@ -19,7 +19,7 @@
 //! `attributes.visibility_timeout_seconds`), which the edge puts into the
 //! `google.rpc.BadRequest` detail.
 
-use crate::queue::validate::NAME_MAX;
+use crate::engine::validate::NAME_MAX;
 use crate::storage::StorageError;
 
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,213 @@
+//! Dead letters and redrive, and the one message move both use.
+//!
+//! A receive that finds a message already received `max_receive_count`
+//! times moves it to the queue's dead-letter queue instead of returning it
+//! (decided in `messages`, carried by the `Receive` command); a redrive
+//! moves visible messages out of a dead-letter queue, to a given queue or
+//! each back to the queue it died in. Both are the same move ([`read_moves`]
+//! then [`place_moves`]): in one batch, the message's body and state are
+//! deleted in the source queue and written under a new seq in the target.
+//! A dead letter keeps its receive count and remembers its source queue; a
+//! redriven message starts again from receive 0 and forgets it. A message
+//! whose body is already gone is only deleted.
+
+use prost::Message;
+
+use super::command::{self, Move, Op, delete_message};
+use super::error::{Error, Result};
+use super::records::{self, BodyRecord, StateRecord};
+use super::state::State;
+use super::{CHUNK, Engine};
+use crate::storage::{Batch, Store, keys};
+
+impl Engine {
+    /// Moves up to `max` (0: all) visible messages out of the dead-letter
+    /// queue `source`: to `destination`, or each to the queue it died in.
+    /// Receive counts start again from 0. Returns how many moved.
+    pub async fn redrive(&self, source: &str, destination: &str, max: u32) -> Result<u64> {
+        let now = self.now_ms();
+        if source == destination {
+            return Err(Error::invalid(
+                "destination_queue",
+                "must differ from source_queue",
+            ));
+        }
+        let mut moved = 0u64;
+        let mut after = 0u64;
+        let mut ticket = None;
+        loop {
+            let mut st = self.lock();
+            st.promote_due(now);
+            let src = st.queue_id("source_queue", source)?;
+            let dest = match destination {
+                "" => None,
+                d => Some(st.queue_id("destination_queue", d)?),
+            };
+            let want = if max == 0 {
+                CHUNK
+            } else {
+                CHUNK.min((u64::from(max) - moved) as usize)
+            };
+            let seqs: Vec<u64> = st.queues[&src]
+                .index
+                .ready
+                .range(after..)
+                .take(want)
+                .copied()
+                .collect();
+            let Some(&last) = seqs.last() else { break };
+            after = last + 1;
+            // Each message goes back where it died, unless told where.
+            let targets: Vec<(u64, u64)> = match dest {
+                Some(d) => seqs.into_iter().map(|seq| (seq, d)).collect(),
+                None => {
+                    let keys: Vec<Vec<u8>> =
+                        seqs.iter().map(|&s| keys::body(src, s).to_vec()).collect();
+                    let bodies = self.store.multi_get(&keys)?;
+                    let mut targets = Vec::with_capacity(seqs.len());
+                    for (seq, raw) in seqs.into_iter().zip(bodies) {
+                        let Some(raw) = raw else { continue };
+                        let body: BodyRecord = records::decode(&keys::body(src, seq), &raw)?;
+                        match st.names.get(&body.dead_letter_source) {
+                            Some(&d) if d != src => targets.push((seq, d)),
+                            // Its source queue is gone: it stays here.
+                            _ => {}
+                        }
+                    }
+                    targets
+                }
+            };
+            if targets.is_empty() {
+                continue;
+            }
+            let first = st.alloc_seqs(targets.len() as u64);
+            let moves: Vec<command::Move> = (first..)
+                .zip(targets)
+                .map(|(to_seq, (seq, to_queue_id))| command::Move {
+                    seq,
+                    to_queue_id,
+                    to_seq,
+                })
+                .collect();
+            moved += moves.len() as u64;
+            let redrive = command::Redrive {
+                source_queue_id: src,
+                moves,
+            };
+            let cmd = st.command(now, Op::Redrive(redrive));
+            ticket = self.apply(&mut st, cmd)?.or(ticket);
+            if max != 0 && moved >= u64::from(max) {
+                break;
+            }
+        }
+        self.durable(ticket).await?;
+        Ok(moved)
+    }
+}
+
+/// How a move transforms the moved message.
+#[derive(Clone, Copy)]
+pub(super) enum MoveKind {
+    /// Keeps its receive count, remembers its source queue, visible at once.
+    DeadLetter,
+    /// Starts again from receive 0, forgets its source queue, visible at once.
+    Redrive,
+}
+
+/// A move whose batch part is written: what the index needs.
+pub(super) struct Moved {
+    seq: u64,
+    to_queue_id: u64,
+    to_seq: u64,
+    /// `None` when the body was already gone: the message is only deleted.
+    state: Option<StateRecord>,
+}
+
+/// Adds the moves out of queue `from` to `batch`: the one message move of
+/// dead-lettering and redrive.
+pub(super) fn read_moves(
+    st: &State,
+    store: &Store,
+    batch: &mut Batch,
+    from: u64,
+    moves: &[Move],
+    kind: MoveKind,
+    now: u64,
+) -> Result<Vec<Moved>> {
+    if moves.is_empty() {
+        return Ok(Vec::new());
+    }
+    let Some(source) = st.queues.get(&from) else {
+        return Ok(Vec::new());
+    };
+    let body_keys: Vec<Vec<u8>> = moves
+        .iter()
+        .map(|m| keys::body(from, m.seq).to_vec())
+        .collect();
+    let bodies = store.multi_get(&body_keys)?;
+    let mut moved = Vec::with_capacity(moves.len());
+    for (m, raw) in moves.iter().zip(bodies) {
+        let Some(old) = source.index.slots.get(&m.seq).map(|s| s.state) else {
+            continue;
+        };
+        delete_message(batch, from, m.seq);
+        let Some(raw) = raw else {
+            moved.push(Moved {
+                seq: m.seq,
+                to_queue_id: m.to_queue_id,
+                to_seq: m.to_seq,
+                state: None,
+            });
+            continue;
+        };
+        let mut body: BodyRecord = records::decode(&keys::body(from, m.seq), &raw)?;
+        let state = match kind {
+            MoveKind::DeadLetter => {
+                body.dead_letter_source = source.name.clone();
+                StateRecord {
+                    visible_at_ms: now,
+                    ..old
+                }
+            }
+            MoveKind::Redrive => {
+                body.dead_letter_source.clear();
+                StateRecord {
+                    receive_count: 0,
+                    visible_at_ms: now,
+                    first_received_at_ms: 0,
+                    sent_at_ms: old.sent_at_ms,
+                }
+            }
+        };
+        batch.put(keys::body(m.to_queue_id, m.to_seq), body.encode_to_vec());
+        batch.put(keys::state(m.to_queue_id, m.to_seq), state.encode());
+        moved.push(Moved {
+            seq: m.seq,
+            to_queue_id: m.to_queue_id,
+            to_seq: m.to_seq,
+            state: Some(state),
+        });
+    }
+    Ok(moved)
+}
+
+/// The index side of [`read_moves`], once its batch is written.
+pub(super) fn place_moves(st: &mut State, from: u64, moved: Vec<Moved>, kind: MoveKind, now: u64) {
+    for m in moved {
+        st.see_seq(m.to_seq);
+        let State { queues, timers, .. } = &mut *st;
+        if let Some(q) = queues.get_mut(&from) {
+            q.index.remove(timers, from, m.seq);
+            match kind {
+                MoveKind::DeadLetter => q.counters.dead_lettered += 1,
+                MoveKind::Redrive => q.counters.redriven += 1,
+            }
+        }
+        if let Some(state) = m.state
+            && let Some(to) = queues.get_mut(&m.to_queue_id)
+        {
+            to.index.insert(timers, m.to_queue_id, m.to_seq, state, now);
+            to.notify.notify_one();
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! The engine: queues with SQS semantics and topics that fan out into
+//! them, over a RocksDB store and an in-memory index. The gRPC services
+//! are thin adapters over [`Engine`]'s methods.
+//!
+//! # Where things are
+//! | concern | module |
+//! |---|---|
+//! | the engine type, opening (rebuilding the index), applying commands | this module |
+//! | everything the lock guards: queues, topics, the seq counter | `state` |
+//! | create, update, list, delete and purge queues; queue attributes | `queues`, [`attributes`] |
+//! | send, receive (long polling, the rate limit), visibility, delete | `messages`, `rate` |
+//! | dead letters and redrive, and the one message move both use | `dead_letters` |
+//! | retention, and the scheduler that fires timers | `retention` |
+//! | topics, subscriptions, the fan-out of a publish, filter policies, the envelope | [`topics`] |
+//! | a read-only look at messages, for operators | `peek` |
+//! | what the metrics read | [`counters`] |
+//! | every state change as a value, and `apply` | [`command`] |
+//! | the index; record encodings; receipt handles | `index`, `records`, `receipt` (private) |
+//! | name and message checks, the wire limits they enforce | [`validate`] |
+//! | the engine's error type | [`error`] |
+//!
+//! # Data model
+//! RocksDB is the truth (layouts in `storage::keys`, values in `records`);
+//! memory holds an index derived from it at startup (`index`): per queue,
+//! the seqs of visible messages, and for the whole engine a timer set of
+//! hidden messages ordered by the moment they become visible. Bodies are
+//! read from RocksDB only when a message is received.
+//!
+//! # Decide, then apply
+//! Every state change is decided by the engine's methods, under the engine
+//! lock (validation, the clock, the seqs a receive claims, new seqs and
+//! message ids, deadlines), as a [`Command`] that carries every decided
+//! value; [`command::apply`] then writes it and updates the index, with
+//! no choice of its own. The command list and each command's atomic write
+//! are in [`command`]'s docs. A single node applies its own commands at
+//! once under the same lock; [`Engine::replay`] applies one decided
+//! elsewhere.
+//!
+//! # Invariants
+//! - Every state change of a message is one atomic write batch (one
+//!   command): send (body + state), receive (state), visibility change
+//!   (state), delete (body + state), dead-letter move and redrive (delete
+//!   in one queue + body and state in the other), purge and queue deletion
+//!   (range deletes).
+//! - Commands are applied under the engine lock, in the order the lock
+//!   decided them, so the WAL order is the order of the in-memory changes.
+//!   Durability is awaited after the lock is released (group commit, see
+//!   `storage`): send, delete, purge and queue changes are acknowledged only
+//!   once durable; receives and visibility changes are acknowledged at once,
+//!   since losing one only means an earlier redelivery.
+//! - A crash at any moment leaves each message either before or after its
+//!   last write; on restart the index is rebuilt from the state records, so
+//!   in-flight messages stay hidden until their persisted deadline. The
+//!   index kept in memory is the one a restart would rebuild (a property
+//!   test checks it).
+//! - Receive claims messages in one synchronous step after the wait: a
+//!   client that disconnects while waiting (its future dropped) has claimed
+//!   nothing.
+//!
+//! # What runs under the lock
+//! Deciding, the RocksDB write of the command's batch (a WAL append without
+//! `fsync` and a memtable insert) and the index update. The `fsync` is
+//! awaited after the lock is released, and bodies are read after it
+//! (`messages`, `peek`). Writing under the lock is what keeps the WAL in
+//! the order of the decisions, which a replay relies on; `benches/README.md`
+//! has what it costs.
+//!
+//! # Waking
+//! Each queue has a [`Notify`]: a send, a timer that fires, and a release
+//! (visibility 0) call `notify_one` once per message made visible, so a long
+//! poll wakes only when there is something to take, and idle long polls
+//! cost nothing. One scheduler task ([`Engine::run_scheduler`]) sleeps until
+//! the earliest timer, moves due messages to ready, and sweeps expired
+//! messages (retention) once a second.
+
+pub mod attributes;
+pub mod command;
+pub mod counters;
+mod dead_letters;
+pub mod error;
+mod index;
+mod messages;
+mod peek;
+mod queues;
+mod rate;
+mod receipt;
+mod records;
+mod retention;
+mod state;
+pub mod topics;
+pub mod validate;
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::storage::{Store, SyncMode, Ticket, keys};
+pub use attributes::{AttributeChanges, QueueAttributes, RedrivePolicy, RetryPolicy};
+use command::Command;
+use counters::Activity;
+pub use error::{Error, Result};
+pub use messages::{NewMessage, ReceiveOptions, Received};
+pub use peek::{MessageState, PEEK_DEFAULT, PEEK_MAX, Peeked};
+use records::{QueueRecord, StateRecord};
+use state::{Queue, State};
+pub use state::{QueueInfo, QueueStats};
+pub use topics::{NewPublication, Published, SubscriptionInfo, TopicInfo};
+
+/// Sequence numbers reserved per write of the reservation key.
+const SEQ_BLOCK: u64 = 1 << 20;
+/// Messages moved per write by redrive and retention, so that one call
+/// never holds the lock for long.
+const CHUNK: usize = 1_000;
+
+/// The queue engine. Cheap to share behind an `Arc`.
+pub struct Engine {
+    state: Mutex<State>,
+    store: Store,
+    clock: Clock,
+    /// Wakes the scheduler when a timer earlier than its sleep is set.
+    scheduler: Notify,
+    shutdown: CancellationToken,
+    /// Open long polls and streams, for the metrics.
+    activity: Activity,
+    /// Every command applied, in order (unit tests replay them).
+    #[cfg(test)]
+    journal: Mutex<Vec<Command>>,
+    /// Dropped with the engine, after the store (fields drop in order):
+    /// [`Engine::closed`] resolves once the database is closed.
+    closed: tokio::sync::watch::Sender<()>,
+}
+
+impl Engine {
+    /// Opens the store in `dir` and rebuilds the index from it.
+    pub fn open(dir: &Path, sync: SyncMode) -> Result<Engine> {
+        let store = Store::open(dir, sync)?;
+        let clock = Clock::new();
+        let now = clock.now_ms();
+        let mut state = State::default();
+        if let Some(v) = store.get(keys::SEQ_RESERVATION)? {
+            let bytes: [u8; 8] =
+                v.as_slice()
+                    .try_into()
+                    .map_err(|_| crate::storage::StorageError::Corrupt {
+                        key: format!("{:02x?}", keys::SEQ_RESERVATION),
+                        reason: format!("seq reservation of {} bytes, not 8", v.len()),
+                    })?;
+            state.reserved_seq = u64::from_be_bytes(bytes);
+        }
+        let mut max_id = 0;
+        for item in store.scan_prefix(&[keys::QUEUE_PREFIX]) {
+            let (key, value) = item?;
+            let Some(name) = keys::decode_queue(&key) else {
+                continue;
+            };
+            let rec: QueueRecord = records::decode(&key, &value)?;
+            max_id = max_id.max(rec.id);
+            state.names.insert(name.to_string(), rec.id);
+            state.queues.insert(
+                rec.id,
+                Queue::new(rec.id, name, rec.created_at_ms, rec.attributes(), now),
+            );
+        }
+        let max_id = max_id.max(topics::recover(&store, &mut state)?);
+        let mut max_seq = max_id;
+        let mut orphans = 0u64;
+        for item in store.scan_prefix(&[keys::STATE_PREFIX]) {
+            let (key, value) = item?;
+            let Some((queue_id, seq)) = keys::decode_message(&key) else {
+                continue;
+            };
+            let st = StateRecord::decode(&value).ok_or_else(|| {
+                crate::storage::StorageError::Corrupt {
+                    key: format!("{key:02x?}"),
+                    reason: format!("state record of {} bytes", value.len()),
+                }
+            })?;
+            max_seq = max_seq.max(seq);
+            match state.queues.get_mut(&queue_id) {
+                Some(q) => q.index.insert(&mut state.timers, queue_id, seq, st, now),
+                None => orphans += 1,
+            }
+        }
+        if orphans > 0 {
+            tracing::warn!(orphans, "state records of unknown queues ignored");
+        }
+        state.next_seq = state.reserved_seq.max(max_seq + 1);
+        let messages: usize = state.queues.values().map(|q| q.index.slots.len()).sum();
+        tracing::info!(queues = state.queues.len(), messages, "engine opened");
+        Ok(Engine {
+            state: Mutex::new(state),
+            store,
+            clock,
+            scheduler: Notify::new(),
+            shutdown: CancellationToken::new(),
+            activity: Activity::default(),
+            #[cfg(test)]
+            journal: Mutex::new(Vec::new()),
+            closed: tokio::sync::watch::Sender::new(()),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// Ends long polls (they return what they have) and the scheduler.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown.is_cancelled()
+    }
+
+    /// Resolves once the last reference to the engine is dropped and its
+    /// database is closed.
+    pub fn closed(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut closed = self.closed.subscribe();
+        // Nothing is ever sent: `changed` fails when the sender drops.
+        async move { while closed.changed().await.is_ok() {} }
+    }
+
+    /// Resolves when shutdown begins.
+    pub async fn shutting_down(&self) {
+        self.shutdown.cancelled().await
+    }
+
+    /// For each receipt handle: whether its lease still holds (the message
+    /// exists, nobody received it since, and its visibility timeout has
+    /// not lapsed). A malformed handle holds nothing.
+    pub fn leases_held(&self, queue: &str, handles: &[String]) -> Vec<bool> {
+        let now = self.now_ms();
+        let mut st = self.lock();
+        handles
+            .iter()
+            .map(|h| {
+                matches!(Self::check_handle(&mut st, queue, h),
+                    Ok((_, _, Some(state))) if state.visible_at_ms > now)
+            })
+            .collect()
+    }
+
+    /// Applies a command this engine decided, under its lock (see
+    /// [`command`]). Returns the ticket to await the write's durability.
+    fn apply(&self, st: &mut State, cmd: Command) -> Result<Option<Ticket>> {
+        let ticket = self.apply_command(st, &cmd)?;
+        #[cfg(test)]
+        self.journal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(cmd);
+        Ok(ticket)
+    }
+
+    /// [`command::apply`], then wakes the scheduler when a timer moved earlier.
+    fn apply_command(&self, st: &mut State, cmd: &Command) -> Result<Option<Ticket>> {
+        let earliest = st.timers.first().map(|t| t.0);
+        let ticket = command::apply(st, &self.store, cmd)?;
+        self.timer_set(st, earliest);
+        Ok(ticket)
+    }
+
+    /// Applies a command decided by another engine (a replay), and waits
+    /// until it is durable.
+    pub async fn replay(&self, cmd: &Command) -> Result<()> {
+        let ticket = self.apply_command(&mut self.lock(), cmd)?;
+        self.durable(ticket).await
+    }
+
+    async fn durable(&self, ticket: Option<Ticket>) -> Result<()> {
+        if let Some(t) = ticket {
+            self.store.sync(t).await?;
+        }
+        Ok(())
+    }
+
+    /// Wakes the scheduler when the earliest timer moved earlier.
+    fn timer_set(&self, state: &State, earliest_before: Option<u64>) {
+        let earliest_now = state.timers.first().map(|t| t.0);
+        if earliest_now.is_some() && (earliest_before.is_none() || earliest_now < earliest_before) {
+            self.scheduler.notify_one();
+        }
+    }
+}
+
+/// What tests compare: two engines in the same state dump the same.
+#[cfg(test)]
+impl Engine {
+    /// The whole state as text, as of `now` (due timers promoted first):
+    /// every key and value of the store, then the index.
+    fn dump(&self, now: u64) -> String {
+        use std::fmt::Write as _;
+        let mut st = self.lock();
+        st.promote_due(now);
+        let mut out = String::new();
+        for item in self.store.scan_prefix(&[]) {
+            let (key, value) = item.expect("scan the store");
+            writeln!(out, "{key:02x?} = {value:02x?}").unwrap();
+        }
+        let mut ids: Vec<u64> = st.queues.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            let q = &st.queues[&id];
+            let i = &q.index;
+            writeln!(
+                out,
+                "queue {id} {:?} created {} {:?}\n  slots {:?}\n  ready {:?}\n  by_sent {:?}\n  in flight {} delayed {} retry {:?}",
+                q.name, q.created_at_ms, q.attributes, i.slots, i.ready, i.by_sent, i.in_flight, i.delayed, i.retry
+            )
+            .unwrap();
+        }
+        writeln!(out, "names {:?}\ntimers {:?}", st.names, st.timers).unwrap();
+        topics::dump(&st, &mut out);
+        writeln!(out, "reserved {}", st.reserved_seq).unwrap();
+        out
+    }
+
+    /// The commands applied so far, in order.
+    fn journal(&self) -> Vec<Command> {
+        self.journal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod replay_tests;
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,68 @@
+//! Retention and the scheduler: the background task that fires timers
+//! (delays, visibility timeouts, retry backoff) when due, and deletes
+//! messages older than their queue's retention period.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::command::{self, Op};
+use super::error::Result;
+use super::{CHUNK, Engine};
+
+impl Engine {
+    /// [`CHUNK`] per write. Returns how many were deleted.
+    pub fn expire(&self) -> Result<u64> {
+        let now = self.now_ms();
+        let mut st = self.lock();
+        let mut messages = Vec::new();
+        for q in st.queues.values() {
+            let cutoff =
+                now.saturating_sub(u64::from(q.attributes.message_retention_seconds) * 1000);
+            for &(sent, seq) in &q.index.by_sent {
+                if sent > cutoff || messages.len() >= CHUNK {
+                    break;
+                }
+                messages.push(command::MessageRef {
+                    queue_id: q.id,
+                    seq,
+                });
+            }
+        }
+        if messages.is_empty() {
+            return Ok(0);
+        }
+        // Queues in id order: the same expiry is the same command.
+        messages.sort_by_key(|m| (m.queue_id, m.seq));
+        let expired = messages.len() as u64;
+        let cmd = st.command(now, Op::Expire(command::Expire { messages }));
+        self.apply(&mut st, cmd)?;
+        Ok(expired)
+    }
+
+    /// The background task: fires timers (delays, visibility timeouts) when
+    /// due and expires messages once a second, until shutdown.
+    pub async fn run_scheduler(self: Arc<Self>) {
+        let mut next_sweep = tokio::time::Instant::now();
+        loop {
+            let next_timer = {
+                let mut st = self.lock();
+                st.promote_due(self.now_ms());
+                st.timers.first().map(|t| self.clock.instant_at(t.0))
+            };
+            if tokio::time::Instant::now() >= next_sweep {
+                match self.expire() {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(expired = n, "retention deleted messages"),
+                    Err(e) => tracing::error!(error = %e, "retention sweep failed"),
+                }
+                next_sweep = tokio::time::Instant::now() + Duration::from_secs(1);
+            }
+            let wake = next_timer.map_or(next_sweep, |t| t.min(next_sweep));
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake) => {}
+                _ = self.scheduler.notified() => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+        }
+    }
+}
