@@ -51,6 +51,7 @@
 use prost::Message;
 
 use super::dead_letters::{MoveKind, place_moves, read_moves};
+use super::ids::{QueueId, Seq};
 use super::records::{BodyRecord, QueueRecord, StateRecord};
 use super::state::{Queue, State};
 use super::topics;
@@ -189,9 +190,9 @@ pub struct NewState {
 }
 
 impl NewState {
-    pub fn new(seq: u64, s: StateRecord) -> NewState {
+    pub fn new(seq: Seq, s: StateRecord) -> NewState {
         NewState {
-            seq,
+            seq: seq.0,
             receive_count: s.receive_count,
             visible_at_ms: s.visible_at_ms,
             first_received_at_ms: s.first_received_at_ms,
@@ -332,7 +333,7 @@ pub(super) fn apply(st: &mut State, store: &Store, cmd: &Command) -> Result<Opti
             let id = st.names.get(&c.name).copied();
             batch.delete(keys::queue(&c.name));
             if let Some(id) = id {
-                delete_all_messages(&mut batch, id);
+                delete_all_messages(&mut batch, id.0);
             }
             Vec::new()
         }
@@ -356,7 +357,7 @@ pub(super) fn apply(st: &mut State, store: &Store, cmd: &Command) -> Result<Opti
                 st,
                 store,
                 &mut batch,
-                c.queue_id,
+                QueueId(c.queue_id),
                 &c.dead_letters,
                 MoveKind::DeadLetter,
                 now,
@@ -378,7 +379,7 @@ pub(super) fn apply(st: &mut State, store: &Store, cmd: &Command) -> Result<Opti
             st,
             store,
             &mut batch,
-            c.source_queue_id,
+            QueueId(c.source_queue_id),
             &c.moves,
             MoveKind::Redrive,
             now,
@@ -430,8 +431,8 @@ pub(super) fn apply(st: &mut State, store: &Store, cmd: &Command) -> Result<Opti
                     q.set_attributes(attributes, now);
                 }
                 None => {
-                    let id = c.record.id;
-                    st.see_seq(id);
+                    st.see_seq(c.record.id);
+                    let id = QueueId(c.record.id);
                     let q = Queue::new(id, &c.name, c.record.created_at_ms, attributes, now);
                     st.names.insert(c.name.clone(), id);
                     st.queues.insert(id, q);
@@ -443,37 +444,27 @@ pub(super) fn apply(st: &mut State, store: &Store, cmd: &Command) -> Result<Opti
                 topics::forget_subscription(st, id);
             }
             if let Some(id) = st.names.remove(&c.name)
-                && let Some(q) = st.queues.remove(&id)
+                && let Some(mut q) = st.queues.remove(&id)
             {
-                for (seq, slot) in &q.index.slots {
-                    if !slot.ready {
-                        st.timers.remove(&(slot.due_at, id, *seq));
-                    }
-                }
+                q.index.clear(&mut st.timers, id);
                 q.notify.notify_waiters();
             }
         }
         Op::PurgeQueue(c) => {
             let State { queues, timers, .. } = st;
-            if let Some(q) = queues.get_mut(&c.queue_id) {
-                let index = std::mem::take(&mut q.index);
-                q.index.retry = index.retry;
-                for (seq, slot) in index.slots {
-                    if !slot.ready {
-                        timers.remove(&(slot.due_at, c.queue_id, seq));
-                    }
-                }
+            if let Some(q) = queues.get_mut(&QueueId(c.queue_id)) {
+                q.index.clear(timers, QueueId(c.queue_id));
             }
         }
         Op::Send(c) => {
             for m in &c.messages {
                 st.see_seq(m.seq);
                 let State { queues, timers, .. } = &mut *st;
-                if let Some(q) = queues.get_mut(&m.queue_id) {
-                    let state = new_message_state(m);
-                    q.index.insert(timers, m.queue_id, m.seq, state, now);
+                if let Some(q) = queues.get_mut(&QueueId(m.queue_id)) {
+                    let (id, seq) = (QueueId(m.queue_id), Seq(m.seq));
+                    q.index.insert(timers, id, seq, new_message_state(m), now);
                     q.counters.sent += 1;
-                    if q.index.slots.get(&m.seq).is_some_and(|s| s.ready) {
+                    if q.index.slots.get(&seq).is_some_and(|s| s.ready) {
                         q.notify.notify_one();
                     }
                 }
@@ -481,24 +472,25 @@ pub(super) fn apply(st: &mut State, store: &Store, cmd: &Command) -> Result<Opti
         }
         Op::Receive(c) => {
             let State { queues, timers, .. } = &mut *st;
-            if let Some(q) = queues.get_mut(&c.queue_id) {
+            let id = QueueId(c.queue_id);
+            if let Some(q) = queues.get_mut(&id) {
                 for s in &c.claims {
                     // Under its timer even if already due (visibility 0),
                     // so that the receive placing it cannot take it again.
-                    q.index
-                        .update(timers, c.queue_id, s.seq, s.state(), now, true);
+                    q.index.update(timers, id, Seq(s.seq), s.state(), now, true);
                 }
                 q.counters.received += c.claims.len() as u64;
             }
-            place_moves(st, c.queue_id, moved, MoveKind::DeadLetter, now);
+            place_moves(st, id, moved, MoveKind::DeadLetter, now);
         }
         Op::ChangeVisibility(c) => {
             let State { queues, timers, .. } = &mut *st;
-            if let Some(q) = queues.get_mut(&c.queue_id) {
+            let id = QueueId(c.queue_id);
+            if let Some(q) = queues.get_mut(&id) {
                 for s in &c.changes {
-                    q.index
-                        .update(timers, c.queue_id, s.seq, s.state(), now, false);
-                    if q.index.slots.get(&s.seq).is_some_and(|s| s.ready) {
+                    let seq = Seq(s.seq);
+                    q.index.update(timers, id, seq, s.state(), now, false);
+                    if q.index.slots.get(&seq).is_some_and(|s| s.ready) {
                         q.notify.notify_one();
                     }
                 }
@@ -506,20 +498,28 @@ pub(super) fn apply(st: &mut State, store: &Store, cmd: &Command) -> Result<Opti
         }
         Op::Delete(c) => {
             let State { queues, timers, .. } = &mut *st;
-            if let Some(q) = queues.get_mut(&c.queue_id) {
+            let id = QueueId(c.queue_id);
+            if let Some(q) = queues.get_mut(&id) {
                 for &seq in &c.seqs {
-                    if q.index.remove(timers, c.queue_id, seq).is_some() {
+                    if q.index.remove(timers, id, Seq(seq)).is_some() {
                         q.counters.deleted += 1;
                     }
                 }
             }
         }
-        Op::Redrive(c) => place_moves(st, c.source_queue_id, moved, MoveKind::Redrive, now),
+        Op::Redrive(c) => place_moves(
+            st,
+            QueueId(c.source_queue_id),
+            moved,
+            MoveKind::Redrive,
+            now,
+        ),
         Op::Expire(c) => {
             let State { queues, timers, .. } = &mut *st;
             for m in &c.messages {
-                if let Some(q) = queues.get_mut(&m.queue_id)
-                    && q.index.remove(timers, m.queue_id, m.seq).is_some()
+                let id = QueueId(m.queue_id);
+                if let Some(q) = queues.get_mut(&id)
+                    && q.index.remove(timers, id, Seq(m.seq)).is_some()
                 {
                     q.counters.expired += 1;
                 }

@@ -15,6 +15,7 @@ use prost::Message;
 
 use super::command::{self, Move, Op, delete_message};
 use super::error::{Error, Result};
+use super::ids::{QueueId, Seq};
 use super::records::{self, BodyRecord, StateRecord};
 use super::state::State;
 use super::{CHUNK, Engine};
@@ -24,6 +25,11 @@ impl Engine {
     /// Moves up to `max` (0: all) visible messages out of the dead-letter
     /// queue `source`: to `destination`, or each to the queue it died in.
     /// Receive counts start again from 0. Returns how many moved.
+    ///
+    /// Works in chunks of [`CHUNK`], one command each. Without a
+    /// destination, the bodies (which name each message's source queue)
+    /// are read with the lock released, and the chunk is checked again
+    /// under it: a message received or deleted meanwhile stays.
     pub async fn redrive(&self, source: &str, destination: &str, max: u32) -> Result<u64> {
         let now = self.now_ms();
         if source == destination {
@@ -33,49 +39,63 @@ impl Engine {
             ));
         }
         let mut moved = 0u64;
-        let mut after = 0u64;
+        let mut after = Seq(0);
         let mut ticket = None;
         loop {
-            let mut st = self.lock();
-            st.promote_due(now);
-            let src = st.queue_id("source_queue", source)?;
-            let dest = match destination {
-                "" => None,
-                d => Some(st.queue_id("destination_queue", d)?),
-            };
             let want = if max == 0 {
                 CHUNK
             } else {
                 CHUNK.min((u64::from(max) - moved) as usize)
             };
-            let seqs: Vec<u64> = st.queues[&src]
-                .index
-                .ready
-                .range(after..)
-                .take(want)
-                .copied()
-                .collect();
-            let Some(&last) = seqs.last() else { break };
-            after = last + 1;
-            // Each message goes back where it died, unless told where.
-            let targets: Vec<(u64, u64)> = match dest {
-                Some(d) => seqs.into_iter().map(|seq| (seq, d)).collect(),
-                None => {
-                    let keys: Vec<Vec<u8>> =
-                        seqs.iter().map(|&s| keys::body(src, s).to_vec()).collect();
-                    let bodies = self.store.multi_get(&keys)?;
-                    let mut targets = Vec::with_capacity(seqs.len());
-                    for (seq, raw) in seqs.into_iter().zip(bodies) {
-                        let Some(raw) = raw else { continue };
-                        let body: BodyRecord = records::decode(&keys::body(src, seq), &raw)?;
-                        match st.names.get(&body.dead_letter_source) {
-                            Some(&d) if d != src => targets.push((seq, d)),
-                            // Its source queue is gone: it stays here.
-                            _ => {}
-                        }
-                    }
-                    targets
+            let (src, seqs) = {
+                let mut st = self.lock();
+                st.promote_due(now);
+                let src = st.queue_id("source_queue", source)?;
+                if !destination.is_empty() {
+                    st.queue_id("destination_queue", destination)?;
                 }
+                let seqs: Vec<Seq> = st.queues[&src]
+                    .index
+                    .ready
+                    .range(after..)
+                    .take(want)
+                    .copied()
+                    .collect();
+                (src, seqs)
+            };
+            let Some(&last) = seqs.last() else { break };
+            after = Seq(last.0 + 1);
+            // Each message goes back where it died, unless told where.
+            let died_in = match destination {
+                "" => Some(self.dead_letter_sources(src, &seqs)?),
+                _ => None,
+            };
+            let mut st = self.lock();
+            if st.queue_id("source_queue", source)? != src {
+                // Deleted and created again meanwhile: nothing of it is left.
+                break;
+            }
+            let dest = match destination {
+                "" => None,
+                d => Some(st.queue_id("destination_queue", d)?),
+            };
+            let ready = &st.queues[&src].index.ready;
+            let targets: Vec<(Seq, QueueId)> = match (dest, died_in) {
+                (Some(d), _) => seqs
+                    .into_iter()
+                    .filter(|seq| ready.contains(seq))
+                    .map(|seq| (seq, d))
+                    .collect(),
+                (None, died_in) => died_in
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|(seq, _)| ready.contains(seq))
+                    .filter_map(|(seq, queue)| match st.names.get(&queue) {
+                        Some(&d) if d != src => Some((seq, d)),
+                        // Its source queue is gone: it stays here.
+                        _ => None,
+                    })
+                    .collect(),
             };
             if targets.is_empty() {
                 continue;
@@ -83,25 +103,42 @@ impl Engine {
             let first = st.alloc_seqs(targets.len() as u64);
             let moves: Vec<command::Move> = (first..)
                 .zip(targets)
-                .map(|(to_seq, (seq, to_queue_id))| command::Move {
-                    seq,
-                    to_queue_id,
+                .map(|(to_seq, (seq, to_queue))| command::Move {
+                    seq: seq.0,
+                    to_queue_id: to_queue.0,
                     to_seq,
                 })
                 .collect();
             moved += moves.len() as u64;
             let redrive = command::Redrive {
-                source_queue_id: src,
+                source_queue_id: src.0,
                 moves,
             };
             let cmd = st.command(now, Op::Redrive(redrive));
-            ticket = self.apply(&mut st, cmd)?.or(ticket);
+            ticket = self.apply(&mut st, &cmd)?.or(ticket);
             if max != 0 && moved >= u64::from(max) {
                 break;
             }
         }
         self.durable(ticket).await?;
         Ok(moved)
+    }
+
+    /// The queue each message died in, from its body (read without the
+    /// lock); messages whose body is gone are left out.
+    fn dead_letter_sources(&self, queue: QueueId, seqs: &[Seq]) -> Result<Vec<(Seq, String)>> {
+        let keys: Vec<Vec<u8>> = seqs
+            .iter()
+            .map(|s| keys::body(queue.0, s.0).to_vec())
+            .collect();
+        let bodies = self.store.multi_get(&keys)?;
+        let mut sources = Vec::with_capacity(seqs.len());
+        for (&seq, raw) in seqs.iter().zip(bodies) {
+            let Some(raw) = raw else { continue };
+            let body: BodyRecord = records::decode(&keys::body(queue.0, seq.0), &raw)?;
+            sources.push((seq, body.dead_letter_source));
+        }
+        Ok(sources)
     }
 }
 
@@ -116,9 +153,9 @@ pub(super) enum MoveKind {
 
 /// A move whose batch part is written: what the index needs.
 pub(super) struct Moved {
-    seq: u64,
-    to_queue_id: u64,
-    to_seq: u64,
+    seq: Seq,
+    to_queue: QueueId,
+    to_seq: Seq,
     /// `None` when the body was already gone: the message is only deleted.
     state: Option<StateRecord>,
 }
@@ -129,7 +166,7 @@ pub(super) fn read_moves(
     st: &State,
     store: &Store,
     batch: &mut Batch,
-    from: u64,
+    from: QueueId,
     moves: &[Move],
     kind: MoveKind,
     now: u64,
@@ -142,25 +179,26 @@ pub(super) fn read_moves(
     };
     let body_keys: Vec<Vec<u8>> = moves
         .iter()
-        .map(|m| keys::body(from, m.seq).to_vec())
+        .map(|m| keys::body(from.0, m.seq).to_vec())
         .collect();
     let bodies = store.multi_get(&body_keys)?;
     let mut moved = Vec::with_capacity(moves.len());
     for (m, raw) in moves.iter().zip(bodies) {
-        let Some(old) = source.index.slots.get(&m.seq).map(|s| s.state) else {
+        let Some(old) = source.index.slots.get(&Seq(m.seq)).map(|s| s.state) else {
             continue;
         };
-        delete_message(batch, from, m.seq);
+        delete_message(batch, from.0, m.seq);
+        let mut done = Moved {
+            seq: Seq(m.seq),
+            to_queue: QueueId(m.to_queue_id),
+            to_seq: Seq(m.to_seq),
+            state: None,
+        };
         let Some(raw) = raw else {
-            moved.push(Moved {
-                seq: m.seq,
-                to_queue_id: m.to_queue_id,
-                to_seq: m.to_seq,
-                state: None,
-            });
+            moved.push(done);
             continue;
         };
-        let mut body: BodyRecord = records::decode(&keys::body(from, m.seq), &raw)?;
+        let mut body: BodyRecord = records::decode(&keys::body(from.0, m.seq), &raw)?;
         let state = match kind {
             MoveKind::DeadLetter => {
                 body.dead_letter_source = source.name.clone();
@@ -181,20 +219,22 @@ pub(super) fn read_moves(
         };
         batch.put(keys::body(m.to_queue_id, m.to_seq), body.encode_to_vec());
         batch.put(keys::state(m.to_queue_id, m.to_seq), state.encode());
-        moved.push(Moved {
-            seq: m.seq,
-            to_queue_id: m.to_queue_id,
-            to_seq: m.to_seq,
-            state: Some(state),
-        });
+        done.state = Some(state);
+        moved.push(done);
     }
     Ok(moved)
 }
 
 /// The index side of [`read_moves`], once its batch is written.
-pub(super) fn place_moves(st: &mut State, from: u64, moved: Vec<Moved>, kind: MoveKind, now: u64) {
+pub(super) fn place_moves(
+    st: &mut State,
+    from: QueueId,
+    moved: Vec<Moved>,
+    kind: MoveKind,
+    now: u64,
+) {
     for m in moved {
-        st.see_seq(m.to_seq);
+        st.see_seq(m.to_seq.0);
         let State { queues, timers, .. } = &mut *st;
         if let Some(q) = queues.get_mut(&from) {
             q.index.remove(timers, from, m.seq);
@@ -204,9 +244,9 @@ pub(super) fn place_moves(st: &mut State, from: u64, moved: Vec<Moved>, kind: Mo
             }
         }
         if let Some(state) = m.state
-            && let Some(to) = queues.get_mut(&m.to_queue_id)
+            && let Some(to) = queues.get_mut(&m.to_queue)
         {
-            to.index.insert(timers, m.to_queue_id, m.to_seq, state, now);
+            to.index.insert(timers, m.to_queue, m.to_seq, state, now);
             to.notify.notify_one();
         }
     }

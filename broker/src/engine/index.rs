@@ -13,10 +13,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::attributes::RetryPolicy;
+use super::ids::{QueueId, Seq, Timer};
 use super::records::StateRecord;
 
-/// Timers of every queue: `(visible_at_ms, queue id, seq)`, earliest first.
-pub type Timers = BTreeSet<(u64, u64, u64)>;
+/// Timers of every queue, earliest first.
+pub type Timers = BTreeSet<Timer>;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Slot {
@@ -33,11 +34,11 @@ pub struct QueueIndex {
     /// in order and receives take the lowest, so neighbours share nodes
     /// (a batch touches a few cache lines, not one per message), and the
     /// map never stops to rehash as the backlog grows.
-    pub slots: BTreeMap<u64, Slot>,
+    pub slots: BTreeMap<Seq, Slot>,
     /// Visible messages by seq: receive takes from the front.
-    pub ready: BTreeSet<u64>,
+    pub ready: BTreeSet<Seq>,
     /// `(sent_at_ms, seq)`: oldest message age and retention.
-    pub by_sent: BTreeSet<(u64, u64)>,
+    pub by_sent: BTreeSet<(u64, Seq)>,
     pub in_flight: u64,
     pub delayed: u64,
     /// Redelivery backoff of received messages, if the queue has one.
@@ -49,8 +50,8 @@ impl QueueIndex {
     pub fn insert(
         &mut self,
         timers: &mut Timers,
-        queue_id: u64,
-        seq: u64,
+        queue_id: QueueId,
+        seq: Seq,
         state: StateRecord,
         now: u64,
     ) {
@@ -60,7 +61,7 @@ impl QueueIndex {
     }
 
     /// Removes a message wherever it is.
-    pub fn remove(&mut self, timers: &mut Timers, queue_id: u64, seq: u64) -> Option<Slot> {
+    pub fn remove(&mut self, timers: &mut Timers, queue_id: QueueId, seq: Seq) -> Option<Slot> {
         let slot = self.slots.remove(&seq)?;
         self.unplace(timers, queue_id, seq, &slot);
         self.by_sent.remove(&(slot.state.sent_at_ms, seq));
@@ -73,8 +74,8 @@ impl QueueIndex {
     pub fn update(
         &mut self,
         timers: &mut Timers,
-        queue_id: u64,
-        seq: u64,
+        queue_id: QueueId,
+        seq: Seq,
         state: StateRecord,
         now: u64,
         force_timer: bool,
@@ -92,7 +93,7 @@ impl QueueIndex {
     }
 
     /// Moves a message whose timer fired into `ready`.
-    pub fn promote(&mut self, seq: u64) -> bool {
+    pub fn promote(&mut self, seq: Seq) -> bool {
         let Some(slot) = self.slots.get_mut(&seq) else {
             return false;
         };
@@ -116,7 +117,7 @@ impl QueueIndex {
     pub fn set_retry(
         &mut self,
         timers: &mut Timers,
-        queue_id: u64,
+        queue_id: QueueId,
         retry: Option<RetryPolicy>,
         now: u64,
     ) {
@@ -124,7 +125,7 @@ impl QueueIndex {
             return;
         }
         self.retry = retry;
-        let received: Vec<(u64, Slot)> = self
+        let received: Vec<(Seq, Slot)> = self
             .slots
             .iter()
             .filter(|(_, slot)| slot.state.receive_count > 0)
@@ -134,6 +135,22 @@ impl QueueIndex {
             self.unplace(timers, queue_id, seq, &old);
             let slot = self.place(timers, queue_id, seq, old.state, now);
             self.slots.insert(seq, slot);
+        }
+    }
+
+    /// Removes every message (a purge, the queue's deletion), with their
+    /// timers; keeps the retry policy.
+    pub fn clear(&mut self, timers: &mut Timers, queue_id: QueueId) {
+        let index = std::mem::take(self);
+        self.retry = index.retry;
+        for (seq, slot) in index.slots {
+            if !slot.ready {
+                timers.remove(&Timer {
+                    at: slot.due_at,
+                    queue: queue_id,
+                    seq,
+                });
+            }
         }
     }
 
@@ -154,8 +171,8 @@ impl QueueIndex {
     fn place(
         &mut self,
         timers: &mut Timers,
-        queue_id: u64,
-        seq: u64,
+        queue_id: QueueId,
+        seq: Seq,
         state: StateRecord,
         now: u64,
     ) -> Slot {
@@ -175,12 +192,16 @@ impl QueueIndex {
     fn place_timer(
         &mut self,
         timers: &mut Timers,
-        queue_id: u64,
-        seq: u64,
+        queue_id: QueueId,
+        seq: Seq,
         state: StateRecord,
     ) -> Slot {
         let due_at = self.due_at(&state);
-        timers.insert((due_at, queue_id, seq));
+        timers.insert(Timer {
+            at: due_at,
+            queue: queue_id,
+            seq,
+        });
         if state.receive_count > 0 {
             self.in_flight += 1;
         } else {
@@ -193,11 +214,15 @@ impl QueueIndex {
         }
     }
 
-    fn unplace(&mut self, timers: &mut Timers, queue_id: u64, seq: u64, slot: &Slot) {
+    fn unplace(&mut self, timers: &mut Timers, queue_id: QueueId, seq: Seq, slot: &Slot) {
         if slot.ready {
             self.ready.remove(&seq);
         } else {
-            timers.remove(&(slot.due_at, queue_id, seq));
+            timers.remove(&Timer {
+                at: slot.due_at,
+                queue: queue_id,
+                seq,
+            });
             if slot.state.receive_count > 0 {
                 self.in_flight -= 1;
             } else {
@@ -210,6 +235,16 @@ impl QueueIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const Q: QueueId = QueueId(1);
+
+    fn timer(at: u64, seq: u64) -> Timer {
+        Timer {
+            at,
+            queue: Q,
+            seq: Seq(seq),
+        }
+    }
 
     fn state(receive_count: u32, visible_at_ms: u64) -> StateRecord {
         StateRecord {
@@ -224,21 +259,21 @@ mod tests {
     fn counts_follow_every_transition() {
         let mut timers = Timers::new();
         let mut q = QueueIndex::default();
-        q.insert(&mut timers, 1, 10, state(0, 0), 100); // visible
-        q.insert(&mut timers, 1, 11, state(0, 500), 100); // delayed
+        q.insert(&mut timers, Q, Seq(10), state(0, 0), 100); // visible
+        q.insert(&mut timers, Q, Seq(11), state(0, 500), 100); // delayed
         assert_eq!((q.ready.len(), q.in_flight, q.delayed), (1, 0, 1));
 
-        q.update(&mut timers, 1, 10, state(1, 100), 100, true); // received, visibility 0
+        q.update(&mut timers, Q, Seq(10), state(1, 100), 100, true); // received, visibility 0
         assert_eq!((q.ready.len(), q.in_flight, q.delayed), (0, 1, 1));
         assert_eq!(timers.len(), 2);
 
-        timers.remove(&(100, 1, 10)); // the engine pops a timer before promoting
-        assert!(q.promote(10));
-        assert!(!q.promote(10));
+        timers.remove(&timer(100, 10)); // the engine pops a timer before promoting
+        assert!(q.promote(Seq(10)));
+        assert!(!q.promote(Seq(10)));
         assert_eq!((q.ready.len(), q.in_flight, q.delayed), (1, 0, 1));
 
-        q.remove(&mut timers, 1, 11);
-        q.remove(&mut timers, 1, 10);
+        q.remove(&mut timers, Q, Seq(11));
+        q.remove(&mut timers, Q, Seq(10));
         assert_eq!((q.ready.len(), q.in_flight, q.delayed), (0, 0, 0));
         assert!(timers.is_empty() && q.slots.is_empty() && q.by_sent.is_empty());
     }
@@ -253,13 +288,13 @@ mod tests {
             }),
             ..Default::default()
         };
-        q.insert(&mut timers, 1, 10, state(0, 0), 100);
+        q.insert(&mut timers, Q, Seq(10), state(0, 0), 100);
         assert_eq!(q.ready.len(), 1, "a new message has no backoff");
         // Third receive, released at 100: due at 100 + min(1 * 2^2, 5) s.
-        q.update(&mut timers, 1, 10, state(3, 100), 100, false);
-        assert_eq!(timers.first(), Some(&(4_100, 1, 10)));
-        q.update(&mut timers, 1, 10, state(9, 100), 100, false);
-        assert_eq!(timers.first(), Some(&(5_100, 1, 10)), "capped at max");
+        q.update(&mut timers, Q, Seq(10), state(3, 100), 100, false);
+        assert_eq!(timers.first(), Some(&timer(4_100, 10)));
+        q.update(&mut timers, Q, Seq(10), state(9, 100), 100, false);
+        assert_eq!(timers.first(), Some(&timer(5_100, 10)), "capped at max");
         assert_eq!(timers.len(), 1);
     }
 }

@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 
 use super::command::{self, Op};
 use super::error::{Error, Result};
+use super::ids::{QueueId, Seq};
 use super::receipt::ReceiptHandle;
 use super::records::{self, BodyRecord, StateRecord};
 use super::state::State;
@@ -57,8 +58,10 @@ pub struct ReceiveOptions {
 
 /// What one claim under the lock found.
 struct Claim {
-    /// The messages taken: `(queue id, seq, new state)`.
-    taken: Vec<(u64, u64, StateRecord)>,
+    /// The queue the messages were taken from.
+    queue_id: QueueId,
+    /// The messages taken, with their new states (the command's claims).
+    taken: Vec<command::NewState>,
     /// The queue's notify, to wait on when nothing was taken.
     notify: Arc<Notify>,
     /// The wait time of the receive (request, else the queue's).
@@ -68,17 +71,24 @@ struct Claim {
     tokens_at: Option<u64>,
 }
 
+/// A receipt handle that matched its queue and the message's latest receive.
+pub(super) struct Held {
+    pub(super) seq: Seq,
+    /// `None`: the message is gone (deleted, moved, expired).
+    pub(super) state: Option<StateRecord>,
+}
+
 /// A new message of a send or a publish: its seq, body and when it is
 /// visible, for a `Send` command.
 pub(super) fn enqueue(
     st: &mut State,
-    queue_id: u64,
+    queue_id: QueueId,
     body: BodyRecord,
     delay: u32,
     now: u64,
 ) -> command::Enqueue {
     command::Enqueue {
-        queue_id,
+        queue_id: queue_id.0,
         seq: st.alloc_seqs(1),
         body,
         visible_at_ms: now + u64::from(delay) * 1000,
@@ -143,7 +153,7 @@ impl Engine {
             return Ok(None);
         }
         let cmd = st.command(now, Op::Send(command::Send { messages }));
-        self.apply(st, cmd)
+        self.apply(st, &cmd)
     }
 
     /// Receives up to `max_messages`, waiting up to the wait time for the
@@ -187,7 +197,7 @@ impl Engine {
             notified.as_mut().enable();
             let claim = self.claim(queue, max, opts)?;
             if !claim.taken.is_empty() {
-                return self.read_bodies(claim.taken);
+                return self.read_bodies(claim.queue_id, claim.taken);
             }
             if !Arc::ptr_eq(&claim.notify, &notify) {
                 // The queue was deleted and created again meanwhile.
@@ -220,6 +230,7 @@ impl Engine {
         let id = st.queue_id("queue", queue)?;
         let q = st.queues.get_mut(&id).expect("names and queues agree");
         let mut claim = Claim {
+            queue_id: id,
             taken: Vec::new(),
             notify: q.notify.clone(),
             wait: opts
@@ -284,20 +295,24 @@ impl Engine {
         let first = st.alloc_seqs(dead_letters.len() as u64);
         let dead_letters = (first..)
             .zip(dead_letters)
-            .map(|(to_seq, (seq, to_queue_id))| command::Move {
-                seq,
-                to_queue_id,
-                to_seq,
-            })
+            .map(
+                |(to_seq, (seq, to_queue)): (u64, (Seq, QueueId))| command::Move {
+                    seq: seq.0,
+                    to_queue_id: to_queue.0,
+                    to_seq,
+                },
+            )
             .collect();
-        claim.taken = claims.iter().map(|c| (id, c.seq, c.state())).collect();
         let receive = command::Receive {
-            queue_id: id,
+            queue_id: id.0,
             claims,
             dead_letters,
         };
         let cmd = st.command(now, Op::Receive(receive));
-        self.apply(&mut st, cmd)?;
+        self.apply(&mut st, &cmd)?;
+        if let Some(Op::Receive(receive)) = cmd.op {
+            claim.taken = receive.claims;
+        }
         let q = st.queues.get_mut(&id).expect("checked above");
         if let Some(bucket) = &mut q.limiter {
             bucket.take(claim.taken.len() as u32);
@@ -305,22 +320,28 @@ impl Engine {
         Ok(claim)
     }
 
-    fn read_bodies(&self, claimed: Vec<(u64, u64, StateRecord)>) -> Result<Vec<Received>> {
+    /// The bodies of messages claimed from queue `queue_id`, read after
+    /// the lock is released.
+    fn read_bodies(
+        &self,
+        queue_id: QueueId,
+        claimed: Vec<command::NewState>,
+    ) -> Result<Vec<Received>> {
         let keys: Vec<Vec<u8>> = claimed
             .iter()
-            .map(|&(q, s, _)| keys::body(q, s).to_vec())
+            .map(|c| keys::body(queue_id.0, c.seq).to_vec())
             .collect();
         let bodies = self.store.multi_get(&keys)?;
         let mut out = Vec::with_capacity(claimed.len());
-        for ((queue_id, seq, state), raw) in claimed.into_iter().zip(bodies) {
+        for (state, raw) in claimed.into_iter().zip(bodies) {
             // Gone since the claim (purged, expired, queue deleted): skip.
             let Some(raw) = raw else { continue };
-            let body: BodyRecord = records::decode(&keys::body(queue_id, seq), &raw)?;
+            let body: BodyRecord = records::decode(&keys::body(queue_id.0, state.seq), &raw)?;
             out.push(Received {
                 message_id: body.message_id,
                 receipt_handle: ReceiptHandle {
                     queue_id,
-                    seq,
+                    seq: Seq(state.seq),
                     receive_count: state.receive_count,
                 }
                 .encode(),
@@ -337,11 +358,7 @@ impl Engine {
     /// Checks a receipt handle against the queue (request field `queue`):
     /// the queue id, then (if the message still exists) that no receive
     /// superseded it.
-    pub(super) fn check_handle(
-        st: &mut State,
-        queue: &str,
-        handle: &str,
-    ) -> Result<(u64, u64, Option<StateRecord>)> {
+    pub(super) fn check_handle(st: &mut State, queue: &str, handle: &str) -> Result<Held> {
         let h = ReceiptHandle::decode(handle)?;
         let id = st.queue_id("queue", queue)?;
         if h.queue_id != id {
@@ -359,7 +376,7 @@ impl Engine {
                 handle: h.receive_count,
             });
         }
-        Ok((id, h.seq, state))
+        Ok(Held { seq: h.seq, state })
     }
 
     /// Deletes messages by receipt handle in one atomic, durable write.
@@ -372,10 +389,10 @@ impl Engine {
             let results = handles
                 .iter()
                 .map(|handle| {
-                    let (_, seq, state) = Self::check_handle(&mut st, queue, handle)?;
+                    let Held { seq, state } = Self::check_handle(&mut st, queue, handle)?;
                     // The same message twice in one call is deleted once.
-                    if state.is_some() && !seqs.contains(&seq) {
-                        seqs.push(seq);
+                    if state.is_some() && !seqs.contains(&seq.0) {
+                        seqs.push(seq.0);
                     }
                     Ok(())
                 })
@@ -385,9 +402,12 @@ impl Engine {
             } else {
                 let cmd = st.command(
                     self.now_ms(),
-                    Op::Delete(command::Delete { queue_id, seqs }),
+                    Op::Delete(command::Delete {
+                        queue_id: queue_id.0,
+                        seqs,
+                    }),
                 );
-                self.apply(&mut st, cmd)?
+                self.apply(&mut st, &cmd)?
             };
             (results, ticket)
         };
@@ -415,7 +435,7 @@ impl Engine {
                     0,
                     attributes::VISIBILITY_TIMEOUT_MAX,
                 )?;
-                let (_, seq, state) = Self::check_handle(&mut st, queue, handle)?;
+                let Held { seq, state } = Self::check_handle(&mut st, queue, handle)?;
                 let state = match state {
                     Some(s) if s.visible_at_ms > now => s,
                     Some(_) => return Err(Error::NotInFlight),
@@ -426,18 +446,18 @@ impl Engine {
                     ..state
                 };
                 // The same message twice in one call: the last change wins.
-                updates.retain(|u| u.seq != seq);
+                updates.retain(|u| u.seq != seq.0);
                 updates.push(command::NewState::new(seq, state));
                 Ok(())
             })
             .collect();
         if !updates.is_empty() {
             let change = command::ChangeVisibility {
-                queue_id,
+                queue_id: queue_id.0,
                 changes: updates,
             };
             let cmd = st.command(now, Op::ChangeVisibility(change));
-            self.apply(&mut st, cmd)?;
+            self.apply(&mut st, &cmd)?;
         }
         Ok(results)
     }

@@ -78,6 +78,7 @@ pub mod command;
 pub mod counters;
 mod dead_letters;
 pub mod error;
+mod ids;
 mod index;
 mod messages;
 mod peek;
@@ -102,6 +103,7 @@ pub use attributes::{AttributeChanges, QueueAttributes, RedrivePolicy, RetryPoli
 use command::Command;
 use counters::Activity;
 pub use error::{Error, Result};
+use ids::{QueueId, Seq};
 pub use messages::{NewMessage, ReceiveOptions, Received};
 pub use peek::{MessageState, PEEK_DEFAULT, PEEK_MAX, Peeked};
 use records::{QueueRecord, StateRecord};
@@ -158,10 +160,11 @@ impl Engine {
             };
             let rec: QueueRecord = records::decode(&key, &value)?;
             max_id = max_id.max(rec.id);
-            state.names.insert(name.to_string(), rec.id);
+            let id = QueueId(rec.id);
+            state.names.insert(name.to_string(), id);
             state.queues.insert(
-                rec.id,
-                Queue::new(rec.id, name, rec.created_at_ms, rec.attributes(), now),
+                id,
+                Queue::new(id, name, rec.created_at_ms, rec.attributes(), now),
             );
         }
         let max_id = max_id.max(topics::recover(&store, &mut state)?);
@@ -179,8 +182,11 @@ impl Engine {
                 }
             })?;
             max_seq = max_seq.max(seq);
+            let queue_id = QueueId(queue_id);
             match state.queues.get_mut(&queue_id) {
-                Some(q) => q.index.insert(&mut state.timers, queue_id, seq, st, now),
+                Some(q) => q
+                    .index
+                    .insert(&mut state.timers, queue_id, Seq(seq), st, now),
                 None => orphans += 1,
             }
         }
@@ -243,26 +249,26 @@ impl Engine {
             .iter()
             .map(|h| {
                 matches!(Self::check_handle(&mut st, queue, h),
-                    Ok((_, _, Some(state))) if state.visible_at_ms > now)
+                    Ok(messages::Held { state: Some(state), .. }) if state.visible_at_ms > now)
             })
             .collect()
     }
 
     /// Applies a command this engine decided, under its lock (see
     /// [`command`]). Returns the ticket to await the write's durability.
-    fn apply(&self, st: &mut State, cmd: Command) -> Result<Option<Ticket>> {
-        let ticket = self.apply_command(st, &cmd)?;
+    fn apply(&self, st: &mut State, cmd: &Command) -> Result<Option<Ticket>> {
+        let ticket = self.apply_command(st, cmd)?;
         #[cfg(test)]
         self.journal
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(cmd);
+            .push(cmd.clone());
         Ok(ticket)
     }
 
     /// [`command::apply`], then wakes the scheduler when a timer moved earlier.
     fn apply_command(&self, st: &mut State, cmd: &Command) -> Result<Option<Ticket>> {
-        let earliest = st.timers.first().map(|t| t.0);
+        let earliest = st.timers.first().map(|t| t.at);
         let ticket = command::apply(st, &self.store, cmd)?;
         self.timer_set(st, earliest);
         Ok(ticket)
@@ -284,7 +290,7 @@ impl Engine {
 
     /// Wakes the scheduler when the earliest timer moved earlier.
     fn timer_set(&self, state: &State, earliest_before: Option<u64>) {
-        let earliest_now = state.timers.first().map(|t| t.0);
+        let earliest_now = state.timers.first().map(|t| t.at);
         if earliest_now.is_some() && (earliest_before.is_none() || earliest_now < earliest_before) {
             self.scheduler.notify_one();
         }
@@ -305,7 +311,7 @@ impl Engine {
             let (key, value) = item.expect("scan the store");
             writeln!(out, "{key:02x?} = {value:02x?}").unwrap();
         }
-        let mut ids: Vec<u64> = st.queues.keys().copied().collect();
+        let mut ids: Vec<QueueId> = st.queues.keys().copied().collect();
         ids.sort_unstable();
         for id in ids {
             let q = &st.queues[&id];

@@ -24,6 +24,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 
 use super::Engine;
+use super::ids::Seq;
 use super::records::{self, BodyRecord};
 use crate::engine::error::{Error, Result};
 use crate::storage::keys;
@@ -113,7 +114,7 @@ impl Engine {
         let first_seq = match page_token {
             "" => 0,
             token => match decode_token(token)? {
-                (token_queue, seq) if token_queue == id => match seq.checked_add(1) {
+                (token_queue, seq) if token_queue == id.0 => match seq.checked_add(1) {
                     Some(next) => next,
                     // Nothing can follow the largest seq.
                     None => return Ok((Vec::new(), String::new())),
@@ -130,11 +131,11 @@ impl Engine {
         };
 
         // One more than a page: whether it exists decides the next token.
-        let (_, end) = keys::queue_range(keys::STATE_PREFIX, id);
+        let (_, end) = keys::queue_range(keys::STATE_PREFIX, id.0);
         let mut seqs = Vec::with_capacity(max + 1);
         for item in self
             .store
-            .scan_range(&keys::state(id, first_seq), &end)
+            .scan_range(&keys::state(id.0, first_seq), &end)
             .take(max + 1)
         {
             let (key, _) = item?;
@@ -144,7 +145,7 @@ impl Engine {
         }
         let next_page_token = if seqs.len() > max {
             seqs.truncate(max);
-            encode_token(id, seqs[max - 1])
+            encode_token(id.0, seqs[max - 1])
         } else {
             String::new()
         };
@@ -159,7 +160,7 @@ impl Engine {
             };
             seqs.iter()
                 .filter_map(|&seq| {
-                    let slot = q.index.slots.get(&seq)?;
+                    let slot = q.index.slots.get(&Seq(seq))?;
                     // A due timer the scheduler has not fired yet is visible
                     // already: the next receive promotes it first.
                     let state = if slot.ready || slot.due_at <= now {
@@ -176,14 +177,14 @@ impl Engine {
 
         let body_keys: Vec<Vec<u8>> = found
             .iter()
-            .map(|&(seq, ..)| keys::body(id, seq).to_vec())
+            .map(|&(seq, ..)| keys::body(id.0, seq).to_vec())
             .collect();
         let bodies = self.store.multi_get(&body_keys)?;
         let mut page = Vec::with_capacity(found.len());
         for ((seq, record, state, due_at), raw) in found.into_iter().zip(bodies) {
             // Deleted since the lookup: leave it out, as if peeked a moment later.
             let Some(raw) = raw else { continue };
-            let body: BodyRecord = records::decode(&keys::body(id, seq), &raw)?;
+            let body: BodyRecord = records::decode(&keys::body(id.0, seq), &raw)?;
             page.push(Peeked {
                 message_id: body.message_id,
                 body: body.body,

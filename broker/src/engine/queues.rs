@@ -78,7 +78,7 @@ impl Engine {
                 record: QueueRecord::new(id, now, &attributes),
             };
             let cmd = st.command(now, Op::PutQueue(put));
-            let ticket = self.apply(&mut st, cmd)?;
+            let ticket = self.apply(&mut st, &cmd)?;
             (st.queue("name", name)?.info(), ticket)
         };
         self.durable(ticket).await?;
@@ -133,10 +133,10 @@ impl Engine {
             self.check_redrive(&st, name, &attributes)?;
             let put = command::PutQueue {
                 name: name.to_string(),
-                record: QueueRecord::new(id, created_at_ms, &attributes),
+                record: QueueRecord::new(id.0, created_at_ms, &attributes),
             };
             let cmd = st.command(self.now_ms(), Op::PutQueue(put));
-            let ticket = self.apply(&mut st, cmd)?;
+            let ticket = self.apply(&mut st, &cmd)?;
             (st.queue("name", name)?.info(), ticket)
         };
         self.durable(ticket).await?;
@@ -171,7 +171,7 @@ impl Engine {
                     name: name.to_string(),
                 }),
             );
-            self.apply(&mut st, cmd)?
+            self.apply(&mut st, &cmd)?
         };
         self.durable(ticket).await
     }
@@ -183,9 +183,11 @@ impl Engine {
             let queue_id = st.queue_id("name", name)?;
             let cmd = st.command(
                 self.now_ms(),
-                Op::PurgeQueue(command::PurgeQueue { queue_id }),
+                Op::PurgeQueue(command::PurgeQueue {
+                    queue_id: queue_id.0,
+                }),
             );
-            self.apply(&mut st, cmd)?
+            self.apply(&mut st, &cmd)?
         };
         self.durable(ticket).await
     }

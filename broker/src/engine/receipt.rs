@@ -6,12 +6,13 @@
 //! message's current count. Queue ids are never reused, so a handle of a
 //! deleted queue never matches a new queue of the same name.
 
-use crate::engine::error::{Error, Result};
+use super::error::{Error, Result};
+use super::ids::{QueueId, Seq};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReceiptHandle {
-    pub queue_id: u64,
-    pub seq: u64,
+    pub queue_id: QueueId,
+    pub seq: Seq,
     pub receive_count: u32,
 }
 
@@ -19,7 +20,7 @@ impl ReceiptHandle {
     pub fn encode(&self) -> String {
         format!(
             "{:016x}{:016x}{:08x}",
-            self.queue_id, self.seq, self.receive_count
+            self.queue_id.0, self.seq.0, self.receive_count
         )
     }
 
@@ -27,8 +28,8 @@ impl ReceiptHandle {
         let parsed = (s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit()))
             .then(|| {
                 Some(ReceiptHandle {
-                    queue_id: u64::from_str_radix(&s[..16], 16).ok()?,
-                    seq: u64::from_str_radix(&s[16..32], 16).ok()?,
+                    queue_id: QueueId(u64::from_str_radix(&s[..16], 16).ok()?),
+                    seq: Seq(u64::from_str_radix(&s[16..32], 16).ok()?),
                     receive_count: u32::from_str_radix(&s[32..], 16).ok()?,
                 })
             })
@@ -51,8 +52,8 @@ mod tests {
     #[test]
     fn round_trips_and_rejects_garbage() {
         let h = ReceiptHandle {
-            queue_id: 7,
-            seq: u64::MAX,
+            queue_id: QueueId(7),
+            seq: Seq(u64::MAX),
             receive_count: 3,
         };
         assert_eq!(ReceiptHandle::decode(&h.encode()).unwrap(), h);

@@ -23,8 +23,8 @@ impl Engine {
                     break;
                 }
                 messages.push(command::MessageRef {
-                    queue_id: q.id,
-                    seq,
+                    queue_id: q.id.0,
+                    seq: seq.0,
                 });
             }
         }
@@ -35,7 +35,7 @@ impl Engine {
         messages.sort_by_key(|m| (m.queue_id, m.seq));
         let expired = messages.len() as u64;
         let cmd = st.command(now, Op::Expire(command::Expire { messages }));
-        self.apply(&mut st, cmd)?;
+        self.apply(&mut st, &cmd)?;
         Ok(expired)
     }
 
@@ -47,7 +47,7 @@ impl Engine {
             let next_timer = {
                 let mut st = self.lock();
                 st.promote_due(self.now_ms());
-                st.timers.first().map(|t| self.clock.instant_at(t.0))
+                st.timers.first().map(|t| self.clock.instant_at(t.at))
             };
             if tokio::time::Instant::now() >= next_sweep {
                 match self.expire() {

@@ -11,6 +11,7 @@ use tokio::sync::Notify;
 use super::command::{Command, Op};
 use super::counters::QueueCounters;
 use super::error::{Error, Result};
+use super::ids::{QueueId, Timer};
 use super::index::{QueueIndex, Timers};
 use super::{QueueAttributes, SEQ_BLOCK, rate, topics, validate};
 
@@ -32,7 +33,7 @@ pub struct QueueStats {
 }
 
 pub(super) struct Queue {
-    pub(super) id: u64,
+    pub(super) id: QueueId,
     pub(super) name: String,
     pub(super) created_at_ms: u64,
     pub(super) attributes: QueueAttributes,
@@ -47,7 +48,7 @@ pub(super) struct Queue {
 
 impl Queue {
     pub(super) fn new(
-        id: u64,
+        id: QueueId,
         name: &str,
         created_at_ms: u64,
         attributes: QueueAttributes,
@@ -111,9 +112,9 @@ impl Queue {
 /// Everything the engine lock guards.
 #[derive(Default)]
 pub(super) struct State {
-    pub(super) queues: HashMap<u64, Queue>,
+    pub(super) queues: HashMap<QueueId, Queue>,
     /// Name to id, in name order (ListQueues pages through it).
-    pub(super) names: BTreeMap<String, u64>,
+    pub(super) names: BTreeMap<String, QueueId>,
     pub(super) timers: Timers,
     /// Topics by name, with the ids of their subscriptions.
     pub(super) topics: BTreeMap<String, topics::Topic>,
@@ -133,7 +134,7 @@ impl State {
     /// The id of the queue `name`, given in the request field `field`:
     /// [`Error::InvalidName`] for a name no queue could have,
     /// [`Error::QueueNotFound`] for one that does not exist.
-    pub(super) fn queue_id(&self, field: &'static str, name: &str) -> Result<u64> {
+    pub(super) fn queue_id(&self, field: &'static str, name: &str) -> Result<QueueId> {
         if let Some(&id) = self.names.get(name) {
             return Ok(id);
         }
@@ -173,12 +174,12 @@ impl State {
 
     /// Moves every message whose timer is due into its queue's ready set.
     pub(super) fn promote_due(&mut self, now: u64) {
-        while let Some(&(at, queue_id, seq)) = self.timers.first() {
+        while let Some(&Timer { at, queue, seq }) = self.timers.first() {
             if at > now {
                 break;
             }
             self.timers.pop_first();
-            if let Some(q) = self.queues.get_mut(&queue_id)
+            if let Some(q) = self.queues.get_mut(&queue)
                 && q.index.promote(seq)
             {
                 q.notify.notify_one();

@@ -22,6 +22,7 @@ use bytes::Bytes;
 use super::command::{self, Op};
 use super::counters::TopicCounters;
 use super::error::{Error, Result};
+use super::ids::QueueId;
 use super::messages::enqueue;
 use super::queues::{by_name, paginate};
 use super::state::State;
@@ -216,7 +217,7 @@ impl Engine {
                 created_at_ms,
             };
             let cmd = st.command(created_at_ms, Op::CreateTopic(create));
-            let ticket = self.apply(&mut st, cmd)?;
+            let ticket = self.apply(&mut st, &cmd)?;
             (
                 TopicInfo {
                     name: name.to_string(),
@@ -275,7 +276,7 @@ impl Engine {
                 name: name.to_string(),
             };
             let cmd = st.command(self.now_ms(), Op::DeleteTopic(delete));
-            self.apply(&mut st, cmd)?
+            self.apply(&mut st, &cmd)?
         };
         self.durable(ticket).await
     }
@@ -331,7 +332,7 @@ impl Engine {
                 self.now_ms(),
                 Op::Subscribe(command::Subscribe { id, record }),
             );
-            let ticket = self.apply(&mut st, cmd)?;
+            let ticket = self.apply(&mut st, &cmd)?;
             (st.subscriptions[&id].info(id), ticket)
         };
         self.durable(ticket).await?;
@@ -353,7 +354,7 @@ impl Engine {
                 });
             }
             let cmd = st.command(self.now_ms(), Op::Unsubscribe(command::Unsubscribe { id }));
-            self.apply(&mut st, cmd)?
+            self.apply(&mut st, &cmd)?
         };
         self.durable(ticket).await
     }
@@ -444,7 +445,7 @@ impl Engine {
 
 /// A queue a publish delivers into, resolved once per publish.
 struct Target {
-    queue_id: u64,
+    queue_id: QueueId,
     queue: String,
     max_message_bytes: u32,
     delay_seconds: u32,
