@@ -728,33 +728,33 @@ pub async fn startup_error(data_dir: &Path) -> broker::server::StartupError {
 }
 
 /// The `broker` binary beside this test binary (`target/<profile>/broker`),
-/// if it is there and not older than the broker library this test binary
-/// was built with.
+/// for the tests of `broker serve` as a process. Panics if it is missing.
 ///
-/// `cargo test --workspace` does not build it (only a package's own
-/// integration tests make cargo build its binaries), so it exists after a
-/// `cargo build`. One older than the newest `deps/libbroker-*.rlib` was
-/// built before the library last changed and would test old code, so it
-/// counts as absent.
-pub fn broker_binary() -> Option<std::path::PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let deps = exe.parent()?;
-    let binary = deps.parent()?.join("broker");
-    let built = std::fs::metadata(&binary).ok()?.modified().ok()?;
-    let newest_library = std::fs::read_dir(deps)
-        .ok()?
-        .filter_map(|entry| entry.ok())
-        .filter(|entry| {
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            name.starts_with("libbroker-") && name.ends_with(".rlib")
-        })
-        .filter_map(|entry| entry.metadata().ok()?.modified().ok())
-        .max();
-    match newest_library {
-        Some(library) if library > built => None,
-        _ => Some(binary),
-    }
+/// Cargo builds it with this test binary: `cargo test --workspace` builds
+/// the binaries of every package it tests with integration tests, and
+/// `broker` has some (`broker/tests/`), so it is relinked whenever the
+/// library changes, as this test binary is; `cargo build` builds it too.
+/// Only a narrower command, such as `cargo test -p broker-tests`, can leave
+/// it missing or older than the library; the harness does not guess which
+/// from file times. (It used to: it took the binary for stale when any
+/// `deps/libbroker-*.rlib` was newer, but every build with another feature
+/// set, such as `cargo test -p broker-client`, leaves a newer one beside
+/// the current one, and the tests of the binary then skipped silently.)
+pub fn broker_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let binary = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test binary is in target/<profile>/deps")
+        .join("broker");
+    assert!(
+        binary.is_file(),
+        "{} is missing: the tests of `broker serve` need it; build it with \
+         `cargo build --release --workspace`, or run the tests with \
+         `cargo test --release --workspace`, which builds it",
+        binary.display()
+    );
+    binary
 }
 
 /// How a `broker serve` process ended.
