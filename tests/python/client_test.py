@@ -102,8 +102,31 @@ def wait_for_port(port: int, broker: subprocess.Popen) -> None:
             with socket.create_connection(("127.0.0.1", port), timeout=1):
                 return
         except OSError:
-            time.sleep(0.1)
+            time.sleep(0.1)  # the next try
     raise Failure(f"the broker did not accept connections on 127.0.0.1:{port} within {START_TIMEOUT_S} s")
+
+
+def wait_for_metric(metrics_port: int, series: str, want: float) -> None:
+    """Scrapes /metrics until `series` has the value `want`: for what the
+    broker does in the background, such as a receive parking."""
+    import urllib.request
+
+    deadline = time.monotonic() + CALL_TIMEOUT_S
+    last = "no scrape"
+    while True:
+        try:
+            url = f"http://127.0.0.1:{metrics_port}/metrics"
+            with urllib.request.urlopen(url, timeout=CALL_TIMEOUT_S) as response:
+                text = response.read().decode()
+            values = [line.rpartition(" ")[2] for line in text.splitlines() if line.rpartition(" ")[0] == series]
+            last = f"{series} {values[0] if values else 'missing'}"
+            if values and float(values[0]) == want:
+                return
+        except OSError as e:  # the broker binds its metrics port as it starts
+            last = f"GET /metrics: {e}"
+        if time.monotonic() > deadline:
+            raise Failure(f"{series} not {want} within {CALL_TIMEOUT_S} s; last: {last}")
+        time.sleep(0.01)  # the next scrape
 
 
 def stop(broker: subprocess.Popen) -> None:
@@ -117,7 +140,7 @@ def stop(broker: subprocess.Popen) -> None:
         broker.wait(timeout=10)
 
 
-def run_checks(port: int) -> None:
+def run_checks(port: int, metrics_port: int) -> None:
     import grpc
     from broker.v1 import queue_pb2 as q
     from broker.v1 import queue_pb2_grpc
@@ -144,7 +167,7 @@ def run_checks(port: int) -> None:
             q.ReceiveMessagesRequest(queue="py-orders", max_messages=10, wait_time_seconds=WAIT_S),
             timeout=WAIT_S + CALL_TIMEOUT_S,
         )
-        time.sleep(0.5)
+        wait_for_metric(metrics_port, "broker_long_polls_open", 1)
         sent = queues.SendMessage(
             q.SendMessageRequest(queue="py-orders", body=b'{"order": 42}', attributes={"kind": "created"}),
             timeout=CALL_TIMEOUT_S,
@@ -259,14 +282,16 @@ def main(argv: list[str]) -> int:
         broker = None
         try:
             generate_stubs(stubs)
-            port = free_port()
+            port, metrics_port = free_port(), free_port()
+            while metrics_port == port:
+                metrics_port = free_port()
             env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
             with open(log_path, "wb") as log:
                 broker = subprocess.Popen(
                     [
                         str(broker_bin), "serve",
                         "--listen", f"127.0.0.1:{port}",
-                        "--metrics-listen", "off",
+                        "--metrics-listen", f"127.0.0.1:{metrics_port}",
                         "--data-dir", str(data_dir),
                         "--shutdown-timeout", "2",
                     ],
@@ -276,7 +301,7 @@ def main(argv: list[str]) -> int:
                     env=env,
                 )
             wait_for_port(port, broker)
-            run_checks(port)
+            run_checks(port, metrics_port)
         except (Failure, Timeout, Exception) as e:  # noqa: BLE001 - report anything, then the log
             import traceback
 

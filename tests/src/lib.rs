@@ -7,10 +7,18 @@
 //! Tests run on `#[tokio::test(flavor = "multi_thread")]`, so that dropping a
 //! `TestServer` can wait for the database to close before deleting its files.
 //!
-//! A server configured with `metrics_listen` (e.g. `127.0.0.1:0`) gets a
-//! metrics listener bound by the harness before the server starts (through
-//! [`broker::server::run_with_metrics_listener`]), so that port 0 works and
-//! [`TestServer::metrics_addr`] tells the port.
+//! Every server serves `/metrics` (as `broker serve` does by default) on a
+//! port of its own: the harness sets `metrics_listen = 127.0.0.1:0` before a
+//! test's `configure` (which may change or clear it) and binds it before the
+//! server starts (through [`broker::server::run_with_metrics_listener`]), so
+//! that port 0 works and [`TestServer::metrics_addr`] tells the port.
+//!
+//! Tests wait for events, not for time to pass: a receive that is parked
+//! shows in the `broker_long_polls_open` gauge
+//! ([`TestServer::wait_for_long_polls`]), and any other condition is polled
+//! by [`eventually`], which fails the test with what it waited for. A test
+//! sleeps only where time passing is what it tests (a visibility timeout
+//! or a delay lapsing, a deadline passing, nothing happening for a while).
 //!
 //! [`ChildServer`] runs the broker in a separate process (this same test
 //! binary, re-executed) so that a crash test can SIGKILL it and then open its
@@ -19,9 +27,12 @@
 //! The helpers below keep the tests about behaviour rather than request
 //! plumbing: every one panics with the RPC and the error when the call fails,
 //! and [`assert_error`] checks a status code together with the words its
-//! message must contain (the field, the limit, the value).
+//! message must contain (the field, the limit, the value). The usual start
+//! of a test is [`server_with_queue`]; [`send_numbered`], [`send_batch`],
+//! [`receive_n`] and [`drain`] fill and empty a queue.
 
 use std::fmt::Debug;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -109,11 +120,11 @@ impl TestServer {
         self.addr
     }
 
-    /// Where the server serves `/metrics`; panics unless it was started with
-    /// `metrics_listen` set (port 0 picks a free port).
+    /// Where the server serves `/metrics`; panics if its `configure` turned
+    /// metrics off (`metrics_listen = None`).
     pub fn metrics_addr(&self) -> SocketAddr {
         self.metrics_addr
-            .expect("start the server with `metrics_listen` set to serve metrics")
+            .expect("this server was configured without `metrics_listen`")
     }
 
     /// The server's data directory (kept across restarts).
@@ -205,6 +216,7 @@ async fn spawn_server(
     let (shutdown, shutdown_rx) = oneshot::channel::<()>();
     let mut config = ServerConfig::new(data_dir);
     config.listen = addr;
+    config.metrics_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
     configure(&mut config);
     let metrics_listener = match config.metrics_listen {
         Some(at) => Some(
@@ -330,6 +342,184 @@ pub fn serve_as_child() {
     });
 }
 
+// ---------------------------------------------------------------------------
+// Waiting for events.
+// ---------------------------------------------------------------------------
+
+/// How long the harness waits for something the server does on its own (a
+/// parked receive showing in a gauge, a closed stream freeing its slot)
+/// before it fails the test. It takes milliseconds; the margin is for a
+/// 2-core machine busy compiling.
+pub const EVENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often [`eventually`] asks again.
+const POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+/// The answer of a condition polled by [`eventually`]: `true` or
+/// `Ok(value)` once it holds; `false` or `Err(e)` until then, `e` being
+/// what to report if it never holds (the last error, the last state seen).
+pub trait Outcome {
+    /// What the condition gives once it holds.
+    type Value;
+    /// What it answers until then.
+    type Pending: Debug;
+    fn into_result(self) -> Result<Self::Value, Self::Pending>;
+}
+
+impl Outcome for bool {
+    type Value = ();
+    type Pending = &'static str;
+    fn into_result(self) -> Result<(), &'static str> {
+        if self { Ok(()) } else { Err("false") }
+    }
+}
+
+impl<T, E: Debug> Outcome for Result<T, E> {
+    type Value = T;
+    type Pending = E;
+    fn into_result(self) -> Result<T, E> {
+        self
+    }
+}
+
+/// Asks `condition` every 10 ms until it holds, for at most `within` (the
+/// last time once `within` has passed); returns its value, or its last
+/// answer if it never held. [`eventually`] is the same, failing the test.
+pub async fn poll_until<O, F, Fut>(
+    within: Duration,
+    mut condition: F,
+) -> Result<O::Value, O::Pending>
+where
+    O: Outcome,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = O>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let pending = match condition().await.into_result() {
+            Ok(value) => return Ok(value),
+            Err(pending) => pending,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(pending);
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// Waits until `condition` holds (see [`poll_until`]) and returns its value;
+/// panics with `what` and the last answer if it does not within `within`.
+///
+/// ```no_run
+/// # async fn demo(client: broker_tests::Client) {
+/// use std::time::Duration;
+/// use broker_tests::{counts, eventually};
+///
+/// eventually(Duration::from_secs(5), "the message is dead-lettered", || async {
+///     counts(&client, "jobs-dlq").await.visible == 1
+/// })
+/// .await;
+/// # }
+/// ```
+pub async fn eventually<O, F, Fut>(within: Duration, what: &str, condition: F) -> O::Value
+where
+    O: Outcome,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = O>,
+{
+    match poll_until(within, condition).await {
+        Ok(value) => value,
+        Err(last) => panic!("not within {within:?}: {what} (last answer: {last:?})"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Metrics: what the server reports about itself.
+// ---------------------------------------------------------------------------
+
+/// An HTTP/1.1 response: status, head (lowercased), body.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+/// One plain HTTP/1.1 request over a new connection (`Connection: close`).
+pub async fn http(addr: SocketAddr, method: &str, path: &str) -> HttpResponse {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("send {method} {path} to {addr}: {e}"));
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .await
+        .unwrap_or_else(|e| panic!("read the response to {method} {path} from {addr}: {e}"));
+    let text = String::from_utf8(raw).expect("a UTF-8 response");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("a status line in {head:?}"));
+    HttpResponse {
+        status,
+        head: head.to_lowercase(),
+        body: body.to_string(),
+    }
+}
+
+/// The value of one series in a scrape, e.g. `broker_long_polls_open` or
+/// `broker_queue_sent_total{queue="orders"}`.
+pub fn metric_value(scrape: &str, series: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.parse().expect("a number"))
+}
+
+impl TestServer {
+    /// The metrics text at `/metrics`, checking that the scrape succeeded.
+    pub async fn scrape(&self) -> String {
+        let response = http(self.metrics_addr(), "GET", "/metrics").await;
+        assert_eq!(response.status, 200, "GET /metrics: {}", response.body);
+        response.body
+    }
+
+    /// Scrapes until `series` has the value `want` (for what changes in the
+    /// background, e.g. a receive parking); panics after [`EVENT_TIMEOUT`].
+    pub async fn wait_for_metric(&self, series: &str, want: f64) {
+        let result = poll_until(EVENT_TIMEOUT, || async {
+            let text = self.scrape().await;
+            if metric_value(&text, series) == Some(want) {
+                Ok(())
+            } else {
+                Err(text)
+            }
+        })
+        .await;
+        if let Err(text) = result {
+            panic!("{series} was not {want} within {EVENT_TIMEOUT:?}; last scrape:\n{text}");
+        }
+    }
+
+    /// Waits until exactly `open` `ReceiveMessages` calls are in progress
+    /// (`broker_long_polls_open`). On an empty queue, a receive that counts
+    /// is parked: a message made visible from then on wakes it. And once the
+    /// count is back down, the server has dropped a cancelled call.
+    pub async fn wait_for_long_polls(&self, open: u64) {
+        self.wait_for_metric("broker_long_polls_open", open as f64)
+            .await;
+    }
+}
+
 /// Checks that `result` failed with `code` and that its message contains
 /// every one of `needles` (field names, limits, values). Returns the error.
 #[track_caller]
@@ -453,6 +643,18 @@ pub async fn create_queue(
         .expect("CreateQueue returns the queue")
 }
 
+/// A server, a client of it, and a queue `name` created with `attributes`:
+/// the usual start of a test.
+pub async fn server_with_queue(
+    name: &str,
+    attributes: pb::QueueAttributes,
+) -> (TestServer, Client) {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    create_queue(&client, name, attributes).await;
+    (server, client)
+}
+
 /// A queue's effective attributes, panicking on failure.
 pub async fn queue_attributes(client: &Client, name: &str) -> pb::QueueAttributes {
     client
@@ -539,6 +741,59 @@ pub async fn send_message(
         .message_id
 }
 
+/// The bodies `m0` to `m{n-1}`.
+pub fn numbered(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("m{i}")).collect()
+}
+
+/// Sends [`numbered`] bodies one `SendMessage` at a time, so that they are
+/// in the queue in that order; returns their ids in the same order.
+pub async fn send_numbered(client: &Client, queue: &str, n: usize) -> Vec<String> {
+    let mut ids = Vec::with_capacity(n);
+    for body in numbered(n) {
+        ids.push(send_message(client, queue, body, &[], None).await);
+    }
+    ids
+}
+
+/// Sends `bodies` with `SendMessageBatch`, 100 (the most a batch takes) at
+/// a time; panics unless every entry succeeds. Returns the ids in the order
+/// of the bodies.
+pub async fn send_batch<B: Into<Bytes>>(
+    client: &Client,
+    queue: &str,
+    bodies: impl IntoIterator<Item = B>,
+) -> Vec<String> {
+    let bodies: Vec<Bytes> = bodies.into_iter().map(Into::into).collect();
+    let mut ids = Vec::with_capacity(bodies.len());
+    for chunk in bodies.chunks(100) {
+        let response = client
+            .send_message_batch(pb::SendMessageBatchRequest {
+                queue: queue.to_string(),
+                entries: chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(i, body)| pb::SendMessageBatchEntry {
+                        id: i.to_string(),
+                        body: body.clone(),
+                        ..Default::default()
+                    })
+                    .collect(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("SendMessageBatch to {queue}: {e:?}"));
+        assert!(
+            response.failed.is_empty() && response.successful.len() == chunk.len(),
+            "SendMessageBatch to {queue}: failed entries {:?}",
+            response.failed
+        );
+        let mut successful = response.successful;
+        successful.sort_by_key(|entry| entry.id.parse::<usize>().expect("an id of this batch"));
+        ids.extend(successful.into_iter().map(|entry| entry.message_id));
+    }
+    ids
+}
+
 /// A `ReceiveMessagesRequest`; `None` takes the queue's default.
 pub fn receive_request(
     queue: &str,
@@ -616,6 +871,44 @@ pub fn only(messages: Vec<pb::ReceivedMessage>) -> pb::ReceivedMessage {
         "expected exactly one message: {messages:?}"
     );
     messages.into_iter().next().expect("one message")
+}
+
+/// Receives exactly `n` messages with long polls of up to 5 s each (as
+/// many as it takes), hiding them for `visibility_timeout_seconds`; panics
+/// if a long poll ends with none of the rest.
+pub async fn receive_n(
+    client: &Client,
+    queue: &str,
+    n: usize,
+    visibility_timeout_seconds: u32,
+) -> Vec<pb::ReceivedMessage> {
+    const WAIT_SECONDS: u32 = 5;
+    let mut received = Vec::with_capacity(n);
+    while received.len() < n {
+        let max = (n - received.len()).min(100) as u32;
+        let messages =
+            receive_wait(client, queue, max, visibility_timeout_seconds, WAIT_SECONDS).await;
+        assert!(
+            !messages.is_empty(),
+            "{} of {n} messages received from {queue}, then none within {WAIT_SECONDS} s",
+            received.len()
+        );
+        received.extend(messages);
+    }
+    received
+}
+
+/// Receives everything visible in `queue` now (hiding it for 30 s), in as
+/// many receives as it takes.
+pub async fn drain(client: &Client, queue: &str) -> Vec<pb::ReceivedMessage> {
+    let mut all = Vec::new();
+    loop {
+        let batch = receive_now(client, queue, 100, 30).await;
+        if batch.is_empty() {
+            return all;
+        }
+        all.extend(batch);
+    }
 }
 
 /// Redrives every message of `source` (a dead-letter queue) to
@@ -697,28 +990,28 @@ impl TestServer {
 /// Runs [`broker::server::run`] on `data_dir` in this process and returns the
 /// error it fails with. Panics if it serves instead (answers a `ListQueues`),
 /// which for a corrupt or locked directory would mean a silently empty or
-/// shared broker.
+/// shared broker, or if it does neither within 30 s.
 pub async fn startup_error(data_dir: &Path) -> broker::server::StartupError {
+    const DECIDED_WITHIN: Duration = Duration::from_secs(30);
     let (addr, _, Running { shutdown, mut task }) = spawn_server(data_dir, &|_| {}).await;
-    let serving = async {
-        loop {
-            if let Ok(client) = Client::connect(addr.to_string()).await
-                && client
-                    .list_queues(pb::ListQueuesRequest::default())
-                    .await
-                    .is_ok()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    let serving = poll_until(DECIDED_WITHIN, || async {
+        match Client::connect(addr.to_string()).await {
+            Ok(client) => client.list_queues(pb::ListQueuesRequest::default()).await,
+            Err(error) => Err(error),
         }
-    };
+    });
     let result = tokio::select! {
         result = &mut task => result.expect("the server task"),
-        () = serving => {
+        answer = serving => {
             let _ = shutdown.send(());
             let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, task).await;
-            panic!("the broker served {} instead of refusing it", data_dir.display());
+            match answer {
+                Ok(_) => panic!("the broker served {} instead of refusing it", data_dir.display()),
+                Err(last) => panic!(
+                    "the broker neither refused nor served {} within {DECIDED_WITHIN:?}: {last:?}",
+                    data_dir.display()
+                ),
+            }
         }
     };
     match result {
@@ -728,33 +1021,33 @@ pub async fn startup_error(data_dir: &Path) -> broker::server::StartupError {
 }
 
 /// The `broker` binary beside this test binary (`target/<profile>/broker`),
-/// if it is there and not older than the broker library this test binary
-/// was built with.
+/// for the tests of `broker serve` as a process. Panics if it is missing.
 ///
-/// `cargo test --workspace` does not build it (only a package's own
-/// integration tests make cargo build its binaries), so it exists after a
-/// `cargo build`. One older than the newest `deps/libbroker-*.rlib` was
-/// built before the library last changed and would test old code, so it
-/// counts as absent.
-pub fn broker_binary() -> Option<std::path::PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let deps = exe.parent()?;
-    let binary = deps.parent()?.join("broker");
-    let built = std::fs::metadata(&binary).ok()?.modified().ok()?;
-    let newest_library = std::fs::read_dir(deps)
-        .ok()?
-        .filter_map(|entry| entry.ok())
-        .filter(|entry| {
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            name.starts_with("libbroker-") && name.ends_with(".rlib")
-        })
-        .filter_map(|entry| entry.metadata().ok()?.modified().ok())
-        .max();
-    match newest_library {
-        Some(library) if library > built => None,
-        _ => Some(binary),
-    }
+/// Cargo builds it with this test binary: `cargo test --workspace` builds
+/// the binaries of every package it tests with integration tests, and
+/// `broker` has some (`broker/tests/`), so it is relinked whenever the
+/// library changes, as this test binary is; `cargo build` builds it too.
+/// Only a narrower command, such as `cargo test -p broker-tests`, can leave
+/// it missing or older than the library; the harness does not guess which
+/// from file times. (It used to: it took the binary for stale when any
+/// `deps/libbroker-*.rlib` was newer, but every build with another feature
+/// set, such as `cargo test -p broker-client`, leaves a newer one beside
+/// the current one, and the tests of the binary then skipped silently.)
+pub fn broker_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let binary = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test binary is in target/<profile>/deps")
+        .join("broker");
+    assert!(
+        binary.is_file(),
+        "{} is missing: the tests of `broker serve` need it; build it with \
+         `cargo build --release --workspace`, or run the tests with \
+         `cargo test --release --workspace`, which builds it",
+        binary.display()
+    );
+    binary
 }
 
 /// How a `broker serve` process ended.

@@ -8,29 +8,6 @@ use std::time::{Duration, Instant};
 use broker_cli::admin::{QueueRow, RedriveProgress, peek_messages, queue_rows, redrive_paced};
 use broker_tests::*;
 
-/// Sends `n` messages to `queue` in batches of 100.
-async fn send_many(client: &Client, queue: &str, n: usize) {
-    let bodies: Vec<String> = (0..n).map(|i| format!("m{i}")).collect();
-    for chunk in bodies.chunks(100) {
-        let resp = client
-            .send_message_batch(pb::SendMessageBatchRequest {
-                queue: queue.to_string(),
-                entries: chunk
-                    .iter()
-                    .enumerate()
-                    .map(|(i, body)| pb::SendMessageBatchEntry {
-                        id: i.to_string(),
-                        body: body.clone().into(),
-                        ..Default::default()
-                    })
-                    .collect(),
-            })
-            .await
-            .expect("SendMessageBatch");
-        assert!(resp.failed.is_empty(), "{:?}", resp.failed);
-    }
-}
-
 fn redrive_request(
     source: &str,
     destination: &str,
@@ -45,12 +22,10 @@ fn redrive_request(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn stats_rows_show_every_queue_with_its_counts() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders-dlq", attributes()).await;
+    let (_server, client) = server_with_queue("orders-dlq", attributes()).await;
     create_queue(&client, "orders", redrive_to("orders-dlq", 3)).await;
     create_queue(&client, "other", attributes()).await;
-    send_many(&client, "orders", 3).await;
+    send_batch(&client, "orders", numbered(3)).await;
     send_message(&client, "orders", "later", &[], Some(60)).await;
     only(receive_now(&client, "orders", 1, 30).await);
 
@@ -87,10 +62,8 @@ async fn stats_rows_show_every_queue_with_its_counts() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn peek_pages_beyond_one_response_and_says_whether_more_follow() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "big", attributes()).await;
-    send_many(&client, "big", 150).await;
+    let (_server, client) = server_with_queue("big", attributes()).await;
+    send_batch(&client, "big", numbered(150)).await;
 
     let (messages, more) = peek_messages(&client, "big", 120).await.expect("peek");
     assert_eq!(messages.len(), 120);
@@ -110,11 +83,9 @@ async fn peek_pages_beyond_one_response_and_says_whether_more_follow() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn paced_redrive_moves_everything_at_the_rate_with_progress() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "dlq", attributes()).await;
+    let (_server, client) = server_with_queue("dlq", attributes()).await;
     create_queue(&client, "work", attributes()).await;
-    send_many(&client, "dlq", 10).await;
+    send_batch(&client, "dlq", numbered(10)).await;
 
     // 20 a second: calls of 2; the first at once, then one every 100 ms.
     let mut progress = Vec::new();
@@ -144,11 +115,9 @@ async fn paced_redrive_moves_everything_at_the_rate_with_progress() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn paced_redrive_stops_at_max_and_sends_dead_letters_home() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "dlq", attributes()).await;
+    let (_server, client) = server_with_queue("dlq", attributes()).await;
     create_queue(&client, "orders", redrive_to("dlq", 1)).await;
-    send_many(&client, "orders", 5).await;
+    send_batch(&client, "orders", numbered(5)).await;
     receive_now(&client, "orders", 10, 0).await;
     // The second receive moves all five (received once each) to the dlq.
     assert!(receive_now(&client, "orders", 10, 0).await.is_empty());
@@ -188,11 +157,9 @@ async fn paced_redrive_stops_at_max_and_sends_dead_letters_home() {
 async fn operator_commands_run_end_to_end() {
     use broker_cli::{ClientArgs, Command, run};
 
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "dlq", attributes()).await;
+    let (server, client) = server_with_queue("dlq", attributes()).await;
     create_queue(&client, "work", attributes()).await;
-    send_many(&client, "dlq", 4).await;
+    send_batch(&client, "dlq", numbered(4)).await;
     send_message(&client, "dlq", vec![0xffu8, 0], &[("k", "v")], None).await;
 
     for json in [false, true] {
@@ -223,7 +190,8 @@ async fn operator_commands_run_end_to_end() {
         "peek only looks"
     );
 
-    // Three frames or so (at 0, 100 and 200 ms), then the stop future.
+    // Three frames or so (at 0, 100 and 200 ms), then the stop future: how
+    // long `top` runs is its input, there is no event to wait for.
     for json in [false, true] {
         let stop = tokio::time::sleep(Duration::from_millis(250));
         let addr = server.addr().to_string();
@@ -251,11 +219,11 @@ async fn operator_commands_run_end_to_end() {
 /// frame and retried, not the end of `top`.
 #[tokio::test(flavor = "multi_thread")]
 async fn top_keeps_refreshing_while_the_broker_is_away() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "work", attributes()).await;
+    let (server, client) = server_with_queue("work", attributes()).await;
     let addr = server.addr().to_string();
 
+    // The scenario is timed, as `top` is: frames every 100 ms for 600 ms,
+    // the broker gone after the second frame (`top` tells no one its frames).
     let stop = tokio::time::sleep(Duration::from_millis(600));
     let top = broker_cli::admin::top(&client, true, &addr, "", Duration::from_millis(100), stop);
     let stop_server = async {

@@ -17,32 +17,6 @@ use broker_tests::*;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-/// Sends `bodies` in one batch.
-async fn send_all(client: &Client, queue: &str, bodies: impl IntoIterator<Item = String>) {
-    let entries: Vec<_> = bodies
-        .into_iter()
-        .enumerate()
-        .map(|(i, body)| pb::SendMessageBatchEntry {
-            id: format!("e{i}"),
-            body: body.into(),
-            ..Default::default()
-        })
-        .collect();
-    let n = entries.len();
-    let sent = client
-        .send_message_batch(pb::SendMessageBatchRequest {
-            queue: queue.into(),
-            entries,
-        })
-        .await
-        .unwrap();
-    assert_eq!(sent.successful.len(), n, "{:?}", sent.failed);
-}
-
-fn numbered(n: usize) -> impl Iterator<Item = String> {
-    (0..n).map(|i| format!("m{i}"))
-}
-
 fn body(message: &Message) -> String {
     String::from_utf8_lossy(&message.body).into_owned()
 }
@@ -66,19 +40,6 @@ async fn take<T>(rx: &mut mpsc::UnboundedReceiver<T>, n: usize, within: Duration
     items
 }
 
-/// Polls `condition` every 50 ms until it holds, or panics after `within`.
-async fn eventually<F, Fut>(within: Duration, what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !condition().await {
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Every message received is accounted for exactly once.
 #[track_caller]
 fn assert_accounted(summary: &ConsumerSummary) {
@@ -94,10 +55,8 @@ fn assert_accounted(summary: &ConsumerSummary) {
 // ---------------------------------------------------------------------------
 
 async fn deletes_each_message_its_handler_accepted(push: bool) {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "jobs", visibility(2)).await;
-    send_all(&client, "jobs", numbered(20)).await;
+    let (_server, client) = server_with_queue("jobs", visibility(2)).await;
+    send_batch(&client, "jobs", numbered(20)).await;
 
     let (tx, mut handled) = mpsc::unbounded_channel();
     let consumer = builder(&client, "jobs", push)
@@ -115,7 +74,7 @@ async fn deletes_each_message_its_handler_accepted(push: bool) {
         .await
         .into_iter()
         .collect();
-    assert_eq!(bodies, numbered(20).collect::<HashSet<_>>());
+    assert_eq!(bodies, numbered(20).into_iter().collect::<HashSet<_>>());
 
     let summary = consumer.shutdown().await;
     assert_eq!(summary.succeeded, 20, "{summary:?}");
@@ -144,14 +103,12 @@ async fn push_consumer_deletes_each_message_its_handler_accepted() {
 // ---------------------------------------------------------------------------
 
 async fn failing_handler_retries_with_backoff_until_the_dead_letter_queue(push: bool) {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "jobs-dlq", attributes()).await;
+    let (_server, client) = server_with_queue("jobs-dlq", attributes()).await;
     // A 10 s visibility timeout: a retry well before it proves the release.
     let mut attrs = redrive_to("jobs-dlq", 3);
     attrs.visibility_timeout_seconds = Some(10);
     create_queue(&client, "jobs", attrs).await;
-    send_all(&client, "jobs", ["poison".to_string()]).await;
+    send_batch(&client, "jobs", ["poison"]).await;
 
     let attempts = Arc::new(Mutex::new(Vec::new()));
     let recorded = attempts.clone();
@@ -204,10 +161,8 @@ async fn push_failing_handler_retries_with_backoff_until_the_dead_letter_queue_t
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_panicking_handler_fails_its_message_only() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "jobs", visibility(10)).await;
-    send_all(&client, "jobs", ["boom".to_string(), "fine".to_string()]).await;
+    let (_server, client) = server_with_queue("jobs", visibility(10)).await;
+    send_batch(&client, "jobs", ["boom", "fine"]).await;
 
     let (tx, mut handled) = mpsc::unbounded_channel();
     let consumer = Consumer::builder(&client, "jobs")
@@ -244,19 +199,21 @@ async fn slow_handler_with_a_competing_receiver(
     push: bool,
     heartbeat: bool,
 ) -> (usize, ConsumerSummary, Client, TestServer) {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "reports", visibility(1)).await;
-    send_all(&client, "reports", ["big report".to_string()]).await;
+    let (server, client) = server_with_queue("reports", visibility(1)).await;
+    send_batch(&client, "reports", ["big report"]).await;
 
     let (started_tx, mut started) = mpsc::unbounded_channel();
+    let (finished_tx, mut finished) = mpsc::unbounded_channel();
     let consumer = builder(&client, "reports", push)
         .heartbeat(heartbeat)
         .start(move |_message: Message| {
             let started_tx = started_tx.clone();
+            let finished_tx = finished_tx.clone();
             async move {
                 started_tx.send(()).unwrap();
+                // The slow handler under test.
                 tokio::time::sleep(Duration::from_secs(3)).await;
+                let _ = finished_tx.send(());
                 Ok::<_, String>(())
             }
         })
@@ -273,10 +230,11 @@ async fn slow_handler_with_a_competing_receiver(
             // Hand it back, so the consumer's delete can still succeed later.
             let _ = change_visibility(&other, "reports", &message.receipt_handle, 0).await;
         }
+        // The other client's pace: ten tries a second.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // The handler finishes (3 s after it started) and the message is deleted.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // The handler finishes (3 s after it started); shutdown flushes the delete.
+    take(&mut finished, 1, Duration::from_secs(5)).await;
     let summary = consumer.shutdown_within(Duration::from_secs(1)).await;
     assert!(
         started.try_recv().is_err() || !heartbeat,
@@ -324,10 +282,8 @@ async fn without_heartbeat_a_slow_message_is_received_again() {
 // ---------------------------------------------------------------------------
 
 async fn max_per_second_limits_deliveries(push: bool) {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "emails", visibility(5)).await;
-    send_all(&client, "emails", numbered(60)).await;
+    let (_server, client) = server_with_queue("emails", visibility(5)).await;
+    send_batch(&client, "emails", numbered(60)).await;
 
     let times = Arc::new(Mutex::new(Vec::new()));
     let recorded = times.clone();
@@ -340,6 +296,7 @@ async fn max_per_second_limits_deliveries(push: bool) {
         })
         .await
         .unwrap();
+    // The window whose deliveries are counted.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let summary = consumer.shutdown().await;
 
@@ -386,7 +343,7 @@ async fn shutdown_finishes_running_handlers_and_releases_the_rest(push: bool) {
     let client = server.client().await;
     // 30 s: a message left in flight would show in the counts below.
     create_queue(&client, "jobs", visibility(30)).await;
-    send_all(&client, "jobs", numbered(10)).await;
+    send_batch(&client, "jobs", numbered(10)).await;
 
     let (started_tx, mut started) = mpsc::unbounded_channel();
     let consumer = builder(&client, "jobs", push)
@@ -396,6 +353,7 @@ async fn shutdown_finishes_running_handlers_and_releases_the_rest(push: bool) {
             let started_tx = started_tx.clone();
             async move {
                 started_tx.send(()).unwrap();
+                // Still running when the shutdown begins.
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 Ok::<_, String>(())
             }
@@ -403,8 +361,13 @@ async fn shutdown_finishes_running_handlers_and_releases_the_rest(push: bool) {
         .await
         .unwrap();
     take(&mut started, 1, Duration::from_secs(5)).await;
-    // Let the receiver fetch everything it will.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The receiver fetches all 10 (its room: concurrency + batch size).
+    eventually(
+        Duration::from_secs(5),
+        "the consumer holds every message",
+        || async { counts(&client, "jobs").await.visible == 0 },
+    )
+    .await;
 
     let began = Instant::now();
     let summary = consumer.shutdown().await;
@@ -436,10 +399,8 @@ async fn push_shutdown_finishes_running_handlers_and_releases_unstarted_messages
 }
 
 async fn shutdown_deadline_case(push: bool) {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "jobs", visibility(30)).await;
-    send_all(&client, "jobs", ["stuck".to_string()]).await;
+    let (_server, client) = server_with_queue("jobs", visibility(30)).await;
+    send_batch(&client, "jobs", ["stuck"]).await;
 
     let (started_tx, mut started) = mpsc::unbounded_channel();
     let consumer = builder(&client, "jobs", push)
@@ -447,7 +408,8 @@ async fn shutdown_deadline_case(push: bool) {
             let started_tx = started_tx.clone();
             async move {
                 started_tx.send(()).unwrap();
-                tokio::time::sleep(Duration::from_secs(600)).await;
+                // Stuck: never finishes.
+                std::future::pending::<()>().await;
                 Ok::<_, String>(())
             }
         })
@@ -482,15 +444,8 @@ async fn push_shutdown_deadline_aborts_a_stuck_handler_and_releases_its_message(
 // ---------------------------------------------------------------------------
 
 async fn stream_acks_nacks_and_releases_dropped_deliveries(push: bool) {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "jobs", visibility(30)).await;
-    send_all(
-        &client,
-        "jobs",
-        ["ack".into(), "nack".into(), "drop".into()],
-    )
-    .await;
+    let (_server, client) = server_with_queue("jobs", visibility(30)).await;
+    send_batch(&client, "jobs", ["ack", "nack", "drop"]).await;
 
     let mut stream = builder(&client, "jobs", push)
         .retry_backoff(Duration::ZERO, Duration::ZERO)
@@ -547,9 +502,7 @@ async fn push_stream_acks_nacks_and_releases_dropped_deliveries_at_once() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn stream_ends_with_the_error_when_its_queue_is_deleted() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "doomed", attributes()).await;
+    let (_server, client) = server_with_queue("doomed", attributes()).await;
     let mut stream = Consumer::builder(&client, "doomed")
         .wait_time(Duration::from_secs(1))
         .stream()
@@ -654,18 +607,11 @@ impl FixedPortBroker {
 
     async fn restart(&mut self) {
         // The old connections' sockets may linger briefly; retry the bind.
-        let mut attempts = 0;
-        let listener = loop {
-            match tokio::net::TcpListener::bind(self.addr).await {
-                Ok(listener) => break listener,
-                Err(e) if attempts < 50 => {
-                    attempts += 1;
-                    let _ = e;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => panic!("rebind {}: {e}", self.addr),
-            }
-        };
+        let addr = self.addr;
+        let listener = eventually(Duration::from_secs(5), &format!("rebind {addr}"), || {
+            tokio::net::TcpListener::bind(addr)
+        })
+        .await;
         self.serve(listener);
     }
 }
@@ -699,11 +645,12 @@ async fn consumer_keeps_going_after_a_broker_restart(push: bool) {
         })
         .await
         .unwrap();
-    send_all(&client, "jobs", (0..3).map(|i| format!("before {i}"))).await;
+    send_batch(&client, "jobs", (0..3).map(|i| format!("before {i}"))).await;
     take(&mut handled, 3, Duration::from_secs(5)).await;
 
     broker.stop().await;
-    // The consumer's receives fail meanwhile; it keeps retrying.
+    // The outage under test: the consumer's receives fail meanwhile; it
+    // keeps retrying.
     tokio::time::sleep(Duration::from_millis(500)).await;
     broker.restart().await;
 
@@ -717,7 +664,7 @@ async fn consumer_keeps_going_after_a_broker_restart(push: bool) {
             .is_ok()
     })
     .await;
-    send_all(&client, "jobs", (0..3).map(|i| format!("after {i}"))).await;
+    send_batch(&client, "jobs", (0..3).map(|i| format!("after {i}"))).await;
     let mut after = take(&mut handled, 3, Duration::from_secs(10)).await;
     after.sort();
     assert_eq!(after, ["after 0", "after 1", "after 2"]);
@@ -744,9 +691,7 @@ async fn push_consumer_keeps_receiving_after_the_broker_restarts() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn publisher_acknowledges_every_message_of_its_batches() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
+    let (_server, client) = server_with_queue("orders", attributes()).await;
     let publisher = Publisher::queue(&client, "orders").build().unwrap();
 
     let mut acks = Vec::new();
@@ -775,10 +720,7 @@ async fn publisher_acknowledges_every_message_of_its_batches() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn publisher_fails_only_the_message_whose_entry_failed() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(
-        &client,
+    let (_server, client) = server_with_queue(
         "small",
         pb::QueueAttributes {
             max_message_bytes: Some(1024),
@@ -809,9 +751,7 @@ async fn publisher_fails_only_the_message_whose_entry_failed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn publisher_waits_for_room_when_its_bytes_are_in_flight() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
+    let (_server, client) = server_with_queue("orders", attributes()).await;
     let publisher = Publisher::queue(&client, "orders")
         .max_in_flight_bytes(1000)
         .linger(Duration::from_millis(20))
@@ -836,9 +776,7 @@ async fn publisher_waits_for_room_when_its_bytes_are_in_flight() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn publisher_publishes_to_a_topic() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "sms", attributes()).await;
+    let (_server, client) = server_with_queue("sms", attributes()).await;
     client
         .create_topic(pb::CreateTopicRequest {
             name: "payments".into(),
@@ -876,9 +814,7 @@ async fn publisher_publishes_to_a_topic() {
 /// Publisher and consumer together: what is published is handled once.
 #[tokio::test(flavor = "multi_thread")]
 async fn published_messages_are_each_handled_once() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "pipeline", visibility(5)).await;
+    let (_server, client) = server_with_queue("pipeline", visibility(5)).await;
     let (tx, mut handled) = mpsc::unbounded_channel();
     let consumer = Consumer::builder(&client, "pipeline")
         .concurrency(8)

@@ -44,9 +44,7 @@ async fn dead_letter(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn message_moves_to_the_dead_letter_queue_after_max_receive_count() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "dlq", attributes()).await;
+    let (_server, client) = server_with_queue("dlq", attributes()).await;
     create_queue(&client, "orders", redrive_to("dlq", 2)).await;
     let id = send_message(&client, "orders", vec![0u8, 1, 255], &[("k", "v")], None).await;
 
@@ -79,9 +77,7 @@ async fn message_moves_to_the_dead_letter_queue_after_max_receive_count() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn receive_returns_other_messages_while_it_dead_letters_one() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "dlq", attributes()).await;
+    let (_server, client) = server_with_queue("dlq", attributes()).await;
     create_queue(&client, "orders", redrive_to("dlq", 1)).await;
     let poison = send_message(&client, "orders", "poison", &[], None).await;
     assert_eq!(
@@ -103,9 +99,7 @@ async fn receive_returns_other_messages_while_it_dead_letters_one() {
 /// answer a short poll with nothing.
 #[tokio::test(flavor = "multi_thread")]
 async fn receive_of_one_message_skips_past_a_dead_lettered_one() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "dlq", attributes()).await;
+    let (_server, client) = server_with_queue("dlq", attributes()).await;
     create_queue(&client, "orders", redrive_to("dlq", 1)).await;
     let poison = send_message(&client, "orders", "poison", &[], None).await;
     assert_eq!(
@@ -158,9 +152,7 @@ async fn redrive_policy_needs_an_existing_dead_letter_queue() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn queue_cannot_be_its_own_dead_letter_queue() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
+    let (_server, client) = server_with_queue("orders", attributes()).await;
     let result = client
         .update_queue(pb::UpdateQueueRequest {
             name: "orders".into(),
@@ -186,9 +178,7 @@ async fn queue_cannot_be_its_own_dead_letter_queue() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn deleting_a_queue_used_as_dead_letter_queue_names_its_sources() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "dlq", attributes()).await;
+    let (_server, client) = server_with_queue("dlq", attributes()).await;
     create_queue(&client, "orders", redrive_to("dlq", 3)).await;
     create_queue(&client, "invoices", redrive_to("dlq", 3)).await;
 
@@ -232,9 +222,7 @@ async fn deleting_a_queue_used_as_dead_letter_queue_names_its_sources() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redrive_moves_messages_back_to_the_queue_they_died_in() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "dlq", attributes()).await;
+    let (_server, client) = server_with_queue("dlq", attributes()).await;
     create_queue(&client, "orders", redrive_to("dlq", 1)).await;
     create_queue(&client, "invoices", redrive_to("dlq", 2)).await;
     let order = dead_letter(&client, "orders", 1, "order").await;
@@ -274,9 +262,7 @@ async fn redrive_moves_messages_back_to_the_queue_they_died_in() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redrive_to_a_destination_queue_resets_the_receive_count() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "dlq", attributes()).await;
+    let (_server, client) = server_with_queue("dlq", attributes()).await;
     create_queue(&client, "orders", redrive_to("dlq", 2)).await;
     create_queue(&client, "retry", attributes()).await;
     let original = dead_letter(&client, "orders", 2, "order").await;
@@ -291,9 +277,7 @@ async fn redrive_to_a_destination_queue_resets_the_receive_count() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redrive_moves_at_most_max_messages() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "dlq", attributes()).await;
+    let (_server, client) = server_with_queue("dlq", attributes()).await;
     create_queue(&client, "orders", redrive_to("dlq", 1)).await;
     for i in 0..3 {
         dead_letter(&client, "orders", 1, &format!("m{i}")).await;
@@ -334,9 +318,7 @@ async fn redrive_moves_at_most_max_messages() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redrive_from_or_to_an_unknown_queue_is_not_found() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "dlq", attributes()).await;
+    let (_server, client) = server_with_queue("dlq", attributes()).await;
     create_queue(&client, "orders", redrive_to("dlq", 1)).await;
     dead_letter(&client, "orders", 1, "m").await;
 

@@ -15,9 +15,7 @@ fn rate(per_second: u32, burst: u32) -> pb::QueueAttributes {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn consumers_together_never_exceed_the_queue_rate_by_more_than_the_burst() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "emails", rate(10, 10)).await;
+    let (_server, client) = server_with_queue("emails", rate(10, 10)).await;
     let entries = (0..100)
         .map(|i| pb::SendMessageBatchEntry {
             id: format!("e{i}"),

@@ -5,7 +5,8 @@
 //!
 //! "Woken" is asserted as "returned soon after the event and long before the
 //! wait would have ended". Where a test must make sure a receive is already
-//! parked before the event, it gives it [`PARK`] to get there.
+//! parked before the event, it waits until the server counts it
+//! ([`TestServer::wait_for_long_polls`]).
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -15,8 +16,6 @@ use futures::future::select_all;
 use broker_tests::*;
 use tokio::task::JoinHandle;
 
-/// Time for a spawned receive to reach the server and park.
-const PARK: Duration = Duration::from_millis(300);
 /// How soon after its event a parked receive must return.
 const PROMPTLY: Duration = Duration::from_millis(1000);
 
@@ -33,11 +32,9 @@ fn spawn_wait(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn waiting_receive_is_woken_by_a_send() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
+    let (server, client) = server_with_queue("orders", attributes()).await;
     let waiting = spawn_wait(&client, "orders", 10);
-    tokio::time::sleep(PARK).await;
+    server.wait_for_long_polls(1).await;
     assert!(!waiting.is_finished(), "returned before anything was sent");
 
     let sent = Instant::now();
@@ -53,9 +50,7 @@ async fn waiting_receive_is_woken_by_a_send() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn waiting_receive_returns_an_available_message_at_once() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
+    let (_server, client) = server_with_queue("orders", attributes()).await;
     send_message(&client, "orders", "ready", &[], None).await;
     let started = Instant::now();
     only(receive_wait(&client, "orders", 10, 30, 10).await);
@@ -64,9 +59,7 @@ async fn waiting_receive_returns_an_available_message_at_once() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn waiting_receive_is_woken_by_a_lapsed_visibility_timeout() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
+    let (_server, client) = server_with_queue("orders", attributes()).await;
     let id = send_message(&client, "orders", "job", &[], None).await;
     only(receive_now(&client, "orders", 1, 1).await);
     let received = Instant::now();
@@ -82,13 +75,11 @@ async fn waiting_receive_is_woken_by_a_lapsed_visibility_timeout() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn waiting_receive_is_woken_by_change_visibility_to_zero() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
+    let (server, client) = server_with_queue("orders", attributes()).await;
     let id = send_message(&client, "orders", "job", &[], None).await;
     let message = only(receive_now(&client, "orders", 1, 600).await);
     let waiting = spawn_wait(&client, "orders", 10);
-    tokio::time::sleep(PARK).await;
+    server.wait_for_long_polls(1).await;
     assert!(
         !waiting.is_finished(),
         "returned while the message was in flight"
@@ -110,9 +101,7 @@ async fn waiting_receive_is_woken_by_change_visibility_to_zero() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn waiting_receive_is_woken_by_a_delayed_message_coming_due() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
+    let (_server, client) = server_with_queue("orders", attributes()).await;
     let sent = Instant::now();
     let id = send_message(&client, "orders", "later", &[], Some(1)).await;
     let message = only(receive_wait(&client, "orders", 10, 30, 10).await);
@@ -126,9 +115,7 @@ async fn waiting_receive_is_woken_by_a_delayed_message_coming_due() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn waiting_receive_returns_empty_when_the_wait_ends() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
+    let (_server, client) = server_with_queue("orders", attributes()).await;
     // A message of another queue and a delayed one do not end the wait.
     create_queue(&client, "other", attributes()).await;
     send_message(&client, "other", "elsewhere", &[], None).await;
@@ -145,10 +132,7 @@ async fn waiting_receive_returns_empty_when_the_wait_ends() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn queue_receive_wait_time_applies_when_the_request_sets_none() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(
-        &client,
+    let (_server, client) = server_with_queue(
         "orders",
         pb::QueueAttributes {
             receive_wait_time_seconds: Some(1),
@@ -178,15 +162,13 @@ async fn queue_receive_wait_time_applies_when_the_request_sets_none() {
 /// Many parked receives, as many sends: each message goes to exactly one.
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_waiting_receives_never_share_a_message() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
+    let (server, client) = server_with_queue("orders", attributes()).await;
     let waiting: Vec<_> = (0..5).map(|_| spawn_wait(&client, "orders", 2)).collect();
-    tokio::time::sleep(PARK).await;
-    let mut sent = HashSet::new();
-    for i in 0..5 {
-        sent.insert(send_message(&client, "orders", format!("m{i}"), &[], None).await);
-    }
+    server.wait_for_long_polls(5).await;
+    let sent: HashSet<_> = send_numbered(&client, "orders", 5)
+        .await
+        .into_iter()
+        .collect();
     let mut received = HashSet::new();
     for task in waiting {
         for message in task.await.expect("the receive task") {
@@ -202,16 +184,17 @@ async fn concurrent_waiting_receives_never_share_a_message() {
 /// nothing claimed: a message sent afterwards is received at once, first time.
 #[tokio::test(flavor = "multi_thread")]
 async fn dropped_waiting_receive_loses_no_message() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
+    let (server, client) = server_with_queue("orders", attributes()).await;
     for _ in 0..5 {
-        let dropped =
-            tokio::time::timeout(PARK, receive_wait(&client, "orders", 10, 600, 20)).await;
-        assert!(dropped.is_err(), "the receive returned instead of waiting");
+        // Drive a receive until the server has it parked, then drop it.
+        let receive = receive_wait(&client, "orders", 10, 600, 20);
+        tokio::select! {
+            messages = receive => panic!("the receive returned instead of waiting: {messages:?}"),
+            () = server.wait_for_long_polls(1) => {}
+        }
+        // Once the server counts none, it has seen the cancellation.
+        server.wait_for_long_polls(0).await;
     }
-    // Let the server see the cancellations before the message arrives.
-    tokio::time::sleep(PARK).await;
 
     let id = send_message(&client, "orders", "not lost", &[], None).await;
     let message = only(receive_now(&client, "orders", 10, 30).await);
@@ -222,9 +205,7 @@ async fn dropped_waiting_receive_loses_no_message() {
 /// no message either.
 #[tokio::test(flavor = "multi_thread")]
 async fn disconnected_waiting_client_loses_no_message() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
+    let (server, client) = server_with_queue("orders", attributes()).await;
     let mut tasks = Vec::new();
     for _ in 0..5 {
         // Each on a connection of its own, dropped with the task.
@@ -233,7 +214,7 @@ async fn disconnected_waiting_client_loses_no_message() {
             receive_wait(&leaving, "orders", 10, 600, 20).await
         }));
     }
-    tokio::time::sleep(PARK).await;
+    server.wait_for_long_polls(5).await;
     for task in tasks {
         assert!(
             !task.is_finished(),
@@ -242,7 +223,8 @@ async fn disconnected_waiting_client_loses_no_message() {
         task.abort();
         assert!(task.await.expect_err("aborted").is_cancelled());
     }
-    tokio::time::sleep(PARK).await;
+    // Once the server counts none, it has seen the disconnections.
+    server.wait_for_long_polls(0).await;
 
     let id = send_message(&client, "orders", "not lost", &[], None).await;
     let started = Instant::now();
@@ -308,13 +290,14 @@ fn a_thousand_idle_long_polls_cost_no_cpu() {
                 }));
             }
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        server.wait_for_long_polls(1000).await;
         assert!(
             waiting.iter().all(|t| !t.is_finished()),
             "every receive is waiting"
         );
 
         let before = cpu_ticks_of_threads(THREADS);
+        // The second of idling whose CPU time is measured.
         tokio::time::sleep(Duration::from_secs(1)).await;
         let used = cpu_ticks_of_threads(THREADS) - before;
         // Clock ticks are 10 ms on Linux: allow 100 ms of CPU per second.
@@ -350,9 +333,7 @@ fn a_thousand_idle_long_polls_cost_no_cpu() {
 /// stays visible instead of going in flight to a caller that is gone.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_long_poll_ends_before_its_client_deadline_and_takes_nothing_after_it() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
+    let (server, client) = server_with_queue("orders", attributes()).await;
     let raw =
         pb::queue_service_client::QueueServiceClient::connect(format!("http://{}", server.addr()))
             .await
@@ -379,6 +360,7 @@ async fn a_long_poll_ends_before_its_client_deadline_and_takes_nothing_after_it(
         assert!(messages.is_empty(), "nothing was sent yet");
     }
     assert!(started.elapsed() < deadline, "answered after the deadline");
+    // What is under test: a send once the client's deadline has passed.
     tokio::time::sleep_until((started + deadline).into()).await;
     send_message(&client, "orders", "after the deadline", &[], None).await;
     assert_eq!(counts(&client, "orders").await, Counts::new(1, 0, 0));

@@ -24,8 +24,11 @@
 //! - `topics`: topics and subscriptions, fan-out publishes, filter policies,
 //!   raw and envelope delivery, atomicity, and what survives a restart
 //!
-//! Timings are short (1–2 s visibility timeouts and waits); tests wait for an
-//! event (a long-poll receive) rather than sleep wherever they can.
+//! Timings are short (1–2 s visibility timeouts and waits). Tests wait for an
+//! event rather than sleep: a long-poll receive, a message from a consumer's
+//! handler, a gauge of the server's metrics (a receive parked), or a
+//! condition polled by `broker_tests::eventually`. A test sleeps only where
+//! time passing is what it tests, and says so.
 
 mod admin;
 mod consumer;

@@ -3,90 +3,28 @@
 //! HTTP endpoint itself, and how `server::run` binds (or does not bind)
 //! `metrics_listen`.
 //!
-//! Servers are started with `metrics_listen = 127.0.0.1:0`: the harness
-//! binds it and tells the port. Scrapes are raw HTTP/1.1 GETs over a
-//! `TcpStream`. Gauges are exact at scrape time, so most checks scrape once;
-//! what changes in the background (a long poll starting) is polled for.
+//! The harness serves every server's metrics on a port of its own
+//! (`metrics_listen = 127.0.0.1:0`). Scrapes are raw HTTP/1.1 GETs over a
+//! `TcpStream` ([`TestServer::scrape`]). Gauges are exact at scrape time, so
+//! most checks scrape once; what changes in the background (a long poll
+//! starting) is waited for ([`TestServer::wait_for_metric`]).
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use broker::config::ServerConfig;
 use broker_client::pb;
 use broker_tests::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-/// A server that serves metrics on a free port.
-async fn server() -> TestServer {
-    TestServer::start_with(|c| c.metrics_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)))).await
-}
-
-/// An HTTP/1.1 response: status, head (lowercased), body.
-struct HttpResponse {
-    status: u16,
-    head: String,
-    body: String,
-}
-
-async fn http(addr: SocketAddr, method: &str, path: &str) -> HttpResponse {
-    let mut stream = TcpStream::connect(addr)
-        .await
-        .unwrap_or_else(|e| panic!("connect to the metrics endpoint {addr}: {e}"));
-    let request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("send");
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.expect("read");
-    let text = String::from_utf8(raw).expect("a UTF-8 response");
-    let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("a status line in {head:?}"));
-    HttpResponse {
-        status,
-        head: head.to_lowercase(),
-        body: body.to_string(),
-    }
-}
-
-/// The metrics text, checking the response is a good scrape.
-async fn scrape(server: &TestServer) -> String {
-    let response = http(server.metrics_addr(), "GET", "/metrics").await;
-    assert_eq!(response.status, 200, "{}", response.body);
-    response.body
-}
-
-/// The value of one series, e.g. `broker_long_polls_open` or
-/// `broker_queue_sent_total{queue="orders"}`.
-fn value(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map(|v| v.parse().expect("a number"))
-}
 
 /// Checks each `(series, value)` in one scrape.
 async fn assert_values(server: &TestServer, expected: &[(&str, f64)]) {
-    let text = scrape(server).await;
+    let text = server.scrape().await;
     for &(series, want) in expected {
-        assert_eq!(value(&text, series), Some(want), "{series} in\n{text}");
-    }
-}
-
-/// Scrapes until `series` has the value `want` (for what a background task
-/// changes); panics after 5 s.
-async fn wait_for(server: &TestServer, series: &str, want: f64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let text = scrape(server).await;
-        if value(&text, series) == Some(want) {
-            return;
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!("{series} never became {want}; last scrape:\n{text}");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(
+            metric_value(&text, series),
+            Some(want),
+            "{series} in\n{text}"
+        );
     }
 }
 
@@ -104,9 +42,7 @@ fn rpc(method: &str, code: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn queue_metrics_follow_real_operations() {
-    let server = server().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
+    let (server, client) = server_with_queue("orders", attributes()).await;
     for n in 0..3 {
         client.send("orders", format!("order {n}")).await.unwrap();
     }
@@ -147,9 +83,7 @@ async fn queue_metrics_follow_real_operations() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dead_letters_and_redrives_are_counted() {
-    let server = server().await;
-    let client = server.client().await;
-    create_queue(&client, "dlq", attributes()).await;
+    let (server, client) = server_with_queue("dlq", attributes()).await;
     create_queue(&client, "orders", redrive_to("dlq", 1)).await;
     client.send("orders", "poison").await.unwrap();
     only(receive_now(&client, "orders", 10, 0).await);
@@ -180,7 +114,7 @@ async fn dead_letters_and_redrives_are_counted() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn topic_publishes_and_copies_are_counted() {
-    let server = server().await;
+    let server = TestServer::start().await;
     let client = server.client().await;
     client
         .create_topic(pb::CreateTopicRequest {
@@ -225,7 +159,7 @@ async fn topic_publishes_and_copies_are_counted() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rpc_calls_are_counted_by_method_and_code() {
-    let server = server().await;
+    let server = TestServer::start().await;
     let client = server.client().await;
     let missing = client
         .get_queue(pb::GetQueueRequest {
@@ -236,23 +170,26 @@ async fn rpc_calls_are_counted_by_method_and_code() {
     create_queue(&client, "orders", attributes()).await;
     create_queue(&client, "orders", attributes()).await;
 
-    let text = scrape(&server).await;
+    let text = server.scrape().await;
     // A failure is a trailers-only response; a success carries its status
     // in the trailers after the body: both are counted.
     assert_eq!(
-        value(&text, &rpc("QueueService/GetQueue", "NOT_FOUND")),
+        metric_value(&text, &rpc("QueueService/GetQueue", "NOT_FOUND")),
         Some(1.0),
         "{text}"
     );
     assert_eq!(
-        value(&text, &rpc("QueueService/CreateQueue", "OK")),
+        metric_value(&text, &rpc("QueueService/CreateQueue", "OK")),
         Some(2.0),
         "{text}"
     );
-    assert_eq!(value(&text, &rpc("QueueService/GetQueue", "OK")), None);
+    assert_eq!(
+        metric_value(&text, &rpc("QueueService/GetQueue", "OK")),
+        None
+    );
     assert!(text.contains("# TYPE broker_rpc_duration_seconds histogram"));
     assert_eq!(
-        value(
+        metric_value(
             &text,
             "broker_rpc_duration_seconds_count{method=\"broker.v1.QueueService/CreateQueue\"}"
         ),
@@ -260,7 +197,7 @@ async fn rpc_calls_are_counted_by_method_and_code() {
         "{text}"
     );
     assert_eq!(
-        value(
+        metric_value(
             &text,
             "broker_rpc_duration_seconds_bucket{le=\"+Inf\",method=\"broker.v1.QueueService/GetQueue\"}"
         ),
@@ -271,34 +208,29 @@ async fn rpc_calls_are_counted_by_method_and_code() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn open_long_polls_are_gauged_and_an_abandoned_one_is_cancelled() {
-    let server = server().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
-    wait_for(&server, "broker_long_polls_open", 0.0).await;
+    let (server, client) = server_with_queue("orders", attributes()).await;
+    server.wait_for_metric("broker_long_polls_open", 0.0).await;
 
     let poll = {
         let client = client.clone();
         tokio::spawn(async move { client.receive("orders", 1, 20).await })
     };
-    wait_for(&server, "broker_long_polls_open", 1.0).await;
+    server.wait_for_metric("broker_long_polls_open", 1.0).await;
     client.send("orders", "wake up").await.unwrap();
     assert_eq!(poll.await.unwrap().unwrap().len(), 1);
-    wait_for(&server, "broker_long_polls_open", 0.0).await;
+    server.wait_for_metric("broker_long_polls_open", 0.0).await;
 
     // A client that gives up mid-wait: the server drops the call.
     let poll = {
         let client = client.clone();
         tokio::spawn(async move { client.receive("orders", 1, 20).await })
     };
-    wait_for(&server, "broker_long_polls_open", 1.0).await;
+    server.wait_for_metric("broker_long_polls_open", 1.0).await;
     poll.abort();
-    wait_for(&server, "broker_long_polls_open", 0.0).await;
-    wait_for(
-        &server,
-        &rpc("QueueService/ReceiveMessages", "CANCELLED"),
-        1.0,
-    )
-    .await;
+    server.wait_for_metric("broker_long_polls_open", 0.0).await;
+    server
+        .wait_for_metric(&rpc("QueueService/ReceiveMessages", "CANCELLED"), 1.0)
+        .await;
     assert_values(
         &server,
         &[(&rpc("QueueService/ReceiveMessages", "OK"), 1.0)],
@@ -310,9 +242,7 @@ async fn open_long_polls_are_gauged_and_an_abandoned_one_is_cancelled() {
 async fn open_streams_are_gauged() {
     use pb::stream_messages_request::Request as Op;
 
-    let server = server().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
+    let (server, _client) = server_with_queue("orders", attributes()).await;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tx.send(pb::StreamMessagesRequest {
         request: Some(Op::Open(pb::StreamOpen {
@@ -332,16 +262,14 @@ async fn open_streams_are_gauged() {
         .await
         .unwrap()
         .into_inner();
-    wait_for(&server, "broker_streams_open", 1.0).await;
+    server.wait_for_metric("broker_streams_open", 1.0).await;
     drop((tx, responses));
-    wait_for(&server, "broker_streams_open", 0.0).await;
+    server.wait_for_metric("broker_streams_open", 0.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_deleted_queue_drops_its_series() {
-    let server = server().await;
-    let client = server.client().await;
-    create_queue(&client, "gone", attributes()).await;
+    let (server, client) = server_with_queue("gone", attributes()).await;
     create_queue(&client, "kept", attributes()).await;
     client.send("gone", "x").await.unwrap();
     assert_values(&server, &[(&queue_counter("sent", "gone"), 1.0)]).await;
@@ -351,29 +279,27 @@ async fn a_deleted_queue_drops_its_series() {
         })
         .await
         .unwrap();
-    let text = scrape(&server).await;
+    let text = server.scrape().await;
     assert!(!text.contains("queue=\"gone\""), "{text}");
-    assert_eq!(value(&text, &messages("kept", "visible")), Some(0.0));
+    assert_eq!(metric_value(&text, &messages("kept", "visible")), Some(0.0));
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn each_server_reports_only_its_own_queues() {
-    let (one, two) = (server().await, server().await);
+    let (one, two) = (TestServer::start().await, TestServer::start().await);
     create_queue(&one.client().await, "first", attributes()).await;
     create_queue(&two.client().await, "second", attributes()).await;
-    let (text_one, text_two) = (scrape(&one).await, scrape(&two).await);
+    let (text_one, text_two) = (one.scrape().await, two.scrape().await);
     assert!(text_one.contains("queue=\"first\"") && !text_one.contains("queue=\"second\""));
     assert!(text_two.contains("queue=\"second\"") && !text_two.contains("queue=\"first\""));
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn storage_metrics_are_reported_in_bytes() {
-    let server = server().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
+    let (server, client) = server_with_queue("orders", attributes()).await;
     client.send("orders", vec![7u8; 10_000]).await.unwrap();
-    let text = scrape(&server).await;
-    let wal = value(&text, "broker_storage_wal_bytes").expect("the WAL size");
+    let text = server.scrape().await;
+    let wal = metric_value(&text, "broker_storage_wal_bytes").expect("the WAL size");
     assert!(wal >= 10_000.0, "the message is in the WAL: {wal}");
     for series in [
         "broker_storage_sst_files_bytes",
@@ -382,14 +308,17 @@ async fn storage_metrics_are_reported_in_bytes() {
         "broker_storage_pending_compaction_bytes",
         "broker_storage_delayed_write_rate_bytes_per_second",
     ] {
-        assert!(value(&text, series).is_some(), "{series} in\n{text}");
+        assert!(metric_value(&text, series).is_some(), "{series} in\n{text}");
     }
-    assert_eq!(value(&text, "broker_storage_write_stopped"), Some(0.0));
+    assert_eq!(
+        metric_value(&text, "broker_storage_write_stopped"),
+        Some(0.0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_endpoint_serves_only_get_metrics() {
-    let server = server().await;
+    let server = TestServer::start().await;
     let ok = http(server.metrics_addr(), "GET", "/metrics").await;
     assert_eq!(ok.status, 200);
     assert!(
@@ -455,14 +384,10 @@ async fn run_serves_metrics_on_metrics_listen_until_shutdown() {
     let at = free_addr().await;
     let server = run(Some(at)).await;
     // `run` binds the address in its own task: wait until it accepts.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while TcpStream::connect(at).await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{at} never listened"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(EVENT_TIMEOUT, &format!("{at} listens"), || {
+        TcpStream::connect(at)
+    })
+    .await;
     let client = Client::connect(server.addr.to_string()).await.unwrap();
     create_queue(&client, "orders", attributes()).await;
     let response = http(at, "GET", "/metrics").await;

@@ -146,9 +146,7 @@ async fn reflection_lists_the_services_and_describes_their_methods() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_deadline_ends_a_long_poll_and_the_queue_is_unharmed() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
+    let (server, client) = server_with_queue("orders", attributes()).await;
     let mut raw = pb::queue_service_client::QueueServiceClient::new(channel(&server).await);
     let mut request = tonic::Request::new(receive_request("orders", 10, Some(30), Some(10)));
     request.set_timeout(Duration::from_millis(300));
@@ -178,9 +176,7 @@ async fn a_client_deadline_ends_a_long_poll_and_the_queue_is_unharmed() {
 async fn invalid_arguments_carry_the_field_as_a_bad_request_detail() {
     use tonic_types::StatusExt as _;
 
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
+    let (server, _client) = server_with_queue("orders", attributes()).await;
     let mut raw = pb::queue_service_client::QueueServiceClient::new(channel(&server).await);
     let status = raw
         .receive_messages(receive_request("orders", 101, Some(30), Some(0)))
@@ -206,10 +202,7 @@ async fn invalid_arguments_carry_the_field_as_a_bad_request_detail() {
 async fn a_log_that_is_not_a_terminal_has_no_colour_escapes() {
     use tokio::io::AsyncBufReadExt as _;
 
-    let Some(binary) = broker_binary() else {
-        eprintln!("no up-to-date broker binary beside the test binary: `broker serve` not run");
-        return;
-    };
+    let binary = broker_binary();
     let data_dir = temp_data_dir();
     let mut process = tokio::process::Command::new(binary)
         .args([

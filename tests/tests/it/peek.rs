@@ -4,15 +4,6 @@
 
 use broker_tests::*;
 
-/// Sends `n` messages "m0".."m{n-1}" one by one; returns their ids in order.
-async fn send_numbered(client: &Client, queue: &str, n: usize) -> Vec<String> {
-    let mut ids = Vec::with_capacity(n);
-    for i in 0..n {
-        ids.push(send_message(client, queue, format!("m{i}"), &[], None).await);
-    }
-    ids
-}
-
 fn peek_request(queue: &str, max_messages: u32, page_token: &str) -> pb::PeekMessagesRequest {
     pb::PeekMessagesRequest {
         queue: queue.to_string(),
@@ -36,9 +27,7 @@ async fn peek(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn peek_changes_neither_receive_count_nor_visibility() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
+    let (_server, client) = server_with_queue("orders", attributes()).await;
     let first = send_message(&client, "orders", "one", &[("k", "v")], None).await;
     let second = send_message(&client, "orders", "two", &[], None).await;
 
@@ -108,9 +97,7 @@ async fn peek_changes_neither_receive_count_nor_visibility() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn peek_shows_delayed_messages_and_when_they_become_visible() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "later", attributes()).await;
+    let (_server, client) = server_with_queue("later", attributes()).await;
     send_message(&client, "later", "soon", &[], Some(60)).await;
 
     let page = peek(&client, "later", 0, "").await;
@@ -124,9 +111,7 @@ async fn peek_shows_delayed_messages_and_when_they_become_visible() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn peek_of_a_dead_letter_queue_names_the_source_and_moves_nothing() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders-dlq", attributes()).await;
+    let (_server, client) = server_with_queue("orders-dlq", attributes()).await;
     create_queue(&client, "orders", redrive_to("orders-dlq", 1)).await;
     let id = send_message(&client, "orders", vec![0u8, 255], &[("kind", "x")], None).await;
 
@@ -161,9 +146,7 @@ async fn peek_of_a_dead_letter_queue_names_the_source_and_moves_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn peek_pages_through_the_queue_in_order() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "big", attributes()).await;
+    let (_server, client) = server_with_queue("big", attributes()).await;
     let mut sent = send_numbered(&client, "big", 25).await;
 
     let first = peek(&client, "big", 0, "").await;
@@ -193,18 +176,14 @@ async fn peek_pages_through_the_queue_in_order() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn peek_of_an_empty_queue_is_an_empty_last_page() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "empty", attributes()).await;
+    let (_server, client) = server_with_queue("empty", attributes()).await;
     let page = peek(&client, "empty", 100, "").await;
     assert!(page.messages.is_empty() && page.next_page_token.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn peek_rejects_bad_arguments_and_unknown_queues() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "a", attributes()).await;
+    let (_server, client) = server_with_queue("a", attributes()).await;
     create_queue(&client, "b", attributes()).await;
     send_numbered(&client, "a", 3).await;
     send_numbered(&client, "b", 3).await;

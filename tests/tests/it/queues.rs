@@ -60,9 +60,7 @@ async fn create_queue_sets_every_attribute_to_its_default() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn create_queue_keeps_the_given_attributes() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "dlq", attributes()).await;
+    let (_server, client) = server_with_queue("dlq", attributes()).await;
     let given = pb::QueueAttributes {
         visibility_timeout_seconds: Some(5),
         message_retention_seconds: Some(60),
@@ -98,9 +96,7 @@ async fn create_queue_is_idempotent_with_equal_attributes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn create_queue_with_different_attributes_is_already_exists_naming_the_attribute() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", visibility(5)).await;
+    let (_server, client) = server_with_queue("orders", visibility(5)).await;
     let result = client
         .create_queue(pb::CreateQueueRequest {
             name: "orders".into(),
@@ -289,9 +285,7 @@ async fn create_queue_rejects_out_of_range_attributes_naming_field_limit_and_val
 
 #[tokio::test(flavor = "multi_thread")]
 async fn create_queue_rejects_max_receive_count_out_of_range() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "dlq", attributes()).await;
+    let (_server, client) = server_with_queue("dlq", attributes()).await;
     for (value, bound) in [(0, 1), (1001, 1000)] {
         let result = client
             .create_queue(pb::CreateQueueRequest {
@@ -567,9 +561,7 @@ async fn update_queue_changes_only_the_fields_that_are_set() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn update_queue_rejects_out_of_range_attributes_and_changes_nothing() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
+    let (_server, client) = server_with_queue("orders", attributes()).await;
     for (field, value, bound) in out_of_range() {
         let result = client
             .update_queue(pb::UpdateQueueRequest {
@@ -591,9 +583,7 @@ async fn update_queue_rejects_out_of_range_attributes_and_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn update_queue_sets_and_clears_the_redrive_policy() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "dlq", attributes()).await;
+    let (_server, client) = server_with_queue("dlq", attributes()).await;
     create_queue(&client, "orders", visibility(5)).await;
 
     let set = client
@@ -647,9 +637,7 @@ async fn update_unknown_queue_is_not_found() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn delete_queue_removes_the_queue_and_its_messages() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
+    let (_server, client) = server_with_queue("orders", attributes()).await;
     send_message(&client, "orders", "visible", &[], None).await;
     send_message(&client, "orders", "in flight", &[], None).await;
     send_message(&client, "orders", "delayed", &[], Some(600)).await;
@@ -702,9 +690,7 @@ async fn delete_queue_removes_the_queue_and_its_messages() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn purge_queue_deletes_every_message_including_in_flight_and_delayed() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
+    let (_server, client) = server_with_queue("orders", attributes()).await;
     create_queue(&client, "other", attributes()).await;
     for body in ["a", "b", "c"] {
         send_message(&client, "orders", body, &[], None).await;

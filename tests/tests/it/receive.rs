@@ -33,9 +33,7 @@ fn sorted_ids(successful: &[pb::BatchResultSuccess]) -> Vec<&str> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn received_message_is_hidden_until_its_visibility_timeout_lapses() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", visibility(1)).await;
+    let (_server, client) = server_with_queue("orders", visibility(1)).await;
     let id = send_message(&client, "orders", "job", &[], None).await;
 
     let first = only(receive_with(&client, receive_request("orders", 1, None, Some(0))).await);
@@ -69,9 +67,7 @@ async fn received_message_is_hidden_until_its_visibility_timeout_lapses() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn request_visibility_timeout_overrides_the_queue_default() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", visibility(600)).await;
+    let (_server, client) = server_with_queue("orders", visibility(600)).await;
     send_message(&client, "orders", "job", &[], None).await;
     only(receive_now(&client, "orders", 1, 1).await);
     let again = only(receive_wait(&client, "orders", 1, 600, 5).await);
@@ -80,9 +76,7 @@ async fn request_visibility_timeout_overrides_the_queue_default() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn visibility_timeout_zero_leaves_the_message_visible() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
+    let (_server, client) = server_with_queue("orders", attributes()).await;
     send_message(&client, "orders", "job", &[], None).await;
     assert_eq!(
         only(receive_now(&client, "orders", 1, 0).await).receive_count,
@@ -96,23 +90,15 @@ async fn visibility_timeout_zero_leaves_the_message_visible() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn max_messages_zero_means_one() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
-    for i in 0..3 {
-        send_message(&client, "orders", format!("m{i}"), &[], None).await;
-    }
+    let (_server, client) = server_with_queue("orders", attributes()).await;
+    send_numbered(&client, "orders", 3).await;
     assert_eq!(receive_now(&client, "orders", 0, 30).await.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn receive_returns_at_most_max_messages_and_never_the_same_message_twice() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
-    for i in 0..5 {
-        send_message(&client, "orders", format!("m{i}"), &[], None).await;
-    }
+    let (_server, client) = server_with_queue("orders", attributes()).await;
+    send_numbered(&client, "orders", 5).await;
     let mut seen = HashSet::new();
     let mut receives = 0;
     while seen.len() < 5 {
@@ -137,9 +123,7 @@ async fn receive_returns_at_most_max_messages_and_never_the_same_message_twice()
 
 #[tokio::test(flavor = "multi_thread")]
 async fn receive_rejects_out_of_range_arguments() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
+    let (_server, client) = server_with_queue("orders", attributes()).await;
     send_message(&client, "orders", "job", &[], None).await;
     let cases = [
         (
@@ -180,9 +164,7 @@ async fn receive_from_unknown_queue_is_not_found() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn delete_with_the_latest_receipt_handle_removes_the_message() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
+    let (_server, client) = server_with_queue("orders", attributes()).await;
     send_message(&client, "orders", "job", &[], None).await;
     send_message(&client, "orders", "other", &[], None).await;
     let messages = receive_now(&client, "orders", 1, 30).await;
@@ -197,9 +179,7 @@ async fn delete_with_the_latest_receipt_handle_removes_the_message() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn deleting_twice_with_the_same_handle_is_ok() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
+    let (_server, client) = server_with_queue("orders", attributes()).await;
     send_message(&client, "orders", "job", &[], None).await;
     let message = only(receive_now(&client, "orders", 1, 30).await);
     delete_message(&client, "orders", &message.receipt_handle)
@@ -213,9 +193,7 @@ async fn deleting_twice_with_the_same_handle_is_ok() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn superseded_receipt_handle_is_rejected() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
+    let (_server, client) = server_with_queue("orders", attributes()).await;
     send_message(&client, "orders", "job", &[], None).await;
     let first = only(receive_now(&client, "orders", 1, 0).await);
     let second = only(receive_now(&client, "orders", 1, 30).await);
@@ -245,11 +223,10 @@ async fn superseded_receipt_handle_is_rejected() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn delete_after_the_timeout_lapsed_succeeds_when_nobody_received_since() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
+    let (_server, client) = server_with_queue("orders", attributes()).await;
     send_message(&client, "orders", "job", &[], None).await;
     let message = only(receive_now(&client, "orders", 1, 1).await);
+    // The lapse of the 1 s timeout is the point (and no receive may end it).
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(
         counts(&client, "orders").await,
@@ -265,9 +242,7 @@ async fn delete_after_the_timeout_lapsed_succeeds_when_nobody_received_since() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_receipt_handle_is_invalid_argument() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
+    let (_server, client) = server_with_queue("orders", attributes()).await;
     send_message(&client, "orders", "job", &[], None).await;
     only(receive_now(&client, "orders", 1, 30).await);
     for handle in [
@@ -286,9 +261,7 @@ async fn malformed_receipt_handle_is_invalid_argument() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn receipt_handle_of_another_queue_is_invalid_argument() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
+    let (_server, client) = server_with_queue("orders", attributes()).await;
     create_queue(&client, "invoices", attributes()).await;
     send_message(&client, "orders", "order", &[], None).await;
     send_message(&client, "invoices", "invoice", &[], None).await;
@@ -305,9 +278,7 @@ async fn receipt_handle_of_another_queue_is_invalid_argument() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn delete_on_unknown_queue_is_not_found() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
+    let (_server, client) = server_with_queue("orders", attributes()).await;
     send_message(&client, "orders", "job", &[], None).await;
     let message = only(receive_now(&client, "orders", 1, 30).await);
     let result = delete_message(&client, "missing", &message.receipt_handle).await;
@@ -318,9 +289,7 @@ async fn delete_on_unknown_queue_is_not_found() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn change_visibility_extends_the_timeout() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
+    let (_server, client) = server_with_queue("orders", attributes()).await;
     send_message(&client, "orders", "job", &[], None).await;
     let message = only(receive_now(&client, "orders", 1, 1).await);
     change_visibility(&client, "orders", &message.receipt_handle, 600)
@@ -337,9 +306,7 @@ async fn change_visibility_extends_the_timeout() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn change_visibility_can_shorten_the_timeout() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
+    let (_server, client) = server_with_queue("orders", attributes()).await;
     send_message(&client, "orders", "job", &[], None).await;
     let message = only(receive_now(&client, "orders", 1, 600).await);
     let changed = Instant::now();
@@ -357,9 +324,7 @@ async fn change_visibility_can_shorten_the_timeout() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn change_visibility_to_zero_makes_the_message_visible_now() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
+    let (_server, client) = server_with_queue("orders", attributes()).await;
     send_message(&client, "orders", "job", &[], None).await;
     let message = only(receive_now(&client, "orders", 1, 600).await);
     change_visibility(&client, "orders", &message.receipt_handle, 0)
@@ -375,9 +340,7 @@ async fn change_visibility_to_zero_makes_the_message_visible_now() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn change_visibility_of_a_message_not_in_flight_is_failed_precondition() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
+    let (_server, client) = server_with_queue("orders", attributes()).await;
     send_message(&client, "orders", "released", &[], None).await;
     let released = only(receive_now(&client, "orders", 1, 600).await);
     change_visibility(&client, "orders", &released.receipt_handle, 0)
@@ -403,9 +366,7 @@ async fn change_visibility_of_a_message_not_in_flight_is_failed_precondition() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn change_visibility_above_43200_is_invalid_argument() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
+    let (_server, client) = server_with_queue("orders", attributes()).await;
     send_message(&client, "orders", "job", &[], None).await;
     let message = only(receive_now(&client, "orders", 1, 600).await);
     let result = change_visibility(&client, "orders", &message.receipt_handle, 43_201).await;
@@ -421,13 +382,9 @@ async fn change_visibility_above_43200_is_invalid_argument() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn delete_message_batch_reports_every_entry() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
+    let (_server, client) = server_with_queue("orders", attributes()).await;
     create_queue(&client, "other", attributes()).await;
-    for i in 0..3 {
-        send_message(&client, "orders", format!("m{i}"), &[], None).await;
-    }
+    send_numbered(&client, "orders", 3).await;
     send_message(&client, "other", "o", &[], None).await;
     let foreign = only(receive_now(&client, "other", 1, 600).await);
     // m-superseded: received twice, the first handle is stale.
@@ -477,12 +434,8 @@ async fn delete_message_batch_reports_every_entry() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn change_visibility_batch_reports_every_entry() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
-    for i in 0..3 {
-        send_message(&client, "orders", format!("m{i}"), &[], None).await;
-    }
+    let (_server, client) = server_with_queue("orders", attributes()).await;
+    send_numbered(&client, "orders", 3).await;
     let messages = receive_now(&client, "orders", 3, 600).await;
     assert_eq!(messages.len(), 3);
     let response = client
@@ -541,9 +494,7 @@ async fn change_visibility_batch_reports_every_entry() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn delete_and_change_visibility_batches_need_1_to_100_entries() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
+    let (_server, client) = server_with_queue("orders", attributes()).await;
 
     let result = client
         .delete_message_batch(pb::DeleteMessageBatchRequest {

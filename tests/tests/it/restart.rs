@@ -132,9 +132,7 @@ async fn stats_are_exact_after_restart() {
     let client = server.client().await;
     create_queue(&client, "orders", attributes()).await;
     create_queue(&client, "empty", attributes()).await;
-    for i in 0..5 {
-        send_message(&client, "orders", format!("m{i}"), &[], None).await;
-    }
+    send_numbered(&client, "orders", 5).await;
     send_message(&client, "orders", "delayed", &[], Some(600)).await;
     send_message(&client, "orders", "delayed too", &[], Some(900)).await;
     let received = receive_now(&client, "orders", 3, 600).await;
@@ -253,9 +251,7 @@ async fn dead_lettered_message_remembers_its_source_after_restart() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn shutdown_ends_waiting_long_polls() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
+    let (server, client) = server_with_queue("orders", attributes()).await;
     let waiting = {
         let client = client.clone();
         tokio::spawn(async move {
@@ -264,7 +260,7 @@ async fn shutdown_ends_waiting_long_polls() {
                 .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.wait_for_long_polls(1).await;
     assert!(!waiting.is_finished(), "returned instead of waiting");
 
     let started = Instant::now();

@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use broker::config::{ServerConfig, TlsConfig};
 use broker_client::ConnectOptions;
-use broker_tests::{Client, Code, Error, TestServer, assert_error, create_queue, pb, stats};
+use broker_tests::{
+    Client, Code, EVENT_TIMEOUT, Error, TestServer, assert_error, create_queue, eventually,
+    numbered, pb, send_batch, stats,
+};
 use pb::queue_service_client::QueueServiceClient;
 use pb::stream_messages_request::Request as Op;
 use tempfile::TempDir;
@@ -560,20 +563,18 @@ async fn streams_beyond_max_streams_are_resource_exhausted() {
 
     // Closing the first frees its slot (once the server sees it go).
     drop(first);
-    let reopened = async {
-        loop {
+    eventually(
+        EVENT_TIMEOUT,
+        "a stream opens once the first is closed",
+        || async {
             match open_stream(&server, "q").await {
-                Ok(stream) => return stream,
-                Err(s) if s.code() == Code::ResourceExhausted => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+                Err(s) if s.code() == Code::ResourceExhausted => Err(s),
                 Err(s) => panic!("unexpected {s:?}"),
+                Ok(stream) => Ok(stream),
             }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(5), reopened)
-        .await
-        .expect("a stream opens once the first is closed");
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -582,41 +583,19 @@ async fn long_polls_beyond_the_per_connection_limit_are_resource_exhausted() {
     let conn_a = server.client().await;
     create_queue(&conn_a, "empty", Default::default()).await;
     create_queue(&conn_a, "full", Default::default()).await;
-    for i in 0..50 {
-        conn_a.send("full", format!("m{i}")).await.unwrap();
-    }
+    send_batch(&conn_a, "full", numbered(50)).await;
 
-    // The first long poll on connection A; retried if a probe below
-    // happened to hold the slot at the moment it arrived.
+    // The long poll on connection A, holding its one slot once it waits.
     let waiting = {
         let conn_a = conn_a.clone();
-        tokio::spawn(async move {
-            loop {
-                match conn_a.receive("empty", 1, 20).await {
-                    Err(Error::ResourceExhausted(_)) => {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                    other => return other,
-                }
-            }
-        })
+        tokio::spawn(async move { conn_a.receive("empty", 1, 20).await })
     };
-    // A probe that may wait, on a queue with messages: admitted, it returns
-    // at once; refused once the long poll above waits.
+    server.wait_for_long_polls(1).await;
+    // A probe that may wait, on a queue with messages: admitted, it would
+    // return at once; refused, as the long poll above waits.
     let probe = |client: Client| async move { client.receive("full", 1, 1).await };
-    let refused = async {
-        loop {
-            match probe(conn_a.clone()).await {
-                Err(e) => return e,
-                Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            }
-        }
-    };
-    let e = tokio::time::timeout(Duration::from_secs(5), refused)
-        .await
-        .expect("a second long poll on the connection is refused");
-    assert_error::<()>(
-        Err(e),
+    assert_error(
+        probe(conn_a.clone()).await,
         Code::ResourceExhausted,
         &["max_long_polls_per_connection = 1"],
     );

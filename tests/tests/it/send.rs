@@ -37,9 +37,7 @@ fn max_bytes(limit: u32) -> pb::QueueAttributes {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sent_message_is_received_with_its_binary_body_and_attributes() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
+    let (_server, client) = server_with_queue("orders", attributes()).await;
     let body: Vec<u8> = (0..=255u8).collect();
     let before = now_ms();
     let id = send_message(
@@ -79,9 +77,7 @@ async fn sent_message_is_received_with_its_binary_body_and_attributes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn client_send_and_receive_conveniences_work() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
+    let (_server, client) = server_with_queue("orders", attributes()).await;
     let id = client.send("orders", "hello").await.expect("send");
     let messages = client.receive("orders", 10, 0).await.expect("receive");
     let message = only(messages);
@@ -98,13 +94,11 @@ async fn client_send_and_receive_conveniences_work() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn message_ids_are_unique() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
-    let mut ids = HashSet::new();
-    for i in 0..20 {
-        ids.insert(send_message(&client, "orders", format!("m{i}"), &[], None).await);
-    }
+    let (_server, client) = server_with_queue("orders", attributes()).await;
+    let ids: HashSet<_> = send_numbered(&client, "orders", 20)
+        .await
+        .into_iter()
+        .collect();
     assert_eq!(ids.len(), 20);
 }
 
@@ -124,9 +118,7 @@ async fn send_to_unknown_queue_is_not_found() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn empty_body_is_rejected() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
+    let (_server, client) = server_with_queue("orders", attributes()).await;
     let result = client
         .send_message(send_request("orders", "", &[], None))
         .await;
@@ -136,9 +128,7 @@ async fn empty_body_is_rejected() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn body_of_max_message_bytes_is_accepted_and_one_byte_more_is_rejected() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "small", max_bytes(1024)).await;
+    let (_server, client) = server_with_queue("small", max_bytes(1024)).await;
     send_message(&client, "small", vec![7u8; 1024], &[], None).await;
     let result = client
         .send_message(send_request("small", vec![7u8; 1025], &[], None))
@@ -149,9 +139,7 @@ async fn body_of_max_message_bytes_is_accepted_and_one_byte_more_is_rejected() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn attribute_names_and_values_count_toward_max_message_bytes() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "small", max_bytes(1024)).await;
+    let (_server, client) = server_with_queue("small", max_bytes(1024)).await;
     // 1000 + len("key") 3 + 21 = 1024: exactly the limit.
     let value = "v".repeat(21);
     send_message(&client, "small", vec![1u8; 1000], &[("key", &value)], None).await;
@@ -180,9 +168,7 @@ async fn attribute_names_and_values_count_toward_max_message_bytes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn default_limit_admits_262144_bytes() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
+    let (_server, client) = server_with_queue("orders", attributes()).await;
     send_message(&client, "orders", vec![0u8; 262_144], &[], None).await;
     let result = client
         .send_message(send_request("orders", vec![0u8; 262_145], &[], None))
@@ -195,9 +181,7 @@ async fn default_limit_admits_262144_bytes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn full_batch_of_maximum_size_messages_goes_through() {
     const MIB: usize = 1_048_576;
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "big", max_bytes(MIB as u32)).await;
+    let (_server, client) = server_with_queue("big", max_bytes(MIB as u32)).await;
     // 100 entries of 1 MiB: far above gRPC's default 4 MiB message limit.
     let body = Bytes::from(vec![0xabu8; MIB]);
     let entries = (0..100)
@@ -216,25 +200,15 @@ async fn full_batch_of_maximum_size_messages_goes_through() {
     assert_eq!(counts(&client, "big").await, Counts::new(100, 0, 0));
 
     let mut received = HashSet::new();
-    while received.len() < 100 {
-        let messages = receive_now(&client, "big", 100, 60).await;
-        assert!(
-            !messages.is_empty(),
-            "{} of 100 received, then none",
-            received.len()
-        );
-        for message in messages {
-            assert_eq!(message.body, body, "body of {}", message.message_id);
-            assert!(received.insert(message.message_id), "received twice");
-        }
+    for message in receive_n(&client, "big", 100, 60).await {
+        assert_eq!(message.body, body, "body of {}", message.message_id);
+        assert!(received.insert(message.message_id), "received twice");
     }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ten_attributes_are_accepted_and_eleven_rejected() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
+    let (_server, client) = server_with_queue("orders", attributes()).await;
     let mut request = send_request("orders", "x", &[], None);
     request.attributes = numbered_attributes(10);
     client
@@ -254,9 +228,7 @@ async fn ten_attributes_are_accepted_and_eleven_rejected() {
 /// detail, whatever its message begins with.
 #[tokio::test(flavor = "multi_thread")]
 async fn refused_sends_are_bad_requests_on_the_field_at_fault() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "small", max_bytes(1024)).await;
+    let (server, client) = server_with_queue("small", max_bytes(1024)).await;
     let mut raw = raw_queue_client(&server).await;
 
     let mut request = send_request("small", "x", &[], None);
@@ -279,9 +251,7 @@ async fn refused_sends_are_bad_requests_on_the_field_at_fault() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn delay_above_900_seconds_is_rejected() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
+    let (_server, client) = server_with_queue("orders", attributes()).await;
     send_message(&client, "orders", "x", &[], Some(900)).await;
     let result = client
         .send_message(send_request("orders", "x", &[], Some(901)))
@@ -296,9 +266,7 @@ async fn delay_above_900_seconds_is_rejected() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn delayed_message_is_hidden_until_due() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
+    let (_server, client) = server_with_queue("orders", attributes()).await;
     let sent = Instant::now();
     let id = send_message(&client, "orders", "later", &[], Some(1)).await;
     assert!(receive_now(&client, "orders", 10, 30).await.is_empty());
@@ -315,10 +283,7 @@ async fn delayed_message_is_hidden_until_due() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn queue_delay_applies_by_default_and_a_message_delay_overrides_it() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(
-        &client,
+    let (_server, client) = server_with_queue(
         "orders",
         pb::QueueAttributes {
             delay_seconds: Some(600),
@@ -335,9 +300,7 @@ async fn queue_delay_applies_by_default_and_a_message_delay_overrides_it() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn batch_send_reports_every_entry() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
+    let (_server, client) = server_with_queue("orders", attributes()).await;
     let mut with_attributes = entry("with-attrs", "b");
     with_attributes.attributes = string_map(&[("k", "v")]);
     let mut delayed = entry("delayed_1", "c");
@@ -376,9 +339,7 @@ async fn batch_send_reports_every_entry() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_batch_entries_fail_alone_and_the_rest_succeed() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "small", max_bytes(1024)).await;
+    let (_server, client) = server_with_queue("small", max_bytes(1024)).await;
     let mut too_many_attributes = entry("attrs", "x");
     too_many_attributes.attributes = numbered_attributes(11);
     let mut bad_delay = entry("delay", "x");
@@ -428,9 +389,7 @@ async fn bad_batch_entries_fail_alone_and_the_rest_succeed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn batch_of_100_entries_is_accepted_and_empty_or_101_rejected() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
+    let (_server, client) = server_with_queue("orders", attributes()).await;
     let entries = |n: usize| {
         (0..n)
             .map(|i| entry(&format!("e{i}"), "x"))
@@ -457,9 +416,7 @@ async fn batch_of_100_entries_is_accepted_and_empty_or_101_rejected() {
 /// entries fail alone, no two messages are sent under one id.
 #[tokio::test(flavor = "multi_thread")]
 async fn duplicate_batch_entry_ids_are_rejected() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
+    let (_server, client) = server_with_queue("orders", attributes()).await;
     let result = client
         .send_message_batch(batch(
             "orders",
@@ -508,9 +465,7 @@ async fn duplicate_batch_entry_ids_are_rejected() {
 /// (or, at the server's choice, the request as a whole); nothing is sent for it.
 #[tokio::test(flavor = "multi_thread")]
 async fn invalid_batch_entry_ids_are_rejected() {
-    let server = TestServer::start().await;
-    let client = server.client().await;
-    create_queue(&client, "orders", attributes()).await;
+    let (_server, client) = server_with_queue("orders", attributes()).await;
     let too_long = "i".repeat(81);
     for bad in ["", "a b", "a.b", too_long.as_str()] {
         let result = client

@@ -5,8 +5,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use broker_client::pb;
-use broker_tests::{Code, TestServer};
+use broker_tests::*;
 use pb::queue_service_client::QueueServiceClient;
 use pb::stream_messages_request::Request as Op;
 use tokio::sync::mpsc;
@@ -59,19 +58,11 @@ async fn stream(
     Ok((tx, responses))
 }
 
-async fn setup(server: &TestServer, queue: &str, n: usize) -> broker_client::Client {
-    let client = server.client().await;
-    client
-        .create_queue(pb::CreateQueueRequest {
-            name: queue.into(),
-            attributes: None,
-        })
-        .await
-        .unwrap();
-    for i in 0..n {
-        client.send(queue, format!("m{i}")).await.unwrap();
-    }
-    client
+/// A server with a queue of `n` messages `m0`..`m{n-1}`, and a client.
+async fn setup(queue: &str, n: usize) -> (TestServer, Client) {
+    let (server, client) = server_with_queue(queue, attributes()).await;
+    send_numbered(&client, queue, n).await;
+    (server, client)
 }
 
 /// The next response with messages, within a short timeout.
@@ -99,8 +90,7 @@ async fn pushes_within(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn push_never_exceeds_the_credit_and_acks_free_it() {
-    let server = TestServer::start().await;
-    let client = setup(&server, "q", 10).await;
+    let (server, client) = setup("q", 10).await;
     let (tx, mut responses) = stream(&server, open("q", 3, 30)).await.unwrap();
     let mut held = Vec::new();
     while held.len() < 3 {
@@ -121,20 +111,13 @@ async fn push_never_exceeds_the_credit_and_acks_free_it() {
     let more2 = next_messages(&mut responses).await;
     assert_eq!(more2.len(), 1);
     assert!(!pushes_within(&mut responses, Duration::from_millis(500)).await);
-    let stats = client
-        .get_queue(pb::GetQueueRequest { name: "q".into() })
-        .await
-        .unwrap()
-        .stats
-        .unwrap();
     // 10 sent, 5 pushed, 2 of them deleted.
-    assert_eq!((stats.visible, stats.in_flight), (5, 3));
+    assert_eq!(counts(&client, "q").await, Counts::new(5, 3, 0));
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pull_and_push_consumers_never_hold_the_same_message() {
-    let server = TestServer::start().await;
-    let client = setup(&server, "shared", 40).await;
+    let (server, client) = setup("shared", 40).await;
     let (tx, mut responses) = stream(&server, open("shared", 5, 30)).await.unwrap();
     let mut pushed = HashSet::new();
     let mut pulled = HashSet::new();
@@ -158,8 +141,7 @@ async fn pull_and_push_consumers_never_hold_the_same_message() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dropped_stream_loses_nothing() {
-    let server = TestServer::start().await;
-    let client = setup(&server, "q", 2).await;
+    let (server, client) = setup("q", 2).await;
     let (tx, mut responses) = stream(&server, open("q", 10, 1)).await.unwrap();
     let mut got = Vec::new();
     while got.len() < 2 {
@@ -169,17 +151,13 @@ async fn a_dropped_stream_loses_nothing() {
     drop(responses);
     // Nothing was released early: both come back once their 1 s lapses.
     assert!(client.receive("q", 10, 0).await.unwrap().is_empty());
-    let mut again = Vec::new();
-    while again.len() < 2 {
-        again.extend(client.receive("q", 10, 5).await.unwrap());
-    }
+    let again = receive_n(&client, "q", 2, 30).await;
     assert!(again.iter().all(|m| m.receive_count == 2));
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_opens_are_refused() {
-    let server = TestServer::start().await;
-    setup(&server, "q", 0).await;
+    let (server, _client) = setup("q", 0).await;
     let err = stream(&server, open("q", 0, 30)).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(
@@ -196,8 +174,7 @@ async fn bad_opens_are_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_acks_are_reported_on_the_stream() {
-    let server = TestServer::start().await;
-    setup(&server, "q", 0).await;
+    let (server, _client) = setup("q", 0).await;
     let (tx, mut responses) = stream(&server, open("q", 1, 30)).await.unwrap();
     tx.send(ack("garbage")).await.unwrap();
     let r = tokio::time::timeout(Duration::from_secs(5), responses.message())

@@ -7,7 +7,6 @@
 //! they are, envelope copies an SNS-style JSON notification.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
 
 use broker_tests::*;
 use bytes::Bytes;
@@ -99,40 +98,16 @@ async fn publish(
         .unwrap_or_else(|e| panic!("Publish to {topic} with {attrs:?}: {e:?}"))
 }
 
-/// Every subscription (of `topic` and/or `queue` when not empty), following
-/// pages of `page_size`; checks that pages respect the size.
-async fn list_subscriptions(
-    client: &Client,
-    topic: &str,
-    queue: &str,
-    page_size: u32,
-) -> Vec<pb::Subscription> {
-    let mut all = Vec::new();
-    let mut page_token = String::new();
-    for _ in 0..100 {
-        let page = client
-            .list_subscriptions(pb::ListSubscriptionsRequest {
-                topic: topic.to_string(),
-                queue: queue.to_string(),
-                page_size,
-                page_token,
-            })
-            .await
-            .unwrap_or_else(|e| panic!("ListSubscriptions topic={topic:?} queue={queue:?}: {e:?}"));
-        if page_size > 0 {
-            assert!(
-                page.subscriptions.len() <= page_size as usize,
-                "page_size {page_size}, got {}",
-                page.subscriptions.len()
-            );
-        }
-        all.extend(page.subscriptions);
-        if page.next_page_token.is_empty() {
-            return all;
-        }
-        page_token = page.next_page_token;
-    }
-    panic!("ListSubscriptions does not terminate: {all:?}");
+/// Every subscription (of `topic` and/or `queue` when not empty).
+async fn list_subscriptions(client: &Client, topic: &str, queue: &str) -> Vec<pb::Subscription> {
+    client
+        .list_all_subscriptions(pb::ListSubscriptionsRequest {
+            topic: topic.to_string(),
+            queue: queue.to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("ListSubscriptions topic={topic:?} queue={queue:?}: {e:?}"))
 }
 
 /// (topic, queue) of each subscription, sorted.
@@ -143,19 +118,6 @@ fn pairs(subscriptions: &[pb::Subscription]) -> Vec<(String, String)> {
         .collect();
     pairs.sort();
     pairs
-}
-
-/// Receives everything visible in `queue` (hiding it for 30 s), in as many
-/// receives as it takes.
-async fn drain(client: &Client, queue: &str) -> Vec<pb::ReceivedMessage> {
-    let mut all = Vec::new();
-    loop {
-        let batch = receive_now(client, queue, 100, 30).await;
-        if batch.is_empty() {
-            return all;
-        }
-        all.extend(batch);
-    }
 }
 
 /// The bodies of everything visible in `queue`, sorted.
@@ -503,7 +465,12 @@ async fn list_all_topics_and_subscriptions_follow_every_page() {
         .list_all_subscriptions(listing("", ""))
         .await
         .expect("list_all_subscriptions");
-    assert_eq!(all, list_subscriptions(&client, "", "", 0).await);
+    let one_page = client
+        .list_subscriptions(pb::ListSubscriptionsRequest::default())
+        .await
+        .expect("ListSubscriptions");
+    assert!(one_page.next_page_token.is_empty());
+    assert_eq!(all, one_page.subscriptions);
     assert_eq!(all.len(), 5);
     let of_payments = client
         .list_all_subscriptions(listing("payments", ""))
@@ -565,7 +532,7 @@ async fn delete_topic_removes_its_subscriptions_and_keeps_the_queues_and_copies(
     assert_error(again, Code::NotFound, &["payments"]);
     // Only the other topic's subscriptions are left.
     assert_eq!(
-        pairs(&list_subscriptions(&client, "", "", 0).await),
+        pairs(&list_subscriptions(&client, "", "").await),
         [
             ("other".to_string(), "audit".to_string()),
             ("other".to_string(), "email".to_string())
@@ -599,7 +566,7 @@ async fn subscribe_returns_the_subscription_as_given() {
     assert_eq!(subscription.queue, "sms");
     assert_eq!(subscription.filter_policy, policy);
     assert!(subscription.raw_delivery);
-    assert_eq!(list_subscriptions(&client, "", "", 0).await, [subscription]);
+    assert_eq!(list_subscriptions(&client, "", "").await, [subscription]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -654,7 +621,7 @@ async fn subscribe_with_other_settings_is_already_exists() {
             .await;
         assert_error(result, Code::AlreadyExists, &[]);
     }
-    assert_eq!(list_subscriptions(&client, "", "", 0).await, [original]);
+    assert_eq!(list_subscriptions(&client, "", "").await, [original]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -694,16 +661,14 @@ async fn unsubscribe_stops_the_copies_and_unknown_ids_are_not_found() {
     let server = TestServer::start().await;
     let client = server.client().await;
     topic_with_queues(&client, "payments", &["email"]).await;
-    let subscription = list_subscriptions(&client, "payments", "", 0)
-        .await
-        .remove(0);
+    let subscription = list_subscriptions(&client, "payments", "").await.remove(0);
     client
         .unsubscribe(pb::UnsubscribeRequest {
             subscription_id: subscription.id.clone(),
         })
         .await
         .expect("Unsubscribe");
-    assert!(list_subscriptions(&client, "", "", 0).await.is_empty());
+    assert!(list_subscriptions(&client, "", "").await.is_empty());
     assert_eq!(publish(&client, "payments", "x", &[]).await.delivered, 0);
     assert_eq!(depth(&client, "email").await, 0);
 
@@ -750,26 +715,48 @@ async fn list_subscriptions_by_topic_by_queue_and_in_pages() {
 
     let p = |t: &str, q: &str| (t.to_string(), q.to_string());
     assert_eq!(
-        pairs(&list_subscriptions(&client, "", "", 0).await),
+        pairs(&list_subscriptions(&client, "", "").await),
         [p("t1", "q1"), p("t1", "q2"), p("t1", "q3"), p("t2", "q1")]
     );
     assert_eq!(
-        pairs(&list_subscriptions(&client, "t1", "", 0).await),
+        pairs(&list_subscriptions(&client, "t1", "").await),
         [p("t1", "q1"), p("t1", "q2"), p("t1", "q3")]
     );
     assert_eq!(
-        pairs(&list_subscriptions(&client, "", "q1", 0).await),
+        pairs(&list_subscriptions(&client, "", "q1").await),
         [p("t1", "q1"), p("t2", "q1")]
     );
     assert_eq!(
-        pairs(&list_subscriptions(&client, "t2", "q1", 0).await),
+        pairs(&list_subscriptions(&client, "t2", "q1").await),
         [p("t2", "q1")]
     );
-    assert!(list_subscriptions(&client, "t3", "", 0).await.is_empty());
+    assert!(list_subscriptions(&client, "t3", "").await.is_empty());
 
     // Pages of one: every subscription exactly once.
     for (topic, queue, expected) in [("", "", 4), ("t1", "", 3), ("", "q1", 2)] {
-        let paged = list_subscriptions(&client, topic, queue, 1).await;
+        let mut paged = Vec::new();
+        let mut page_token = String::new();
+        for pages in 1.. {
+            assert!(
+                pages <= 100,
+                "ListSubscriptions does not terminate: {paged:?}"
+            );
+            let page = client
+                .list_subscriptions(pb::ListSubscriptionsRequest {
+                    topic: topic.into(),
+                    queue: queue.into(),
+                    page_size: 1,
+                    page_token,
+                })
+                .await
+                .expect("ListSubscriptions");
+            assert!(page.subscriptions.len() <= 1, "page_size 1: {page:?}");
+            paged.extend(page.subscriptions);
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
+        }
         let ids: HashSet<_> = paged.iter().map(|s| s.id.clone()).collect();
         assert_eq!(paged.len(), expected, "topic {topic:?} queue {queue:?}");
         assert_eq!(ids.len(), expected, "no duplicates: {paged:?}");
@@ -799,7 +786,7 @@ async fn deleting_a_queue_removes_its_subscriptions() {
         .await
         .expect("DeleteQueue");
     assert_eq!(
-        pairs(&list_subscriptions(&client, "", "", 0).await),
+        pairs(&list_subscriptions(&client, "", "").await),
         [("payments".to_string(), "sms".to_string())]
     );
     assert_eq!(subscription_count(&client, "payments").await, 1);
@@ -1447,8 +1434,11 @@ async fn deleting_a_topic_during_publishes_never_leaves_a_partial_fan_out() {
     let queues = ["q1", "q2", "q3"];
     topic_with_queues(&client, "payments", &queues).await;
     let mut publishers = Vec::new();
+    // Each publisher says when its first publish is done.
+    let (started, mut publishing) = tokio::sync::mpsc::unbounded_channel();
     for p in 0..4 {
         let client = client.clone();
+        let started = started.clone();
         publishers.push(tokio::spawn(async move {
             let mut outcomes = Vec::new();
             for i in 0..200 {
@@ -1457,6 +1447,9 @@ async fn deleting_a_topic_during_publishes_never_leaves_a_partial_fan_out() {
                     .await;
                 let stop = result.is_err();
                 outcomes.push(result);
+                if i == 0 {
+                    let _ = started.send(());
+                }
                 if stop {
                     break;
                 }
@@ -1464,7 +1457,11 @@ async fn deleting_a_topic_during_publishes_never_leaves_a_partial_fan_out() {
             outcomes
         }));
     }
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    drop(started);
+    // Delete once all four are publishing (each has 199 more to go).
+    for _ in 0..4 {
+        publishing.recv().await.expect("a publisher started");
+    }
     client
         .delete_topic(pb::DeleteTopicRequest {
             name: "payments".into(),
@@ -1745,7 +1742,7 @@ async fn topics_subscriptions_and_copies_survive_restart() {
         .map(|t| t.name)
         .collect();
     assert_eq!(names, ["payments", "quiet"]);
-    let mut subscriptions = list_subscriptions(&client, "", "", 0).await;
+    let mut subscriptions = list_subscriptions(&client, "", "").await;
     subscriptions.sort_by(|a, b| a.queue.cmp(&b.queue));
     assert_eq!(subscriptions, [email, sms]);
 
