@@ -33,7 +33,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use broker_client::{Client, Error, pb};
+pub use broker_client::{Client, Error, limits, pb};
 pub use tonic::Code;
 
 /// How long a graceful shutdown may take before the harness calls it hung.

@@ -103,7 +103,7 @@ use command::Command;
 use counters::Activity;
 pub use error::{Error, Result};
 pub use messages::{NewMessage, ReceiveOptions, Received};
-pub use peek::{MessageState, PEEK_DEFAULT, PEEK_MAX, Peeked};
+pub use peek::{MessageState, Peeked};
 use records::{QueueRecord, StateRecord};
 use state::{Queue, State};
 pub use state::{QueueInfo, QueueStats};

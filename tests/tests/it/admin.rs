@@ -6,12 +6,13 @@ use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
 use broker_cli::admin::{QueueRow, RedriveProgress, peek_messages, queue_rows, redrive_paced};
+use broker_tests::limits::BATCH_ENTRIES_MAX;
 use broker_tests::*;
 
-/// Sends `n` messages to `queue` in batches of 100.
+/// Sends `n` messages to `queue` in full batches.
 async fn send_many(client: &Client, queue: &str, n: usize) {
     let bodies: Vec<String> = (0..n).map(|i| format!("m{i}")).collect();
-    for chunk in bodies.chunks(100) {
+    for chunk in bodies.chunks(BATCH_ENTRIES_MAX) {
         let resp = client
             .send_message_batch(pb::SendMessageBatchRequest {
                 queue: queue.to_string(),
