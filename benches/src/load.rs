@@ -39,8 +39,8 @@ pub const PRELOADED: u64 = u64::MAX;
 /// How long calls still running at the deadline may take to finish.
 pub const GRACE: Duration = Duration::from_secs(10);
 
-/// Messages per call of the preload.
-pub const PRELOAD_BATCH: u32 = 100;
+/// Messages per call of the preload: the largest batch.
+pub const PRELOAD_BATCH: u32 = broker_client::limits::BATCH_ENTRIES_MAX as u32;
 
 /// Calls of the preload in flight at once.
 const PRELOAD_CONCURRENCY: usize = 8;

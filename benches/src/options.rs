@@ -6,12 +6,23 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use broker::storage::SyncMode;
+use broker_client::limits::{
+    BATCH_ENTRIES_MAX, MAX_MESSAGE_BYTES_MAX, RECEIVE_MESSAGES_MAX, WAIT_TIME_SECONDS_MAX,
+};
 
 use crate::load::MAX_CONNECTIONS;
 use clap::Parser;
 
-/// Largest batch the broker accepts in one send, receive or delete.
-pub const MAX_BATCH: u32 = 100;
+/// Largest batch the broker accepts in every call the generator batches:
+/// the entries of a send, publish or delete, and a receive's messages.
+pub const MAX_BATCH: u32 = {
+    let entries = BATCH_ENTRIES_MAX as u32;
+    if entries < RECEIVE_MESSAGES_MAX {
+        entries
+    } else {
+        RECEIVE_MESSAGES_MAX
+    }
+};
 
 /// The payload carries its send time in its first 8 bytes.
 pub const MIN_PAYLOAD_BYTES: usize = 8;
@@ -44,7 +55,7 @@ pub struct Options {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=MAX_BATCH as i64))]
     pub batch: u32,
     /// Bytes per message body; the first 8 carry the send time.
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(MIN_PAYLOAD_BYTES as u64..=1_048_576))]
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(MIN_PAYLOAD_BYTES as u64..=MAX_MESSAGE_BYTES_MAX as u64))]
     pub payload: u64,
     /// Queues to spread producers and consumers over.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -70,7 +81,7 @@ pub struct Options {
     /// Long-poll wait of each receive, in seconds (the broker allows 0..=20).
     /// With several queues per consumer, it polls them in turn without
     /// waiting and waits only after a whole round found nothing.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=20))]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=WAIT_TIME_SECONDS_MAX as i64))]
     pub wait: u32,
     /// Durability of the embedded broker: `always` (ack after fsync, shared
     /// by concurrent writes), `batch` or `batch:MS` (fsync at least every MS

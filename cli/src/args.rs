@@ -531,6 +531,92 @@ mod tests {
         TestCli::command().debug_assert();
     }
 
+    /// The help states the API's limits as `broker_client::limits` has them.
+    #[test]
+    fn help_states_the_api_limits() {
+        use broker_client::limits::*;
+        let cli = TestCli::command();
+        // `path`: the subcommands, space-separated.
+        let help = |path: &str, arg: &str| -> String {
+            let mut cmd = &cli;
+            for name in path.split(' ') {
+                cmd = cmd.find_subcommand(name).expect(name);
+            }
+            let arg = cmd.get_arguments().find(|a| a.get_id() == arg).expect(arg);
+            arg.get_help().expect("a help text").to_string()
+        };
+        let name = format!("1..={NAME_LEN_MAX} of A-Z a-z 0-9 _ -");
+        let attributes = format!("(at most {ATTRIBUTES_MAX})");
+        let create = "queue create";
+        for (path, arg, stated) in [
+            (create, "name", name.clone()),
+            ("topic create", "name", name),
+            ("send", "attrs", attributes.clone()),
+            ("publish", "attrs", attributes),
+            ("send", "delay", format!("(0..={DELAY_SECONDS_MAX})")),
+            ("receive", "max", format!("(1..={RECEIVE_MESSAGES_MAX})")),
+            ("receive", "wait", format!("(0..={WAIT_TIME_SECONDS_MAX})")),
+            (
+                create,
+                "visibility_timeout",
+                format!(
+                    "(0..={VISIBILITY_TIMEOUT_SECONDS_MAX}) [new queues: {VISIBILITY_TIMEOUT_SECONDS_DEFAULT}]"
+                ),
+            ),
+            (
+                create,
+                "retention",
+                format!(
+                    "({MESSAGE_RETENTION_SECONDS_MIN}..={MESSAGE_RETENTION_SECONDS_MAX}) \
+                     [new queues: {MESSAGE_RETENTION_SECONDS_DEFAULT}, 4 days]"
+                ),
+            ),
+            (
+                create,
+                "delay",
+                format!("(0..={DELAY_SECONDS_MAX}) [new queues: 0]"),
+            ),
+            (
+                create,
+                "receive_wait",
+                format!("(0..={WAIT_TIME_SECONDS_MAX}) [new queues: 0]"),
+            ),
+            (
+                create,
+                "max_message_bytes",
+                format!(
+                    "({MAX_MESSAGE_BYTES_MIN}..={MAX_MESSAGE_BYTES_MAX}) [new queues: {MAX_MESSAGE_BYTES_DEFAULT}]"
+                ),
+            ),
+            (
+                create,
+                "max_receive_count",
+                format!("(1..={MAX_RECEIVE_COUNT_MAX})"),
+            ),
+            (
+                create,
+                "max_receive_rate",
+                format!("(0..={MAX_RECEIVE_RATE_MAX}; 0: unlimited)"),
+            ),
+            (
+                create,
+                "min_backoff",
+                format!("(0..={BACKOFF_SECONDS_MAX})"),
+            ),
+            (
+                create,
+                "max_backoff",
+                format!("(MIN..={BACKOFF_SECONDS_MAX})"),
+            ),
+        ] {
+            let help = help(path, arg);
+            assert!(
+                help.contains(&stated),
+                "{path} {arg}: {help:?} does not say {stated:?}"
+            );
+        }
+    }
+
     #[test]
     fn security_flags_become_connect_options() {
         let cli = parse(&["--token", "t0k", "send", "q", "body"]).unwrap();

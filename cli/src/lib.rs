@@ -49,10 +49,6 @@ pub use args::{
 };
 use output::Output;
 
-/// Items per page of the list RPCs (`ListQueues`, `ListTopics`,
-/// `ListSubscriptions`): the broker's largest, for the fewest calls.
-const PAGE_SIZE: u32 = 1000;
-
 /// Runs one client command against the broker at `args.server`.
 pub async fn run(args: &ClientArgs, cmd: Command) -> anyhow::Result<()> {
     // Most calls report through `failure`, which adds the hint itself;

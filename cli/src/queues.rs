@@ -6,10 +6,10 @@
 use std::fmt::Write as _;
 
 use anyhow::Context as _;
+use broker_client::limits::PAGE_SIZE_MAX;
 use broker_client::{Client, pb};
 use serde_json::{Value, json};
 
-use crate::PAGE_SIZE;
 use crate::args::QueueCommand;
 use crate::error::failure;
 use crate::format::{plural, secs_exact, secs_short, table, timestamp};
@@ -118,7 +118,7 @@ pub(crate) async fn all_queues(
     client
         .list_all_queues(pb::ListQueuesRequest {
             prefix: prefix.to_owned(),
-            page_size: PAGE_SIZE,
+            page_size: PAGE_SIZE_MAX,
             page_token: String::new(),
         })
         .await

@@ -7,10 +7,10 @@
 use std::fmt::Write as _;
 
 use anyhow::Context as _;
+use broker_client::limits::PAGE_SIZE_MAX;
 use broker_client::{Client, pb};
 use serde_json::{Value, json};
 
-use crate::PAGE_SIZE;
 use crate::args::{FilterArg, TopicCommand, attribute_map};
 use crate::error::{failure, failure_of};
 use crate::format::{table, timestamp};
@@ -36,7 +36,7 @@ pub(crate) async fn run(client: &Client, out: Output, cmd: TopicCommand) -> anyh
             let topics = client
                 .list_all_topics(pb::ListTopicsRequest {
                     prefix,
-                    page_size: PAGE_SIZE,
+                    page_size: PAGE_SIZE_MAX,
                     page_token: String::new(),
                 })
                 .await
@@ -134,7 +134,7 @@ pub(crate) async fn subscriptions(
         .list_all_subscriptions(pb::ListSubscriptionsRequest {
             topic: topic.clone().unwrap_or_default(),
             queue: queue.clone().unwrap_or_default(),
-            page_size: PAGE_SIZE,
+            page_size: PAGE_SIZE_MAX,
             page_token: String::new(),
         })
         .await

@@ -19,6 +19,8 @@
 //!   [`ConsumerStream`] of [`Delivery`]s for a hand-written loop.
 //! - [`Publisher`] (module `publisher`): sends to a queue or publishes to a
 //!   topic in automatic batches, with a future per message.
+//! - [`limits`]: the API's limits (batch sizes, name lengths, attribute
+//!   ranges, ...), the constants the broker enforces, for sizing requests.
 //!
 //! A `Client` is a cheap handle over one HTTP/2 connection: clone it freely
 //! and use the clones from many tasks at once; requests are multiplexed.
@@ -87,7 +89,7 @@ use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-pub use broker_proto::pb;
+pub use broker_proto::{limits, pb};
 
 mod consumer;
 mod paging;

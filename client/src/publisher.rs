@@ -35,10 +35,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::consumer::{backoff, copy, is_transient};
+use crate::limits::BATCH_ENTRIES_MAX;
 use crate::{Client, Error, pb};
 
-/// Most entries of one batch RPC.
-const BATCH_MAX: usize = 100;
 /// Bytes counted for a message beyond its body and attributes (ids,
 /// framing), so that empty messages still use some budget.
 const MESSAGE_OVERHEAD: usize = 64;
@@ -199,9 +198,9 @@ impl PublisherBuilder {
     /// # }
     /// ```
     pub fn build(self) -> Result<Publisher, Error> {
-        if !(1..=BATCH_MAX).contains(&self.batch_size) {
+        if !(1..=BATCH_ENTRIES_MAX).contains(&self.batch_size) {
             return Err(Error::InvalidArgument(format!(
-                "batch_size must be in 1..={BATCH_MAX}; got {}",
+                "batch_size must be in 1..={BATCH_ENTRIES_MAX}; got {}",
                 self.batch_size
             )));
         }
@@ -420,7 +419,7 @@ impl PublisherBuilder {
         PublisherBuilder {
             client: client.clone(),
             target,
-            batch_size: BATCH_MAX,
+            batch_size: BATCH_ENTRIES_MAX,
             linger: Duration::from_millis(5),
             max_in_flight_bytes: 32 << 20,
             retry_timeout: Duration::from_secs(30),

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use broker_client::{Client, pb};
+use broker_client::{Client, limits, pb};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -54,8 +54,9 @@ pub const EMAIL_FAILS_ABOVE_CENTS: u64 = 90_000;
 pub const EMAIL_MAX_RECEIVES: u32 = 2;
 /// How many payments checkout completes.
 pub const PAYMENTS: usize = 20;
-/// Events per PublishBatch call (at most 100).
+/// Events per PublishBatch call.
 const PUBLISH_BATCH: usize = 10;
+const _: () = assert!(PUBLISH_BATCH <= limits::BATCH_ENTRIES_MAX);
 /// The whole run must finish within this, or [`run`] fails.
 pub const TIMEOUT: Duration = Duration::from_secs(20);
 /// How long one receive of a worker waits for a message.
@@ -364,7 +365,7 @@ async fn dead_letters(
     let messages = client
         .receive_messages(pb::ReceiveMessagesRequest {
             queue: EMAIL_DLQ.to_owned(),
-            max_messages: 100,
+            max_messages: limits::RECEIVE_MESSAGES_MAX,
             // Received without hiding them.
             visibility_timeout_seconds: Some(0),
             wait_time_seconds: Some(0),

@@ -2,6 +2,8 @@
 //! `proto/broker/v1/*.proto` by tonic/prost at build time.
 //!
 //! Bytes fields are `bytes::Bytes`, so bodies are passed without copies.
+//! The API's limits (name lengths, batch sizes, attribute ranges, ...) are
+//! constants of [`limits`], which the broker and its clients both use.
 
 /// Generated types and services of package `broker.v1`.
 pub mod pb {
@@ -13,12 +15,4 @@ pub mod pb {
 /// reflection so that tools such as grpcurl work without the .proto files.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("broker_v1_descriptor");
 
-/// The limits of the API: part of the contract, like the messages. The
-/// broker enforces them and clients may rely on them; both take them from
-/// here.
-pub mod limits {
-    /// The largest gRPC message either side sends or accepts: a batch of
-    /// 100 messages of the largest size (1 MiB each), with room for
-    /// attributes and framing.
-    pub const MAX_GRPC_MESSAGE_BYTES: usize = 128 * 1024 * 1024;
-}
+pub mod limits;

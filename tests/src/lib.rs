@@ -44,7 +44,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use broker_client::{Client, Error, pb};
+pub use broker_client::{Client, Error, limits, pb};
 pub use tonic::Code;
 
 /// How long a graceful shutdown may take before the harness calls it hung.
@@ -756,8 +756,8 @@ pub async fn send_numbered(client: &Client, queue: &str, n: usize) -> Vec<String
     ids
 }
 
-/// Sends `bodies` with `SendMessageBatch`, 100 (the most a batch takes) at
-/// a time; panics unless every entry succeeds. Returns the ids in the order
+/// Sends `bodies` with `SendMessageBatch`, a full batch
+/// ([`limits::BATCH_ENTRIES_MAX`]) at a time; panics unless every entry succeeds. Returns the ids in the order
 /// of the bodies.
 pub async fn send_batch<B: Into<Bytes>>(
     client: &Client,
@@ -766,7 +766,7 @@ pub async fn send_batch<B: Into<Bytes>>(
 ) -> Vec<String> {
     let bodies: Vec<Bytes> = bodies.into_iter().map(Into::into).collect();
     let mut ids = Vec::with_capacity(bodies.len());
-    for chunk in bodies.chunks(100) {
+    for chunk in bodies.chunks(limits::BATCH_ENTRIES_MAX) {
         let response = client
             .send_message_batch(pb::SendMessageBatchRequest {
                 queue: queue.to_string(),
@@ -885,7 +885,7 @@ pub async fn receive_n(
     const WAIT_SECONDS: u32 = 5;
     let mut received = Vec::with_capacity(n);
     while received.len() < n {
-        let max = (n - received.len()).min(100) as u32;
+        let max = (n - received.len()).min(limits::RECEIVE_MESSAGES_MAX as usize) as u32;
         let messages =
             receive_wait(client, queue, max, visibility_timeout_seconds, WAIT_SECONDS).await;
         assert!(
@@ -903,7 +903,7 @@ pub async fn receive_n(
 pub async fn drain(client: &Client, queue: &str) -> Vec<pb::ReceivedMessage> {
     let mut all = Vec::new();
     loop {
-        let batch = receive_now(client, queue, 100, 30).await;
+        let batch = receive_now(client, queue, limits::RECEIVE_MESSAGES_MAX, 30).await;
         if batch.is_empty() {
             return all;
         }

@@ -1,17 +1,17 @@
-//! Queue attributes: defaults, limits, validation, and partial updates.
+//! Queue attributes: defaults, validation, and partial updates.
+//!
+//! The defaults and ranges are the API's, from `broker_proto::limits` (plain
+//! constants: the engine uses no generated type).
+
+use broker_proto::limits::{
+    BACKOFF_SECONDS_MAX, DELAY_SECONDS_MAX, MAX_MESSAGE_BYTES_DEFAULT, MAX_MESSAGE_BYTES_MAX,
+    MAX_MESSAGE_BYTES_MIN, MAX_RECEIVE_COUNT_MAX, MAX_RECEIVE_RATE_MAX,
+    MESSAGE_RETENTION_SECONDS_DEFAULT, MESSAGE_RETENTION_SECONDS_MAX,
+    MESSAGE_RETENTION_SECONDS_MIN, VISIBILITY_TIMEOUT_SECONDS_DEFAULT,
+    VISIBILITY_TIMEOUT_SECONDS_MAX, WAIT_TIME_SECONDS_MAX,
+};
 
 use crate::engine::error::{Error, Result};
-
-pub const VISIBILITY_TIMEOUT_MAX: u32 = 43_200;
-pub const RETENTION_MIN: u32 = 60;
-pub const RETENTION_MAX: u32 = 1_209_600;
-pub const DELAY_MAX: u32 = 900;
-pub const RECEIVE_WAIT_MAX: u32 = 20;
-pub const MAX_MESSAGE_BYTES_MIN: u32 = 1_024;
-pub const MAX_MESSAGE_BYTES_MAX: u32 = 1_048_576;
-pub const MAX_RECEIVE_COUNT_MAX: u32 = 1_000;
-pub const RECEIVE_RATE_MAX: u32 = 100_000;
-pub const BACKOFF_MAX: u32 = 600;
 
 /// Backoff before a lapsed or released message is visible again:
 /// `min_backoff_seconds * 2^(receive_count - 1)`, capped at the maximum.
@@ -56,11 +56,11 @@ pub struct QueueAttributes {
 impl Default for QueueAttributes {
     fn default() -> Self {
         QueueAttributes {
-            visibility_timeout_seconds: 30,
-            message_retention_seconds: 345_600,
+            visibility_timeout_seconds: VISIBILITY_TIMEOUT_SECONDS_DEFAULT,
+            message_retention_seconds: MESSAGE_RETENTION_SECONDS_DEFAULT,
             delay_seconds: 0,
             receive_wait_time_seconds: 0,
-            max_message_bytes: 262_144,
+            max_message_bytes: MAX_MESSAGE_BYTES_DEFAULT,
             redrive_policy: None,
             max_receive_rate: 0,
             max_receive_burst: 0,
@@ -105,28 +105,28 @@ impl AttributeChanges {
                 self.visibility_timeout_seconds,
                 &mut out.visibility_timeout_seconds,
                 0,
-                VISIBILITY_TIMEOUT_MAX,
+                VISIBILITY_TIMEOUT_SECONDS_MAX,
             ),
             (
                 "attributes.message_retention_seconds",
                 self.message_retention_seconds,
                 &mut out.message_retention_seconds,
-                RETENTION_MIN,
-                RETENTION_MAX,
+                MESSAGE_RETENTION_SECONDS_MIN,
+                MESSAGE_RETENTION_SECONDS_MAX,
             ),
             (
                 "attributes.delay_seconds",
                 self.delay_seconds,
                 &mut out.delay_seconds,
                 0,
-                DELAY_MAX,
+                DELAY_SECONDS_MAX,
             ),
             (
                 "attributes.receive_wait_time_seconds",
                 self.receive_wait_time_seconds,
                 &mut out.receive_wait_time_seconds,
                 0,
-                RECEIVE_WAIT_MAX,
+                WAIT_TIME_SECONDS_MAX,
             ),
             (
                 "attributes.max_message_bytes",
@@ -140,14 +140,14 @@ impl AttributeChanges {
                 self.max_receive_rate,
                 &mut out.max_receive_rate,
                 0,
-                RECEIVE_RATE_MAX,
+                MAX_RECEIVE_RATE_MAX,
             ),
             (
                 "attributes.max_receive_burst",
                 self.max_receive_burst,
                 &mut out.max_receive_burst,
                 0,
-                RECEIVE_RATE_MAX,
+                MAX_RECEIVE_RATE_MAX,
             ),
         ];
         for (field, value, slot, min, max) in fields {
@@ -177,13 +177,13 @@ impl AttributeChanges {
                     "attributes.retry_policy.min_backoff_seconds",
                     p.min_backoff_seconds,
                     0,
-                    BACKOFF_MAX,
+                    BACKOFF_SECONDS_MAX,
                 )?;
                 check_range(
                     "attributes.retry_policy.max_backoff_seconds",
                     p.max_backoff_seconds,
                     p.min_backoff_seconds,
-                    BACKOFF_MAX,
+                    BACKOFF_SECONDS_MAX,
                 )?;
             }
             out.retry_policy = *policy;
@@ -304,7 +304,7 @@ mod tests {
                 got,
             } => {
                 assert_eq!(field, "attributes.retry_policy.max_backoff_seconds");
-                assert_eq!((min, max, got), (10, 600, 5));
+                assert_eq!((min, max, got), (10, BACKOFF_SECONDS_MAX.into(), 5));
             }
             other => panic!("{other:?}"),
         }

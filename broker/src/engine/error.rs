@@ -19,7 +19,8 @@
 //! `attributes.visibility_timeout_seconds`), which the edge puts into the
 //! `google.rpc.BadRequest` detail.
 
-use crate::engine::validate::NAME_MAX;
+use broker_proto::limits::NAME_LEN_MAX;
+
 use crate::storage::StorageError;
 
 #[derive(Debug, thiserror::Error)]
@@ -34,10 +35,10 @@ pub enum Error {
         got: u64,
     },
     /// A name no queue or topic could have, or a malformed batch entry id
-    /// (1..=80 characters of `[A-Za-z0-9_-]`). `what` is what the message
-    /// calls it (`name`, `queue name`, `entry id`); `name` is cut to 100
-    /// characters.
-    #[error("{what} must be 1..={NAME_MAX} characters of [A-Za-z0-9_-]; got {name:?}")]
+    /// (1..=[`NAME_LEN_MAX`] characters of `[A-Za-z0-9_-]`). `what` is what
+    /// the message calls it (`name`, `queue name`, `entry id`); `name` is
+    /// cut to 100 characters.
+    #[error("{what} must be 1..={NAME_LEN_MAX} characters of [A-Za-z0-9_-]; got {name:?}")]
     InvalidName {
         field: &'static str,
         what: &'static str,

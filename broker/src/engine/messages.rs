@@ -10,6 +10,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use broker_proto::limits::{
+    DELAY_SECONDS_MAX, RECEIVE_MESSAGES_MAX, VISIBILITY_TIMEOUT_SECONDS_MAX, WAIT_TIME_SECONDS_MAX,
+};
 use bytes::Bytes;
 use tokio::sync::Notify;
 
@@ -113,7 +116,7 @@ impl Engine {
                 .map(|m| {
                     validate::message(&m.body, &m.attributes, attrs.max_message_bytes)?;
                     let delay = m.delay_seconds.unwrap_or(attrs.delay_seconds);
-                    attributes::check_range("delay_seconds", delay, 0, attributes::DELAY_MAX)?;
+                    attributes::check_range("delay_seconds", delay, 0, DELAY_SECONDS_MAX)?;
                     Ok((m, delay))
                 })
                 .collect();
@@ -164,11 +167,11 @@ impl Engine {
     pub async fn receive(&self, queue: &str, opts: ReceiveOptions) -> Result<Vec<Received>> {
         let max = match opts.max_messages {
             0 => 1,
-            n if n > validate::RECEIVE_MAX => {
+            n if n > RECEIVE_MESSAGES_MAX => {
                 return Err(Error::out_of_range(
                     "max_messages",
                     1,
-                    validate::RECEIVE_MAX,
+                    RECEIVE_MESSAGES_MAX,
                     n,
                 ));
             }
@@ -179,11 +182,11 @@ impl Engine {
                 "visibility_timeout_seconds",
                 v,
                 0,
-                attributes::VISIBILITY_TIMEOUT_MAX,
+                VISIBILITY_TIMEOUT_SECONDS_MAX,
             )?;
         }
         if let Some(w) = opts.wait_time_seconds {
-            attributes::check_range("wait_time_seconds", w, 0, attributes::RECEIVE_WAIT_MAX)?;
+            attributes::check_range("wait_time_seconds", w, 0, WAIT_TIME_SECONDS_MAX)?;
         }
         let mut notify = self.lock().queue("queue", queue)?.notify.clone();
         let mut until = None;
@@ -433,7 +436,7 @@ impl Engine {
                     "visibility_timeout_seconds",
                     seconds,
                     0,
-                    attributes::VISIBILITY_TIMEOUT_MAX,
+                    VISIBILITY_TIMEOUT_SECONDS_MAX,
                 )?;
                 let Held { seq, state } = Self::check_handle(&mut st, queue, handle)?;
                 let state = match state {

@@ -105,7 +105,7 @@ use counters::Activity;
 pub use error::{Error, Result};
 use ids::{QueueId, Seq};
 pub use messages::{NewMessage, ReceiveOptions, Received};
-pub use peek::{MessageState, PEEK_DEFAULT, PEEK_MAX, Peeked};
+pub use peek::{MessageState, Peeked};
 use records::{QueueRecord, StateRecord};
 use state::{Queue, State};
 pub use state::{QueueInfo, QueueStats};

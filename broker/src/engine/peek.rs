@@ -21,6 +21,7 @@
 
 use std::collections::HashMap;
 
+use broker_proto::limits::{PEEK_MESSAGES_DEFAULT, PEEK_MESSAGES_MAX};
 use bytes::Bytes;
 
 use super::Engine;
@@ -28,11 +29,6 @@ use super::ids::Seq;
 use super::records::{self, BodyRecord};
 use crate::engine::error::{Error, Result};
 use crate::storage::keys;
-
-/// Messages per page when the request says 0.
-pub const PEEK_DEFAULT: u32 = 10;
-/// The largest page.
-pub const PEEK_MAX: u32 = 100;
 
 /// Where a peeked message is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,22 +83,25 @@ fn decode_token(token: &str) -> Result<(u64, u64)> {
     }
 }
 
-/// `max_messages` of a request: 0 means [`PEEK_DEFAULT`].
+/// `max_messages` of a request: 0 means [`PEEK_MESSAGES_DEFAULT`].
 fn page_size(max_messages: u32) -> Result<usize> {
     match max_messages {
-        0 => Ok(PEEK_DEFAULT as usize),
-        n if n > PEEK_MAX => Err(Error::invalid(
+        0 => Ok(PEEK_MESSAGES_DEFAULT as usize),
+        n if n > PEEK_MESSAGES_MAX => Err(Error::invalid(
             "max_messages",
-            format!("must be in 1..={PEEK_MAX} (0 means {PEEK_DEFAULT}); got {n}"),
+            format!(
+                "must be in 1..={PEEK_MESSAGES_MAX} (0 means {PEEK_MESSAGES_DEFAULT}); got {n}"
+            ),
         )),
         n => Ok(n as usize),
     }
 }
 
 impl Engine {
-    /// Up to `max_messages` (0: 10, at most 100) messages of `queue` in
-    /// queue order, after `page_token` (empty: from the first); and the
-    /// token of the next page, empty on the last one. See the module docs.
+    /// Up to `max_messages` (0: [`PEEK_MESSAGES_DEFAULT`], at most
+    /// [`PEEK_MESSAGES_MAX`]) messages of `queue` in queue order, after
+    /// `page_token` (empty: from the first); and the token of the next
+    /// page, empty on the last one. See the module docs.
     pub fn peek(
         &self,
         queue: &str,
@@ -264,10 +263,11 @@ mod tests {
 
     #[test]
     fn page_size_defaults_and_is_bounded() {
-        assert_eq!(page_size(0).unwrap(), 10);
+        assert_eq!(page_size(0).unwrap(), PEEK_MESSAGES_DEFAULT as usize);
         assert_eq!(page_size(1).unwrap(), 1);
-        assert_eq!(page_size(100).unwrap(), 100);
-        let err = page_size(101).unwrap_err().to_string();
+        let max = PEEK_MESSAGES_MAX;
+        assert_eq!(page_size(max).unwrap(), max as usize);
+        let err = page_size(max + 1).unwrap_err().to_string();
         assert_eq!(err, "max_messages must be in 1..=100 (0 means 10); got 101");
     }
 }

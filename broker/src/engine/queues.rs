@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use broker_proto::limits::{PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX};
+
 use super::command::{self, Op};
 use super::error::{Error, Result};
 use super::records::QueueRecord;
@@ -34,8 +36,10 @@ pub(super) fn paginate<T>(
     page_size: u32,
 ) -> Result<(Vec<T>, String)> {
     let page_size = match page_size {
-        0 => 100,
-        n if n > 1000 => return Err(Error::out_of_range("page_size", 0, 1000, n)),
+        0 => PAGE_SIZE_DEFAULT as usize,
+        n if n > PAGE_SIZE_MAX => {
+            return Err(Error::out_of_range("page_size", 0, PAGE_SIZE_MAX, n));
+        }
         n => n as usize,
     };
     let mut page = Vec::new();

@@ -1,25 +1,24 @@
-//! Input rules shared by queue operations: names, ids, message sizes.
+//! Input rules shared by queue operations: names, ids, message sizes, with
+//! the API's limits from `broker_proto::limits`.
 
 use std::collections::HashMap;
 
-use crate::engine::error::{Error, Result, subject, truncate};
+use broker_proto::limits::{
+    ATTRIBUTE_NAME_BYTES_MAX, ATTRIBUTES_MAX, BATCH_ENTRIES_MAX, NAME_LEN_MAX,
+};
 
-pub const NAME_MAX: usize = 80;
-pub const MAX_ATTRIBUTES: usize = 10;
-pub const ATTRIBUTE_NAME_MAX: usize = 256;
-pub const BATCH_MAX: usize = 100;
-pub const RECEIVE_MAX: u32 = 100;
+use crate::engine::error::{Error, Result, subject, truncate};
 
 fn is_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '_' || c == '-'
 }
 
 fn is_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= NAME_MAX && s.chars().all(is_name_char)
+    !s.is_empty() && s.len() <= NAME_LEN_MAX && s.chars().all(is_name_char)
 }
 
-/// 1..=80 characters of `[A-Za-z0-9_-]`; `field` is the request field
-/// (the message calls it as [`subject`] does).
+/// 1..=[`NAME_LEN_MAX`] characters of `[A-Za-z0-9_-]`; `field` is the
+/// request field (the message calls it as [`subject`] does).
 pub fn queue_name(field: &'static str, name: &str) -> Result<()> {
     name_as(field, subject(field), name)
 }
@@ -45,10 +44,10 @@ pub fn entry_id(id: &str) -> Result<()> {
 /// Batch sizes and distinct entry ids (a duplicate fails the whole batch:
 /// its results could not be told apart).
 pub fn batch<'a>(len: usize, ids: impl Iterator<Item = &'a str>) -> Result<()> {
-    if len == 0 || len > BATCH_MAX {
+    if len == 0 || len > BATCH_ENTRIES_MAX {
         return Err(Error::invalid(
             "entries",
-            format!("must hold 1..={BATCH_MAX} entries; got {len}"),
+            format!("must hold 1..={BATCH_ENTRIES_MAX} entries; got {len}"),
         ));
     }
     let mut seen = std::collections::HashSet::with_capacity(len);
@@ -65,16 +64,16 @@ pub fn message(body: &[u8], attributes: &HashMap<String, String>, max_bytes: u32
     if body.is_empty() {
         return Err(Error::invalid("body", "must not be empty"));
     }
-    if attributes.len() > MAX_ATTRIBUTES {
+    if attributes.len() > ATTRIBUTES_MAX {
         return Err(Error::TooManyAttributes {
-            max: MAX_ATTRIBUTES,
+            max: ATTRIBUTES_MAX,
             got: attributes.len(),
         });
     }
     for name in attributes.keys() {
-        if name.is_empty() || name.len() > ATTRIBUTE_NAME_MAX {
+        if name.is_empty() || name.len() > ATTRIBUTE_NAME_BYTES_MAX {
             return Err(Error::InvalidAttributeName {
-                max: ATTRIBUTE_NAME_MAX,
+                max: ATTRIBUTE_NAME_BYTES_MAX,
                 name: truncate(name),
             });
         }
@@ -100,8 +99,8 @@ mod tests {
     #[test]
     fn names() {
         assert!(queue_name("name", "orders-v2_x").is_ok());
-        assert!(queue_name("name", &"a".repeat(80)).is_ok());
-        assert!(queue_name("name", &"a".repeat(81)).is_err());
+        assert!(queue_name("name", &"a".repeat(NAME_LEN_MAX)).is_ok());
+        assert!(queue_name("name", &"a".repeat(NAME_LEN_MAX + 1)).is_err());
         assert!(queue_name("name", "").is_err());
         let err = queue_name("name", "bad name").unwrap_err().to_string();
         assert_eq!(
@@ -134,7 +133,7 @@ mod tests {
     fn batches() {
         assert!(batch(2, ["a", "b"].into_iter()).is_ok());
         assert!(batch(0, [].into_iter()).is_err());
-        assert!(batch(101, std::iter::empty()).is_err());
+        assert!(batch(BATCH_ENTRIES_MAX + 1, std::iter::empty()).is_err());
         assert!(
             batch(2, ["a", "a"].into_iter())
                 .unwrap_err()

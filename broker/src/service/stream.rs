@@ -13,6 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use broker_proto::limits::{RECEIVE_MESSAGES_MAX, STREAM_CREDIT_MAX, WAIT_TIME_SECONDS_MAX};
 use broker_proto::pb;
 use pb::stream_messages_request::Request as Op;
 use tokio::sync::mpsc;
@@ -34,7 +35,6 @@ pub enum ProtocolError {
     OpenedAgain,
 }
 
-pub const CREDIT_MAX: u32 = 1_000;
 /// How often a stream whose credit is used up rechecks its leases (for
 /// acknowledgements made outside the stream, and lapsed timeouts).
 const RECHECK: Duration = Duration::from_millis(250);
@@ -48,11 +48,11 @@ pub fn open(first: Option<pb::StreamMessagesRequest>) -> Result<pb::StreamOpen, 
         return Err(status(ProtocolError::NotOpened));
     };
     validate::queue_name("open.queue", &open.queue).map_err(status)?;
-    if open.credit == 0 || open.credit > CREDIT_MAX {
+    if open.credit == 0 || open.credit > STREAM_CREDIT_MAX {
         return Err(status(Error::out_of_range(
             "open.credit",
             1,
-            CREDIT_MAX,
+            STREAM_CREDIT_MAX,
             open.credit,
         )));
     }
@@ -80,13 +80,13 @@ pub async fn run(
         let room = open
             .credit
             .saturating_sub(outstanding.len() as u32)
-            .min(validate::RECEIVE_MAX);
+            .min(RECEIVE_MESSAGES_MAX);
         let receive = engine.receive(
             &queue,
             ReceiveOptions {
                 max_messages: room.max(1),
                 visibility_timeout_seconds: open.visibility_timeout_seconds,
-                wait_time_seconds: Some(20),
+                wait_time_seconds: Some(WAIT_TIME_SECONDS_MAX),
                 ..ReceiveOptions::default()
             },
         );

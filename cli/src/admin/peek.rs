@@ -5,6 +5,7 @@
 
 use std::fmt::Write as _;
 
+use broker_client::limits::PEEK_MESSAGES_MAX;
 use broker_client::{Client, pb};
 use serde_json::{Value, json};
 
@@ -13,11 +14,8 @@ use crate::error::failure;
 use crate::format::{WIDTH, base64, body_text, plural, secs_short, timestamp, with_body};
 use crate::output::Output;
 
-/// Largest page of `PeekMessages`.
-const PEEK_PAGE_MAX: u32 = 100;
-
 /// Up to `max` (at least 1) messages of `queue`, oldest first, in pages of
-/// at most 100; and whether more follow.
+/// at most [`PEEK_MESSAGES_MAX`]; and whether more follow.
 pub async fn peek_messages(
     client: &Client,
     queue: &str,
@@ -30,7 +28,7 @@ pub async fn peek_messages(
     loop {
         let want = max
             .saturating_sub(messages.len() as u32)
-            .clamp(1, PEEK_PAGE_MAX);
+            .clamp(1, PEEK_MESSAGES_MAX);
         let page = client
             .peek_messages(pb::PeekMessagesRequest {
                 queue: queue.to_owned(),

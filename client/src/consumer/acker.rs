@@ -28,10 +28,12 @@ use tokio::time::Instant;
 
 use super::pipeline::Core;
 use super::retry::{RECONNECT_MAX, RECONNECT_MIN, backoff, is_transient};
+use crate::limits::BATCH_ENTRIES_MAX;
 use crate::{Error, pb};
 
 /// Most entries the acker puts in one batch RPC.
 const ACK_BATCH: usize = 10;
+const _: () = assert!(ACK_BATCH <= BATCH_ENTRIES_MAX);
 /// How long the acker waits for more entries before sending a batch.
 const ACK_LINGER: Duration = Duration::from_millis(5);
 /// Attempts of one acker batch RPC that fails with a transient error.

@@ -15,7 +15,6 @@ use governor::{Quota, RateLimiter};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::VISIBILITY_MAX_SECONDS;
 use super::acker::acker;
 use super::delivery::Delivery;
 use super::heartbeat::heartbeat;
@@ -25,10 +24,15 @@ use super::pull::receive_pulled;
 use super::push::receive_pushed;
 use super::retry::ceil_seconds;
 use super::{Consumer, ConsumerStream, Message};
+use crate::limits::{
+    RECEIVE_MESSAGES_MAX, STREAM_CREDIT_MAX, VISIBILITY_TIMEOUT_SECONDS_DEFAULT,
+    VISIBILITY_TIMEOUT_SECONDS_MAX, WAIT_TIME_SECONDS_MAX,
+};
 use crate::{Client, Error, pb};
 
-/// Largest credit of a push stream.
-const CREDIT_MAX: u32 = 1_000;
+/// Messages one receive asks for unless `batch_size` says otherwise.
+const BATCH_SIZE_DEFAULT: u32 = 10;
+const _: () = assert!(BATCH_SIZE_DEFAULT <= RECEIVE_MESSAGES_MAX);
 
 /// Builds a [`Consumer`] (a pool of handler tasks) or a [`ConsumerStream`]
 /// (a `Stream` of deliveries): one setter per option, each with a default.
@@ -78,8 +82,8 @@ impl ConsumerBuilder {
             client: client.clone(),
             queue,
             concurrency: 1,
-            batch_size: 10,
-            wait_time: Duration::from_secs(20),
+            batch_size: BATCH_SIZE_DEFAULT,
+            wait_time: Duration::from_secs(u64::from(WAIT_TIME_SECONDS_MAX)),
             visibility_timeout: None,
             max_per_second: None,
             max_burst: None,
@@ -257,15 +261,15 @@ impl ConsumerBuilder {
         if self.concurrency == 0 {
             return invalid("concurrency must be at least 1; got 0".into());
         }
-        if !(1..=100).contains(&self.batch_size) {
+        if !(1..=RECEIVE_MESSAGES_MAX).contains(&self.batch_size) {
             return invalid(format!(
-                "batch_size must be in 1..=100; got {}",
+                "batch_size must be in 1..={RECEIVE_MESSAGES_MAX}; got {}",
                 self.batch_size
             ));
         }
-        if self.wait_time > Duration::from_secs(20) {
+        if self.wait_time > Duration::from_secs(u64::from(WAIT_TIME_SECONDS_MAX)) {
             return invalid(format!(
-                "wait_time must be at most 20 s; got {:?}",
+                "wait_time must be at most {WAIT_TIME_SECONDS_MAX} s; got {:?}",
                 self.wait_time
             ));
         }
@@ -293,9 +297,9 @@ impl ConsumerBuilder {
         let visibility = match self.visibility_timeout {
             Some(timeout) => {
                 let seconds = ceil_seconds(timeout);
-                if !(1..=u64::from(VISIBILITY_MAX_SECONDS)).contains(&seconds) {
+                if !(1..=u64::from(VISIBILITY_TIMEOUT_SECONDS_MAX)).contains(&seconds) {
                     return invalid(format!(
-                        "visibility_timeout must be in 1 s..={VISIBILITY_MAX_SECONDS} s; got {timeout:?}"
+                        "visibility_timeout must be in 1 s..={VISIBILITY_TIMEOUT_SECONDS_MAX} s; got {timeout:?}"
                     ));
                 }
                 seconds as u32
@@ -317,7 +321,7 @@ impl ConsumerBuilder {
             queue
                 .attributes
                 .and_then(|a| a.visibility_timeout_seconds)
-                .unwrap_or(30)
+                .unwrap_or(VISIBILITY_TIMEOUT_SECONDS_DEFAULT)
                 .max(1)
         };
 
@@ -329,7 +333,7 @@ impl ConsumerBuilder {
             visibility,
             batch_size: self.batch_size,
             wait_time_seconds: self.wait_time.as_secs() as u32,
-            credit: (capacity as u32).min(CREDIT_MAX),
+            credit: (capacity as u32).min(STREAM_CREDIT_MAX),
             retry_min: self.retry_min,
             retry_max: self.retry_max,
             limiter,

@@ -9,10 +9,11 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::Message;
 use super::lease::{Outcome, Settlement};
 use super::pipeline::Core;
 use super::retry::ceil_seconds;
-use super::{Message, VISIBILITY_MAX_SECONDS};
+use crate::limits::VISIBILITY_TIMEOUT_SECONDS_MAX;
 
 /// One received message and the right to settle it: [`Delivery::ack`],
 /// [`Delivery::nack`] or [`Delivery::release`]. Dereferences to the
@@ -77,7 +78,7 @@ impl Delivery {
     /// # }
     /// ```
     pub fn release(mut self, delay: Duration) {
-        let seconds = ceil_seconds(delay).min(u64::from(VISIBILITY_MAX_SECONDS)) as u32;
+        let seconds = ceil_seconds(delay).min(u64::from(VISIBILITY_TIMEOUT_SECONDS_MAX)) as u32;
         self.settle(Settlement::Release(seconds), Outcome::Released);
     }
 

@@ -80,6 +80,3 @@ use crate::pb;
 /// A received message, as the broker sent it: body, attributes, receipt
 /// handle, receive count.
 pub type Message = pb::ReceivedMessage;
-
-/// Largest visibility timeout the broker accepts, in seconds.
-const VISIBILITY_MAX_SECONDS: u32 = 43_200;

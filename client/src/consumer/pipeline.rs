@@ -16,10 +16,10 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::VISIBILITY_MAX_SECONDS;
 use super::acker::Op;
 use super::lease::LeaseTable;
 use super::retry::{backoff, ceil_seconds, copy};
+use crate::limits::VISIBILITY_TIMEOUT_SECONDS_MAX;
 use crate::{Client, Error, pb};
 
 /// What a consumer did, from [`Consumer::shutdown`] or
@@ -128,7 +128,7 @@ impl Core {
     /// The release delay after a failure, in seconds.
     pub(super) fn retry_seconds(&self, receive_count: u32) -> u32 {
         let delay = backoff(self.retry_min, self.retry_max, receive_count);
-        ceil_seconds(delay).min(u64::from(VISIBILITY_MAX_SECONDS)) as u32
+        ceil_seconds(delay).min(u64::from(VISIBILITY_TIMEOUT_SECONDS_MAX)) as u32
     }
 
     /// Records the error that ends the receiver.

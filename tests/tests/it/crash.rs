@@ -623,7 +623,7 @@ async fn drain_queue(
 
     let mut handles = Vec::new();
     loop {
-        let messages = receive_now(client, queue, 100, 600).await;
+        let messages = receive_now(client, queue, limits::RECEIVE_MESSAGES_MAX, 600).await;
         if messages.is_empty() {
             break;
         }
@@ -654,7 +654,7 @@ async fn drain_queue(
             "{queue}: stats {received:?} with all {held} messages received"
         ));
     }
-    for chunk in handles.chunks(100) {
+    for chunk in handles.chunks(limits::BATCH_ENTRIES_MAX) {
         let response = client
             .delete_message_batch(pb::DeleteMessageBatchRequest {
                 queue: queue.into(),
@@ -997,7 +997,7 @@ async fn torn_tail_of_the_write_ahead_log_is_recovered() {
 
     let server = TestServer::start_in(data_dir).await;
     let client = server.client().await;
-    let bodies: HashSet<String> = receive_now(&client, QUEUE, 100, 600)
+    let bodies: HashSet<String> = receive_now(&client, QUEUE, limits::RECEIVE_MESSAGES_MAX, 600)
         .await
         .into_iter()
         .map(|m| String::from_utf8_lossy(&m.body).into_owned())

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use broker_tests::limits::{BACKOFF_SECONDS_MAX, MAX_RECEIVE_RATE_MAX};
 use broker_tests::*;
 
 fn rate(per_second: u32, burst: u32) -> pb::QueueAttributes {
@@ -69,13 +70,17 @@ async fn receive_rate_and_retry_policy_are_validated() {
     let result = client
         .create_queue(pb::CreateQueueRequest {
             name: "q".into(),
-            attributes: Some(rate(100_001, 0)),
+            attributes: Some(rate(MAX_RECEIVE_RATE_MAX + 1, 0)),
         })
         .await;
     assert_error(
         result,
         Code::InvalidArgument,
-        &["max_receive_rate", "0..=100000", "100001"],
+        &[
+            "max_receive_rate",
+            &format!("0..={MAX_RECEIVE_RATE_MAX}"),
+            &(MAX_RECEIVE_RATE_MAX + 1).to_string(),
+        ],
     );
     let result = client
         .create_queue(pb::CreateQueueRequest {
@@ -92,7 +97,11 @@ async fn receive_rate_and_retry_policy_are_validated() {
     assert_error(
         result,
         Code::InvalidArgument,
-        &["retry_policy.max_backoff_seconds", "10..=600", "5"],
+        &[
+            "retry_policy.max_backoff_seconds",
+            &format!("10..={BACKOFF_SECONDS_MAX}"),
+            "5",
+        ],
     );
 }
 

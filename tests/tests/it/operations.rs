@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use broker_tests::limits::RECEIVE_MESSAGES_MAX;
 use broker_tests::*;
 use futures::StreamExt as _;
 use tonic::transport::Channel;
@@ -179,7 +180,12 @@ async fn invalid_arguments_carry_the_field_as_a_bad_request_detail() {
     let (server, _client) = server_with_queue("orders", attributes()).await;
     let mut raw = pb::queue_service_client::QueueServiceClient::new(channel(&server).await);
     let status = raw
-        .receive_messages(receive_request("orders", 101, Some(30), Some(0)))
+        .receive_messages(receive_request(
+            "orders",
+            RECEIVE_MESSAGES_MAX + 1,
+            Some(30),
+            Some(0),
+        ))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
@@ -190,7 +196,9 @@ async fn invalid_arguments_carry_the_field_as_a_bad_request_detail() {
         .expect("a BadRequest field violation");
     assert_eq!(violation.field, "max_messages");
     assert!(
-        violation.description.contains("1..=100"),
+        violation
+            .description
+            .contains(&format!("1..={RECEIVE_MESSAGES_MAX}")),
         "{}",
         violation.description
     );

@@ -2,6 +2,7 @@
 //! queue's too): no receive count, visibility or receipt handle changes;
 //! queue order, paging, states, and validation.
 
+use broker_tests::limits::PEEK_MESSAGES_MAX;
 use broker_tests::*;
 
 fn peek_request(queue: &str, max_messages: u32, page_token: &str) -> pb::PeekMessagesRequest {
@@ -188,10 +189,15 @@ async fn peek_rejects_bad_arguments_and_unknown_queues() {
     send_numbered(&client, "a", 3).await;
     send_numbered(&client, "b", 3).await;
 
+    let max = PEEK_MESSAGES_MAX;
     assert_error(
-        client.peek_messages(peek_request("a", 101, "")).await,
+        client.peek_messages(peek_request("a", max + 1, "")).await,
         Code::InvalidArgument,
-        &["max_messages", "1..=100", "101"],
+        &[
+            "max_messages",
+            &format!("1..={max}"),
+            &(max + 1).to_string(),
+        ],
     );
     assert_error(
         client

@@ -1,16 +1,17 @@
 //! Queue management: CreateQueue, GetQueue, ListQueues, UpdateQueue,
 //! DeleteQueue, PurgeQueue, and the validation of names and attributes.
 
+use broker_tests::limits::*;
 use broker_tests::*;
 
 /// The documented defaults, every field set.
 fn default_attributes() -> pb::QueueAttributes {
     pb::QueueAttributes {
-        visibility_timeout_seconds: Some(30),
-        message_retention_seconds: Some(345_600),
+        visibility_timeout_seconds: Some(VISIBILITY_TIMEOUT_SECONDS_DEFAULT),
+        message_retention_seconds: Some(MESSAGE_RETENTION_SECONDS_DEFAULT),
         delay_seconds: Some(0),
         receive_wait_time_seconds: Some(0),
-        max_message_bytes: Some(262_144),
+        max_message_bytes: Some(MAX_MESSAGE_BYTES_DEFAULT),
         redrive_policy: None,
         clear_redrive_policy: false,
         max_receive_rate: Some(0),
@@ -36,11 +37,23 @@ fn with(field: &str, value: u32) -> pb::QueueAttributes {
 
 /// Each attribute with its valid bounds: (field, min, max).
 const RANGES: &[(&str, u32, u32)] = &[
-    ("visibility_timeout_seconds", 0, 43_200),
-    ("message_retention_seconds", 60, 1_209_600),
-    ("delay_seconds", 0, 900),
-    ("receive_wait_time_seconds", 0, 20),
-    ("max_message_bytes", 1024, 1_048_576),
+    (
+        "visibility_timeout_seconds",
+        0,
+        VISIBILITY_TIMEOUT_SECONDS_MAX,
+    ),
+    (
+        "message_retention_seconds",
+        MESSAGE_RETENTION_SECONDS_MIN,
+        MESSAGE_RETENTION_SECONDS_MAX,
+    ),
+    ("delay_seconds", 0, DELAY_SECONDS_MAX),
+    ("receive_wait_time_seconds", 0, WAIT_TIME_SECONDS_MAX),
+    (
+        "max_message_bytes",
+        MAX_MESSAGE_BYTES_MIN,
+        MAX_MESSAGE_BYTES_MAX,
+    ),
 ];
 
 #[tokio::test(flavor = "multi_thread")]
@@ -116,7 +129,7 @@ async fn create_queue_with_different_attributes_is_already_exists_naming_the_att
 async fn queue_names_of_1_to_80_allowed_characters_are_accepted() {
     let server = TestServer::start().await;
     let client = server.client().await;
-    for name in ["a", "Az09_-", &"n".repeat(80)] {
+    for name in ["a", "Az09_-", &"n".repeat(NAME_LEN_MAX)] {
         assert_eq!(create_queue(&client, name, attributes()).await.name, name);
     }
 }
@@ -125,7 +138,7 @@ async fn queue_names_of_1_to_80_allowed_characters_are_accepted() {
 async fn create_queue_rejects_invalid_names() {
     let server = TestServer::start().await;
     let client = server.client().await;
-    let too_long = "n".repeat(81);
+    let too_long = "n".repeat(NAME_LEN_MAX + 1);
     for name in ["", too_long.as_str(), "a.b", "a b", "a/b", "émile", "q\n"] {
         let result = client
             .create_queue(pb::CreateQueueRequest {
@@ -141,7 +154,11 @@ async fn create_queue_rejects_invalid_names() {
             attributes: None,
         })
         .await;
-    assert_error(result, Code::InvalidArgument, &["name", "80"]);
+    assert_error(
+        result,
+        Code::InvalidArgument,
+        &["name", &NAME_LEN_MAX.to_string()],
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -286,7 +303,8 @@ async fn create_queue_rejects_out_of_range_attributes_naming_field_limit_and_val
 #[tokio::test(flavor = "multi_thread")]
 async fn create_queue_rejects_max_receive_count_out_of_range() {
     let (_server, client) = server_with_queue("dlq", attributes()).await;
-    for (value, bound) in [(0, 1), (1001, 1000)] {
+    let max = MAX_RECEIVE_COUNT_MAX;
+    for (value, bound) in [(0, 1), (max + 1, max)] {
         let result = client
             .create_queue(pb::CreateQueueRequest {
                 name: "orders".into(),
@@ -299,7 +317,7 @@ async fn create_queue_rejects_max_receive_count_out_of_range() {
             &["max_receive_count", &value.to_string(), &bound.to_string()],
         );
     }
-    for value in [1, 1000] {
+    for value in [1, max] {
         let name = format!("orders-{value}");
         let queue = create_queue(&client, &name, redrive_to("dlq", value)).await;
         let policy = queue
@@ -455,11 +473,17 @@ async fn list_all_queues_follows_every_page() {
         .expect("list_all_queues from a token");
     assert_eq!(names(rest), ["page-3", "page-4", "page-5", "page-6"]);
 
-    let result = client.list_all_queues(listing(1001, String::new())).await;
+    let result = client
+        .list_all_queues(listing(PAGE_SIZE_MAX + 1, String::new()))
+        .await;
     assert_error(
         result,
         Code::InvalidArgument,
-        &["page_size", "1000", "1001"],
+        &[
+            "page_size",
+            &PAGE_SIZE_MAX.to_string(),
+            &(PAGE_SIZE_MAX + 1).to_string(),
+        ],
     );
 }
 
@@ -491,22 +515,26 @@ async fn list_queues_rejects_a_page_size_above_1000() {
     let client = server.client().await;
     let result = client
         .list_queues(pb::ListQueuesRequest {
-            page_size: 1001,
+            page_size: PAGE_SIZE_MAX + 1,
             ..Default::default()
         })
         .await;
     assert_error(
         result,
         Code::InvalidArgument,
-        &["page_size", "1000", "1001"],
+        &[
+            "page_size",
+            &PAGE_SIZE_MAX.to_string(),
+            &(PAGE_SIZE_MAX + 1).to_string(),
+        ],
     );
     client
         .list_queues(pb::ListQueuesRequest {
-            page_size: 1000,
+            page_size: PAGE_SIZE_MAX,
             ..Default::default()
         })
         .await
-        .expect("page_size 1000 is allowed");
+        .expect("page_size at its maximum is allowed");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -728,7 +756,7 @@ async fn purge_queue_deletes_every_message_including_in_flight_and_delayed() {
 async fn every_rpc_answers_bad_queue_names_with_a_client_error() {
     let server = TestServer::start().await;
     let client = server.client().await;
-    let too_long = "n".repeat(81);
+    let too_long = "n".repeat(NAME_LEN_MAX + 1);
     for name in ["", "bad name", "../etc", too_long.as_str(), "missing"] {
         let q = name.to_string();
         let results: Vec<(&str, Result<(), Error>)> = vec![

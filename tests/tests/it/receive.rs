@@ -4,6 +4,9 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use broker_tests::limits::{
+    BATCH_ENTRIES_MAX, RECEIVE_MESSAGES_MAX, VISIBILITY_TIMEOUT_SECONDS_MAX, WAIT_TIME_SECONDS_MAX,
+};
 use broker_tests::*;
 
 fn delete_entry(id: &str, receipt_handle: &str) -> pb::DeleteMessageBatchEntry {
@@ -125,29 +128,41 @@ async fn receive_returns_at_most_max_messages_and_never_the_same_message_twice()
 async fn receive_rejects_out_of_range_arguments() {
     let (_server, client) = server_with_queue("orders", attributes()).await;
     send_message(&client, "orders", "job", &[], None).await;
+    let (max, visibility, wait) = (
+        RECEIVE_MESSAGES_MAX,
+        VISIBILITY_TIMEOUT_SECONDS_MAX,
+        WAIT_TIME_SECONDS_MAX,
+    );
     let cases = [
         (
-            receive_request("orders", 101, None, Some(0)),
-            ["max_messages", "100", "101"],
+            receive_request("orders", max + 1, None, Some(0)),
+            "max_messages",
+            max,
         ),
         (
-            receive_request("orders", 1, Some(43_201), Some(0)),
-            ["visibility_timeout_seconds", "43200", "43201"],
+            receive_request("orders", 1, Some(visibility + 1), Some(0)),
+            "visibility_timeout_seconds",
+            visibility,
         ),
         (
-            receive_request("orders", 1, None, Some(21)),
-            ["wait_time_seconds", "20", "21"],
+            receive_request("orders", 1, None, Some(wait + 1)),
+            "wait_time_seconds",
+            wait,
         ),
     ];
-    for (request, needles) in cases {
+    for (request, field, bound) in cases {
         let result = client.receive_messages(request).await;
-        assert_error(result, Code::InvalidArgument, &needles);
+        assert_error(
+            result,
+            Code::InvalidArgument,
+            &[field, &bound.to_string(), &(bound + 1).to_string()],
+        );
     }
     // Nothing was received by the rejected requests.
     assert_eq!(counts(&client, "orders").await, Counts::new(1, 0, 0));
     receive_with(
         &client,
-        receive_request("orders", 100, Some(43_200), Some(0)),
+        receive_request("orders", max, Some(visibility), Some(0)),
     )
     .await;
 }
@@ -369,15 +384,20 @@ async fn change_visibility_above_43200_is_invalid_argument() {
     let (_server, client) = server_with_queue("orders", attributes()).await;
     send_message(&client, "orders", "job", &[], None).await;
     let message = only(receive_now(&client, "orders", 1, 600).await);
-    let result = change_visibility(&client, "orders", &message.receipt_handle, 43_201).await;
+    let max = VISIBILITY_TIMEOUT_SECONDS_MAX;
+    let result = change_visibility(&client, "orders", &message.receipt_handle, max + 1).await;
     assert_error(
         result,
         Code::InvalidArgument,
-        &["visibility_timeout_seconds", "43200", "43201"],
+        &[
+            "visibility_timeout_seconds",
+            &max.to_string(),
+            &(max + 1).to_string(),
+        ],
     );
-    change_visibility(&client, "orders", &message.receipt_handle, 43_200)
+    change_visibility(&client, "orders", &message.receipt_handle, max)
         .await
-        .expect("43200 is allowed");
+        .expect("the maximum is allowed");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -444,7 +464,11 @@ async fn change_visibility_batch_reports_every_entry() {
             entries: vec![
                 visibility_entry("release", &messages[0].receipt_handle, 0),
                 visibility_entry("extend", &messages[1].receipt_handle, 1200),
-                visibility_entry("too-long", &messages[2].receipt_handle, 43_201),
+                visibility_entry(
+                    "too-long",
+                    &messages[2].receipt_handle,
+                    VISIBILITY_TIMEOUT_SECONDS_MAX + 1,
+                ),
                 visibility_entry("malformed", "garbage", 0),
             ],
         })
@@ -464,7 +488,11 @@ async fn change_visibility_batch_reports_every_entry() {
         &failed[1],
         "too-long",
         "INVALID_ARGUMENT",
-        &["visibility_timeout_seconds", "43200", "43201"],
+        &[
+            "visibility_timeout_seconds",
+            &VISIBILITY_TIMEOUT_SECONDS_MAX.to_string(),
+            &(VISIBILITY_TIMEOUT_SECONDS_MAX + 1).to_string(),
+        ],
     );
     // Only the released message is visible.
     assert_eq!(counts(&client, "orders").await, Counts::new(1, 2, 0));
@@ -495,6 +523,11 @@ async fn change_visibility_batch_reports_every_entry() {
 #[tokio::test(flavor = "multi_thread")]
 async fn delete_and_change_visibility_batches_need_1_to_100_entries() {
     let (_server, client) = server_with_queue("orders", attributes()).await;
+    let (max, over) = (
+        BATCH_ENTRIES_MAX.to_string(),
+        (BATCH_ENTRIES_MAX + 1).to_string(),
+    );
+    let over_a_batch = ["entries", max.as_str(), over.as_str()];
 
     let result = client
         .delete_message_batch(pb::DeleteMessageBatchRequest {
@@ -506,12 +539,12 @@ async fn delete_and_change_visibility_batches_need_1_to_100_entries() {
     let result = client
         .delete_message_batch(pb::DeleteMessageBatchRequest {
             queue: "orders".into(),
-            entries: (0..101)
+            entries: (0..=BATCH_ENTRIES_MAX)
                 .map(|i| delete_entry(&format!("e{i}"), "garbage"))
                 .collect(),
         })
         .await;
-    assert_error(result, Code::InvalidArgument, &["entries", "100", "101"]);
+    assert_error(result, Code::InvalidArgument, &over_a_batch);
 
     let result = client
         .change_message_visibility_batch(pb::ChangeMessageVisibilityBatchRequest {
@@ -523,23 +556,24 @@ async fn delete_and_change_visibility_batches_need_1_to_100_entries() {
     let result = client
         .change_message_visibility_batch(pb::ChangeMessageVisibilityBatchRequest {
             queue: "orders".into(),
-            entries: (0..101)
+            entries: (0..=BATCH_ENTRIES_MAX)
                 .map(|i| visibility_entry(&format!("e{i}"), "garbage", 0))
                 .collect(),
         })
         .await;
-    assert_error(result, Code::InvalidArgument, &["entries", "100", "101"]);
+    assert_error(result, Code::InvalidArgument, &over_a_batch);
 
-    // 100 entries are allowed (each fails alone here: the handles are malformed).
+    // A full batch is allowed (each entry fails alone here: the handles are
+    // malformed).
     let response = client
         .delete_message_batch(pb::DeleteMessageBatchRequest {
             queue: "orders".into(),
-            entries: (0..100)
+            entries: (0..BATCH_ENTRIES_MAX)
                 .map(|i| delete_entry(&format!("e{i}"), "garbage"))
                 .collect(),
         })
         .await
-        .expect("100 entries");
-    assert_eq!(response.failed.len(), 100);
+        .expect("a full batch");
+    assert_eq!(response.failed.len(), BATCH_ENTRIES_MAX);
     assert!(response.failed.iter().all(|f| f.code == "INVALID_ARGUMENT"));
 }

@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use broker_tests::limits::*;
 use broker_tests::*;
 use bytes::Bytes;
 
@@ -169,38 +170,43 @@ async fn attribute_names_and_values_count_toward_max_message_bytes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn default_limit_admits_262144_bytes() {
     let (_server, client) = server_with_queue("orders", attributes()).await;
-    send_message(&client, "orders", vec![0u8; 262_144], &[], None).await;
+    let max = MAX_MESSAGE_BYTES_DEFAULT as usize;
+    send_message(&client, "orders", vec![0u8; max], &[], None).await;
     let result = client
-        .send_message(send_request("orders", vec![0u8; 262_145], &[], None))
+        .send_message(send_request("orders", vec![0u8; max + 1], &[], None))
         .await;
-    assert_error(result, Code::InvalidArgument, &["262144", "262145"]);
+    assert_error(
+        result,
+        Code::InvalidArgument,
+        &[&max.to_string(), &(max + 1).to_string()],
+    );
     let message = only(receive_now(&client, "orders", 1, 30).await);
-    assert_eq!(message.body.len(), 262_144);
+    assert_eq!(message.body.len(), max);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn full_batch_of_maximum_size_messages_goes_through() {
-    const MIB: usize = 1_048_576;
-    let (_server, client) = server_with_queue("big", max_bytes(MIB as u32)).await;
+    let (_server, client) = server_with_queue("big", max_bytes(MAX_MESSAGE_BYTES_MAX)).await;
     // 100 entries of 1 MiB: far above gRPC's default 4 MiB message limit.
-    let body = Bytes::from(vec![0xabu8; MIB]);
-    let entries = (0..100)
+    let body = Bytes::from(vec![0xabu8; MAX_MESSAGE_BYTES_MAX as usize]);
+    let entries = (0..BATCH_ENTRIES_MAX)
         .map(|i| entry(&format!("e{i}"), body.clone()))
         .collect();
     let response = client
         .send_message_batch(batch("big", entries))
         .await
-        .expect("a batch of 100 messages of max_message_bytes");
+        .expect("a full batch of messages of the largest max_message_bytes");
     assert_eq!(
         response.successful.len(),
-        100,
+        BATCH_ENTRIES_MAX,
         "failed: {:?}",
         response.failed
     );
-    assert_eq!(counts(&client, "big").await, Counts::new(100, 0, 0));
+    let full = BATCH_ENTRIES_MAX as u64;
+    assert_eq!(counts(&client, "big").await, Counts::new(full, 0, 0));
 
     let mut received = HashSet::new();
-    for message in receive_n(&client, "big", 100, 60).await {
+    for message in receive_n(&client, "big", BATCH_ENTRIES_MAX, 60).await {
         assert_eq!(message.body, body, "body of {}", message.message_id);
         assert!(received.insert(message.message_id), "received twice");
     }
@@ -209,18 +215,23 @@ async fn full_batch_of_maximum_size_messages_goes_through() {
 #[tokio::test(flavor = "multi_thread")]
 async fn ten_attributes_are_accepted_and_eleven_rejected() {
     let (_server, client) = server_with_queue("orders", attributes()).await;
+    let max = ATTRIBUTES_MAX;
     let mut request = send_request("orders", "x", &[], None);
-    request.attributes = numbered_attributes(10);
+    request.attributes = numbered_attributes(max);
     client
         .send_message(request.clone())
         .await
-        .expect("10 attributes");
-    request.attributes = numbered_attributes(11);
+        .expect("the most attributes");
+    request.attributes = numbered_attributes(max + 1);
     let result = client.send_message(request).await;
-    assert_error(result, Code::InvalidArgument, &["attributes", "10", "11"]);
+    assert_error(
+        result,
+        Code::InvalidArgument,
+        &["attributes", &max.to_string(), &(max + 1).to_string()],
+    );
     assert_eq!(
         only(receive_now(&client, "orders", 10, 30).await).attributes,
-        numbered_attributes(10)
+        numbered_attributes(max)
     );
 }
 
@@ -252,14 +263,15 @@ async fn refused_sends_are_bad_requests_on_the_field_at_fault() {
 #[tokio::test(flavor = "multi_thread")]
 async fn delay_above_900_seconds_is_rejected() {
     let (_server, client) = server_with_queue("orders", attributes()).await;
-    send_message(&client, "orders", "x", &[], Some(900)).await;
+    let max = DELAY_SECONDS_MAX;
+    send_message(&client, "orders", "x", &[], Some(max)).await;
     let result = client
-        .send_message(send_request("orders", "x", &[], Some(901)))
+        .send_message(send_request("orders", "x", &[], Some(max + 1)))
         .await;
     assert_error(
         result,
         Code::InvalidArgument,
-        &["delay_seconds", "900", "901"],
+        &["delay_seconds", &max.to_string(), &(max + 1).to_string()],
     );
     assert_eq!(counts(&client, "orders").await, Counts::new(0, 0, 1));
 }
@@ -398,18 +410,26 @@ async fn batch_of_100_entries_is_accepted_and_empty_or_101_rejected() {
 
     let result = client.send_message_batch(batch("orders", Vec::new())).await;
     assert_error(result, Code::InvalidArgument, &["entries"]);
+    let max = BATCH_ENTRIES_MAX;
     let result = client
-        .send_message_batch(batch("orders", entries(101)))
+        .send_message_batch(batch("orders", entries(max + 1)))
         .await;
-    assert_error(result, Code::InvalidArgument, &["entries", "100", "101"]);
+    assert_error(
+        result,
+        Code::InvalidArgument,
+        &["entries", &max.to_string(), &(max + 1).to_string()],
+    );
     assert_eq!(counts(&client, "orders").await, Counts::EMPTY);
 
     let response = client
-        .send_message_batch(batch("orders", entries(100)))
+        .send_message_batch(batch("orders", entries(max)))
         .await
-        .expect("100 entries");
-    assert_eq!(response.successful.len(), 100, "{:?}", response.failed);
-    assert_eq!(counts(&client, "orders").await, Counts::new(100, 0, 0));
+        .expect("a full batch");
+    assert_eq!(response.successful.len(), max, "{:?}", response.failed);
+    assert_eq!(
+        counts(&client, "orders").await,
+        Counts::new(max as u64, 0, 0)
+    );
 }
 
 /// Entry ids must be unique. Whether the whole request fails or the duplicate
@@ -466,7 +486,7 @@ async fn duplicate_batch_entry_ids_are_rejected() {
 #[tokio::test(flavor = "multi_thread")]
 async fn invalid_batch_entry_ids_are_rejected() {
     let (_server, client) = server_with_queue("orders", attributes()).await;
-    let too_long = "i".repeat(81);
+    let too_long = "i".repeat(NAME_LEN_MAX + 1);
     for bad in ["", "a b", "a.b", too_long.as_str()] {
         let result = client
             .send_message_batch(batch(
@@ -490,7 +510,7 @@ async fn invalid_batch_entry_ids_are_rejected() {
     // Only "good" bodies were ever sent.
     let messages = receive_now(&client, "orders", 10, 30).await;
     assert!(messages.iter().all(|m| m.body == "good"), "{messages:?}");
-    let valid = "I".repeat(80);
+    let valid = "I".repeat(NAME_LEN_MAX);
     let response = client
         .send_message_batch(batch(
             "orders",

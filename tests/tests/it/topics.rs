@@ -8,6 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use broker_tests::limits::{ATTRIBUTES_MAX, BATCH_ENTRIES_MAX, NAME_LEN_MAX, PAGE_SIZE_MAX};
 use broker_tests::*;
 use bytes::Bytes;
 use serde_json::Value;
@@ -242,10 +243,10 @@ async fn create_topic_is_idempotent() {
 async fn topic_names_follow_the_queue_name_rules() {
     let server = TestServer::start().await;
     let client = server.client().await;
-    for name in ["a", "Az09_-", &"n".repeat(80)] {
+    for name in ["a", "Az09_-", &"n".repeat(NAME_LEN_MAX)] {
         assert_eq!(create_topic(&client, name).await.name, name);
     }
-    let too_long = "n".repeat(81);
+    let too_long = "n".repeat(NAME_LEN_MAX + 1);
     for name in ["", too_long.as_str(), "a.b", "a b", "a/b", "émile", "q\n"] {
         let result = client
             .create_topic(pb::CreateTopicRequest {
@@ -257,7 +258,11 @@ async fn topic_names_follow_the_queue_name_rules() {
     let result = client
         .create_topic(pb::CreateTopicRequest { name: too_long })
         .await;
-    assert_error(result, Code::InvalidArgument, &["name", "80"]);
+    assert_error(
+        result,
+        Code::InvalidArgument,
+        &["name", &NAME_LEN_MAX.to_string()],
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -422,14 +427,18 @@ async fn list_topics_pages_in_name_order_filtered_by_prefix() {
 
     let result = client
         .list_topics(pb::ListTopicsRequest {
-            page_size: 1001,
+            page_size: PAGE_SIZE_MAX + 1,
             ..Default::default()
         })
         .await;
     assert_error(
         result,
         Code::InvalidArgument,
-        &["page_size", "1000", "1001"],
+        &[
+            "page_size",
+            &PAGE_SIZE_MAX.to_string(),
+            &(PAGE_SIZE_MAX + 1).to_string(),
+        ],
     );
 }
 
@@ -763,14 +772,18 @@ async fn list_subscriptions_by_topic_by_queue_and_in_pages() {
     }
     let result = client
         .list_subscriptions(pb::ListSubscriptionsRequest {
-            page_size: 1001,
+            page_size: PAGE_SIZE_MAX + 1,
             ..Default::default()
         })
         .await;
     assert_error(
         result,
         Code::InvalidArgument,
-        &["page_size", "1000", "1001"],
+        &[
+            "page_size",
+            &PAGE_SIZE_MAX.to_string(),
+            &(PAGE_SIZE_MAX + 1).to_string(),
+        ],
     );
 }
 
@@ -940,19 +953,25 @@ async fn publish_validates_body_and_attributes_as_send_does() {
         .publish_message(publish_request("payments", "", &[]))
         .await;
     assert_error(result, Code::InvalidArgument, &["body"]);
-    let eleven: Vec<(String, String)> = (0..11).map(|i| (format!("k{i}"), "v".into())).collect();
-    let eleven: Vec<(&str, &str)> = eleven
+    let max = ATTRIBUTES_MAX;
+    let too_many: Vec<(String, String)> =
+        (0..=max).map(|i| (format!("k{i}"), "v".into())).collect();
+    let too_many: Vec<(&str, &str)> = too_many
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     let result = client
-        .publish_message(publish_request("payments", "x", &eleven))
+        .publish_message(publish_request("payments", "x", &too_many))
         .await;
-    assert_error(result, Code::InvalidArgument, &["attributes", "10", "11"]);
+    assert_error(
+        result,
+        Code::InvalidArgument,
+        &["attributes", &max.to_string(), &(max + 1).to_string()],
+    );
     assert_eq!(depth(&client, "q").await, 0);
-    // Ten attributes are fine.
+    // The most attributes are fine.
     assert_eq!(
-        publish(&client, "payments", "x", &eleven[..10])
+        publish(&client, "payments", "x", &too_many[..max])
             .await
             .delivered,
         1
@@ -1576,16 +1595,23 @@ async fn publish_batch_takes_1_to_100_entries() {
     };
     let result = client.publish_batch(batch("payments", Vec::new())).await;
     assert_error(result, Code::InvalidArgument, &["entries"]);
-    let result = client.publish_batch(batch("payments", entries(101))).await;
-    assert_error(result, Code::InvalidArgument, &["entries", "100", "101"]);
+    let max = BATCH_ENTRIES_MAX;
+    let result = client
+        .publish_batch(batch("payments", entries(max + 1)))
+        .await;
+    assert_error(
+        result,
+        Code::InvalidArgument,
+        &["entries", &max.to_string(), &(max + 1).to_string()],
+    );
     assert_eq!(depth(&client, "q").await, 0);
 
     let response = client
-        .publish_batch(batch("payments", entries(100)))
+        .publish_batch(batch("payments", entries(max)))
         .await
-        .expect("100 entries");
-    assert_eq!(response.successful.len(), 100, "{:?}", response.failed);
-    assert_eq!(depth(&client, "q").await, 100);
+        .expect("a full batch");
+    assert_eq!(response.successful.len(), max, "{:?}", response.failed);
+    assert_eq!(depth(&client, "q").await, max as u64);
 
     let result = client.publish_batch(batch("missing", entries(1))).await;
     assert_error(result, Code::NotFound, &["missing"]);

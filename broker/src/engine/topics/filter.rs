@@ -36,11 +36,12 @@
 //! of its policies does, and is ANDed with the keys beside it.
 //!
 //! Attribute policies are flat: a key's value is always an array, never a
-//! nested object. A policy holds at most [`MAX_CONDITIONS`] conditions in
-//! all, counting every entry of every key's array, inside `$or` too. Keys
-//! starting with `$` other than `$or` are rejected, so that a misspelt
-//! operator is an error rather than a filter that never matches. As with
-//! any JSON object, a key given twice keeps its last value.
+//! nested object. A policy holds at most
+//! [`FILTER_POLICY_CONDITIONS_MAX`] conditions in all, counting every entry
+//! of every key's array, inside `$or` too. Keys starting with `$` other
+//! than `$or` are rejected, so that a misspelt operator is an error rather
+//! than a filter that never matches. As with any JSON object, a key given
+//! twice keeps its last value.
 //!
 //! # Example
 //!
@@ -69,14 +70,10 @@
 use std::collections::HashMap;
 use std::fmt;
 
+use broker_proto::limits::FILTER_POLICY_CONDITIONS_MAX;
 use serde_json::{Map, Value};
 
 use crate::engine::error::{Error, Result};
-
-/// The most conditions one policy may hold, counting every entry of every
-/// key's array across all `$or` branches. Bounds the work a publish does
-/// per subscription.
-pub const MAX_CONDITIONS: usize = 150;
 
 /// A parsed filter policy; see the [module docs](self) for the syntax.
 #[derive(Debug, Clone)]
@@ -102,11 +99,11 @@ impl FilterPolicy {
         };
         let mut parser = Parser { conditions: 0 };
         let root = parser.policy(object, "")?;
-        if parser.conditions > MAX_CONDITIONS {
+        if parser.conditions > FILTER_POLICY_CONDITIONS_MAX {
             return fail(
                 "",
                 format_args!(
-                    "a policy holds at most {MAX_CONDITIONS} conditions \
+                    "a policy holds at most {FILTER_POLICY_CONDITIONS_MAX} conditions \
                      (every entry of every key's array, in all \"$or\" branches); got {}",
                     parser.conditions
                 ),
@@ -1084,9 +1081,11 @@ mod tests {
     #[test]
     fn limits_the_number_of_conditions() {
         let values = |n: usize| (0..n).map(|i| json!(i.to_string())).collect::<Vec<_>>();
-        let at_limit = json!({"a": values(100), "$or": [{"b": values(25)}, {"c": values(25)}]});
+        // The limit's conditions, 50 of them in `$or` branches.
+        let a = FILTER_POLICY_CONDITIONS_MAX - 50;
+        let at_limit = json!({"a": values(a), "$or": [{"b": values(25)}, {"c": values(25)}]});
         assert!(FilterPolicy::parse(&at_limit.to_string()).is_ok());
-        let over = json!({"a": values(100), "$or": [{"b": values(25)}, {"c": values(26)}]});
+        let over = json!({"a": values(a), "$or": [{"b": values(25)}, {"c": values(26)}]});
         assert_error(
             &over.to_string(),
             "filter_policy: a policy holds at most 150 conditions",

@@ -467,7 +467,7 @@ fn fan_out(
     validate::message(
         &m.body,
         &m.attributes,
-        crate::engine::attributes::MAX_MESSAGE_BYTES_MAX,
+        broker_proto::limits::MAX_MESSAGE_BYTES_MAX,
     )?;
     let message_id = uuid::Uuid::new_v4().to_string();
     let mut envelope_body: Option<Bytes> = None;
