@@ -757,8 +757,8 @@ pub async fn send_numbered(client: &Client, queue: &str, n: usize) -> Vec<String
 }
 
 /// Sends `bodies` with `SendMessageBatch`, a full batch
-/// ([`limits::BATCH_ENTRIES_MAX`]) at a time; panics unless every entry succeeds. Returns the ids in the order
-/// of the bodies.
+/// ([`limits::BATCH_ENTRIES_MAX`]) at a time; panics unless every entry
+/// succeeds. Returns the ids in the order of the bodies.
 pub async fn send_batch<B: Into<Bytes>>(
     client: &Client,
     queue: &str,
