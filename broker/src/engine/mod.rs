@@ -59,11 +59,15 @@
 //!
 //! # What runs under the lock
 //! Deciding, the RocksDB write of the command's batch (a WAL append without
-//! `fsync` and a memtable insert) and the index update. The `fsync` is
-//! awaited after the lock is released, and bodies are read after it
-//! (`messages`, `peek`). Writing under the lock is what keeps the WAL in
-//! the order of the decisions, which a replay relies on; `benches/README.md`
-//! has what it costs.
+//! `fsync` and a memtable insert) and the index update; and, in a command
+//! that moves messages (dead-lettering, redrive), the read of the bodies it
+//! rewrites (`dead_letters::read_moves`), so that apply writes what the
+//! store holds at that point of the order. The `fsync` is awaited after the
+//! lock is released; received and peeked bodies, and the bodies a redrive
+//! reads to find where each message died, are read without the lock.
+//! Writing under the lock is what keeps the WAL in the order of the
+//! decisions, which a replay relies on; `benches/README.md` has what it
+//! costs, measured.
 //!
 //! # Waking
 //! Each queue has a [`Notify`]: a send, a timer that fires, and a release
