@@ -14,10 +14,10 @@
 //! - Long polls: [`LongPolls`] counts the receives that may wait, per
 //!   connection (keyed by the peer's address, which is unique per open TCP
 //!   connection); one more fails with RESOURCE_EXHAUSTED. A receive counts
-//!   unless it asks for `wait_time_seconds = 0`: without a wait time, the
-//!   queue's `receive_wait_time_seconds` applies and may be > 0. It counts
-//!   for as long as it runs, so a receive that returns at once holds its
-//!   slot only for that moment.
+//!   when its wait time is above 0: its `wait_time_seconds`, or without one
+//!   its queue's `receive_wait_time_seconds`. It counts for as long as it
+//!   runs, so a receive that returns at once holds its slot only for that
+//!   moment.
 //! - Request size: `max_request_bytes` is the services'
 //!   `max_decoding_message_size` (set in `server.rs`): tonic checks a
 //!   message's length prefix before it buffers or decodes the message, and

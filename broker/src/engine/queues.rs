@@ -114,6 +114,16 @@ impl Engine {
         Ok((q.info(), q.stats(now)))
     }
 
+    /// How long a receive on `queue` that gives no wait time waits: the
+    /// queue's `receive_wait_time_seconds`.
+    pub fn receive_wait_seconds(&self, queue: &str) -> Result<u32> {
+        Ok(self
+            .lock()
+            .queue("queue", queue)?
+            .attributes
+            .receive_wait_time_seconds)
+    }
+
     /// Up to `page_size` queues whose name starts with `prefix`, after
     /// `page_token` (the last name of the previous page); and the next token.
     pub fn list_queues(

@@ -345,11 +345,20 @@ impl pb::queue_service_server::QueueService for QueueApi {
     ) -> Reply<pb::ReceiveMessagesResponse> {
         trace::record_queue(&req.get_ref().queue);
         auth::require(&req, Permission::Receive, &req.get_ref().queue)?;
+        // Only a receive that may wait takes a slot: one that gives no wait
+        // time waits for as long as its queue says.
+        let waits = match req.get_ref().wait_time_seconds {
+            Some(seconds) => seconds > 0,
+            None => {
+                let queue = &req.get_ref().queue;
+                self.engine.receive_wait_seconds(queue).map_err(status)? > 0
+            }
+        };
         // Held until the receive returns or its future is dropped.
-        let _long_poll = if req.get_ref().wait_time_seconds == Some(0) {
-            None
-        } else {
+        let _long_poll = if waits {
             self.long_polls.start(req.remote_addr())?
+        } else {
+            None
         };
         let wait_limit = deadline::wait_limit(req.metadata());
         let req = req.into_inner();

@@ -599,8 +599,16 @@ async fn long_polls_beyond_the_per_connection_limit_are_resource_exhausted() {
         Code::ResourceExhausted,
         &["max_long_polls_per_connection = 1"],
     );
-    // A receive that does not wait is not limited.
+    // A receive that does not wait is not limited: one that says so, and one
+    // that gives no wait time on a queue whose wait time is 0.
     conn_a.receive("full", 1, 0).await.unwrap();
+    let no_wait_time = pb::ReceiveMessagesRequest {
+        queue: "full".into(),
+        max_messages: 1,
+        ..Default::default()
+    };
+    let received = conn_a.receive_messages(no_wait_time).await.unwrap();
+    assert_eq!(received.messages.len(), 1);
     // Another connection has its own count.
     let conn_b = server.client().await;
     assert_eq!(probe(conn_b).await.unwrap().len(), 1);
