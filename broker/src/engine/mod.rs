@@ -345,7 +345,7 @@ impl Engine {
 impl Engine {
     /// The whole state as text, as of `now` (due timers promoted first):
     /// every key and value of the store, then the index.
-    fn dump(&self, now: u64) -> String {
+    pub(crate) fn dump(&self, now: u64) -> String {
         use std::fmt::Write as _;
         let mut st = self.lock();
         st.promote_due(now);
@@ -373,7 +373,7 @@ impl Engine {
     }
 
     /// The commands applied so far, in order.
-    fn journal(&self) -> Vec<Command> {
+    pub(crate) fn journal(&self) -> Vec<Command> {
         self.journal
             .lock()
             .unwrap_or_else(|e| e.into_inner())
