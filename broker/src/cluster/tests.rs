@@ -197,7 +197,7 @@ async fn start(id: u64, dir: &Path, router: &Router) -> (Raft, Arc<Engine>) {
     let mut tries = 0;
     let (log, engine) = loop {
         let opened = Store::open(&dir.join("raft"), SyncMode::Always)
-            .and_then(|log| Ok((log, Engine::open(&dir.join("engine"), SyncMode::Always))));
+            .map(|log| (log, Engine::open(&dir.join("engine"), SyncMode::Always)));
         match opened {
             Ok((log, Ok(engine))) => break (Arc::new(log), Arc::new(engine)),
             _ if tries < 100 => {
