@@ -5,6 +5,7 @@
 //! - [`server`]: `run(listener, config, shutdown)`: the gRPC server and the engine's background task; `StartupError`.
 //! - [`metrics`]: Prometheus metrics of the engine, storage and RPCs, and the `/metrics` endpoint.
 //! - [`service`]: thin gRPC adapters: protobuf in, engine call, protobuf or status out; the token interceptor; `service::status`, the one table from every layer's errors to gRPC statuses.
+//! - [`cluster`]: replication of the engine's commands over openraft (design step 1: a log store and a state machine, tested in-process; not served yet).
 //! - [`engine`]: queues (send, receive, visibility, long polling, dead letters, retention) and topics with their fan-out, as commands decided and applied over the store; its module docs map where each behaviour lives.
 //! - [`tls`], [`auth`], [`limits`]: TLS for the listeners, token authentication and permissions, limits that protect the broker.
 //! - [`config`]: server settings (flags, environment, TOML file).
@@ -17,6 +18,7 @@
 
 pub mod auth;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod limits;

@@ -297,10 +297,18 @@ impl Command {
 
 /// Writes `cmd`'s batch and updates the index; returns the ticket to await
 /// the write's durability (`None` when there was nothing to write).
+/// `also`, a key and value written in the same batch, is how a replica
+/// records the log id of the entry it applies (`cluster`): with the
+/// command, or not at all.
 ///
 /// The batch is written before the index changes, so a failed write leaves
 /// the index as it was. Waiters are woken for messages made visible.
-pub(super) fn apply(st: &mut State, store: &Store, cmd: &Command) -> Result<Option<Ticket>> {
+pub(super) fn apply(
+    st: &mut State,
+    store: &Store,
+    cmd: &Command,
+    also: Option<(&[u8], &[u8])>,
+) -> Result<Option<Ticket>> {
     let now = cmd.at_ms;
     let Some(op) = &cmd.op else {
         return Err(StorageError::Corrupt {
@@ -410,6 +418,9 @@ pub(super) fn apply(st: &mut State, store: &Store, cmd: &Command) -> Result<Opti
             Vec::new()
         }
     };
+    if let Some((key, value)) = also {
+        batch.put(key, value);
+    }
     let ticket = if batch.is_empty() {
         None
     } else {

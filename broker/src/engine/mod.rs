@@ -272,8 +272,18 @@ impl Engine {
 
     /// [`command::apply`], then wakes the scheduler when a timer moved earlier.
     fn apply_command(&self, st: &mut State, cmd: &Command) -> Result<Option<Ticket>> {
+        self.apply_command_also(st, cmd, None)
+    }
+
+    /// [`Engine::apply_command`], with `also` written in the command's batch.
+    fn apply_command_also(
+        &self,
+        st: &mut State,
+        cmd: &Command,
+        also: Option<(&[u8], &[u8])>,
+    ) -> Result<Option<Ticket>> {
         let earliest = st.timers.first().map(|t| t.at);
-        let ticket = command::apply(st, &self.store, cmd)?;
+        let ticket = command::apply(st, &self.store, cmd, also)?;
         self.timer_set(st, earliest);
         Ok(ticket)
     }
@@ -283,6 +293,35 @@ impl Engine {
     pub async fn replay(&self, cmd: &Command) -> Result<()> {
         let ticket = self.apply_command(&mut self.lock(), cmd)?;
         self.durable(ticket).await
+    }
+
+    /// [`Engine::replay`], with `key` = `value` written in the command's
+    /// one batch: a replica records the log id of the entry it applies this
+    /// way, so that after a crash the command and the record are both there
+    /// or neither is.
+    pub async fn replay_recording(&self, cmd: &Command, key: &[u8], value: &[u8]) -> Result<()> {
+        let ticket = self.apply_command_also(&mut self.lock(), cmd, Some((key, value)))?;
+        self.durable(ticket).await
+    }
+
+    /// Writes `key` = `value` alone (a replica's applied log id after an
+    /// entry with no command), in the order of the commands (under the
+    /// lock), and waits until it is durable. Only for keys outside the
+    /// engine's own keyspace (`storage::keys`' Raft keys).
+    pub async fn record(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        let mut batch = crate::storage::Batch::default();
+        batch.put(key, value);
+        let ticket = {
+            let _st = self.lock();
+            self.store.write(batch)?
+        };
+        self.durable(Some(ticket)).await
+    }
+
+    /// Reads a key written by [`Engine::record`] or
+    /// [`Engine::replay_recording`].
+    pub fn recorded(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.store.get(key)?)
     }
 
     async fn durable(&self, ticket: Option<Ticket>) -> Result<()> {
@@ -306,7 +345,7 @@ impl Engine {
 impl Engine {
     /// The whole state as text, as of `now` (due timers promoted first):
     /// every key and value of the store, then the index.
-    fn dump(&self, now: u64) -> String {
+    pub(crate) fn dump(&self, now: u64) -> String {
         use std::fmt::Write as _;
         let mut st = self.lock();
         st.promote_due(now);
@@ -334,7 +373,7 @@ impl Engine {
     }
 
     /// The commands applied so far, in order.
-    fn journal(&self) -> Vec<Command> {
+    pub(crate) fn journal(&self) -> Vec<Command> {
         self.journal
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -12,6 +12,13 @@
 //! | message state | `0x03` queue id (u64 BE) seq (u64 BE) | a state record: receive count, visible-at, first receive, sent-at |
 //! | topic | `0x04` name (UTF-8) | a topic record |
 //! | subscription | `0x05` subscription id (u64 BE) | a subscription record: topic, queue, filter policy, raw delivery |
+//! | Raft: applied | `0x10` `"applied"` | JSON: the last applied log id and membership (`cluster::state_machine`), written in the batch of the entry it names |
+//! | Raft: log entry | `0x11` index (u64 BE) | JSON: an openraft entry (`cluster::log_store`) |
+//! | Raft: vote, committed, last purged | `0x12` `"vote"`, `"committed"`, `"purged"` | JSON: openraft's vote / log ids |
+//!
+//! The `0x11` and `0x12` keys live in a node's Raft log store, a store of
+//! their own for now (the engine's store is scanned whole by tests that
+//! compare replicas); `0x10` lives in the engine's store.
 //!
 //! Sequence numbers come from one counter for the whole store and are never
 //! reused, so a `(queue id, seq)` pair names one message forever, and queue
@@ -23,6 +30,30 @@ pub const BODY_PREFIX: u8 = 0x02;
 pub const STATE_PREFIX: u8 = 0x03;
 pub const TOPIC_PREFIX: u8 = 0x04;
 pub const SUBSCRIPTION_PREFIX: u8 = 0x05;
+pub const RAFT_APPLIED: &[u8] = b"\x10applied";
+pub const RAFT_LOG_PREFIX: u8 = 0x11;
+pub const RAFT_VOTE: &[u8] = b"\x12vote";
+pub const RAFT_COMMITTED: &[u8] = b"\x12committed";
+pub const RAFT_PURGED: &[u8] = b"\x12purged";
+
+/// The key of the Raft log entry at `index`: byte order is index order.
+pub fn raft_log(index: u64) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[0] = RAFT_LOG_PREFIX;
+    key[1..].copy_from_slice(&index.to_be_bytes());
+    key
+}
+
+/// The end (exclusive) of every Raft log key.
+pub const RAFT_LOG_END: &[u8] = &[RAFT_LOG_PREFIX + 1];
+
+/// The index of a Raft log key.
+pub fn decode_raft_log(key: &[u8]) -> Option<u64> {
+    match key.split_first() {
+        Some((&RAFT_LOG_PREFIX, rest)) => Some(u64::from_be_bytes(rest.try_into().ok()?)),
+        _ => None,
+    }
+}
 
 pub fn queue(name: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(1 + name.len());

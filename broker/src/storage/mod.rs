@@ -277,6 +277,19 @@ impl Store {
             .map(|r| r.map_err(StorageError::from))
     }
 
+    /// The last key in `[from, to)` with its value, if any (a reverse seek:
+    /// the Raft log's last entry).
+    pub fn last_in_range(&self, from: &[u8], to: &[u8]) -> Result<Option<KeyValue>, StorageError> {
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_lower_bound(from);
+        opts.set_iterate_upper_bound(to);
+        Ok(self
+            .db
+            .iterator_opt(IteratorMode::End, opts)
+            .next()
+            .transpose()?)
+    }
+
     /// Applies `batch` atomically, not yet synced; [`Store::sync`] with the
     /// returned ticket waits until it is durable.
     pub fn write(&self, batch: Batch) -> Result<Ticket, StorageError> {

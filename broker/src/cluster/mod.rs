@@ -1,0 +1,126 @@
+//! Cluster mode, step 1 of `docs/cluster-design.md`: the engine's commands
+//! replicated through an openraft 0.9 log. Nothing serves this yet: no
+//! gRPC transport, no `broker serve` flag; the tests run nodes in-process.
+//!
+//! # What is replicated
+//! One log entry carries one engine [`Command`] (decided on the leader,
+//! prost-encoded inside the entry, see [`Request`]). Every replica, the
+//! leader too, applies committed entries in log order with
+//! [`Engine::replay_recording`]; replay is deterministic
+//! (`engine::command`), so replicas that applied the same prefix of the log
+//! hold the same store and index. Membership and blank entries change no
+//! engine state; they only move the applied log id.
+//!
+//! # Where things are
+//! - [`log_store`]: openraft's `RaftLogStorage` over a [`Store`]: entries
+//!   (`storage::keys::raft_log`), vote, committed and last-purged ids.
+//! - [`state_machine`]: openraft's `RaftStateMachine` over an [`Engine`].
+//!
+//! # Invariants
+//! - **An entry is applied at most once.** The command's batch and the new
+//!   applied log id (`storage::keys::RAFT_APPLIED`, with the membership)
+//!   are written in one RocksDB batch. A replica that restarts reads the
+//!   applied id and openraft re-applies only the entries after it.
+//! - **A replica acknowledges an append only once it is durable.** The log
+//!   store is opened with `SyncMode::Always`; `append` calls openraft's
+//!   flush callback after the batch of entries is `fsync`ed, so a replica
+//!   counts towards a commit only with the entries on disk. Votes, the
+//!   committed id and truncations are synced before returning too.
+//!
+//! # Crash at each step
+//! - During an append, before the sync: the entries may be lost; they were
+//!   not acknowledged, and the leader sends them again.
+//! - After the append, before apply: the log has them; on restart openraft
+//!   applies every committed entry after the recorded applied id.
+//! - During apply: each entry's batch is atomic, so the engine holds either
+//!   the command and its applied id or neither.
+//! - During a truncation or a purge: each is one batch (the range delete,
+//!   and for a purge the new last-purged id), so it happened or not.
+//!
+//! # Not built yet
+//! - **Snapshots.** Building and installing one returns a storage error
+//!   saying so. Nodes must run with `SnapshotPolicy::Never` (see
+//!   [`raft_config`]), so openraft never builds one nor purges the log: a
+//!   follower that falls behind catches up from the log, which grows
+//!   without bound. The design's plan is a scan of the engine's keys.
+//! - A column family per group: the log lives in a store of its own, in
+//!   its own directory, beside the engine's.
+//! - More than one command per entry (the design's batching) needs them
+//!   applied in one batch, to keep "at most once".
+
+// openraft's traits fix the error types (`StorageError`, `RPCError`: over
+// 100 bytes); returning them unboxed is what the traits ask.
+#![allow(clippy::result_large_err)]
+
+pub mod log_store;
+pub mod state_machine;
+
+#[cfg(test)]
+mod tests;
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use prost::Message as _;
+
+use crate::engine::Engine;
+use crate::engine::command::Command;
+use crate::storage::Store;
+pub use log_store::LogStore;
+pub use state_machine::StateMachine;
+
+openraft::declare_raft_types!(
+    /// The openraft types of a broker node.
+    pub TypeConfig:
+        D = Request,
+        R = (),
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// The Raft of a broker node.
+pub type Raft = openraft::Raft<TypeConfig>;
+
+/// The application data of a log entry: one engine command. openraft's
+/// entries are serde types; the command inside stays prost-encoded (its
+/// own versioned format), carried as a base64 string in the entry's JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request(pub Command);
+
+impl serde::Serialize for Request {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use base64::Engine as _;
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(self.0.encode_to_vec()))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Request {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use base64::Engine as _;
+        use serde::de::Error as _;
+        let text = String::deserialize(d)?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(D::Error::custom)?;
+        Command::decode(bytes.as_slice())
+            .map(Request)
+            .map_err(D::Error::custom)
+    }
+}
+
+/// The openraft settings every node uses for now: snapshots are never
+/// built (not supported yet, see the module docs).
+pub fn raft_config() -> openraft::Config {
+    openraft::Config {
+        snapshot_policy: openraft::SnapshotPolicy::Never,
+        ..Default::default()
+    }
+}
+
+/// A node's storage for one group: its log store and its state machine.
+pub fn storage(log: Arc<Store>, engine: Arc<Engine>) -> crate::Result<(LogStore, StateMachine)> {
+    Ok((LogStore::new(log), StateMachine::open(engine)?))
+}

@@ -1,0 +1,332 @@
+//! The log store against openraft's storage suite, and three in-process
+//! nodes over an in-memory network replicating engine commands.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::storage::RaftLogStorage;
+use openraft::testing::{StoreBuilder, Suite};
+use openraft::{BasicNode, StorageError};
+
+use super::*;
+use crate::engine::{AttributeChanges, NewMessage, ReceiveOptions};
+use crate::storage::SyncMode;
+
+/// Opens a node's log store and state machine in `dir`.
+fn open_node_storage(dir: &Path) -> (Arc<Store>, Arc<Engine>) {
+    let log = Arc::new(Store::open(&dir.join("raft"), SyncMode::Always).expect("open the log"));
+    let engine =
+        Arc::new(Engine::open(&dir.join("engine"), SyncMode::Always).expect("open the engine"));
+    (log, engine)
+}
+
+struct Builder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<u64>> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (log, engine) = open_node_storage(dir.path());
+        let (ls, sm) = storage(log, engine).expect("storage");
+        Ok((dir, ls, sm))
+    }
+}
+
+type TheSuite = Suite<TypeConfig, LogStore, StateMachine, Builder, tempfile::TempDir>;
+
+/// openraft's storage suite (`Suite::test_store`'s list), but for the tests
+/// that need snapshots, not supported yet (see the module docs):
+/// `snapshot_meta` and `transfer_snapshot` build and install one, and
+/// `get_initial_state_membership_from_log_and_sm`,
+/// `get_initial_state_last_log_lt_sm`, `get_initial_state_log_ids` and
+/// `get_initial_state_re_apply_committed` start with a state machine ahead
+/// of the log or a purged log, where openraft's startup (`StorageHelper::
+/// get_initial_state`) builds a snapshot; each fails only with our
+/// "snapshots are not supported yet" error.
+#[test]
+fn the_log_store_passes_openraft_s_storage_suite() {
+    macro_rules! run {
+        ($($name:ident),* $(,)?) => {$(
+            tokio::runtime::Runtime::new().unwrap().block_on(async {
+                let (_dir, ls, sm) = Builder.build().await?;
+                TheSuite::$name(ls, sm).await
+            }).unwrap_or_else(|e| panic!("{}: {e}", stringify!($name)));
+        )*};
+    }
+    run!(
+        last_membership_in_log_initial,
+        last_membership_in_log,
+        last_membership_in_log_multi_step,
+        get_membership_initial,
+        get_membership_from_log_and_empty_sm,
+        get_membership_from_empty_log_and_sm,
+        get_membership_from_log_le_sm_last_applied,
+        get_membership_from_log_gt_sm_last_applied_1,
+        get_membership_from_log_gt_sm_last_applied_2,
+        get_initial_state_without_init,
+        get_initial_state_with_state,
+        get_initial_state_last_log_gt_sm,
+        save_vote,
+        get_log_entries,
+        limited_get_log_entries,
+        try_get_log_entry,
+        initial_logs,
+        get_log_state,
+        get_log_id,
+        last_id_in_log,
+        last_applied_state,
+        purge_logs_upto_0,
+        purge_logs_upto_5,
+        purge_logs_upto_20,
+        delete_logs_since_11,
+        delete_logs_since_0,
+        append_to_log,
+        apply_single,
+        apply_multiple,
+    );
+}
+
+#[tokio::test]
+async fn vote_committed_and_purge_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let vote = openraft::Vote::new_committed(3, 2);
+    let purged = openraft::LogId::new(openraft::CommittedLeaderId::new(3, 2), 7);
+    {
+        let mut ls = LogStore::new(Arc::new(Store::open(dir.path(), SyncMode::Always).unwrap()));
+        ls.save_vote(&vote).await.unwrap();
+        ls.save_committed(Some(purged)).await.unwrap();
+        ls.purge(purged).await.unwrap();
+    }
+    let mut ls = LogStore::new(Arc::new(Store::open(dir.path(), SyncMode::Always).unwrap()));
+    assert_eq!(ls.read_vote().await.unwrap(), Some(vote));
+    assert_eq!(ls.read_committed().await.unwrap(), Some(purged));
+    let state = ls.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(purged));
+    assert_eq!(state.last_log_id, Some(purged), "no entry after the purge");
+}
+
+/// The nodes of an in-memory network, by id; a node not in it is down.
+#[derive(Clone, Default)]
+struct Router {
+    nodes: Arc<Mutex<BTreeMap<u64, Raft>>>,
+}
+
+/// A connection to one node through the [`Router`].
+struct Connection {
+    router: Router,
+    target: u64,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Router {
+    type Network = Connection;
+
+    async fn new_client(&mut self, target: u64, _node: &BasicNode) -> Connection {
+        Connection {
+            router: self.clone(),
+            target,
+        }
+    }
+}
+
+impl Connection {
+    fn raft<E: std::error::Error>(&self) -> Result<Raft, RPCError<u64, BasicNode, E>> {
+        self.router
+            .nodes
+            .lock()
+            .unwrap()
+            .get(&self.target)
+            .cloned()
+            .ok_or_else(|| {
+                RPCError::Unreachable(Unreachable::new(&std::io::Error::other("node is down")))
+            })
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Connection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        let raft = self.raft()?;
+        raft.append_entries(rpc)
+            .await
+            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<u64>,
+        RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
+    > {
+        let raft = self.raft()?;
+        raft.install_snapshot(rpc)
+            .await
+            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        _option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        let raft = self.raft()?;
+        raft.vote(rpc)
+            .await
+            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+/// Starts node `id` over the storage in `dir` and joins it to `router`.
+async fn start(id: u64, dir: &Path, router: &Router) -> (Raft, Arc<Engine>) {
+    // A restarted node's stores may still be held by its stopped Raft's
+    // tasks for a moment: retry the open until they let go.
+    let mut tries = 0;
+    let (log, engine) = loop {
+        let opened = Store::open(&dir.join("raft"), SyncMode::Always)
+            .map(|log| (log, Engine::open(&dir.join("engine"), SyncMode::Always)));
+        match opened {
+            Ok((log, Ok(engine))) => break (Arc::new(log), Arc::new(engine)),
+            _ if tries < 100 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            _ => panic!("node {id}'s stores stay locked"),
+        }
+    };
+    let (ls, sm) = storage(log, engine.clone()).unwrap();
+    let config = Arc::new(raft_config().validate().unwrap());
+    let raft = Raft::new(id, config, router.clone(), ls, sm).await.unwrap();
+    router.nodes.lock().unwrap().insert(id, raft.clone());
+    (raft, engine)
+}
+
+/// Commands decided by a scratch engine: they are valid in this order from
+/// an empty state, since replay is deterministic.
+async fn decided_commands(queue: &str, sends: usize) -> Vec<Command> {
+    let dir = tempfile::tempdir().unwrap();
+    let scratch = Engine::open(dir.path(), SyncMode::None).unwrap();
+    scratch
+        .create_queue(queue, &AttributeChanges::default())
+        .await
+        .unwrap();
+    for i in 0..sends {
+        let message = NewMessage {
+            body: Bytes::from(format!("message {i}")),
+            attributes: Default::default(),
+            delay_seconds: None,
+        };
+        scratch.send(queue, vec![message]).await.unwrap();
+    }
+    let got = scratch
+        .receive(
+            queue,
+            ReceiveOptions {
+                max_messages: 2,
+                visibility_timeout_seconds: Some(30),
+                wait_time_seconds: Some(0),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let handle = got[0].receipt_handle.clone();
+    scratch.delete(queue, &[handle.as_str()]).await.unwrap();
+    scratch.journal()
+}
+
+async fn wait_applied(raft: &Raft, index: u64) {
+    raft.wait(Some(Duration::from_secs(10)))
+        .applied_index_at_least(Some(index), "applied")
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_apply_the_leader_s_commands_and_a_restarted_node_catches_up() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let router = Router::default();
+    let mut nodes = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        nodes.push(start(i as u64 + 1, dir.path(), &router).await);
+    }
+    let members: BTreeMap<u64, BasicNode> = (1..=3).map(|id| (id, BasicNode::default())).collect();
+    nodes[0].0.initialize(members).await.unwrap();
+    let metrics = nodes[0]
+        .0
+        .wait(Some(Duration::from_secs(10)))
+        .metrics(|m| m.current_leader.is_some(), "a leader")
+        .await
+        .unwrap();
+    let leader = metrics.current_leader.unwrap();
+    let leader_raft = nodes[leader as usize - 1].0.clone();
+
+    let mut last = 0;
+    for cmd in decided_commands("q", 5).await {
+        last = leader_raft
+            .client_write(Request(cmd))
+            .await
+            .unwrap()
+            .log_id
+            .index;
+    }
+    for (raft, _) in &nodes {
+        wait_applied(raft, last).await;
+    }
+    let now = nodes.iter().map(|(_, e)| e.now_ms()).max().unwrap();
+    let first = nodes[0].1.dump(now);
+    assert!(first.contains("\"q\""), "the queue was created: {first}");
+    for (_, engine) in &nodes[1..] {
+        assert_eq!(engine.dump(now), first, "a replica differs");
+    }
+
+    // Stop a follower, commit more without it, restart it over its stores.
+    let down = (1..=3).find(|&id| id != leader).unwrap();
+    let (raft, engine) = nodes.remove(down as usize - 1);
+    router.nodes.lock().unwrap().remove(&down);
+    raft.shutdown().await.unwrap();
+    drop((raft, engine));
+    for cmd in decided_commands("r", 3).await {
+        last = leader_raft
+            .client_write(Request(cmd))
+            .await
+            .unwrap()
+            .log_id
+            .index;
+    }
+    let restarted = start(down, dirs[down as usize - 1].path(), &router).await;
+    wait_applied(&restarted.0, last).await;
+    for (raft, _) in &nodes {
+        wait_applied(raft, last).await;
+    }
+    let now = nodes
+        .iter()
+        .map(|(_, e)| e.now_ms())
+        .chain([restarted.1.now_ms()])
+        .max()
+        .unwrap();
+    let want = restarted.1.dump(now);
+    assert!(
+        want.contains("\"r\""),
+        "the restarted node has the queue made while it was down"
+    );
+    for (_, engine) in &nodes {
+        assert_eq!(engine.dump(now), want, "the restarted node differs");
+    }
+    for (raft, _) in nodes.iter().chain([&restarted]) {
+        raft.shutdown().await.unwrap();
+    }
+}
