@@ -33,10 +33,7 @@ pub(crate) async fn run(client: &Client, out: Output, cmd: QueueCommand) -> anyh
                 .map_err(|e| failure(e, only_queue))?
                 .queue
                 .context("the broker returned no queue")?;
-            out.print(
-                || queue_text(&queue, None),
-                || json!({ "queue": queue_json(&queue) }),
-            )
+            print_queue(out, &queue)
         }
         QueueCommand::List { prefix } => {
             let queues = all_queues(client, &prefix)
@@ -88,10 +85,7 @@ pub(crate) async fn run(client: &Client, out: Output, cmd: QueueCommand) -> anyh
                 .map_err(|e| failure(e, only_queue))?
                 .queue
                 .context("the broker returned no queue")?;
-            out.print(
-                || queue_text(&queue, None),
-                || json!({ "queue": queue_json(&queue) }),
-            )
+            print_queue(out, &queue)
         }
         QueueCommand::Delete { name } => {
             client
@@ -122,6 +116,14 @@ pub(crate) async fn all_queues(
             page_token: String::new(),
         })
         .await
+}
+
+/// What `create` and `update` print: the queue as the broker now has it.
+fn print_queue(out: Output, queue: &pb::Queue) -> anyhow::Result<()> {
+    out.print(
+        || queue_text(queue, None),
+        || json!({ "queue": queue_json(queue) }),
+    )
 }
 
 fn queue_json(queue: &pb::Queue) -> Value {
