@@ -3,10 +3,12 @@
 //! gRPC transport, no `broker serve` flag; the tests run nodes in-process.
 //!
 //! # What is replicated
-//! One log entry carries one engine [`Command`] (decided on the leader,
-//! prost-encoded inside the entry, see [`Request`]). Every replica, the
-//! leader too, applies committed entries in log order with
-//! [`Engine::replay_recording`]; replay is deterministic
+//! One log entry carries one engine [`Command`], decided by the leader's
+//! own engine (`engine::replication`: one decision in flight, proposed
+//! through [`RaftLog`]), prost-encoded inside the entry with the index it
+//! was decided after (see [`Request`]). Every replica, the leader too,
+//! applies committed entries in log order with [`Engine::apply_entry`];
+//! replay is deterministic
 //! (`engine::command`), so replicas that applied the same prefix of the log
 //! hold the same store and index. Membership and blank entries change no
 //! engine state; they only move the applied log id.
@@ -15,6 +17,8 @@
 //! - [`log_store`]: openraft's `RaftLogStorage` over a [`Store`]: entries
 //!   (`storage::keys::raft_log`), vote, committed and last-purged ids.
 //! - [`state_machine`]: openraft's `RaftStateMachine` over an [`Engine`].
+//! - [`proposer`]: the engine's `Log` (where its decisions go) over a
+//!   node's [`Raft`].
 //!
 //! # Invariants
 //! - **An entry is applied at most once.** The command's batch and the new
@@ -46,13 +50,15 @@
 //! - A column family per group: the log lives in a store of its own, in
 //!   its own directory, beside the engine's.
 //! - More than one command per entry (the design's batching) needs them
-//!   applied in one batch, to keep "at most once".
+//!   applied in one batch, to keep "at most once". Until then a shard
+//!   commits one decision per Raft round.
 
 // openraft's traits fix the error types (`StorageError`, `RPCError`: over
 // 100 bytes); returning them unboxed is what the traits ask.
 #![allow(clippy::result_large_err)]
 
 pub mod log_store;
+pub mod proposer;
 pub mod state_machine;
 
 #[cfg(test)]
@@ -67,13 +73,14 @@ use crate::engine::Engine;
 use crate::engine::command::Command;
 use crate::storage::Store;
 pub use log_store::LogStore;
+pub use proposer::RaftLog;
 pub use state_machine::StateMachine;
 
 openraft::declare_raft_types!(
     /// The openraft types of a broker node.
     pub TypeConfig:
         D = Request,
-        R = (),
+        R = bool,
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
@@ -84,16 +91,32 @@ openraft::declare_raft_types!(
 /// The Raft of a broker node.
 pub type Raft = openraft::Raft<TypeConfig>;
 
-/// The application data of a log entry: one engine command. openraft's
+/// The application data of a log entry: one engine command, and the index
+/// of the entry it was decided after (`base`: the command applies only if
+/// its entry comes right after it, see `engine::replication`). openraft's
 /// entries are serde types; the command inside stays prost-encoded (its
 /// own versioned format), carried as a base64 string in the entry's JSON.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Request(pub Command);
+pub struct Request {
+    pub base: u64,
+    pub command: Command,
+}
+
+/// [`Request`] as JSON.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct WireRequest {
+    base: u64,
+    command: String,
+}
 
 impl serde::Serialize for Request {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use base64::Engine as _;
-        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(self.0.encode_to_vec()))
+        WireRequest {
+            base: self.base,
+            command: base64::engine::general_purpose::STANDARD.encode(self.command.encode_to_vec()),
+        }
+        .serialize(s)
     }
 }
 
@@ -101,13 +124,15 @@ impl<'de> serde::Deserialize<'de> for Request {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use base64::Engine as _;
         use serde::de::Error as _;
-        let text = String::deserialize(d)?;
+        let wire = WireRequest::deserialize(d)?;
         let bytes = base64::engine::general_purpose::STANDARD
-            .decode(text)
+            .decode(wire.command)
             .map_err(D::Error::custom)?;
-        Command::decode(bytes.as_slice())
-            .map(Request)
-            .map_err(D::Error::custom)
+        let command = Command::decode(bytes.as_slice()).map_err(D::Error::custom)?;
+        Ok(Request {
+            base: wire.base,
+            command,
+        })
     }
 }
 

@@ -1,9 +1,11 @@
 //! The state machine: openraft's `RaftStateMachine` over an [`Engine`].
 //!
-//! `apply` replays each normal entry's command with the entry's log id
-//! (and the membership in force) written in the command's own batch
-//! (`storage::keys::RAFT_APPLIED`, JSON); a membership or blank entry
-//! writes only that record. Opening reads the record back, so openraft
+//! `apply` hands each entry to [`Engine::apply_entry`]: a normal entry's
+//! command is applied (if it was decided right after the entry before it)
+//! with the entry's log id and the membership in force written in the
+//! command's own batch (`storage::keys::RAFT_APPLIED`, JSON); otherwise
+//! only that record is written. The reply says whether the command was
+//! applied. Opening reads the record back, so openraft
 //! re-applies exactly the committed entries after it.
 //!
 //! Snapshots are not supported yet: building or installing one returns a
@@ -56,7 +58,7 @@ fn snapshots_unsupported() -> StorageError<NodeId> {
 impl StateMachine {
     /// The state machine over `engine`, at the applied id it recorded.
     pub fn open(engine: Arc<Engine>) -> crate::Result<StateMachine> {
-        let applied = match engine.recorded(keys::RAFT_APPLIED)? {
+        let applied: Applied = match engine.recorded(keys::RAFT_APPLIED)? {
             None => (None, Membership::default()),
             Some(v) => {
                 serde_json::from_slice(&v).map_err(|e| crate::storage::StorageError::Corrupt {
@@ -65,6 +67,7 @@ impl StateMachine {
                 })?
             }
         };
+        engine.start_at_entry(applied.0.map_or(0, |id| id.index));
         Ok(StateMachine { engine, applied })
     }
 
@@ -90,7 +93,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(self.applied.clone())
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<()>>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<bool>>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -102,21 +105,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 next.1 = StoredMembership::new(Some(entry.log_id), m.clone());
             }
             let record = serde_json::to_vec(&next).map_err(|e| sm_error(ErrorVerb::Write, e))?;
-            let written = match &entry.payload {
-                EntryPayload::Normal(request) => {
-                    self.engine
-                        .replay_recording(&request.0, keys::RAFT_APPLIED, &record)
-                        .await
-                }
-                EntryPayload::Blank | EntryPayload::Membership(_) => {
-                    self.engine.record(keys::RAFT_APPLIED, &record).await
-                }
+            let command = match &entry.payload {
+                EntryPayload::Normal(request) => Some((request.base, &request.command)),
+                EntryPayload::Blank | EntryPayload::Membership(_) => None,
             };
-            if let Err(e) = written {
-                return Err(StorageIOError::apply(entry.log_id, AnyError::new(&e)).into());
-            }
+            let applied = self
+                .engine
+                .apply_entry(entry.log_id.index, command, keys::RAFT_APPLIED, &record)
+                .await
+                .map_err(|e| StorageIOError::apply(entry.log_id, AnyError::new(&e)))?;
             self.applied = next;
-            replies.push(());
+            replies.push(applied);
         }
         Ok(replies)
     }

@@ -210,16 +210,15 @@ async fn start(id: u64, dir: &Path, router: &Router) -> (Raft, Arc<Engine>) {
     let (ls, sm) = storage(log, engine.clone()).unwrap();
     let config = Arc::new(raft_config().validate().unwrap());
     let raft = Raft::new(id, config, router.clone(), ls, sm).await.unwrap();
+    engine.replicate_through(RaftLog::new(id, raft.clone()));
     router.nodes.lock().unwrap().insert(id, raft.clone());
     (raft, engine)
 }
 
-/// Commands decided by a scratch engine: they are valid in this order from
-/// an empty state, since replay is deterministic.
-async fn decided_commands(queue: &str, sends: usize) -> Vec<Command> {
-    let dir = tempfile::tempdir().unwrap();
-    let scratch = Engine::open(dir.path(), SyncMode::None).unwrap();
-    scratch
+/// Creates `queue`, sends to it, receives two and deletes one, through
+/// the leader's engine (its decisions go through the log).
+async fn work(leader: &Engine, queue: &str, sends: usize) {
+    leader
         .create_queue(queue, &AttributeChanges::default())
         .await
         .unwrap();
@@ -229,9 +228,9 @@ async fn decided_commands(queue: &str, sends: usize) -> Vec<Command> {
             attributes: Default::default(),
             delay_seconds: None,
         };
-        scratch.send(queue, vec![message]).await.unwrap();
+        leader.send(queue, vec![message]).await.unwrap();
     }
-    let got = scratch
+    let got = leader
         .receive(
             queue,
             ReceiveOptions {
@@ -243,9 +242,14 @@ async fn decided_commands(queue: &str, sends: usize) -> Vec<Command> {
         )
         .await
         .unwrap();
+    assert_eq!(got.len(), 2, "the leader received what it sent");
     let handle = got[0].receipt_handle.clone();
-    scratch.delete(queue, &[handle.as_str()]).await.unwrap();
-    scratch.journal()
+    leader.delete(queue, &[handle.as_str()]).await.unwrap();
+}
+
+/// The index of the last entry in `raft`'s log.
+fn last_index(raft: &Raft) -> u64 {
+    raft.metrics().borrow().last_log_index.unwrap_or(0)
 }
 
 async fn wait_applied(raft: &Raft, index: u64) {
@@ -272,17 +276,27 @@ async fn three_nodes_apply_the_leader_s_commands_and_a_restarted_node_catches_up
         .await
         .unwrap();
     let leader = metrics.current_leader.unwrap();
-    let leader_raft = nodes[leader as usize - 1].0.clone();
-
-    let mut last = 0;
-    for cmd in decided_commands("q", 5).await {
-        last = leader_raft
-            .client_write(Request(cmd))
+    for (raft, _) in &nodes {
+        raft.wait(Some(Duration::from_secs(10)))
+            .current_leader(leader, "every node knows the leader")
             .await
-            .unwrap()
-            .log_id
-            .index;
+            .unwrap();
     }
+    let (leader_raft, leader_engine) = nodes[leader as usize - 1].clone();
+
+    // A follower refuses to decide, and says who leads.
+    let follower = &nodes[(1..=3).find(|&id| id != leader).unwrap() as usize - 1].1;
+    let refused = follower
+        .create_queue("q", &AttributeChanges::default())
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains(&format!("node {leader} does")),
+        "{refused}"
+    );
+
+    work(&leader_engine, "q", 5).await;
+    let mut last = last_index(&leader_raft);
     for (raft, _) in &nodes {
         wait_applied(raft, last).await;
     }
@@ -299,14 +313,8 @@ async fn three_nodes_apply_the_leader_s_commands_and_a_restarted_node_catches_up
     router.nodes.lock().unwrap().remove(&down);
     raft.shutdown().await.unwrap();
     drop((raft, engine));
-    for cmd in decided_commands("r", 3).await {
-        last = leader_raft
-            .client_write(Request(cmd))
-            .await
-            .unwrap()
-            .log_id
-            .index;
-    }
+    work(&leader_engine, "r", 3).await;
+    last = last_index(&leader_raft);
     let restarted = start(down, dirs[down as usize - 1].path(), &router).await;
     wait_applied(&restarted.0, last).await;
     for (raft, _) in &nodes {
@@ -326,6 +334,7 @@ async fn three_nodes_apply_the_leader_s_commands_and_a_restarted_node_catches_up
     for (_, engine) in &nodes {
         assert_eq!(engine.dump(now), want, "the restarted node differs");
     }
+    drop(leader_engine);
     for (raft, _) in nodes.iter().chain([&restarted]) {
         raft.shutdown().await.unwrap();
     }

@@ -40,7 +40,6 @@ impl Engine {
         }
         let mut moved = 0u64;
         let mut after = Seq(0);
-        let mut ticket = None;
         loop {
             let want = if max == 0 {
                 CHUNK
@@ -70,57 +69,60 @@ impl Engine {
                 "" => Some(self.dead_letter_sources(src, &seqs)?),
                 _ => None,
             };
-            let mut st = self.lock();
-            if st.queue_id("source_queue", source)? != src {
-                // Deleted and created again meanwhile: nothing of it is left.
-                break;
-            }
-            let dest = match destination {
-                "" => None,
-                d => Some(st.queue_id("destination_queue", d)?),
-            };
-            let ready = &st.queues[&src].index.ready;
-            let targets: Vec<(Seq, QueueId)> = match (dest, died_in) {
-                (Some(d), _) => seqs
-                    .into_iter()
-                    .filter(|seq| ready.contains(seq))
-                    .map(|seq| (seq, d))
-                    .collect(),
-                (None, died_in) => died_in
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter(|(seq, _)| ready.contains(seq))
-                    .filter_map(|(seq, queue)| match st.names.get(&queue) {
-                        Some(&d) if d != src => Some((seq, d)),
-                        // Its source queue is gone: it stays here.
-                        _ => None,
+            let done = {
+                let mut st = self.decide().await?;
+                if st.queue_id("source_queue", source)? != src {
+                    // Deleted and created again meanwhile: nothing of it is left.
+                    break;
+                }
+                let dest = match destination {
+                    "" => None,
+                    d => Some(st.queue_id("destination_queue", d)?),
+                };
+                let ready = &st.queues[&src].index.ready;
+                let targets: Vec<(Seq, QueueId)> = match (dest, died_in) {
+                    (Some(d), _) => seqs
+                        .into_iter()
+                        .filter(|seq| ready.contains(seq))
+                        .map(|seq| (seq, d))
+                        .collect(),
+                    (None, died_in) => died_in
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|(seq, _)| ready.contains(seq))
+                        .filter_map(|(seq, queue)| match st.names.get(&queue) {
+                            Some(&d) if d != src => Some((seq, d)),
+                            // Its source queue is gone: it stays here.
+                            _ => None,
+                        })
+                        .collect(),
+                };
+                if targets.is_empty() {
+                    continue;
+                }
+                let first = st.alloc_seqs(targets.len() as u64);
+                let moves: Vec<command::Move> = (first..)
+                    .zip(targets)
+                    .map(|(to_seq, (seq, to_queue))| command::Move {
+                        seq: seq.0,
+                        to_queue_id: to_queue.0,
+                        to_seq,
                     })
-                    .collect(),
+                    .collect();
+                moved += moves.len() as u64;
+                let redrive = command::Redrive {
+                    source_queue_id: src.0,
+                    moves,
+                };
+                let cmd = st.command(now, Op::Redrive(redrive));
+                self.apply(&mut st, &cmd)?
             };
-            if targets.is_empty() {
-                continue;
-            }
-            let first = st.alloc_seqs(targets.len() as u64);
-            let moves: Vec<command::Move> = (first..)
-                .zip(targets)
-                .map(|(to_seq, (seq, to_queue))| command::Move {
-                    seq: seq.0,
-                    to_queue_id: to_queue.0,
-                    to_seq,
-                })
-                .collect();
-            moved += moves.len() as u64;
-            let redrive = command::Redrive {
-                source_queue_id: src.0,
-                moves,
-            };
-            let cmd = st.command(now, Op::Redrive(redrive));
-            ticket = self.apply(&mut st, &cmd)?.or(ticket);
+            // Each chunk durable before the next is decided.
+            self.durable(done).await?;
             if max != 0 && moved >= u64::from(max) {
                 break;
             }
         }
-        self.durable(ticket).await?;
         Ok(moved)
     }
 

@@ -135,6 +135,12 @@ pub enum Error {
     )]
     QueueIsDeadLetterTarget { queue: String, used_by: Vec<String> },
 
+    // ---- UNAVAILABLE ----
+    /// Cluster mode: this node cannot decide now (it does not lead, or
+    /// leadership moved); the message says why. Nothing was changed.
+    #[error("{reason}")]
+    Unavailable { reason: String },
+
     // ---- INTERNAL ----
     /// Not the client's fault; logged in full, reported as INTERNAL.
     #[error(transparent)]

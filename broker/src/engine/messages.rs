@@ -21,9 +21,10 @@ use super::error::{Error, Result};
 use super::ids::{QueueId, Seq};
 use super::receipt::ReceiptHandle;
 use super::records::{self, BodyRecord, StateRecord};
+use super::replication::Done;
 use super::state::State;
 use super::{CHUNK, Engine, attributes, validate};
-use crate::storage::{Ticket, keys};
+use crate::storage::keys;
 
 /// A message to send.
 #[derive(Debug, Clone, Default)]
@@ -72,6 +73,9 @@ struct Claim {
     /// Set when messages are visible but the rate limit holds them back:
     /// when the next token comes.
     tokens_at: Option<u64>,
+    /// The receive's command, to await before answering (in cluster mode,
+    /// its commit).
+    done: Option<Done>,
 }
 
 /// A receipt handle that matched its queue and the message's latest receive.
@@ -108,7 +112,7 @@ impl Engine {
     ) -> Result<Vec<Result<String>>> {
         let now = self.now_ms();
         let (results, ticket) = {
-            let mut st = self.lock();
+            let mut st = self.decide().await?;
             let id = st.queue_id("queue", queue)?;
             let attrs = st.queues[&id].attributes.clone();
             let checked: Vec<Result<(NewMessage, u32)>> = messages
@@ -151,9 +155,9 @@ impl Engine {
         st: &mut State,
         messages: Vec<command::Enqueue>,
         now: u64,
-    ) -> Result<Option<Ticket>> {
+    ) -> Result<Done> {
         if messages.is_empty() {
-            return Ok(None);
+            return Ok(Done::Local(None));
         }
         let cmd = st.command(now, Op::Send(command::Send { messages }));
         self.apply(st, &cmd)
@@ -198,7 +202,10 @@ impl Engine {
             let notified = waiting_on.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let claim = self.claim(queue, max, opts)?;
+            let mut claim = self.claim(queue, max, opts).await?;
+            if let Some(done) = claim.done.take() {
+                self.committed(done).await?;
+            }
             if !claim.taken.is_empty() {
                 return self.read_bodies(claim.queue_id, claim.taken);
             }
@@ -226,9 +233,9 @@ impl Engine {
     }
 
     /// One synchronous claim under the lock.
-    fn claim(&self, queue: &str, max: u32, opts: ReceiveOptions) -> Result<Claim> {
+    async fn claim(&self, queue: &str, max: u32, opts: ReceiveOptions) -> Result<Claim> {
+        let mut st = self.decide().await?;
         let now = self.now_ms();
-        let mut st = self.lock();
         st.promote_due(now);
         let id = st.queue_id("queue", queue)?;
         let q = st.queues.get_mut(&id).expect("names and queues agree");
@@ -240,6 +247,7 @@ impl Engine {
                 .wait_time_seconds
                 .unwrap_or(q.attributes.receive_wait_time_seconds),
             tokens_at: None,
+            done: None,
         };
         if q.index.ready.is_empty() {
             return Ok(claim);
@@ -312,7 +320,7 @@ impl Engine {
             dead_letters,
         };
         let cmd = st.command(now, Op::Receive(receive));
-        self.apply(&mut st, &cmd)?;
+        claim.done = Some(self.apply(&mut st, &cmd)?);
         if let Some(Op::Receive(receive)) = cmd.op {
             claim.taken = receive.claims;
         }
@@ -386,7 +394,7 @@ impl Engine {
     /// Deleting an already deleted message with its last handle succeeds.
     pub async fn delete(&self, queue: &str, handles: &[&str]) -> Result<Vec<Result<()>>> {
         let (results, ticket) = {
-            let mut st = self.lock();
+            let mut st = self.decide().await?;
             let queue_id = st.queue_id("queue", queue)?;
             let mut seqs = Vec::new();
             let results = handles
@@ -401,7 +409,7 @@ impl Engine {
                 })
                 .collect();
             let ticket = if seqs.is_empty() {
-                None
+                Done::Local(None)
             } else {
                 let cmd = st.command(
                     self.now_ms(),
@@ -420,47 +428,54 @@ impl Engine {
 
     /// Sets the visibility timeout of in-flight messages, counted from now;
     /// 0 makes a message visible at once.
-    pub fn change_visibility(
+    pub async fn change_visibility(
         &self,
         queue: &str,
         changes: &[(&str, u32)],
     ) -> Result<Vec<Result<()>>> {
-        let now = self.now_ms();
-        let mut st = self.lock();
-        let queue_id = st.queue_id("queue", queue)?;
-        let mut updates: Vec<command::NewState> = Vec::new();
-        let results = changes
-            .iter()
-            .map(|&(handle, seconds)| {
-                attributes::check_range(
-                    "visibility_timeout_seconds",
-                    seconds,
-                    0,
-                    VISIBILITY_TIMEOUT_SECONDS_MAX,
-                )?;
-                let Held { seq, state } = Self::check_handle(&mut st, queue, handle)?;
-                let state = match state {
-                    Some(s) if s.visible_at_ms > now => s,
-                    Some(_) => return Err(Error::NotInFlight),
-                    None => return Err(Error::MessageDeleted),
+        let (results, done) = {
+            let mut st = self.decide().await?;
+            let now = self.now_ms();
+            let queue_id = st.queue_id("queue", queue)?;
+            let mut updates: Vec<command::NewState> = Vec::new();
+            let results = changes
+                .iter()
+                .map(|&(handle, seconds)| {
+                    attributes::check_range(
+                        "visibility_timeout_seconds",
+                        seconds,
+                        0,
+                        VISIBILITY_TIMEOUT_SECONDS_MAX,
+                    )?;
+                    let Held { seq, state } = Self::check_handle(&mut st, queue, handle)?;
+                    let state = match state {
+                        Some(s) if s.visible_at_ms > now => s,
+                        Some(_) => return Err(Error::NotInFlight),
+                        None => return Err(Error::MessageDeleted),
+                    };
+                    let state = StateRecord {
+                        visible_at_ms: now + u64::from(seconds) * 1000,
+                        ..state
+                    };
+                    // The same message twice in one call: the last change wins.
+                    updates.retain(|u| u.seq != seq.0);
+                    updates.push(command::NewState::new(seq, state));
+                    Ok(())
+                })
+                .collect();
+            if !updates.is_empty() {
+                let change = command::ChangeVisibility {
+                    queue_id: queue_id.0,
+                    changes: updates,
                 };
-                let state = StateRecord {
-                    visible_at_ms: now + u64::from(seconds) * 1000,
-                    ..state
-                };
-                // The same message twice in one call: the last change wins.
-                updates.retain(|u| u.seq != seq.0);
-                updates.push(command::NewState::new(seq, state));
-                Ok(())
-            })
-            .collect();
-        if !updates.is_empty() {
-            let change = command::ChangeVisibility {
-                queue_id: queue_id.0,
-                changes: updates,
-            };
-            let cmd = st.command(now, Op::ChangeVisibility(change));
-            self.apply(&mut st, &cmd)?;
+                let cmd = st.command(now, Op::ChangeVisibility(change));
+                (results, Some(self.apply(&mut st, &cmd)?))
+            } else {
+                (results, None)
+            }
+        };
+        if let Some(done) = done {
+            self.committed(done).await?;
         }
         Ok(results)
     }

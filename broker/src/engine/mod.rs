@@ -34,7 +34,8 @@
 //! no choice of its own. The command list and each command's atomic write
 //! are in [`command`]'s docs. A single node applies its own commands at
 //! once under the same lock; [`Engine::replay`] applies one decided
-//! elsewhere.
+//! elsewhere. In cluster mode the decisions go to a replicated log and are
+//! applied when it commits them, on every replica alike ([`replication`]).
 //!
 //! # Invariants
 //! - Every state change of a message is one atomic write batch (one
@@ -90,13 +91,14 @@ mod queues;
 mod rate;
 mod receipt;
 mod records;
+pub mod replication;
 mod retention;
 mod state;
 pub mod topics;
 pub mod validate;
 
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -111,6 +113,7 @@ use ids::{QueueId, Seq};
 pub use messages::{NewMessage, ReceiveOptions, Received};
 pub use peek::{MessageState, Peeked};
 use records::{QueueRecord, StateRecord};
+use replication::{Done, Gate, Log};
 use state::{Queue, State};
 pub use state::{QueueInfo, QueueStats};
 pub use topics::{NewPublication, Published, SubscriptionInfo, TopicInfo};
@@ -131,6 +134,9 @@ pub struct Engine {
     shutdown: CancellationToken,
     /// Open long polls and streams, for the metrics.
     activity: Activity,
+    /// Set in cluster mode: decisions go to the replicated log
+    /// (`replication`).
+    replication: OnceLock<Arc<Gate>>,
     /// Every command applied, in order (unit tests replay them).
     #[cfg(test)]
     journal: Mutex<Vec<Command>>,
@@ -207,6 +213,7 @@ impl Engine {
             scheduler: Notify::new(),
             shutdown: CancellationToken::new(),
             activity: Activity::default(),
+            replication: OnceLock::new(),
             #[cfg(test)]
             journal: Mutex::new(Vec::new()),
             closed: tokio::sync::watch::Sender::new(()),
@@ -258,16 +265,36 @@ impl Engine {
             .collect()
     }
 
+    /// The lock, to decide a command. In cluster mode, waits until this
+    /// node may decide (see `replication`): UNAVAILABLE if it does not lead.
+    async fn decide(&self) -> Result<MutexGuard<'_, State>> {
+        match self.replication.get() {
+            None => Ok(self.lock()),
+            Some(gate) => gate.decide(|| self.lock()).await,
+        }
+    }
+
+    /// From now on, decisions go to `log` and commands are applied only
+    /// through [`Engine::apply_entry`] (cluster mode). Set once.
+    pub fn replicate_through(&self, log: Arc<dyn Log>) {
+        if self.replication.set(Gate::new(log)).is_err() {
+            tracing::warn!("the engine already replicates through a log");
+        }
+    }
+
     /// Applies a command this engine decided, under its lock (see
-    /// [`command`]). Returns the ticket to await the write's durability.
-    fn apply(&self, st: &mut State, cmd: &Command) -> Result<Option<Ticket>> {
+    /// [`command`]), or in cluster mode proposes it to the log.
+    fn apply(&self, st: &mut State, cmd: &Command) -> Result<Done> {
+        if let Some(gate) = self.replication.get() {
+            return gate.propose(st.applied_index, cmd.clone());
+        }
         let ticket = self.apply_command(st, cmd)?;
         #[cfg(test)]
         self.journal
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(cmd.clone());
-        Ok(ticket)
+        Ok(Done::Local(ticket))
     }
 
     /// [`command::apply`], then wakes the scheduler when a timer moved earlier.
@@ -292,43 +319,69 @@ impl Engine {
     /// until it is durable.
     pub async fn replay(&self, cmd: &Command) -> Result<()> {
         let ticket = self.apply_command(&mut self.lock(), cmd)?;
-        self.durable(ticket).await
+        self.durable(Done::Local(ticket)).await
     }
 
-    /// [`Engine::replay`], with `key` = `value` written in the command's
-    /// one batch: a replica records the log id of the entry it applies this
-    /// way, so that after a crash the command and the record are both there
-    /// or neither is.
-    pub async fn replay_recording(&self, cmd: &Command, key: &[u8], value: &[u8]) -> Result<()> {
-        let ticket = self.apply_command_also(&mut self.lock(), cmd, Some((key, value)))?;
-        self.durable(ticket).await
-    }
-
-    /// Writes `key` = `value` alone (a replica's applied log id after an
-    /// entry with no command), in the order of the commands (under the
-    /// lock), and waits until it is durable. Only for keys outside the
-    /// engine's own keyspace (`storage::keys`' Raft keys).
-    pub async fn record(&self, key: &[u8], value: &[u8]) -> Result<()> {
-        let mut batch = crate::storage::Batch::default();
-        batch.put(key, value);
-        let ticket = {
-            let _st = self.lock();
-            self.store.write(batch)?
+    /// Applies entry `index` of a replicated log (cluster mode): its
+    /// command, if it has one and was decided on the state right before
+    /// the entry (`base == index - 1`, see `replication`), with `key` =
+    /// `value` (the replica's record of its applied entry) in the same
+    /// batch, so that after a crash both are there or neither is. Returns
+    /// whether the command was applied. Waits until the write is durable.
+    pub async fn apply_entry(
+        &self,
+        index: u64,
+        cmd: Option<(u64, &Command)>,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<bool> {
+        let (applied, ticket) = {
+            let mut st = self.lock();
+            let (applied, ticket) = match cmd {
+                Some((base, cmd)) if base.checked_add(1) == Some(index) => (
+                    true,
+                    self.apply_command_also(&mut st, cmd, Some((key, value)))?,
+                ),
+                skipped => {
+                    let mut batch = crate::storage::Batch::default();
+                    batch.put(key, value);
+                    (skipped.is_none(), Some(self.store.write(batch)?))
+                }
+            };
+            st.applied_index = index;
+            (applied, ticket)
         };
-        self.durable(Some(ticket)).await
+        if let Some(gate) = self.replication.get() {
+            gate.free.notify_waiters();
+        }
+        self.durable(Done::Local(ticket)).await?;
+        Ok(applied)
     }
 
-    /// Reads a key written by [`Engine::record`] or
-    /// [`Engine::replay_recording`].
+    /// The index of the last log entry applied (cluster mode), as the
+    /// replica recorded it: set once when its state machine opens.
+    pub fn start_at_entry(&self, index: u64) {
+        self.lock().applied_index = index;
+    }
+
+    /// Reads a key written by [`Engine::apply_entry`].
     pub fn recorded(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self.store.get(key)?)
     }
 
-    async fn durable(&self, ticket: Option<Ticket>) -> Result<()> {
-        if let Some(t) = ticket {
+    /// Waits until `done` is durable (a local write's `fsync`, or a
+    /// proposal's commit).
+    async fn durable(&self, done: Done) -> Result<()> {
+        if let Some(t) = done.applied().await? {
             self.store.sync(t).await?;
         }
         Ok(())
+    }
+
+    /// Waits until `done` is applied: a proposal's commit; a local apply
+    /// is done already (its `fsync` is not awaited).
+    async fn committed(&self, done: Done) -> Result<()> {
+        done.applied().await.map(drop)
     }
 
     /// Wakes the scheduler when the earliest timer moved earlier.

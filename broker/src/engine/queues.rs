@@ -62,7 +62,7 @@ impl Engine {
         validate::queue_name("name", name)?;
         let attributes = changes.apply_to(&QueueAttributes::default())?;
         let (info, ticket) = {
-            let mut st = self.lock();
+            let mut st = self.decide().await?;
             if let Ok(q) = st.queue("name", name) {
                 if let Some((attribute, have, want)) = q.attributes.first_difference(&attributes) {
                     return Err(Error::QueueExists {
@@ -83,7 +83,12 @@ impl Engine {
             };
             let cmd = st.command(now, Op::PutQueue(put));
             let ticket = self.apply(&mut st, &cmd)?;
-            (st.queue("name", name)?.info(), ticket)
+            let info = QueueInfo {
+                name: name.to_string(),
+                attributes,
+                created_at_ms: now,
+            };
+            (info, ticket)
         };
         self.durable(ticket).await?;
         Ok(info)
@@ -140,7 +145,7 @@ impl Engine {
 
     pub async fn update_queue(&self, name: &str, changes: &AttributeChanges) -> Result<QueueInfo> {
         let (info, ticket) = {
-            let mut st = self.lock();
+            let mut st = self.decide().await?;
             let q = st.queue("name", name)?;
             let attributes = changes.apply_to(&q.attributes)?;
             let (id, created_at_ms) = (q.id, q.created_at_ms);
@@ -151,7 +156,12 @@ impl Engine {
             };
             let cmd = st.command(self.now_ms(), Op::PutQueue(put));
             let ticket = self.apply(&mut st, &cmd)?;
-            (st.queue("name", name)?.info(), ticket)
+            let info = QueueInfo {
+                name: name.to_string(),
+                attributes,
+                created_at_ms,
+            };
+            (info, ticket)
         };
         self.durable(ticket).await?;
         Ok(info)
@@ -159,7 +169,7 @@ impl Engine {
 
     pub async fn delete_queue(&self, name: &str) -> Result<()> {
         let ticket = {
-            let mut st = self.lock();
+            let mut st = self.decide().await?;
             st.queue_id("name", name)?;
             let mut sources: Vec<String> = st
                 .queues
@@ -193,7 +203,7 @@ impl Engine {
     /// Deletes every message of the queue, in flight ones too.
     pub async fn purge_queue(&self, name: &str) -> Result<()> {
         let ticket = {
-            let mut st = self.lock();
+            let mut st = self.decide().await?;
             let queue_id = st.queue_id("name", name)?;
             let cmd = st.command(
                 self.now_ms(),

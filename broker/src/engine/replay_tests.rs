@@ -168,13 +168,13 @@ async fn run(e: &Engine, steps: &[Step]) {
             }
             Step::ChangeVisibility { k, seconds } if !handles.is_empty() => {
                 let (q, h) = &handles[k % handles.len()];
-                let _ = e.change_visibility(q, &[(h.as_str(), seconds)]);
+                let _ = e.change_visibility(q, &[(h.as_str(), seconds)]).await;
             }
             Step::Redrive { to } => {
                 let _ = e.redrive("dlq", to.map_or("", |t| QUEUES[t]), 0).await;
             }
             Step::Expire => {
-                let _ = e.expire();
+                let _ = e.expire().await;
             }
             Step::Advance { ms } => tokio::time::advance(Duration::from_millis(ms)).await,
             Step::CreateTopic => {

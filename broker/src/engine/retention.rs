@@ -11,32 +11,35 @@ use super::{CHUNK, Engine};
 
 impl Engine {
     /// [`CHUNK`] per write. Returns how many were deleted.
-    pub fn expire(&self) -> Result<u64> {
-        let now = self.now_ms();
-        let mut st = self.lock();
-        let mut messages = Vec::new();
-        for q in st.queues.values() {
-            let cutoff =
-                now.saturating_sub(u64::from(q.attributes.message_retention_seconds) * 1000);
-            for &(sent, seq) in &q.index.by_sent {
-                if sent > cutoff || messages.len() >= CHUNK {
-                    break;
+    pub async fn expire(&self) -> Result<u64> {
+        let done = {
+            let mut st = self.decide().await?;
+            let now = self.now_ms();
+            let mut messages = Vec::new();
+            for q in st.queues.values() {
+                let cutoff =
+                    now.saturating_sub(u64::from(q.attributes.message_retention_seconds) * 1000);
+                for &(sent, seq) in &q.index.by_sent {
+                    if sent > cutoff || messages.len() >= CHUNK {
+                        break;
+                    }
+                    messages.push(command::MessageRef {
+                        queue_id: q.id.0,
+                        seq: seq.0,
+                    });
                 }
-                messages.push(command::MessageRef {
-                    queue_id: q.id.0,
-                    seq: seq.0,
-                });
             }
-        }
-        if messages.is_empty() {
-            return Ok(0);
-        }
-        // Queues in id order: the same expiry is the same command.
-        messages.sort_by_key(|m| (m.queue_id, m.seq));
-        let expired = messages.len() as u64;
-        let cmd = st.command(now, Op::Expire(command::Expire { messages }));
-        self.apply(&mut st, &cmd)?;
-        Ok(expired)
+            if messages.is_empty() {
+                return Ok(0);
+            }
+            // Queues in id order: the same expiry is the same command.
+            messages.sort_by_key(|m| (m.queue_id, m.seq));
+            let expired = messages.len() as u64;
+            let cmd = st.command(now, Op::Expire(command::Expire { messages }));
+            (expired, self.apply(&mut st, &cmd)?)
+        };
+        self.committed(done.1).await?;
+        Ok(done.0)
     }
 
     /// The background task: fires timers (delays, visibility timeouts) when
@@ -50,8 +53,10 @@ impl Engine {
                 st.timers.first().map(|t| self.clock.instant_at(t.at))
             };
             if tokio::time::Instant::now() >= next_sweep {
-                match self.expire() {
+                match self.expire().await {
                     Ok(0) => {}
+                    // A follower: its leader expires.
+                    Err(super::Error::Unavailable { .. }) => {}
                     Ok(n) => tracing::debug!(expired = n, "retention deleted messages"),
                     Err(e) => tracing::error!(error = %e, "retention sweep failed"),
                 }

@@ -128,6 +128,8 @@ pub(super) struct State {
     /// A reservation decided by `alloc_seqs` and not yet carried by a
     /// command: the next command persists it.
     pub(super) pending_reservation: Option<u64>,
+    /// Cluster mode: the index of the last log entry applied.
+    pub(super) applied_index: u64,
 }
 
 impl State {

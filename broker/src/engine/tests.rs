@@ -156,6 +156,7 @@ async fn release_with_visibility_zero_wakes_a_waiter() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let r = e
         .change_visibility("q", &[(&got[0].receipt_handle, 0)])
+        .await
         .unwrap();
     assert!(r[0].is_ok());
     assert_eq!(waiter.await.unwrap()[0].receive_count, 2);
@@ -445,6 +446,7 @@ async fn retry_policy_backs_off_redeliveries_exponentially() {
     // comes back after 2, 4 and then 5 (capped) seconds.
     for expected in [2, 4, 5] {
         e.change_visibility("q", &[(&handle, 0)])
+            .await
             .unwrap()
             .remove(0)
             .unwrap();

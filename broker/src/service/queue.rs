@@ -431,6 +431,7 @@ impl pb::queue_service_server::QueueService for QueueApi {
                 &req.queue,
                 &[(req.receipt_handle.as_str(), req.visibility_timeout_seconds)],
             )
+            .await
             .map_err(status)?;
         results.remove(0).map_err(status)?;
         Ok(Response::new(pb::ChangeMessageVisibilityResponse {}))
@@ -451,7 +452,7 @@ impl pb::queue_service_server::QueueService for QueueApi {
                     .iter()
                     .map(|e| (e.receipt_handle.as_str(), e.visibility_timeout_seconds))
                     .collect();
-                self.engine.change_visibility(&req.queue, &changes)
+                self.engine.change_visibility(&req.queue, &changes).await
             },
         )
         .await?;

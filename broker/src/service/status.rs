@@ -39,6 +39,9 @@ pub enum Kind {
     ResourceExhausted,
     Unauthenticated,
     PermissionDenied,
+    /// Cluster mode: this node cannot answer now; retry (here or on
+    /// another node).
+    Unavailable,
     /// The broker's fault: logged in full, reported without internals.
     Internal,
 }
@@ -53,6 +56,7 @@ impl Kind {
             Kind::ResourceExhausted => Code::ResourceExhausted,
             Kind::Unauthenticated => Code::Unauthenticated,
             Kind::PermissionDenied => Code::PermissionDenied,
+            Kind::Unavailable => Code::Unavailable,
             Kind::Internal => Code::Internal,
         }
     }
@@ -91,6 +95,7 @@ impl ToStatus for Error {
             | Error::NotInFlight
             | Error::MessageDeleted
             | Error::QueueIsDeadLetterTarget { .. } => Kind::FailedPrecondition,
+            Error::Unavailable { .. } => Kind::Unavailable,
             Error::Storage(_) => Kind::Internal,
         }
     }
@@ -424,6 +429,7 @@ mod tests {
             ),
             (Error::NotInFlight, Code::FailedPrecondition),
             (Error::MessageDeleted, Code::FailedPrecondition),
+            (Error::Unavailable { reason: s() }, Code::Unavailable),
             (
                 Error::QueueIsDeadLetterTarget {
                     queue: s(),

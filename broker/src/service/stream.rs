@@ -149,6 +149,7 @@ async fn acknowledge(
         Some(Op::Release(r)) => {
             let result = engine
                 .change_visibility(queue, &[(r.receipt_handle.as_str(), r.delay_seconds)])
+                .await
                 .and_then(first);
             (r.receipt_handle, result)
         }
@@ -158,6 +159,7 @@ async fn acknowledge(
                     queue,
                     &[(x.receipt_handle.as_str(), x.visibility_timeout_seconds)],
                 )
+                .await
                 .and_then(first);
             return result.err().map(|e| stream_error(x.receipt_handle, &e));
         }

@@ -50,12 +50,18 @@ pub(super) struct Subscription {
 
 impl Subscription {
     fn info(&self, id: u64) -> SubscriptionInfo {
+        self.record.info(id)
+    }
+}
+
+impl SubscriptionRecord {
+    fn info(&self, id: u64) -> SubscriptionInfo {
         SubscriptionInfo {
             id: format_subscription_id(id),
-            topic: self.record.topic.clone(),
-            queue: self.record.queue.clone(),
-            filter_policy: self.record.filter_policy.clone(),
-            raw_delivery: self.record.raw_delivery,
+            topic: self.topic.clone(),
+            queue: self.queue.clone(),
+            filter_policy: self.filter_policy.clone(),
+            raw_delivery: self.raw_delivery,
         }
     }
 }
@@ -204,7 +210,7 @@ impl Engine {
     pub async fn create_topic(&self, name: &str) -> Result<TopicInfo> {
         validate::queue_name("name", name)?;
         let (info, ticket) = {
-            let mut st = self.lock();
+            let mut st = self.decide().await?;
             if let Some(t) = st.topics.get(name) {
                 return Ok(TopicInfo {
                     name: name.to_string(),
@@ -268,7 +274,7 @@ impl Engine {
     /// Deletes a topic and its subscriptions; the queues stay.
     pub async fn delete_topic(&self, name: &str) -> Result<()> {
         let ticket = {
-            let mut st = self.lock();
+            let mut st = self.decide().await?;
             if !st.topics.contains_key(name) {
                 return Err(topic_not_found("name", name));
             }
@@ -293,7 +299,7 @@ impl Engine {
         validate::queue_name("queue", queue)?;
         let filter = parse_filter(filter_policy)?;
         let (info, ticket) = {
-            let mut st = self.lock();
+            let mut st = self.decide().await?;
             let t = st
                 .topics
                 .get(topic)
@@ -328,12 +334,12 @@ impl Engine {
                 filter_policy: filter_policy.to_string(),
                 raw_delivery,
             };
+            let info = record.info(id);
             let cmd = st.command(
                 self.now_ms(),
                 Op::Subscribe(command::Subscribe { id, record }),
             );
-            let ticket = self.apply(&mut st, &cmd)?;
-            (st.subscriptions[&id].info(id), ticket)
+            (info, self.apply(&mut st, &cmd)?)
         };
         self.durable(ticket).await?;
         Ok(info)
@@ -347,7 +353,7 @@ impl Engine {
             ));
         };
         let ticket = {
-            let mut st = self.lock();
+            let mut st = self.decide().await?;
             if !st.subscriptions.contains_key(&id) {
                 return Err(Error::SubscriptionNotFound {
                     id: subscription_id.to_string(),
@@ -402,7 +408,7 @@ impl Engine {
     ) -> Result<Vec<Result<Published>>> {
         let now = self.now_ms();
         let (results, ticket) = {
-            let mut st = self.lock();
+            let mut st = self.decide().await?;
             let t = st
                 .topics
                 .get(topic)

@@ -1,0 +1,174 @@
+//! The engine under a replicated log (cluster mode).
+//!
+//! A single node decides a command and applies it at once, under its lock.
+//! A replica's engine decides only while its node leads, and applies a
+//! command only when the log has committed it, on every replica the same
+//! way ([`Engine::apply_entry`]). Between the two, one rule keeps every
+//! decision made on the state it will be applied to:
+//!
+//! - **One decision in flight.** [`Engine::decide`] waits until no proposal
+//!   of this engine is pending and every entry of the node's log is applied
+//!   ([`Log::leading`]); [`Engine::apply`] then hands the command to
+//!   [`Log::propose`] instead of applying it. The next decision waits until
+//!   that proposal is committed and applied (or has failed).
+//! - **A command carries the entry it was decided after** (its `base`).
+//!   [`Engine::apply_entry`] applies a command only if its entry comes right
+//!   after its base; otherwise (leadership moved between the decision and
+//!   the append, and another entry came first) it skips it, on every replica
+//!   alike, and the proposer answers UNAVAILABLE: nothing was changed, and
+//!   the client may retry.
+//!
+//! Throughput is one proposal per shard at a time (a Raft round with its
+//! `fsync`s), each command carrying what it carries today (a batch of
+//! sends, a receive of up to ten). Batching many requests into one entry
+//! is the design's next step (`docs/cluster-design.md`).
+//!
+//! What is not replicated: the promotion of due timers (each replica
+//! promotes when it looks), the rate limiter's tokens and the counters of
+//! the metrics, as in `command`'s docs.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{Notify, oneshot};
+
+use super::command::Command;
+use super::error::{Error, Result};
+use super::state::State;
+
+/// A boxed future, as the [`Log`] trait returns.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// How long a decision waits for the node's log to be applied before it
+/// answers UNAVAILABLE.
+const DECIDE_WAIT: Duration = Duration::from_secs(5);
+
+/// The replicated log under an engine (implemented by `cluster`).
+pub trait Log: Send + Sync + 'static {
+    /// The index of the last entry of this node's log, if this node leads;
+    /// [`Error::Unavailable`] saying why not otherwise.
+    fn leading(&self) -> Result<u64>;
+    /// Resolves when the log's state may have changed (leadership, entries
+    /// appended), for deciders that wait.
+    fn changed(&self) -> BoxFuture<'static, ()>;
+    /// Proposes `cmd`, decided on the state after entry `base`. Resolves
+    /// once the entry is committed and applied on this node: `true` if the
+    /// command was applied, `false` if it was skipped (see the module docs).
+    fn propose(&self, base: u64, cmd: Command) -> BoxFuture<'static, Result<bool>>;
+}
+
+/// The engine's side of replication.
+pub(super) struct Gate {
+    pub(super) log: Arc<dyn Log>,
+    /// A proposal of this engine is pending.
+    busy: AtomicBool,
+    /// Notified when a proposal ends and when an entry is applied.
+    pub(super) free: Notify,
+}
+
+/// What a caller of [`Engine::apply`](super::Engine) awaits.
+pub(super) enum Done {
+    /// Applied here: the write's ticket, to await its durability.
+    Local(Option<crate::storage::Ticket>),
+    /// Proposed to the log: resolves once committed and applied.
+    Proposed(oneshot::Receiver<Result<bool>>),
+}
+
+impl Gate {
+    pub(super) fn new(log: Arc<dyn Log>) -> Arc<Gate> {
+        Arc::new(Gate {
+            log,
+            busy: AtomicBool::new(false),
+            free: Notify::new(),
+        })
+    }
+
+    /// Whether a decision may be made now, with `applied` the index of the
+    /// last entry the engine applied: this node leads, nothing is pending,
+    /// and the whole log is applied. Called under the engine lock.
+    fn may_decide(&self, applied: u64) -> Result<bool> {
+        let last = self.log.leading()?;
+        Ok(!self.busy.load(Ordering::SeqCst) && applied >= last)
+    }
+
+    /// Waits until [`Gate::may_decide`] holds, then returns the lock.
+    pub(super) async fn decide<'e>(
+        &self,
+        lock: impl Fn() -> MutexGuard<'e, State>,
+    ) -> Result<MutexGuard<'e, State>> {
+        let deadline = tokio::time::Instant::now() + DECIDE_WAIT;
+        loop {
+            let free = self.free.notified();
+            tokio::pin!(free);
+            free.as_mut().enable();
+            let changed = self.log.changed();
+            {
+                let st = lock();
+                if self.may_decide(st.applied_index)? {
+                    return Ok(st);
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Unavailable {
+                    reason: format!(
+                        "this node leads but has not applied its log within {} s; retry",
+                        DECIDE_WAIT.as_secs()
+                    ),
+                });
+            }
+            tokio::select! {
+                _ = free => {}
+                _ = changed => {}
+                // Bounded, whatever the log reports.
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
+    }
+
+    /// Proposes `cmd` (decided after entry `base`), in a task of its own:
+    /// the proposal completes, and the next decision is let through, even
+    /// if the caller stops waiting.
+    pub(super) fn propose(self: &Arc<Self>, base: u64, cmd: Command) -> Result<Done> {
+        if self.busy.swap(true, Ordering::SeqCst) {
+            // `decide` lets one decision through at a time: a method that
+            // applies without it is a bug, refused rather than reordered.
+            return Err(Error::Unavailable {
+                reason: "a decision was made while another was pending; retry".into(),
+            });
+        }
+        let proposal = self.log.propose(base, cmd);
+        let gate = self.clone();
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(async move {
+            let result = proposal.await;
+            gate.busy.store(false, Ordering::SeqCst);
+            gate.free.notify_waiters();
+            let _ = tx.send(result);
+        });
+        Ok(Done::Proposed(rx))
+    }
+}
+
+impl Done {
+    /// Waits for a proposal to be applied (a local apply is done already).
+    pub(super) async fn applied(self) -> Result<Option<crate::storage::Ticket>> {
+        match self {
+            Done::Local(ticket) => Ok(ticket),
+            Done::Proposed(rx) => match rx.await {
+                Ok(Ok(true)) => Ok(None),
+                Ok(Ok(false)) => Err(Error::Unavailable {
+                    reason: "leadership changed while the request was decided; nothing was \
+                             changed, retry"
+                        .into(),
+                }),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(Error::Unavailable {
+                    reason: "the proposal was dropped (the node is shutting down); retry".into(),
+                }),
+            },
+        }
+    }
+}
