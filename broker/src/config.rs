@@ -33,6 +33,31 @@ pub struct ServerConfig {
     pub auth_tokens: Option<PathBuf>,
     /// Limits that protect the broker from one client.
     pub limits: Limits,
+    /// Cluster mode; `None`: a single node.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// How a node takes part in a cluster (`broker serve --node-id ...`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// This node's id, unique in the cluster, at least 1.
+    pub node_id: u64,
+    /// Where the node serves other nodes (and requests forwarded to it).
+    pub listen: SocketAddr,
+    /// The address other nodes reach `listen` at; default: `listen`.
+    pub advertise: Option<String>,
+    /// Cluster addresses of nodes to join through; empty: start a new
+    /// cluster (or restart as the member the data dir says).
+    pub join: Vec<String>,
+}
+
+impl ClusterConfig {
+    /// The address other nodes reach this node at.
+    pub fn address(&self) -> String {
+        self.advertise
+            .clone()
+            .unwrap_or_else(|| self.listen.to_string())
+    }
 }
 
 /// Log format and filter.
@@ -107,6 +132,7 @@ impl ServerConfig {
             tls: None,
             auth_tokens: None,
             limits: Limits::default(),
+            cluster: None,
         }
     }
 }
@@ -185,6 +211,27 @@ pub struct Settings {
     #[arg(long, env = "BROKER_MAX_REQUEST_BYTES", value_name = "BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_request_bytes: Option<usize>,
+    /// Cluster mode: this node's id, 1 or more, unique in the cluster [default: single node]
+    #[arg(long, env = "BROKER_NODE_ID", value_name = "ID")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<u64>,
+    /// Cluster mode: address to serve other nodes (and forwarded requests) on
+    #[arg(long, env = "BROKER_CLUSTER_LISTEN", value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_listen: Option<SocketAddr>,
+    /// Cluster mode: the address other nodes reach cluster_listen at [default: cluster_listen]
+    #[arg(long, env = "BROKER_CLUSTER_ADVERTISE", value_name = "HOST:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_advertise: Option<String>,
+    /// Cluster mode: cluster addresses of nodes to join through, comma-separated [default: start a new cluster]
+    #[arg(
+        long,
+        env = "BROKER_JOIN",
+        value_name = "ADDR,...",
+        value_delimiter = ','
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub join: Option<Vec<String>>,
 }
 
 /// `--sync`: see [`SyncMode`].
@@ -274,6 +321,10 @@ impl Settings {
                 .max_long_polls_per_connection
                 .or(fallback.max_long_polls_per_connection),
             max_request_bytes: self.max_request_bytes.or(fallback.max_request_bytes),
+            node_id: self.node_id.or(fallback.node_id),
+            cluster_listen: self.cluster_listen.or(fallback.cluster_listen),
+            cluster_advertise: self.cluster_advertise.or(fallback.cluster_advertise),
+            join: self.join.or(fallback.join),
         }
     }
 
@@ -370,6 +421,47 @@ impl Settings {
                 defaults.limits.max_request_bytes,
             )?,
         };
+        let cluster = match (self.node_id, self.cluster_listen) {
+            (None, None) => {
+                for (key, set) in [
+                    ("cluster_advertise", self.cluster_advertise.is_some()),
+                    ("join", self.join.is_some()),
+                ] {
+                    if set {
+                        return Err(ConfigError::Missing {
+                            key: "node_id",
+                            why: format!(
+                                "{key} is set, and cluster mode needs node_id and cluster_listen"
+                            ),
+                        });
+                    }
+                }
+                None
+            }
+            (Some(0), _) => {
+                return Err(ConfigError::Invalid {
+                    key: "node_id",
+                    value: "0".into(),
+                    allowed: "must be 1 or more".into(),
+                });
+            }
+            (Some(node_id), Some(listen)) => Some(ClusterConfig {
+                node_id,
+                listen,
+                advertise: self.cluster_advertise,
+                join: self.join.unwrap_or_default(),
+            }),
+            (node_id, _) => {
+                let (key, set) = match node_id {
+                    Some(_) => ("cluster_listen", "node_id"),
+                    None => ("node_id", "cluster_listen"),
+                };
+                return Err(ConfigError::Missing {
+                    key,
+                    why: format!("{set} is set, and cluster mode needs node_id and cluster_listen"),
+                });
+            }
+        };
         Ok(ServerConfig {
             listen: self.listen.unwrap_or(defaults.listen),
             data_dir,
@@ -387,6 +479,7 @@ impl Settings {
             tls,
             auth_tokens: self.auth_tokens,
             limits,
+            cluster,
         })
     }
 }
@@ -444,6 +537,14 @@ impl From<&ServerConfig> for Settings {
             max_streams: Some(config.limits.max_streams),
             max_long_polls_per_connection: Some(config.limits.max_long_polls_per_connection),
             max_request_bytes: Some(config.limits.max_request_bytes),
+            node_id: config.cluster.as_ref().map(|c| c.node_id),
+            cluster_listen: config.cluster.as_ref().map(|c| c.listen),
+            cluster_advertise: config.cluster.as_ref().and_then(|c| c.advertise.clone()),
+            join: config
+                .cluster
+                .as_ref()
+                .map(|c| c.join.clone())
+                .filter(|j| !j.is_empty()),
         }
     }
 }
@@ -462,7 +563,16 @@ mod tests {
         let example: Settings = toml::from_str(text).expect("examples/broker.toml parses");
         let defaults = Settings::from(&Settings::default().resolve(None).unwrap());
         assert_eq!(example, defaults);
-        for key in ["tls_cert", "tls_key", "tls_client_ca", "auth_tokens"] {
+        for key in [
+            "tls_cert",
+            "tls_key",
+            "tls_client_ca",
+            "auth_tokens",
+            "node_id",
+            "cluster_listen",
+            "cluster_advertise",
+            "join",
+        ] {
             assert!(text.contains(&format!("# {key} = ")), "{key} is documented");
         }
     }

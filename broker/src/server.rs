@@ -46,6 +46,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 
 use crate::auth::{Authenticator, TokenFileError, Tokens};
+use crate::cluster::forward::{Forward, Leader};
+use crate::cluster::node::{Node, NodeError};
 use crate::config::ServerConfig;
 use crate::engine::Engine;
 use crate::metrics::Metrics;
@@ -77,6 +79,15 @@ pub enum StartupError {
     /// The database could not be opened (locked, corrupt, not a database).
     #[error(transparent)]
     Database(#[from] crate::Error),
+    /// `cluster_listen` could not be bound.
+    #[error("cannot serve other nodes on cluster_listen = {addr}: {error}")]
+    ClusterListen {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+    /// The node could not start (its identity, its stores, its Raft).
+    #[error(transparent)]
+    Cluster(#[from] NodeError),
 }
 
 /// Serves on `listener` until `shutdown` resolves; returns once the
@@ -115,7 +126,29 @@ pub async fn run_with_metrics_listener(
             .map_err(|error| StartupError::TlsSetup { error })?;
     }
     let metrics_tls = config.tls.as_ref().map(crate::tls::acceptor).transpose()?;
-    let engine = Arc::new(Engine::open(&config.data_dir, config.sync)?);
+    let cluster_listener = match &config.cluster {
+        Some(c) => Some(TcpListener::bind(c.listen).await.map_err(|error| {
+            StartupError::ClusterListen {
+                addr: c.listen,
+                error,
+            }
+        })?),
+        None => None,
+    };
+    let node = match &config.cluster {
+        Some(c) => Some(Arc::new(
+            Node::start(c, &config.data_dir, config.sync).await?,
+        )),
+        None => {
+            crate::cluster::node::refuse_member_data_dir(&config.data_dir)?;
+            None
+        }
+    };
+    let engine = match &node {
+        Some(node) => node.engine.clone(),
+        None => Arc::new(Engine::open(&config.data_dir, config.sync)?),
+    };
+    let leader = node.as_ref().map(|n| Leader::new(n.id, n.raft.clone()));
     let metrics = Metrics::new(Arc::downgrade(&engine));
     let metrics_stop = CancellationToken::new();
     let metrics_server = metrics_listener.map(|l| {
@@ -167,6 +200,31 @@ pub async fn run_with_metrics_listener(
     // Only the broker's own services need a token (not health/reflection).
     let queues = InterceptedService::new(queues, Authenticate(authenticator.clone()));
     let topics = InterceptedService::new(topics, Authenticate(authenticator));
+    // In cluster mode, requests go to the leader from any node.
+    let queues = Forward::new(queues, leader.clone());
+    let topics = Forward::new(topics, leader);
+    let cluster_server = match (&node, cluster_listener) {
+        (Some(node), Some(listener)) => {
+            tracing::info!(addr = ?listener.local_addr().ok(), node = node.id, "serving other nodes");
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            let serve = tonic::transport::Server::builder()
+                .add_service(node.service())
+                .add_service(queues.clone())
+                .add_service(topics.clone())
+                .serve_with_incoming_shutdown(incoming, stopping.clone().cancelled_owned());
+            let joining = node.must_join().then(|| {
+                let (node, config, stop) = (
+                    node.clone(),
+                    config.cluster.clone().expect("a node has a cluster config"),
+                    stopping.clone(),
+                );
+                tokio::spawn(async move { node.join(&config, stop.cancelled()).await })
+            });
+            Some((tokio::spawn(serve), joining))
+        }
+        _ => None,
+    };
     // `Server::tcp_nodelay` is ignored for a caller's listener: without
     // this, Nagle holds most responses back for the peer's delayed ACK (~40 ms).
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -198,6 +256,19 @@ pub async fn run_with_metrics_listener(
         _ = deadline => tracing::warn!("shutdown timeout reached; abandoning in-flight requests"),
     }
     engine.shutdown();
+    stopping.cancel();
+    if let Some((server, joining)) = cluster_server {
+        if let Some(j) = joining {
+            let _ = j.await;
+        }
+        let _ = server.await;
+    }
+    if let Some(node) = node {
+        if let Err(e) = node.raft.shutdown().await {
+            tracing::warn!(error = %e, "Raft did not shut down cleanly");
+        }
+        drop(node);
+    }
     let _ = scheduler.await;
     metrics_stop.cancel();
     if let Some(task) = metrics_server {

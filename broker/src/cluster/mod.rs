@@ -57,7 +57,10 @@
 // 100 bytes); returning them unboxed is what the traits ask.
 #![allow(clippy::result_large_err)]
 
+pub mod forward;
 pub mod log_store;
+pub mod network;
+pub mod node;
 pub mod proposer;
 pub mod state_machine;
 

@@ -224,6 +224,12 @@ impl Engine {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether the engine holds no queue and no topic.
+    pub fn is_empty(&self) -> bool {
+        let st = self.lock();
+        st.queues.is_empty() && st.topics.is_empty()
+    }
+
     pub fn now_ms(&self) -> u64 {
         self.clock.now_ms()
     }

@@ -1,0 +1,176 @@
+//! Any node serves any request: [`Forward`] wraps a broker service and
+//! passes each request to the node that leads, unchanged (headers, the
+//! client's deadline, streamed bodies), and its answer back. Long polls and
+//! `StreamMessages` are forwarded like any other call.
+//!
+//! - This node leads: the request goes to the wrapped service.
+//! - Another node leads: the request goes to that node's cluster address,
+//!   marked [`FORWARDED`]. A node never forwards a request that is marked
+//!   already (two nodes that each believe the other leads would bounce it):
+//!   it answers UNAVAILABLE instead.
+//! - No leader is known (an election, or this node cannot reach a
+//!   majority): UNAVAILABLE, saying so. So is a leader that cannot be
+//!   reached.
+//!
+//! Reads are forwarded too, so that every answer comes from the leader's
+//! state, never from a replica that lags.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use tonic::body::Body;
+use tonic::server::NamedService;
+use tonic::transport::Channel;
+use tower_service::Service;
+
+use super::Raft;
+use super::network::channel;
+
+/// The header that marks a forwarded request.
+pub const FORWARDED: &str = "x-broker-forwarded";
+
+/// Where requests go: this node's id and Raft, and a channel per leader.
+#[derive(Clone)]
+pub struct Leader {
+    id: u64,
+    raft: Raft,
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+enum Route {
+    Here,
+    There(Channel, u64),
+    Nowhere(String),
+}
+
+impl Leader {
+    pub fn new(id: u64, raft: Raft) -> Leader {
+        Leader {
+            id,
+            raft,
+            channels: Arc::default(),
+        }
+    }
+
+    fn route(&self, forwarded: bool) -> Route {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let leader = match m.current_leader {
+            Some(l) if l == self.id && m.state.is_leader() => return Route::Here,
+            Some(l) if l != self.id => l,
+            _ => {
+                return Route::Nowhere(format!(
+                    "node {} knows no leader: an election is under way, or this node cannot \
+                     reach a majority of the cluster; retry",
+                    self.id
+                ));
+            }
+        };
+        if forwarded {
+            return Route::Nowhere(format!(
+                "node {} was forwarded a request but does not lead (node {leader} does); retry",
+                self.id
+            ));
+        }
+        let Some(node) = m.membership_config.membership().get_node(&leader) else {
+            return Route::Nowhere(format!("leader {leader} has no address in the membership"));
+        };
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = channels.get(&node.addr) {
+            return Route::There(c.clone(), leader);
+        }
+        match channel(&node.addr) {
+            Ok(c) => {
+                channels.insert(node.addr.clone(), c.clone());
+                Route::There(c, leader)
+            }
+            Err(e) => Route::Nowhere(e),
+        }
+    }
+}
+
+/// A broker service, forwarded to the leader when this node does not lead.
+#[derive(Clone)]
+pub struct Forward<S> {
+    inner: S,
+    /// `None`: a single node, where every request is served here.
+    leader: Option<Leader>,
+}
+
+impl<S> Forward<S> {
+    pub fn new(inner: S, leader: Option<Leader>) -> Forward<S> {
+        Forward { inner, leader }
+    }
+}
+
+impl<S: NamedService> NamedService for Forward<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, B> Service<http::Request<Body>> for Forward<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
+        let forwarded = req.headers().contains_key(FORWARDED);
+        let route = self
+            .leader
+            .as_ref()
+            .map_or(Route::Here, |l| l.route(forwarded));
+        match route {
+            Route::Here => {
+                // The ready clone serves this call; the fresh one waits
+                // for the next poll_ready.
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                Box::pin(async move {
+                    let response = inner.call(req).await?;
+                    Ok(response.map(Body::new))
+                })
+            }
+            Route::There(channel, leader) => {
+                let mut channel = channel;
+                req.headers_mut()
+                    .insert(FORWARDED, http::HeaderValue::from_static("1"));
+                Box::pin(async move {
+                    use tower::ServiceExt as _;
+                    let sent = match channel.ready().await {
+                        Ok(ready) => ready.call(req).await,
+                        Err(e) => Err(e),
+                    };
+                    match sent {
+                        Ok(response) => Ok(response),
+                        Err(e) => Ok(unavailable(format!(
+                            "the leader (node {leader}) could not be reached: {e}; retry"
+                        ))),
+                    }
+                })
+            }
+            Route::Nowhere(reason) => Box::pin(async move { Ok(unavailable(reason)) }),
+        }
+    }
+}
+
+fn unavailable(message: String) -> http::Response<Body> {
+    tonic::Status::unavailable(message).into_http()
+}

@@ -1,0 +1,272 @@
+//! A cluster node's startup: its identity in the data dir, its stores, its
+//! Raft, and how it enters the cluster.
+//!
+//! # Data dir
+//! - The engine's RocksDB is the data dir itself, as on a single node.
+//! - `cluster/identity.json`: this node's id and its cluster's id. A node
+//!   started with another `--node-id` than the one recorded is refused.
+//! - `cluster/log/`: the Raft log, vote and committed id (a RocksDB of
+//!   its own, synced per `--sync`). The engine's writes are not synced:
+//!   after a crash the log has every committed entry after the applied id
+//!   the engine recorded, and they are applied again.
+//!
+//! # Entering the cluster
+//! - With a recorded cluster id, the node is a member already: it starts
+//!   from its log and the cluster takes it back.
+//! - Without `--join`: the node makes a new cluster of one voter (itself)
+//!   and a new cluster id. An engine that already holds single-node data is
+//!   refused: the other nodes could only learn that data from a snapshot,
+//!   which is not built yet.
+//! - With `--join SEED,...`: once the node serves its cluster listener
+//!   ([`join`] runs after), it asks the seeds in turn, until one answers,
+//!   to add it (`network`'s join), and records the cluster id it is given.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::BasicNode;
+use serde::{Deserialize, Serialize};
+
+use super::network::{ClusterId, Join, Joined, Network, RaftService, call, channel};
+use super::{Raft, RaftLog, raft_config, storage};
+use crate::config::ClusterConfig;
+use crate::engine::Engine;
+use crate::storage::{Store, SyncMode};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(
+        "the data dir {dir} belongs to node {recorded} (of cluster {cluster}); it was started as node {given}. Start it with --node-id {recorded}, or give node {given} a data dir of its own"
+    )]
+    OtherNode {
+        dir: PathBuf,
+        recorded: u64,
+        given: u64,
+        cluster: String,
+    },
+    #[error(
+        "the data dir {dir} holds single-node data; starting a new cluster from it needs snapshots, which are not built yet. Start the cluster on an empty data dir"
+    )]
+    SingleNodeData { dir: PathBuf },
+    #[error("cluster identity file {path}: {reason}")]
+    Identity { path: PathBuf, reason: String },
+    #[error("--node-id must be at least 1")]
+    NodeIdZero,
+    #[error(
+        "the data dir {dir} belongs to node {node_id} of cluster {cluster}; start it with --node-id {node_id} and --cluster-listen, or start a single node on another data dir"
+    )]
+    Member {
+        dir: PathBuf,
+        node_id: u64,
+        cluster: String,
+    },
+    #[error(transparent)]
+    Storage(#[from] crate::Error),
+    #[error("cannot start Raft: {0}")]
+    Raft(String),
+}
+
+/// What `cluster/identity.json` holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Identity {
+    node_id: u64,
+    cluster_id: Option<String>,
+}
+
+/// A started node.
+pub struct Node {
+    pub id: u64,
+    pub raft: Raft,
+    pub engine: Arc<Engine>,
+    pub cluster: ClusterId,
+    identity_path: PathBuf,
+}
+
+impl Node {
+    /// Opens the node's stores in `data_dir` and starts its Raft; a node
+    /// without a cluster and without seeds makes a new cluster of itself.
+    pub async fn start(
+        config: &ClusterConfig,
+        data_dir: &Path,
+        sync: SyncMode,
+    ) -> Result<Node, NodeError> {
+        if config.node_id == 0 {
+            return Err(NodeError::NodeIdZero);
+        }
+        let cluster_dir = data_dir.join("cluster");
+        let identity_path = cluster_dir.join("identity.json");
+        let identity = read_identity(&identity_path)?;
+        if let Some(id) = &identity
+            && id.node_id != config.node_id
+        {
+            return Err(NodeError::OtherNode {
+                dir: data_dir.to_path_buf(),
+                recorded: id.node_id,
+                given: config.node_id,
+                cluster: id.cluster_id.clone().unwrap_or_else(|| "none yet".into()),
+            });
+        }
+        // The engine first: it refuses a non-empty directory without a
+        // database, which `cluster/` would make of a new one.
+        let engine = Arc::new(Engine::open(data_dir, SyncMode::None)?);
+        std::fs::create_dir_all(&cluster_dir).map_err(|e| NodeError::Identity {
+            path: cluster_dir.clone(),
+            reason: e.to_string(),
+        })?;
+        let log =
+            Arc::new(Store::open(&cluster_dir.join("log"), sync).map_err(crate::Error::from)?);
+        let cluster: ClusterId = Arc::default();
+        let recorded = identity.and_then(|i| i.cluster_id);
+        if let Some(c) = &recorded {
+            let _ = cluster.set(c.clone());
+        } else if config.join.is_empty() && !engine.is_empty() {
+            return Err(NodeError::SingleNodeData {
+                dir: data_dir.to_path_buf(),
+            });
+        }
+        let (ls, sm) = storage(log, engine.clone())?;
+        let raft_config = Arc::new(
+            raft_config()
+                .validate()
+                .map_err(|e| NodeError::Raft(e.to_string()))?,
+        );
+        let network = Network {
+            cluster: cluster.clone(),
+        };
+        let raft = Raft::new(config.node_id, raft_config, network, ls, sm)
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        engine.replicate_through(RaftLog::new(config.node_id, raft.clone()));
+        let node = Node {
+            id: config.node_id,
+            raft,
+            engine,
+            cluster,
+            identity_path,
+        };
+        node.write_identity()?;
+        if recorded.is_none() && config.join.is_empty() {
+            let members = BTreeMap::from([(
+                config.node_id,
+                BasicNode {
+                    addr: config.address(),
+                },
+            )]);
+            node.raft
+                .initialize(members)
+                .await
+                .map_err(|e| NodeError::Raft(format!("initializing the cluster: {e}")))?;
+            let _ = node.cluster.set(uuid::Uuid::new_v4().to_string());
+            node.write_identity()?;
+            tracing::info!(
+                node = node.id,
+                cluster = %node.cluster.get().map_or("", |s| s),
+                "started a new cluster"
+            );
+        }
+        Ok(node)
+    }
+
+    /// Whether this node still has to join (it has no cluster id).
+    pub fn must_join(&self) -> bool {
+        self.cluster.get().is_none()
+    }
+
+    /// The service other nodes call.
+    pub fn service(&self) -> RaftService {
+        RaftService {
+            raft: self.raft.clone(),
+            id: self.id,
+            cluster: self.cluster.clone(),
+        }
+    }
+
+    /// Asks the seeds in turn to add this node, until one does (every
+    /// second, until `stop`), then records the cluster id.
+    pub async fn join(&self, config: &ClusterConfig, stop: impl Future<Output = ()>) {
+        let request = Join {
+            id: self.id,
+            addr: config.address(),
+        };
+        let attempts = async {
+            loop {
+                for seed in &config.join {
+                    let reply = match channel(seed) {
+                        Ok(c) => {
+                            call::<Join, Result<Joined, String>>(c, &self.cluster, "join", &request)
+                                .await
+                                .map_err(|s| s.message().to_string())
+                                .and_then(|r| r)
+                        }
+                        Err(e) => Err(e),
+                    };
+                    match reply {
+                        Ok(joined) => return joined,
+                        Err(e) => tracing::info!(seed, error = %e, "join not done yet; retrying"),
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        };
+        tokio::select! {
+            joined = attempts => {
+                let _ = self.cluster.set(joined.cluster_id.clone());
+                match self.write_identity() {
+                    Ok(()) => tracing::info!(node = self.id, cluster = %joined.cluster_id, "joined the cluster"),
+                    Err(e) => tracing::error!(error = %e, "joined, but the identity was not recorded"),
+                }
+            }
+            _ = stop => {}
+        }
+    }
+
+    fn write_identity(&self) -> Result<(), NodeError> {
+        let identity = Identity {
+            node_id: self.id,
+            cluster_id: self.cluster.get().cloned(),
+        };
+        let json = serde_json::to_vec_pretty(&identity).expect("an identity serializes");
+        let tmp = self.identity_path.with_extension("tmp");
+        let write = || -> std::io::Result<()> {
+            std::fs::write(&tmp, &json)?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, &self.identity_path)
+        };
+        write().map_err(|e| NodeError::Identity {
+            path: self.identity_path.clone(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// A single node refuses a data dir that belongs to a cluster node: it
+/// would serve, and change, a replica on its own.
+pub fn refuse_member_data_dir(data_dir: &Path) -> Result<(), NodeError> {
+    match read_identity(&data_dir.join("cluster").join("identity.json"))? {
+        None => Ok(()),
+        Some(id) => Err(NodeError::Member {
+            dir: data_dir.to_path_buf(),
+            node_id: id.node_id,
+            cluster: id.cluster_id.unwrap_or_else(|| "none yet".into()),
+        }),
+    }
+}
+
+fn read_identity(path: &Path) -> Result<Option<Identity>, NodeError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| NodeError::Identity {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(NodeError::Identity {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        }),
+    }
+}
