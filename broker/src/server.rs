@@ -148,8 +148,13 @@ pub async fn run_with_metrics_listener(
         Some(node) => node.engine.clone(),
         None => Arc::new(Engine::open(&config.data_dir, config.sync)?),
     };
-    let leader = node.as_ref().map(|n| Leader::new(n.id, n.raft.clone()));
-    let metrics = Metrics::new(Arc::downgrade(&engine));
+    let leader = node
+        .as_ref()
+        .map(|n| Leader::new(n.id, n.raft.clone(), n.from));
+    let metrics = Metrics::with_cluster(
+        Arc::downgrade(&engine),
+        node.as_ref().map(|n| (n.id, n.raft.clone())),
+    );
     let metrics_stop = CancellationToken::new();
     let metrics_server = metrics_listener.map(|l| {
         tracing::info!(addr = ?l.local_addr().ok(), "serving metrics at /metrics");

@@ -38,6 +38,7 @@ pub const FORWARDED: &str = "x-broker-forwarded";
 pub struct Leader {
     id: u64,
     raft: Raft,
+    from: Option<std::net::IpAddr>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
@@ -48,10 +49,11 @@ enum Route {
 }
 
 impl Leader {
-    pub fn new(id: u64, raft: Raft) -> Leader {
+    pub fn new(id: u64, raft: Raft, from: Option<std::net::IpAddr>) -> Leader {
         Leader {
             id,
             raft,
+            from,
             channels: Arc::default(),
         }
     }
@@ -83,7 +85,7 @@ impl Leader {
         if let Some(c) = channels.get(&node.addr) {
             return Route::There(c.clone(), leader);
         }
-        match channel(&node.addr) {
+        match channel(&node.addr, self.from) {
             Ok(c) => {
                 channels.insert(node.addr.clone(), c.clone());
                 Route::There(c, leader)

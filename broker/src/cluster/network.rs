@@ -17,6 +17,7 @@
 use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
@@ -76,12 +77,14 @@ pub struct Joined {
     pub cluster_id: String,
 }
 
-/// A lazily connected channel to a node's cluster address.
-pub fn channel(addr: &str) -> Result<Channel, String> {
+/// A lazily connected channel to a node's cluster address, leaving from
+/// `from`: this node's cluster listener IP (see [`source_ip`]).
+pub fn channel(addr: &str, from: Option<IpAddr>) -> Result<Channel, String> {
     Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| format!("bad cluster address {addr:?}: {e}"))
         .map(|e| {
-            e.connect_timeout(Duration::from_secs(1))
+            e.local_address(from)
+                .connect_timeout(Duration::from_secs(1))
                 .tcp_nodelay(true)
                 .http2_keep_alive_interval(Duration::from_secs(5))
                 .keep_alive_timeout(Duration::from_secs(5))
@@ -119,10 +122,18 @@ pub async fn call<Q: Serialize, A: DeserializeOwned>(
         .map_err(|e| Status::internal(format!("a peer's {kind} reply: {e}")))
 }
 
+/// The IP a node's connections to other nodes leave from: the IP of its
+/// cluster listener, unless that is unspecified (`0.0.0.0`), so that its
+/// peers (and firewalls between them) see one address per node.
+pub fn source_ip(listen: SocketAddr) -> Option<IpAddr> {
+    (!listen.ip().is_unspecified()).then(|| listen.ip())
+}
+
 /// openraft's network: a [`Connection`] per target node.
 #[derive(Clone)]
 pub struct Network {
     pub cluster: ClusterId,
+    pub from: Option<IpAddr>,
 }
 
 pub struct Connection {
@@ -137,7 +148,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> Connection {
         Connection {
             target,
-            channel: channel(&node.addr),
+            channel: channel(&node.addr, self.from),
             cluster: self.cluster.clone(),
         }
     }
@@ -209,6 +220,7 @@ pub struct RaftService {
     pub raft: Raft,
     pub id: u64,
     pub cluster: ClusterId,
+    pub from: Option<IpAddr>,
 }
 
 impl NamedService for RaftService {
@@ -293,7 +305,7 @@ impl RaftService {
                     .get_node(&leader)
                     .map(|n| n.addr.clone())
                     .ok_or_else(|| format!("leader {leader} has no address in the membership"))?;
-                let channel = channel(&addr)?;
+                let channel = channel(&addr, self.from)?;
                 return call::<Join, Result<Joined, String>>(channel, &self.cluster, "join", &join)
                     .await
                     .map_err(|s| format!("passing the join to leader {leader} at {addr}: {s}"))?;

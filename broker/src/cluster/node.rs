@@ -22,6 +22,7 @@
 //!   to add it (`network`'s join), and records the cluster id it is given.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,7 +30,7 @@ use std::time::Duration;
 use openraft::BasicNode;
 use serde::{Deserialize, Serialize};
 
-use super::network::{ClusterId, Join, Joined, Network, RaftService, call, channel};
+use super::network::{ClusterId, Join, Joined, Network, RaftService, call, channel, source_ip};
 use super::{Raft, RaftLog, raft_config, storage};
 use crate::config::ClusterConfig;
 use crate::engine::Engine;
@@ -79,6 +80,8 @@ struct Identity {
 /// A started node.
 pub struct Node {
     pub id: u64,
+    /// The IP connections to other nodes leave from.
+    pub from: Option<IpAddr>,
     pub raft: Raft,
     pub engine: Arc<Engine>,
     pub cluster: ClusterId,
@@ -133,8 +136,10 @@ impl Node {
                 .validate()
                 .map_err(|e| NodeError::Raft(e.to_string()))?,
         );
+        let from = source_ip(config.listen);
         let network = Network {
             cluster: cluster.clone(),
+            from,
         };
         let raft = Raft::new(config.node_id, raft_config, network, ls, sm)
             .await
@@ -142,6 +147,7 @@ impl Node {
         engine.replicate_through(RaftLog::new(config.node_id, raft.clone()));
         let node = Node {
             id: config.node_id,
+            from,
             raft,
             engine,
             cluster,
@@ -181,6 +187,7 @@ impl Node {
             raft: self.raft.clone(),
             id: self.id,
             cluster: self.cluster.clone(),
+            from: self.from,
         }
     }
 
@@ -194,7 +201,7 @@ impl Node {
         let attempts = async {
             loop {
                 for seed in &config.join {
-                    let reply = match channel(seed) {
+                    let reply = match channel(seed, self.from) {
                         Ok(c) => {
                             call::<Join, Result<Joined, String>>(c, &self.cluster, "join", &request)
                                 .await

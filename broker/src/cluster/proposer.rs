@@ -5,7 +5,15 @@ use std::sync::Arc;
 
 use crate::engine::command::Command;
 use crate::engine::error::{Error, Result};
-use crate::engine::replication::{BoxFuture, Log};
+use crate::engine::replication::{BoxFuture, Log, NotLeading};
+
+/// A leader that has not heard from a majority for longer than this
+/// decides nothing (openraft's heartbeats go every 50 ms; elections take
+/// 150 to 300 ms).
+pub const LEASE_MS: u64 = 1_000;
+
+/// How long a proposal may wait for its commit.
+const COMMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 use super::{Raft, Request};
 
@@ -22,13 +30,24 @@ impl RaftLog {
 }
 
 impl Log for RaftLog {
-    fn leading(&self) -> Result<u64> {
+    fn leading(&self) -> std::result::Result<u64, NotLeading> {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
         if m.state.is_leader() && m.current_leader == Some(self.id) {
-            return Ok(m.last_log_index.unwrap_or(0));
+            return match m.millis_since_quorum_ack {
+                Some(ms) if ms <= LEASE_MS => Ok(m.last_log_index.unwrap_or(0)),
+                since => Err(NotLeading {
+                    reason: format!(
+                        "node {} leads but has not heard from a majority of the cluster for {}: \
+                         it may be cut off from it; retry",
+                        self.id,
+                        since.map_or("its whole term".to_string(), |ms| format!("{ms} ms"))
+                    ),
+                    wait: true,
+                }),
+            };
         }
-        Err(Error::Unavailable {
+        Err(NotLeading {
             reason: match m.current_leader {
                 Some(leader) if leader != self.id => {
                     format!("node {} does not lead; node {leader} does", self.id)
@@ -39,6 +58,7 @@ impl Log for RaftLog {
                     self.id
                 ),
             },
+            wait: false,
         })
     }
 
@@ -54,9 +74,17 @@ impl Log for RaftLog {
         let raft = self.raft.clone();
         let id = self.id;
         Box::pin(async move {
-            match raft.client_write(Request { base, command }).await {
-                Ok(response) => Ok(response.data),
-                Err(e) => Err(Error::Unavailable {
+            let write = raft.client_write(Request { base, command });
+            match tokio::time::timeout(COMMIT_WAIT, write).await {
+                Ok(Ok(response)) => Ok(response.data),
+                Err(_) => Err(Error::Unavailable {
+                    reason: format!(
+                        "node {id} could not commit the change within {} s (it may be cut off \
+                         from a majority); it may still be applied if the cluster commits it",
+                        COMMIT_WAIT.as_secs()
+                    ),
+                }),
+                Ok(Err(e)) => Err(Error::Unavailable {
                     reason: format!(
                         "node {id} could not commit the change ({e}); it may have been applied \
                          if the cluster committed it after all"

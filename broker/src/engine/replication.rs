@@ -42,15 +42,17 @@ use super::state::State;
 /// A boxed future, as the [`Log`] trait returns.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// How long a decision waits for the node's log to be applied before it
-/// answers UNAVAILABLE.
-const DECIDE_WAIT: Duration = Duration::from_secs(5);
+/// How long a decision waits for the node's log to be applied (or for a
+/// leader to hear from a majority again) before it answers UNAVAILABLE.
+const DECIDE_WAIT: Duration = Duration::from_secs(2);
 
 /// The replicated log under an engine (implemented by `cluster`).
 pub trait Log: Send + Sync + 'static {
-    /// The index of the last entry of this node's log, if this node leads;
-    /// [`Error::Unavailable`] saying why not otherwise.
-    fn leading(&self) -> Result<u64>;
+    /// The index of the last entry of this node's log, if this node leads
+    /// and has heard from a majority lately; `Err(reason)` saying why not
+    /// otherwise, with `wait` set when that may pass soon (a leader that
+    /// has not heard from a majority lately).
+    fn leading(&self) -> std::result::Result<u64, NotLeading>;
     /// Resolves when the log's state may have changed (leadership, entries
     /// appended), for deciders that wait.
     fn changed(&self) -> BoxFuture<'static, ()>;
@@ -58,6 +60,14 @@ pub trait Log: Send + Sync + 'static {
     /// once the entry is committed and applied on this node: `true` if the
     /// command was applied, `false` if it was skipped (see the module docs).
     fn propose(&self, base: u64, cmd: Command) -> BoxFuture<'static, Result<bool>>;
+}
+
+/// Why a node may not decide now.
+#[derive(Debug, Clone)]
+pub struct NotLeading {
+    pub reason: String,
+    /// Worth waiting for (up to the decision's bound), not refused at once.
+    pub wait: bool,
 }
 
 /// The engine's side of replication.
@@ -89,7 +99,7 @@ impl Gate {
     /// Whether a decision may be made now, with `applied` the index of the
     /// last entry the engine applied: this node leads, nothing is pending,
     /// and the whole log is applied. Called under the engine lock.
-    fn may_decide(&self, applied: u64) -> Result<bool> {
+    fn may_decide(&self, applied: u64) -> std::result::Result<bool, NotLeading> {
         let last = self.log.leading()?;
         Ok(!self.busy.load(Ordering::SeqCst) && applied >= last)
     }
@@ -105,18 +115,21 @@ impl Gate {
             tokio::pin!(free);
             free.as_mut().enable();
             let changed = self.log.changed();
-            {
+            let waiting_for = {
                 let st = lock();
-                if self.may_decide(st.applied_index)? {
-                    return Ok(st);
-                }
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(Error::Unavailable {
-                    reason: format!(
+                match self.may_decide(st.applied_index) {
+                    Ok(true) => return Ok(st),
+                    Ok(false) => format!(
                         "this node leads but has not applied its log within {} s; retry",
                         DECIDE_WAIT.as_secs()
                     ),
+                    Err(NotLeading { reason, wait: true }) => reason,
+                    Err(NotLeading { reason, .. }) => return Err(Error::Unavailable { reason }),
+                }
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Unavailable {
+                    reason: waiting_for,
                 });
             }
             tokio::select! {

@@ -203,7 +203,7 @@ impl Collector for EngineCollector {
 }
 
 /// One gauge without labels.
-fn gauge(
+pub(super) fn gauge(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
@@ -216,7 +216,7 @@ fn gauge(
 }
 
 /// A gauge family: one series per label set.
-fn gauges<L: EncodeLabelSet>(
+pub(super) fn gauges<L: EncodeLabelSet>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,

@@ -66,7 +66,16 @@
 //!   (stalled) until compaction catches up, else 0.
 //! - `broker_storage_delayed_write_rate_bytes_per_second` gauge: the rate
 //!   writes are slowed to while delayed; 0 when they are not.
+//!
+//! Cluster mode (this node's view; `cluster`):
+//! - `broker_cluster_node_id`, `broker_cluster_leader` (0: none known),
+//!   `broker_cluster_is_leader` (0 or 1), `broker_cluster_term`,
+//!   `broker_cluster_last_log_index`, `broker_cluster_applied_index`,
+//!   `broker_cluster_voters` gauges.
+//! - `broker_cluster_replication_lag_entries{node}` gauge, on the leader:
+//!   entries of its log each node has not confirmed yet.
 
+pub mod cluster;
 pub mod collector;
 pub mod http;
 pub mod rpc;
@@ -92,9 +101,21 @@ impl Metrics {
     /// scrape in progress) never keep the database open past shutdown: once
     /// the engine is gone, only the RPC metrics are reported.
     pub fn new(engine: Weak<Engine>) -> Metrics {
+        Metrics::with_cluster(engine, None)
+    }
+
+    /// [`Metrics::new`], with the `broker_cluster_*` gauges of node `id`
+    /// over its Raft in cluster mode.
+    pub fn with_cluster(
+        engine: Weak<Engine>,
+        cluster: Option<(u64, crate::cluster::Raft)>,
+    ) -> Metrics {
         let rpc = Arc::new(rpc::RpcMetrics::new());
         let mut registry = Registry::default();
         registry.register_collector(Box::new(collector::EngineCollector::new(engine)));
+        if let Some((id, raft)) = cluster {
+            registry.register_collector(Box::new(cluster::ClusterCollector { id, raft }));
+        }
         registry.register_collector(Box::new(rpc.clone()));
         Metrics {
             registry: Arc::new(registry),

@@ -1,0 +1,84 @@
+//! Cluster mode: this node's view of the cluster, read from openraft's
+//! metrics at scrape time.
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
+
+use super::collector::{gauge, gauges};
+use crate::cluster::Raft;
+
+/// Reads a node's Raft metrics on each scrape.
+pub struct ClusterCollector {
+    pub id: u64,
+    pub raft: Raft,
+}
+
+impl std::fmt::Debug for ClusterCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterCollector")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabel {
+    node: String,
+}
+
+impl Collector for ClusterCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let m = self.raft.metrics().borrow().clone();
+        let last_log = m.last_log_index.unwrap_or(0);
+        let rows: [(&str, &str, u64); 7] = [
+            ("broker_cluster_node_id", "This node's id.", self.id),
+            (
+                "broker_cluster_leader",
+                "The id of the leader this node knows; 0 while it knows none.",
+                m.current_leader.unwrap_or(0),
+            ),
+            (
+                "broker_cluster_is_leader",
+                "1 while this node leads, else 0.",
+                u64::from(m.state.is_leader()),
+            ),
+            ("broker_cluster_term", "The Raft term.", m.current_term),
+            (
+                "broker_cluster_last_log_index",
+                "The index of the last entry in this node's log.",
+                last_log,
+            ),
+            (
+                "broker_cluster_applied_index",
+                "The index of the last entry this node applied.",
+                m.last_applied.map_or(0, |l| l.index),
+            ),
+            (
+                "broker_cluster_voters",
+                "Voters in the membership this node knows.",
+                m.membership_config.membership().voter_ids().count() as u64,
+            ),
+        ];
+        for (name, help, value) in rows {
+            gauge(&mut encoder, name, help, None, value)?;
+        }
+        if let Some(replication) = &m.replication {
+            gauges(
+                &mut encoder,
+                "broker_cluster_replication_lag_entries",
+                "On the leader: entries of its log a node has not confirmed yet.",
+                None,
+                replication.iter().map(|(node, matched)| {
+                    let matched = matched.map_or(0, |l| l.index);
+                    (
+                        NodeLabel {
+                            node: node.to_string(),
+                        },
+                        last_log.saturating_sub(matched),
+                    )
+                }),
+            )?;
+        }
+        Ok(())
+    }
+}
