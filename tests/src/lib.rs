@@ -31,6 +31,8 @@
 //! of a test is [`server_with_queue`]; [`send_numbered`], [`send_batch`],
 //! [`receive_n`] and [`drain`] fill and empty a queue.
 
+pub mod cluster;
+
 use std::fmt::Debug;
 use std::future::Future;
 use std::net::SocketAddr;

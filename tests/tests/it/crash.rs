@@ -31,24 +31,24 @@ use std::time::{Duration, Instant};
 use broker_tests::*;
 
 /// The queue of single and batch sends.
-const QUEUE: &str = "orders";
+pub(crate) const QUEUE: &str = "orders";
 /// The topic of publishes, and the queues subscribed to it.
 const TOPIC: &str = "events";
 const FANOUT: [&str; 3] = ["fan-a", "fan-b", "fan-c"];
 /// Every queue of the workload.
-const QUEUES: [&str; 4] = [QUEUE, FANOUT[0], FANOUT[1], FANOUT[2]];
+pub(crate) const QUEUES: [&str; 4] = [QUEUE, FANOUT[0], FANOUT[1], FANOUT[2]];
 
 /// Kill cycles in the default test run.
 const DEFAULT_CYCLES: u64 = 5;
 /// How long the workload runs before the kill: a random time in this range.
-const MIN_RUN: Duration = Duration::from_millis(50);
-const MAX_RUN: Duration = Duration::from_millis(2000);
+pub(crate) const MIN_RUN: Duration = Duration::from_millis(50);
+pub(crate) const MAX_RUN: Duration = Duration::from_millis(2000);
 /// Longest visibility timeout the workload sets (receives and changes), and
 /// longest delay: after the restart, the drain waits for both to pass.
-const MAX_HIDDEN_SECONDS: u32 = 2;
+pub(crate) const MAX_HIDDEN_SECONDS: u32 = 2;
 /// Bound on one RPC, so that a hung request fails the test instead of
 /// hanging it.
-const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const RPC_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_broker_keeps_every_acknowledged_write() {
@@ -72,7 +72,11 @@ async fn killed_broker_keeps_every_acknowledged_write() {
         let run_for = rng.duration(MIN_RUN, MAX_RUN);
         let ledger = Arc::new(Mutex::new(Ledger::default()));
         let stop = Arc::new(AtomicBool::new(false));
-        let workers = spawn_workload(&child, cycle, &mut rng, &ledger, &stop).await;
+        let flags = Flags {
+            stop: stop.clone(),
+            fault: stop.clone(),
+        };
+        let workers = spawn_workload(&[child.addr()], cycle, &mut rng, &ledger, &flags).await;
 
         // The kill comes at a random moment of the workload: that is the test.
         tokio::time::sleep(run_for).await;
@@ -124,7 +128,7 @@ async fn killed_broker_keeps_every_acknowledged_write() {
 type Copy = (&'static str, String);
 
 #[derive(Default)]
-struct Ledger {
+pub(crate) struct Ledger {
     /// Every send or publish attempted, by body.
     sent: HashMap<String, Sent>,
     /// Deletes attempted, by copy; only those the broker may have applied.
@@ -143,7 +147,7 @@ struct Sent {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-enum Outcome {
+pub(crate) enum Outcome {
     /// The RPC returned this message id: the message must survive.
     Acked(String),
     /// The RPC failed or was cut off: the message may or may not be there.
@@ -161,12 +165,12 @@ struct Delete {
 }
 
 impl Ledger {
-    fn send(&mut self, body: &str, queues: &'static [&'static str]) {
+    pub(crate) fn send(&mut self, body: &str, queues: &'static [&'static str]) {
         let outcome = Outcome::Unknown;
         self.sent.insert(body.to_string(), Sent { queues, outcome });
     }
 
-    fn outcome(&mut self, body: &str, outcome: Outcome) {
+    pub(crate) fn outcome(&mut self, body: &str, outcome: Outcome) {
         self.sent.get_mut(body).expect("a recorded send").outcome = outcome;
     }
 
@@ -214,7 +218,7 @@ impl Ledger {
 
 /// A failed RPC: `Some(code)` when the broker answered with a definite
 /// refusal (the request was not applied), `None` when the outcome is open.
-fn refusal(error: &Error) -> Option<Code> {
+pub(crate) fn refusal(error: &Error) -> Option<Code> {
     match error.code() {
         code @ (Code::InvalidArgument
         | Code::NotFound
@@ -226,7 +230,7 @@ fn refusal(error: &Error) -> Option<Code> {
 }
 
 /// Runs an RPC with [`RPC_TIMEOUT`]; a timeout is an error of open outcome.
-async fn rpc<T>(call: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+pub(crate) async fn rpc<T>(call: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
     match tokio::time::timeout(RPC_TIMEOUT, call).await {
         Ok(result) => result,
         Err(_) => Err(Error::from(tonic::Status::deadline_exceeded(
@@ -241,7 +245,7 @@ async fn rpc<T>(call: impl Future<Output = Result<T, Error>>) -> Result<T, Error
 
 /// Creates the queues, the topic and its subscriptions (idempotent: the
 /// later cycles find them recovered).
-async fn set_up(client: &Client) {
+pub(crate) async fn set_up(client: &Client) {
     for queue in QUEUES {
         create_queue(client, queue, attributes()).await;
     }
@@ -262,39 +266,60 @@ async fn set_up(client: &Client) {
     }
 }
 
-/// Starts the producers and consumers, each on its own connection with its
-/// own random stream; they run until `stop` is set.
-async fn spawn_workload(
-    child: &ChildServer,
+/// When the workers stop, and from when errors are expected.
+pub(crate) struct Flags {
+    /// Set: workers finish the request in flight and start no other.
+    pub(crate) stop: Arc<AtomicBool>,
+    /// Set when the fault is injected: from then on an error of open
+    /// outcome is the fault's, not a broken promise.
+    pub(crate) fault: Arc<AtomicBool>,
+}
+
+/// Starts the producers and consumers, each on its own connection (to the
+/// servers at `addrs` in turn) with its own random stream; they run until
+/// `flags.stop` is set.
+pub(crate) async fn spawn_workload(
+    addrs: &[std::net::SocketAddr],
     cycle: u64,
     rng: &mut Rng,
     ledger: &Arc<Mutex<Ledger>>,
-    stop: &Arc<AtomicBool>,
+    flags: &Flags,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let mut workers = Vec::new();
     let context = |name: String, rng: &mut Rng| Worker {
         name: format!("c{cycle}-{name}"),
         rng: rng.fork(),
         ledger: ledger.clone(),
-        stop: stop.clone(),
+        stop: flags.stop.clone(),
+        fault: flags.fault.clone(),
+    };
+    let mut next = 0;
+    let mut connect = || {
+        let addr = addrs[next % addrs.len()];
+        next += 1;
+        async move {
+            Client::connect(addr.to_string())
+                .await
+                .unwrap_or_else(|e| panic!("connect to {addr}: {e:?}"))
+        }
     };
     for i in 0..2 {
         let worker = context(format!("s{i}"), rng);
-        let client = child.client().await;
+        let client = connect().await;
         workers.push(tokio::spawn(worker.send_singly(client)));
     }
     let worker = context("b".into(), rng);
-    let client = child.client().await;
+    let client = connect().await;
     workers.push(tokio::spawn(worker.send_batches(client)));
     let worker = context("p".into(), rng);
-    let client = child.client().await;
+    let client = connect().await;
     workers.push(tokio::spawn(worker.publish(client)));
     for (i, queue) in [QUEUE, QUEUE, FANOUT[0], FANOUT[1], FANOUT[2]]
         .into_iter()
         .enumerate()
     {
         let worker = context(format!("r{i}"), rng);
-        let client = child.client().await;
+        let client = connect().await;
         workers.push(tokio::spawn(worker.consume(client, queue)));
     }
     workers
@@ -307,6 +332,7 @@ struct Worker {
     rng: Rng,
     ledger: Arc<Mutex<Ledger>>,
     stop: Arc<AtomicBool>,
+    fault: Arc<AtomicBool>,
 }
 
 impl Worker {
@@ -316,6 +342,14 @@ impl Worker {
 
     fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
         self.ledger.lock().expect("ledger")
+    }
+
+    /// After a failed request: once the fault is in, a pause before the
+    /// next, as a client would (a server that is down fails at once).
+    async fn pause_after_error(&self) {
+        if self.fault.load(Ordering::SeqCst) && self.running() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// One message per `SendMessage`, some of them delayed.
@@ -331,7 +365,10 @@ impl Worker {
                 Ok(response) => self
                     .ledger()
                     .outcome(&body, Outcome::Acked(response.message_id)),
-                Err(error) => self.failed("SendMessage", &error),
+                Err(error) => {
+                    self.failed("SendMessage", &error);
+                    self.pause_after_error().await;
+                }
             }
         }
     }
@@ -369,7 +406,10 @@ impl Worker {
                         ledger.error("SendMessageBatch entry", &entry.code);
                     }
                 }
-                Err(error) => self.failed("SendMessageBatch", &error),
+                Err(error) => {
+                    self.failed("SendMessageBatch", &error);
+                    self.pause_after_error().await;
+                }
             }
         }
     }
@@ -389,7 +429,10 @@ impl Worker {
                 };
                 match rpc(client.publish_message(request)).await {
                     Ok(response) => self.published(&body, response.message_id, response.delivered),
-                    Err(error) => self.failed("Publish", &error),
+                    Err(error) => {
+                        self.failed("Publish", &error);
+                        self.pause_after_error().await;
+                    }
                 }
                 continue;
             }
@@ -422,7 +465,10 @@ impl Worker {
                         ledger.error("PublishBatch entry", &entry.code);
                     }
                 }
-                Err(error) => self.failed("PublishBatch", &error),
+                Err(error) => {
+                    self.failed("PublishBatch", &error);
+                    self.pause_after_error().await;
+                }
             }
         }
     }
@@ -533,16 +579,17 @@ impl Worker {
         }
     }
 
-    /// Records a failed RPC. Before the kill, only a refusal is expected (a
-    /// superseded receipt handle): any other error is a broken promise.
+    /// Records a failed RPC. Before the fault, only a refusal is expected
+    /// (a superseded receipt handle): any other error is a broken promise.
     fn failed(&self, rpc: &str, error: &Error) {
-        let when = if self.running() { "running" } else { "killed" };
+        let faulted = self.fault.load(Ordering::SeqCst);
+        let when = if faulted { "after the fault" } else { "before" };
         let mut ledger = self.ledger();
         ledger.error(&format!("{rpc} ({when})"), &format!("{:?}", error.code()));
-        if self.running() && refusal(error).is_none() {
+        if !faulted && refusal(error).is_none() {
             ledger
                 .violations
-                .push(format!("{rpc} failed before the kill: {error:?}"));
+                .push(format!("{rpc} failed before the fault: {error:?}"));
         }
     }
 }
@@ -553,7 +600,7 @@ impl Worker {
 
 /// What the restarted broker holds.
 #[derive(Default)]
-struct Drained {
+pub(crate) struct Drained {
     /// Every copy, with its message id.
     copies: HashMap<Copy, String>,
     /// Broken promises seen while draining (stats, duplicates).
@@ -564,7 +611,7 @@ struct Drained {
 /// what it holds: their sum right after the restart, the visible count once
 /// every visibility timeout and delay of the killed run has passed, and
 /// 0/0/0 once all is deleted.
-async fn drain(client: &Client, killed_at: Instant) -> Drained {
+pub(crate) async fn drain(client: &Client, killed_at: Instant) -> Drained {
     let mut drained = Drained::default();
     let mut at_restart = HashMap::new();
     for queue in QUEUES {
@@ -686,13 +733,13 @@ async fn drain_queue(
 }
 
 /// The outcome of one cycle's checks.
-struct Report {
+pub(crate) struct Report {
     acked: usize,
     unknown: usize,
     deleted: usize,
     held: usize,
     errors: String,
-    violations: Vec<String>,
+    pub(crate) violations: Vec<String>,
 }
 
 impl std::fmt::Display for Report {
@@ -706,7 +753,7 @@ impl std::fmt::Display for Report {
 }
 
 /// Checks the drained broker against the ledger of the killed run.
-fn check(ledger: &Ledger, drained: &Drained) -> Report {
+pub(crate) fn check(ledger: &Ledger, drained: &Drained) -> Report {
     let mut violations = ledger.violations.clone();
     violations.extend(drained.violations.iter().cloned());
 
@@ -1030,7 +1077,7 @@ async fn data_dir_in_use_by_another_broker_is_a_startup_error() {
 // Small things.
 // ---------------------------------------------------------------------------
 
-fn env_u64(name: &str) -> Option<u64> {
+pub(crate) fn env_u64(name: &str) -> Option<u64> {
     let value = std::env::var(name).ok()?;
     Some(
         value
@@ -1042,10 +1089,10 @@ fn env_u64(name: &str) -> Option<u64> {
 
 /// SplitMix64: a small, seedable random stream, so that `CRASH_SEED`
 /// replays a run's choices without a dependency.
-struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    fn new(seed: u64) -> Rng {
+    pub(crate) fn new(seed: u64) -> Rng {
         Rng(seed)
     }
 
@@ -1058,7 +1105,7 @@ impl Rng {
     }
 
     /// A uniform number in `0..n`.
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
 
@@ -1067,7 +1114,7 @@ impl Rng {
         unit < p
     }
 
-    fn duration(&mut self, min: Duration, max: Duration) -> Duration {
+    pub(crate) fn duration(&mut self, min: Duration, max: Duration) -> Duration {
         let span = (max - min).as_millis() as u64;
         min + Duration::from_millis(self.below(span + 1))
     }

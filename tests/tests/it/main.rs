@@ -31,6 +31,7 @@
 //! time passing is what it tests, and says so.
 
 mod admin;
+mod cluster;
 mod consumer;
 mod crash;
 mod dead_letter;

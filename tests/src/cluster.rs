@@ -1,0 +1,377 @@
+//! A cluster of `broker serve` processes on loopback, for the cluster
+//! tests, with a fault-injecting TCP proxy in front of each node.
+//!
+//! Node `n` listens on its own loopback address, `127.0.0.<10+n>` (client,
+//! metrics and cluster ports; Linux routes all of `127.0.0.0/8` to
+//! loopback), and its connections to other nodes leave from it. The
+//! cluster address it advertises is its proxy's, on `127.0.0.1`: every
+//! node-to-node connection to it goes through the proxy, which knows the
+//! caller by its source address and drops it when the test has cut the
+//! pair ([`TestCluster::isolate`]). Test clients talk to the nodes' client
+//! ports directly.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use broker_client::Client;
+use tempfile::TempDir;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::AbortHandle;
+
+use crate::{broker_binary, http, metric_value, poll_until};
+
+/// One node of a [`TestCluster`].
+pub struct ClusterNode {
+    pub id: u64,
+    /// The node's own loopback address.
+    ip: IpAddr,
+    pub client_addr: SocketAddr,
+    metrics_addr: SocketAddr,
+    cluster_addr: SocketAddr,
+    proxy: Proxy,
+    data_dir: TempDir,
+    log: PathBuf,
+    /// The seed to join through; `None` for the first node.
+    join: Option<SocketAddr>,
+    process: Option<tokio::process::Child>,
+}
+
+/// Nodes started from the `broker` binary; killed when dropped.
+pub struct TestCluster {
+    pub nodes: Vec<ClusterNode>,
+    /// Where the nodes' logs go.
+    logs: TempDir,
+}
+
+/// A free port on `ip` (bound, then released: a small race, on loopback).
+async fn free_port(ip: IpAddr) -> SocketAddr {
+    let listener = TcpListener::bind((ip, 0))
+        .await
+        .unwrap_or_else(|e| panic!("bind {ip}:0: {e}"));
+    listener.local_addr().expect("a bound address")
+}
+
+impl TestCluster {
+    /// Starts `n` nodes: node 1 makes the cluster, the others join it
+    /// through node 1. Returns once every node reports `n` voters and the
+    /// same leader.
+    pub async fn start(n: u64) -> TestCluster {
+        let logs = tempfile::tempdir().expect("a log dir");
+        let mut nodes = Vec::new();
+        for id in 1..=n {
+            let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 10 + id as u8));
+            let cluster_addr = free_port(ip).await;
+            let proxy = Proxy::start(cluster_addr).await;
+            nodes.push(ClusterNode {
+                id,
+                ip,
+                client_addr: free_port(ip).await,
+                metrics_addr: free_port(ip).await,
+                cluster_addr,
+                proxy,
+                data_dir: tempfile::tempdir().expect("a data dir"),
+                log: logs.path().join(format!("node-{id}.log")),
+                join: None,
+                process: None,
+            });
+        }
+        let seed = nodes[0].proxy.addr;
+        for node in &mut nodes[1..] {
+            node.join = Some(seed);
+        }
+        let mut cluster = TestCluster { nodes, logs };
+        cluster.spawn(1);
+        cluster.wait_until(|m| m.leader == 1, "node 1 leads its new cluster").await;
+        for id in 2..=n {
+            cluster.spawn(id);
+        }
+        cluster
+            .wait_until(
+                |m| m.voters == n && m.leader != 0,
+                &format!("every node counts {n} voters and knows a leader"),
+            )
+            .await;
+        cluster.leader().await;
+        cluster
+    }
+
+    fn node(&self, id: u64) -> &ClusterNode {
+        &self.nodes[id as usize - 1]
+    }
+
+    fn spawn(&mut self, id: u64) {
+        let binary = broker_binary();
+        let node = &mut self.nodes[id as usize - 1];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .expect("open the node's log");
+        let mut command = tokio::process::Command::new(binary);
+        command
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(node.data_dir.path())
+            .args(["--listen", &node.client_addr.to_string()])
+            .args(["--metrics-listen", &node.metrics_addr.to_string()])
+            .args(["--node-id", &id.to_string()])
+            .args(["--cluster-listen", &node.cluster_addr.to_string()])
+            .args(["--cluster-advertise", &node.proxy.addr.to_string()])
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdout(log.try_clone().expect("clone the log file"))
+            .stderr(log)
+            .kill_on_drop(true);
+        if let Some(seed) = node.join {
+            command.args(["--join", &seed.to_string()]);
+        }
+        node.process = Some(command.spawn().expect("spawn broker serve"));
+    }
+
+    /// Kills node `id` with SIGKILL and waits until it is gone.
+    pub async fn kill(&mut self, id: u64) {
+        let node = &mut self.nodes[id as usize - 1];
+        if let Some(mut p) = node.process.take() {
+            p.kill().await.expect("kill the node");
+        }
+    }
+
+    /// Starts node `id` again over its data dir.
+    pub fn restart(&mut self, id: u64) {
+        self.spawn(id);
+    }
+
+    /// The ids of the nodes running.
+    pub fn running(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|n| n.process.is_some())
+            .map(|n| n.id)
+            .collect()
+    }
+
+    /// The client addresses of the nodes running.
+    pub fn client_addrs(&self) -> Vec<SocketAddr> {
+        self.running()
+            .into_iter()
+            .map(|id| self.node(id).client_addr)
+            .collect()
+    }
+
+    /// A client of node `id`.
+    pub async fn client(&self, id: u64) -> Client {
+        let addr = self.node(id).client_addr;
+        Client::connect(addr.to_string())
+            .await
+            .unwrap_or_else(|e| panic!("connect to node {id} at {addr}: {e:?}"))
+    }
+
+    /// What node `id` reports of the cluster, or why it could not.
+    pub async fn view(&self, id: u64) -> Result<View, String> {
+        let node = self.node(id);
+        let scrape = tokio::time::timeout(Duration::from_secs(1), async {
+            TcpStream::connect(node.metrics_addr).await.ok()?;
+            Some(http(node.metrics_addr, "GET", "/metrics").await.body)
+        })
+        .await
+        .ok()
+        .flatten()
+        .ok_or_else(|| format!("node {id} serves no metrics"))?;
+        let get = |name: &str| {
+            metric_value(&scrape, name)
+                .map(|v| v as u64)
+                .ok_or_else(|| format!("node {id} reports no {name}"))
+        };
+        Ok(View {
+            leader: get("broker_cluster_leader")?,
+            is_leader: get("broker_cluster_is_leader")? == 1,
+            voters: get("broker_cluster_voters")?,
+            term: get("broker_cluster_term")?,
+            last_log: get("broker_cluster_last_log_index")?,
+            applied: get("broker_cluster_applied_index")?,
+        })
+    }
+
+    /// Waits until every running node's view satisfies `condition`.
+    pub async fn wait_until(&self, condition: impl Fn(&View) -> bool, what: &str) {
+        self.wait_until_on(&self.running(), condition, what).await
+    }
+
+    /// Waits until the views of `ids` satisfy `condition`.
+    pub async fn wait_until_on(&self, ids: &[u64], condition: impl Fn(&View) -> bool, what: &str) {
+        let within = CLUSTER_TIMEOUT;
+        let result = poll_until(within, || async {
+            let mut views = Vec::new();
+            for &id in ids {
+                match self.view(id).await {
+                    Ok(v) if condition(&v) => views.push((id, v)),
+                    Ok(v) => return Err(format!("node {id}: {v:?}")),
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(views)
+        })
+        .await;
+        if let Err(last) = result {
+            panic!(
+                "{what}: not within {within:?}; last: {last}\n{}",
+                self.log_tails()
+            );
+        }
+    }
+
+    /// The leader that every running node agrees on (waits for one).
+    pub async fn leader(&self) -> u64 {
+        self.leader_of(&self.running()).await
+    }
+
+    /// The leader that nodes `ids` agree on, one of them (waits for one).
+    pub async fn leader_of(&self, ids: &[u64]) -> u64 {
+        let result = poll_until(CLUSTER_TIMEOUT, || async {
+            let mut leaders = HashSet::new();
+            let mut leading = Vec::new();
+            for &id in ids {
+                let v = self.view(id).await?;
+                leaders.insert(v.leader);
+                if v.is_leader {
+                    leading.push(id);
+                }
+            }
+            match (leaders.len(), leading.as_slice()) {
+                (1, [one]) => Ok(*one),
+                _ => Err(format!("leaders seen {leaders:?}, leading {leading:?}")),
+            }
+        })
+        .await;
+        result.unwrap_or_else(|last| {
+            panic!(
+                "nodes {ids:?} agree on no leader within {CLUSTER_TIMEOUT:?}: {last}\n{}",
+                self.log_tails()
+            )
+        })
+    }
+
+    /// Cuts node `id` off from every other node, both ways.
+    pub fn isolate(&self, id: u64) {
+        let me = self.node(id);
+        for other in self.nodes.iter().filter(|n| n.id != id) {
+            me.proxy.block(other.ip);
+            other.proxy.block(me.ip);
+        }
+    }
+
+    /// Undoes every cut.
+    pub fn heal(&self) {
+        for node in &self.nodes {
+            node.proxy.unblock_all();
+        }
+    }
+
+    /// The last lines of every node's log, for failure messages.
+    pub fn log_tails(&self) -> String {
+        let mut out = format!("node logs in {}:\n", self.logs.path().display());
+        for node in &self.nodes {
+            let text = std::fs::read_to_string(&node.log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            out.push_str(&format!("--- node {}\n", node.id));
+            for line in &lines[lines.len().saturating_sub(15)..] {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+/// How long the harness waits for the cluster to settle (an election, a
+/// join, a restarted node catching up): a second or two, with the margin
+/// of a 2-core machine busy compiling.
+pub const CLUSTER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a node reports of the cluster (`broker_cluster_*` metrics).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct View {
+    pub leader: u64,
+    pub is_leader: bool,
+    pub voters: u64,
+    pub term: u64,
+    pub last_log: u64,
+    pub applied: u64,
+}
+
+/// A TCP proxy in front of one node's cluster port that drops connections
+/// from blocked source addresses.
+struct Proxy {
+    addr: SocketAddr,
+    state: Arc<Mutex<ProxyState>>,
+    accept: AbortHandle,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    blocked: HashSet<IpAddr>,
+    /// Open connections: the caller's address and the task relaying them.
+    open: Vec<(IpAddr, AbortHandle)>,
+}
+
+impl Proxy {
+    async fn start(target: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let addr = listener.local_addr().expect("the proxy's address");
+        let state = Arc::new(Mutex::new(ProxyState::default()));
+        let shared = state.clone();
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, from)) = listener.accept().await else {
+                    continue;
+                };
+                let mut st = shared.lock().expect("proxy state");
+                if st.blocked.contains(&from.ip()) {
+                    continue; // dropped: the caller sees the connection close
+                }
+                let relay = tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(target).await {
+                        let _ = outbound.set_nodelay(true);
+                        let _ = inbound.set_nodelay(true);
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                st.open.retain(|(_, h)| !h.is_finished());
+                st.open.push((from.ip(), relay.abort_handle()));
+            }
+        })
+        .abort_handle();
+        Proxy {
+            addr,
+            state,
+            accept,
+        }
+    }
+
+    fn block(&self, from: IpAddr) {
+        let mut st = self.state.lock().expect("proxy state");
+        st.blocked.insert(from);
+        for (ip, relay) in &st.open {
+            if *ip == from {
+                relay.abort();
+            }
+        }
+    }
+
+    fn unblock_all(&self) {
+        self.state.lock().expect("proxy state").blocked.clear();
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        for (_, relay) in &self.state.lock().expect("proxy state").open {
+            relay.abort();
+        }
+    }
+}
