@@ -84,7 +84,9 @@ impl TestCluster {
         }
         let mut cluster = TestCluster { nodes, logs };
         cluster.spawn(1);
-        cluster.wait_until(|m| m.leader == 1, "node 1 leads its new cluster").await;
+        cluster
+            .wait_until(|m| m.leader == 1, "node 1 leads its new cluster")
+            .await;
         for id in 2..=n {
             cluster.spawn(id);
         }

@@ -137,6 +137,9 @@ pub struct Engine {
     /// Set in cluster mode: decisions go to the replicated log
     /// (`replication`).
     replication: OnceLock<Arc<Gate>>,
+    /// Cluster mode: the largest `at_ms` of the commands applied from the
+    /// log; [`Engine::now_ms`] never reads earlier.
+    time_floor: std::sync::atomic::AtomicU64,
     /// Every command applied, in order (unit tests replay them).
     #[cfg(test)]
     journal: Mutex<Vec<Command>>,
@@ -214,6 +217,7 @@ impl Engine {
             shutdown: CancellationToken::new(),
             activity: Activity::default(),
             replication: OnceLock::new(),
+            time_floor: Default::default(),
             #[cfg(test)]
             journal: Mutex::new(Vec::new()),
             closed: tokio::sync::watch::Sender::new(()),
@@ -230,8 +234,14 @@ impl Engine {
         st.queues.is_empty() && st.topics.is_empty()
     }
 
+    /// The engine's clock: the local clock, but never earlier than the
+    /// decision time of the last command applied from a replicated log
+    /// (see `replication`), so that time does not run backwards when
+    /// leadership moves to a node whose clock is behind.
     pub fn now_ms(&self) -> u64 {
-        self.clock.now_ms()
+        self.clock
+            .now_ms()
+            .max(self.time_floor.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Ends long polls (they return what they have) and the scheduler.
@@ -344,10 +354,14 @@ impl Engine {
         let (applied, ticket) = {
             let mut st = self.lock();
             let (applied, ticket) = match cmd {
-                Some((base, cmd)) if base.checked_add(1) == Some(index) => (
-                    true,
-                    self.apply_command_also(&mut st, cmd, Some((key, value)))?,
-                ),
+                Some((base, cmd)) if base.checked_add(1) == Some(index) => {
+                    self.time_floor
+                        .fetch_max(cmd.at_ms, std::sync::atomic::Ordering::Relaxed);
+                    (
+                        true,
+                        self.apply_command_also(&mut st, cmd, Some((key, value)))?,
+                    )
+                }
                 skipped => {
                     let mut batch = crate::storage::Batch::default();
                     batch.put(key, value);

@@ -23,6 +23,15 @@
 //! sends, a receive of up to ten). Batching many requests into one entry
 //! is the design's next step (`docs/cluster-design.md`).
 //!
+//! Time: commands carry their decision time (`at_ms`), and apply reads no
+//! clock. A replica's [`Engine::now_ms`] never reads earlier than the
+//! latest `at_ms` it applied, so a new leader whose clock is behind the old
+//! one's does not move time backwards (it releases in-flight messages no
+//! earlier than the old leader would have). A new leader whose clock is
+//! ahead releases them early by that difference: the bound is the clock
+//! skew between nodes (milliseconds under NTP); a `--max-clock-skew`
+//! check is not built yet.
+//!
 //! What is not replicated: the promotion of due timers (each replica
 //! promotes when it looks), the rate limiter's tokens and the counters of
 //! the metrics, as in `command`'s docs.

@@ -22,8 +22,8 @@ use broker_tests::cluster::TestCluster;
 use broker_tests::*;
 
 use super::crash::{
-    Flags, Ledger, MAX_RUN, MIN_RUN, Outcome, QUEUE, RPC_TIMEOUT, Rng, check, drain, env_u64,
-    rpc, set_up, spawn_workload,
+    Flags, Ledger, MAX_RUN, MIN_RUN, Outcome, QUEUE, RPC_TIMEOUT, Rng, check, drain, env_u64, rpc,
+    set_up, spawn_workload,
 };
 
 /// Kill cycles in the default test run.
@@ -142,7 +142,11 @@ async fn a_cut_off_leader_refuses_writes_and_the_majority_goes_on() {
     send_message(&client, QUEUE, "before the cut", &[], None).await;
 
     cluster.isolate(old);
-    let majority: Vec<u64> = cluster.running().into_iter().filter(|&id| id != old).collect();
+    let majority: Vec<u64> = cluster
+        .running()
+        .into_iter()
+        .filter(|&id| id != old)
+        .collect();
     let new = cluster.leader_of(&majority).await;
     assert_ne!(new, old, "the majority elects a leader of its own");
 
