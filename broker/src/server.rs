@@ -1,7 +1,9 @@
 //! The server: opens the engine, serves gRPC on a listener until a shutdown
 //! future resolves, then shuts down in order.
 //!
-//! Served: `broker.v1.QueueService`, `broker.v1.TopicService`, gRPC health
+//! Served: `broker.v1.QueueService`, `broker.v1.TopicService`,
+//! `broker.v1.ClusterService` (cluster mode; a single node answers it
+//! FAILED_PRECONDITION), gRPC health
 //! checking (`grpc.health.v1.Health`) and server reflection (v1 and
 //! v1alpha, so that `grpcurl` works without the .proto files). Every RPC
 //! runs in a span (`service::trace`) and is counted and timed
@@ -39,6 +41,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use broker_proto::limits::MAX_GRPC_MESSAGE_BYTES;
+use broker_proto::pb::cluster_service_server::ClusterServiceServer;
 use broker_proto::pb::queue_service_server::QueueServiceServer;
 use broker_proto::pb::topic_service_server::TopicServiceServer;
 use tokio::net::TcpListener;
@@ -52,6 +55,7 @@ use crate::config::ServerConfig;
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::service::Authenticate;
+use crate::service::cluster::ClusterApi;
 use crate::service::health::health;
 use crate::service::queue::QueueApi;
 use crate::service::topic::TopicApi;
@@ -203,6 +207,11 @@ pub async fn run_with_metrics_listener(
         .max_decoding_message_size(limits.max_request_bytes)
         .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
     // Only the broker's own services need a token (not health/reflection).
+    let cluster_api = ClusterServiceServer::new(ClusterApi::new(
+        node.as_ref()
+            .map(|n| (n.id, n.raft.clone(), n.cluster.clone())),
+    ));
+    let cluster_api = InterceptedService::new(cluster_api, Authenticate(authenticator.clone()));
     let queues = InterceptedService::new(queues, Authenticate(authenticator.clone()));
     let topics = InterceptedService::new(topics, Authenticate(authenticator));
     // In cluster mode, requests go to the leader from any node.
@@ -247,6 +256,7 @@ pub async fn run_with_metrics_listener(
         .add_service(reflection_v1alpha)
         .add_service(queues)
         .add_service(topics)
+        .add_service(cluster_api)
         .serve_with_incoming_shutdown(incoming, signal);
     let deadline = async {
         stopping.cancelled().await;

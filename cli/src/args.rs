@@ -218,6 +218,11 @@ pub enum Command {
         #[arg(long, value_name = "Q")]
         queue: Option<String>,
     },
+    /// Show the cluster as the node reached sees it (cluster mode)
+    Cluster {
+        #[command(subcommand)]
+        cmd: ClusterCommand,
+    },
     /// Publish a message to a topic; print its id and how many copies were delivered
     Publish {
         /// Topic to publish to
@@ -228,6 +233,13 @@ pub enum Command {
         #[arg(long = "attr", value_name = "KEY=VALUE", value_parser = parse_attr)]
         attrs: Vec<(String, String)>,
     },
+}
+
+/// `broker cluster ...`
+#[derive(clap::Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// The leader, the term, and every node with its role and replication lag
+    Status,
 }
 
 /// `broker topic ...`

@@ -36,6 +36,7 @@ use broker_client::Client;
 
 pub mod admin;
 mod args;
+mod cluster;
 mod error;
 mod format;
 mod messages;
@@ -110,6 +111,7 @@ async fn run_command(args: &ClientArgs, cmd: Command) -> anyhow::Result<()> {
             admin::top(client, args.json, &args.server, &prefix, interval, ctrl_c).await
         }
         Command::Topic { cmd } => topics::run(client, out, cmd).await,
+        Command::Cluster { cmd } => cluster::run(client, out, cmd).await,
         Command::Subscribe {
             topic,
             queue,

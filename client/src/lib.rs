@@ -97,6 +97,7 @@ mod publisher;
 pub use consumer::{Consumer, ConsumerBuilder, ConsumerStream, ConsumerSummary, Delivery, Message};
 pub use publisher::{AckFuture, OutgoingMessage, Publisher, PublisherBuilder};
 
+use pb::cluster_service_client::ClusterServiceClient;
 use pb::queue_service_client::QueueServiceClient;
 use pb::topic_service_client::TopicServiceClient;
 
@@ -220,6 +221,8 @@ pub struct Client {
     queues: QueueServiceClient<Transport>,
     /// The generated stub of `TopicService`, on the same channel.
     topics: TopicServiceClient<Transport>,
+    /// The generated stub of `ClusterService`, on the same channel.
+    cluster: ClusterServiceClient<Transport>,
 }
 
 impl Client {
@@ -328,10 +331,15 @@ impl Client {
         let queues = QueueServiceClient::new(channel.clone())
             .max_decoding_message_size(broker_proto::limits::MAX_GRPC_MESSAGE_BYTES)
             .max_encoding_message_size(broker_proto::limits::MAX_GRPC_MESSAGE_BYTES);
-        let topics = TopicServiceClient::new(channel)
+        let topics = TopicServiceClient::new(channel.clone())
             .max_decoding_message_size(broker_proto::limits::MAX_GRPC_MESSAGE_BYTES)
             .max_encoding_message_size(broker_proto::limits::MAX_GRPC_MESSAGE_BYTES);
-        Ok(Client { queues, topics })
+        let cluster = ClusterServiceClient::new(channel);
+        Ok(Client {
+            queues,
+            topics,
+            cluster,
+        })
     }
 
     /// A queue-service handle for one call: the generated methods need `&mut self`.
@@ -503,6 +511,18 @@ impl Client {
         req: pb::CreateTopicRequest,
     ) -> Result<pb::CreateTopicResponse, Error> {
         Ok(self.topic_rpc().create_topic(req).await?.into_inner())
+    }
+
+    /// The cluster as the node this client is connected to sees it
+    /// (cluster mode; a single node answers FAILED_PRECONDITION).
+    pub async fn get_cluster_status(&self) -> Result<pb::GetClusterStatusResponse, Error> {
+        let request = pb::GetClusterStatusRequest {};
+        Ok(self
+            .cluster
+            .clone()
+            .get_cluster_status(request)
+            .await?
+            .into_inner())
     }
 
     /// A topic and its number of subscriptions.

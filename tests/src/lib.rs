@@ -994,8 +994,16 @@ impl TestServer {
 /// which for a corrupt or locked directory would mean a silently empty or
 /// shared broker, or if it does neither within 30 s.
 pub async fn startup_error(data_dir: &Path) -> broker::server::StartupError {
+    startup_error_with(data_dir, &|_| {}).await
+}
+
+/// [`startup_error`], with the server's configuration changed by `configure`.
+pub async fn startup_error_with(
+    data_dir: &Path,
+    configure: &(dyn Fn(&mut ServerConfig) + Send + Sync),
+) -> broker::server::StartupError {
     const DECIDED_WITHIN: Duration = Duration::from_secs(30);
-    let (addr, _, Running { shutdown, mut task }) = spawn_server(data_dir, &|_| {}).await;
+    let (addr, _, Running { shutdown, mut task }) = spawn_server(data_dir, configure).await;
     let serving = poll_until(DECIDED_WITHIN, || async {
         match Client::connect(addr.to_string()).await {
             Ok(client) => client.list_queues(pb::ListQueuesRequest::default()).await,

@@ -1,6 +1,6 @@
-//! Cluster mode, step 1 of `docs/cluster-design.md`: the engine's commands
-//! replicated through an openraft 0.9 log. Nothing serves this yet: no
-//! gRPC transport, no `broker serve` flag; the tests run nodes in-process.
+//! Cluster mode, steps 1 and 2 of `docs/cluster-design.md`: the engine's
+//! commands replicated through an openraft 0.9 log, one shard that holds
+//! everything, served by `broker serve --node-id ...` (`server`).
 //!
 //! # What is replicated
 //! One log entry carries one engine [`Command`], decided by the leader's
@@ -19,6 +19,12 @@
 //! - [`state_machine`]: openraft's `RaftStateMachine` over an [`Engine`].
 //! - [`proposer`]: the engine's `Log` (where its decisions go) over a
 //!   node's [`Raft`].
+//! - [`node`]: a node's startup: identity in the data dir, stores, Raft,
+//!   a new cluster or a join.
+//! - [`network`]: node-to-node traffic (openraft's RPCs and joins) over
+//!   one internal gRPC method on the cluster listener.
+//! - [`forward`]: any node serves any request, by passing it to the
+//!   leader.
 //!
 //! # Invariants
 //! - **An entry is applied at most once.** The command's batch and the new

@@ -3,6 +3,7 @@
 //! table in [`mod@status`], which maps the errors of every layer (engine, auth,
 //! limits, stream, health) to codes, messages and BadRequest details.
 
+pub mod cluster;
 pub mod deadline;
 pub mod health;
 pub mod queue;

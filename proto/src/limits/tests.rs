@@ -7,9 +7,13 @@ use std::collections::BTreeMap;
 
 use super::*;
 
-const PROTOS: [(&str, &str); 2] = [
+const PROTOS: [(&str, &str); 3] = [
     ("queue.proto", include_str!("../../broker/v1/queue.proto")),
     ("topic.proto", include_str!("../../broker/v1/topic.proto")),
+    (
+        "cluster.proto",
+        include_str!("../../broker/v1/cluster.proto"),
+    ),
 ];
 
 /// Numbers the comments state that are not limits of this module: (phrase,

@@ -138,6 +138,25 @@ async fn a_cut_off_leader_refuses_writes_and_the_majority_goes_on() {
     let cluster = TestCluster::start(3).await;
     let old = cluster.leader().await;
     let client = cluster.client(old).await;
+
+    // Any node reports the membership and the leader (`broker cluster status`).
+    let follower = cluster.running().into_iter().find(|&id| id != old).unwrap();
+    let status = cluster
+        .client(follower)
+        .await
+        .get_cluster_status()
+        .await
+        .expect("GetClusterStatus");
+    assert_eq!(status.node_id, follower);
+    assert_eq!(status.leader_id, Some(old));
+    assert!(!status.cluster_id.is_empty());
+    let nodes: Vec<(u64, bool)> = status.nodes.iter().map(|n| (n.id, n.voter)).collect();
+    assert_eq!(nodes, [(1, true), (2, true), (3, true)]);
+    let on_leader = client.get_cluster_status().await.expect("GetClusterStatus");
+    assert!(
+        on_leader.nodes.iter().all(|n| n.lag.is_some()),
+        "the leader reports each node's lag: {on_leader:?}"
+    );
     create_queue(&client, QUEUE, attributes()).await;
     send_message(&client, QUEUE, "before the cut", &[], None).await;
 
@@ -185,4 +204,64 @@ async fn a_cut_off_leader_refuses_writes_and_the_majority_goes_on() {
         .collect();
     bodies.sort();
     assert_eq!(bodies, ["before the cut", "during the cut"]);
+}
+
+/// Cluster mode as node `id` of a cluster of its own (no peers).
+fn as_node(id: u64) -> impl Fn(&mut broker::config::ServerConfig) + Send + Sync + 'static {
+    move |config| {
+        config.cluster = Some(broker::config::ClusterConfig {
+            node_id: id,
+            listen: "127.0.0.1:0".parse().expect("an address"),
+            advertise: None,
+            join: Vec::new(),
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_data_dir_is_refused_by_another_node_and_by_a_single_node() {
+    // Node 1 makes a cluster of itself, serves, and stops.
+    let server = TestServer::start_with(as_node(1)).await;
+    let client = server.client().await;
+    eventually(
+        EVENT_TIMEOUT,
+        "node 1 leads its cluster and creates a queue",
+        || {
+            client.create_queue(pb::CreateQueueRequest {
+                name: QUEUE.into(),
+                ..Default::default()
+            })
+        },
+    )
+    .await;
+    let data_dir = server.stop_keeping_data().await;
+
+    let error = startup_error_with(data_dir.path(), &as_node(2)).await;
+    let message = error.to_string();
+    assert!(
+        message.contains("belongs to node 1") && message.contains("--node-id 1"),
+        "{message}"
+    );
+    let error = startup_error(data_dir.path()).await;
+    let message = error.to_string();
+    assert!(
+        message.contains("belongs to node 1 of cluster"),
+        "a single node refuses a cluster node's data dir: {message}"
+    );
+
+    // A single node's data cannot seed a cluster (no snapshots yet), and a
+    // single node has no cluster status.
+    let (single, client) = server_with_queue(QUEUE, attributes()).await;
+    assert_error(
+        client.get_cluster_status().await,
+        Code::FailedPrecondition,
+        &["single node", "--node-id"],
+    );
+    drop(client);
+    let data_dir = single.stop_keeping_data().await;
+    let error = startup_error_with(data_dir.path(), &as_node(1)).await;
+    assert!(
+        error.to_string().contains("holds single-node data"),
+        "{error}"
+    );
 }

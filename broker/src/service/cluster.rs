@@ -1,0 +1,60 @@
+//! `broker.v1.ClusterService`: a node's view of the cluster, read from its
+//! Raft's metrics. Answered by the node it reaches (never forwarded).
+
+use broker_proto::pb;
+use tonic::{Request, Response, Status};
+
+use crate::auth;
+use crate::cluster::Raft;
+use crate::cluster::network::ClusterId;
+
+/// The service; `node` is `None` on a single node.
+pub struct ClusterApi {
+    node: Option<(u64, Raft, ClusterId)>,
+}
+
+impl ClusterApi {
+    pub fn new(node: Option<(u64, Raft, ClusterId)>) -> ClusterApi {
+        ClusterApi { node }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::cluster_service_server::ClusterService for ClusterApi {
+    async fn get_cluster_status(
+        &self,
+        req: Request<pb::GetClusterStatusRequest>,
+    ) -> Result<Response<pb::GetClusterStatusResponse>, Status> {
+        auth::require_admin(&req)?;
+        let Some((id, raft, cluster)) = &self.node else {
+            return Err(Status::failed_precondition(
+                "this broker is a single node (started without --node-id): it has no cluster",
+            ));
+        };
+        let m = raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: Vec<u64> = membership.voter_ids().collect();
+        let last_log_index = m.last_log_index.unwrap_or(0);
+        let nodes = membership
+            .nodes()
+            .map(|(node, basic)| pb::ClusterNode {
+                id: *node,
+                address: basic.addr.clone(),
+                voter: voters.contains(node),
+                lag: m.replication.as_ref().and_then(|r| {
+                    let matched = r.get(node)?.map_or(0, |l| l.index);
+                    Some(last_log_index.saturating_sub(matched))
+                }),
+            })
+            .collect();
+        Ok(Response::new(pb::GetClusterStatusResponse {
+            cluster_id: cluster.get().cloned().unwrap_or_default(),
+            node_id: *id,
+            leader_id: m.current_leader,
+            term: m.current_term,
+            last_log_index,
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+            nodes,
+        }))
+    }
+}
