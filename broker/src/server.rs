@@ -207,10 +207,8 @@ pub async fn run_with_metrics_listener(
         .max_decoding_message_size(limits.max_request_bytes)
         .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
     // Only the broker's own services need a token (not health/reflection).
-    let cluster_api = ClusterServiceServer::new(ClusterApi::new(
-        node.as_ref()
-            .map(|n| (n.id, n.raft.clone(), n.cluster.clone())),
-    ));
+    let cluster_api =
+        ClusterServiceServer::new(ClusterApi::new(node.as_ref().map(|n| n.service())));
     let cluster_api = InterceptedService::new(cluster_api, Authenticate(authenticator.clone()));
     let queues = InterceptedService::new(queues, Authenticate(authenticator.clone()));
     let topics = InterceptedService::new(topics, Authenticate(authenticator));
@@ -276,7 +274,14 @@ pub async fn run_with_metrics_listener(
         if let Some(j) = joining {
             let _ = j.await;
         }
-        let _ = server.await;
+        // Bounded: a request it still serves (a join) waits on Raft, which
+        // shuts down after this.
+        if tokio::time::timeout(config.shutdown_timeout, server)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the cluster listener did not drain in time; shutting down Raft");
+        }
     }
     if let Some(node) = node {
         if let Err(e) = node.raft.shutdown().await {

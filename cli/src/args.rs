@@ -240,6 +240,12 @@ pub enum Command {
 pub enum ClusterCommand {
     /// The leader, the term, and every node with its role and replication lag
     Status,
+    /// Remove a node from the cluster (refused if the voters left would
+    /// have no answering majority); print the voters that remain
+    RemoveNode {
+        /// The id of the node to remove
+        id: u64,
+    },
 }
 
 /// `broker topic ...`

@@ -18,6 +18,13 @@ pub(crate) async fn run(client: &Client, out: Output, cmd: ClusterCommand) -> an
                 .map_err(|e| failure(e, None))?;
             out.print(|| status_text(&status), || status_json(&status))
         }
+        ClusterCommand::RemoveNode { id } => {
+            let removed = client.remove_node(id).await.map_err(|e| failure(e, None))?;
+            out.print(
+                || format!("removed node {id}; voters now {:?}\n", removed.voters),
+                || json!({ "voters": removed.voters }),
+            )
+        }
     }
 }
 

@@ -525,6 +525,18 @@ impl Client {
             .into_inner())
     }
 
+    /// Removes node `node_id` from the cluster; returns the voters that
+    /// remain.
+    pub async fn remove_node(&self, node_id: u64) -> Result<pb::RemoveNodeResponse, Error> {
+        let request = pb::RemoveNodeRequest { node_id };
+        Ok(self
+            .cluster
+            .clone()
+            .remove_node(request)
+            .await?
+            .into_inner())
+    }
+
     /// A topic and its number of subscriptions.
     pub async fn get_topic(&self, req: pb::GetTopicRequest) -> Result<pb::GetTopicResponse, Error> {
         Ok(self.topic_rpc().get_topic(req).await?.into_inner())

@@ -62,7 +62,17 @@ impl Leader {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
         let leader = match m.current_leader {
-            Some(l) if l == self.id && m.state.is_leader() => return Route::Here,
+            Some(l) if l == self.id && m.state.is_leader() => {
+                return match m.millis_since_quorum_ack {
+                    Some(ms) if ms <= super::proposer::LEASE_MS => Route::Here,
+                    since => Route::Nowhere(format!(
+                        "node {} leads but has not heard from a majority of the cluster for {}: \
+                         it may be cut off from it; retry",
+                        self.id,
+                        since.map_or("its whole term".to_string(), |ms| format!("{ms} ms"))
+                    )),
+                };
+            }
             Some(l) if l != self.id => l,
             _ => {
                 return Route::Nowhere(format!(

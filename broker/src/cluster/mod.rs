@@ -145,11 +145,17 @@ impl<'de> serde::Deserialize<'de> for Request {
     }
 }
 
-/// The openraft settings every node uses for now: snapshots are never
-/// built (not supported yet, see the module docs).
+/// The openraft settings every node uses: snapshots are never built (not
+/// supported yet, see the module docs); a follower waits at least 0.75 s
+/// without a heartbeat before it stands for election, longer than the
+/// leader's lease ([`proposer::LEASE_MS`]), so that a leader cut off stops
+/// deciding before another can be elected.
 pub fn raft_config() -> openraft::Config {
     openraft::Config {
         snapshot_policy: openraft::SnapshotPolicy::Never,
+        heartbeat_interval: 100,
+        election_timeout_min: 750,
+        election_timeout_max: 1_250,
         ..Default::default()
     }
 }

@@ -69,13 +69,39 @@ fn id_of(cluster: &ClusterId) -> String {
 pub struct Join {
     pub id: u64,
     pub addr: String,
+    /// The node has no log entry and no vote (a new or wiped data dir).
+    pub empty_log: bool,
+    /// Passed on by a node that does not lead: not passed on again.
+    pub forwarded: bool,
 }
+
+/// How long the leader waits for a joining node to catch up as a learner
+/// before it answers (the node asks again).
+const JOIN_WAIT: Duration = Duration::from_secs(60);
 
 /// The answer to a join: the cluster's id.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Joined {
     pub cluster_id: String,
 }
+
+/// A request to remove node `id` from the membership.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Remove {
+    pub id: u64,
+}
+
+/// Why a removal was not made.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Refused {
+    NotFound(String),
+    FailedPrecondition(String),
+    Unavailable(String),
+}
+
+/// How long the leader waits for a voter's answer before it counts it as
+/// not answering (a removal must leave a majority that answers).
+const PING_WAIT: Duration = Duration::from_secs(1);
 
 /// A lazily connected channel to a node's cluster address, leaving from
 /// `from`: this node's cluster listener IP (see [`source_ip`]).
@@ -271,6 +297,11 @@ impl tonic::server::UnaryService<Frame> for Handler {
                 "vote" => reply(raft.vote(decode(&frame)?).await),
                 "snapshot" => reply(raft.install_snapshot(decode(&frame)?).await),
                 "join" => reply(service.join(decode(&frame)?).await),
+                "remove" => {
+                    let remove: Remove = decode(&frame)?;
+                    reply(service.remove(remove.id).await)
+                }
+                "ping" => reply(service.id),
                 other => return Err(Status::unimplemented(format!("unknown frame {other:?}"))),
             }?;
             Ok(Response::new(Frame {
@@ -292,13 +323,108 @@ fn reply<T: Serialize>(value: T) -> Result<Vec<u8>, Status> {
 }
 
 impl RaftService {
+    /// Removes node `id` from the membership: on the leader, once the
+    /// voters that remain have a majority that answers; elsewhere, passed
+    /// on to the leader. Returns the voters that remain.
+    pub async fn remove(&self, id: u64) -> Result<Vec<u64>, Refused> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership().clone();
+        match metrics.current_leader {
+            Some(leader) if leader == self.id => {}
+            Some(leader) => {
+                let addr = membership
+                    .get_node(&leader)
+                    .map(|n| n.addr.clone())
+                    .ok_or_else(|| {
+                        Refused::Unavailable(format!(
+                            "leader {leader} has no address in the membership"
+                        ))
+                    })?;
+                let channel = channel(&addr, self.from).map_err(Refused::Unavailable)?;
+                let remove = Remove { id };
+                return call::<Remove, Result<Vec<u64>, Refused>>(
+                    channel,
+                    &self.cluster,
+                    "remove",
+                    &remove,
+                )
+                .await
+                .map_err(|s| {
+                    Refused::Unavailable(format!(
+                        "passing the removal to leader {leader} at {addr}: {}",
+                        s.message()
+                    ))
+                })?;
+            }
+            None => {
+                return Err(Refused::Unavailable(format!(
+                    "node {} knows no leader: an election is under way, or it cannot reach a \
+                     majority; retry",
+                    self.id
+                )));
+            }
+        }
+        if membership.get_node(&id).is_none() {
+            let members: Vec<u64> = membership.nodes().map(|(n, _)| *n).collect();
+            return Err(Refused::NotFound(format!(
+                "node {id} is not a member of this cluster (members: {members:?})"
+            )));
+        }
+        let voter = membership.voter_ids().any(|v| v == id);
+        let remaining: Vec<u64> = membership.voter_ids().filter(|&v| v != id).collect();
+        if voter {
+            if remaining.is_empty() {
+                return Err(Refused::FailedPrecondition(format!(
+                    "node {id} is the only voter: removing it would leave the cluster none"
+                )));
+            }
+            let mut silent = Vec::new();
+            for &v in &remaining {
+                if v != self.id && !self.answers(&membership, v).await {
+                    silent.push(v);
+                }
+            }
+            let majority = remaining.len() / 2 + 1;
+            if remaining.len() - silent.len() < majority {
+                return Err(Refused::FailedPrecondition(format!(
+                    "removing node {id} would leave voters {remaining:?}, of which {silent:?} \
+                     do not answer: fewer than a majority ({majority}) would; bring them back \
+                     or remove them first"
+                )));
+            }
+        }
+        let change = if voter {
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        self.raft
+            .change_membership(change, false)
+            .await
+            .map_err(|e| Refused::Unavailable(format!("removing node {id}: {e}")))?;
+        tracing::info!(node = id, voters = ?remaining, "node removed from the cluster");
+        Ok(remaining)
+    }
+
+    /// Whether node `id` answers a ping within [`PING_WAIT`].
+    async fn answers(&self, membership: &openraft::Membership<u64, BasicNode>, id: u64) -> bool {
+        let Some(node) = membership.get_node(&id) else {
+            return false;
+        };
+        let Ok(channel) = channel(&node.addr, self.from) else {
+            return false;
+        };
+        let ping = call::<(), u64>(channel, &self.cluster, "ping", &());
+        matches!(tokio::time::timeout(PING_WAIT, ping).await, Ok(Ok(answered)) if answered == id)
+    }
+
     /// Adds node `join.id` at `join.addr`: on the leader, as a learner
     /// that is then made a voter; elsewhere, passed on to the leader.
     async fn join(&self, join: Join) -> Result<Joined, String> {
         let metrics = self.raft.metrics().borrow().clone();
         match metrics.current_leader {
             Some(leader) if leader == self.id => {}
-            Some(leader) => {
+            Some(leader) if !join.forwarded => {
                 let addr = metrics
                     .membership_config
                     .membership()
@@ -306,11 +432,15 @@ impl RaftService {
                     .map(|n| n.addr.clone())
                     .ok_or_else(|| format!("leader {leader} has no address in the membership"))?;
                 let channel = channel(&addr, self.from)?;
+                let join = Join {
+                    forwarded: true,
+                    ..join
+                };
                 return call::<Join, Result<Joined, String>>(channel, &self.cluster, "join", &join)
                     .await
                     .map_err(|s| format!("passing the join to leader {leader} at {addr}: {s}"))?;
             }
-            None => return Err(format!("node {} knows no leader yet; retry", self.id)),
+            _ => return Err(format!("node {} knows no leader yet; retry", self.id)),
         }
         let cluster_id =
             self.cluster.get().cloned().ok_or_else(|| {
@@ -325,15 +455,31 @@ impl RaftService {
                 ));
             }
             if membership.voter_ids().any(|v| v == join.id) {
+                if join.empty_log {
+                    // It would vote and count as a copy with nothing: two
+                    // leaders in a term, or a committed entry lost.
+                    return Err(format!(
+                        "node {} is a voter of this cluster but came back with an empty log (a \
+                         new or wiped data dir): remove it first (broker cluster remove-node {}), \
+                         then join it again",
+                        join.id, join.id
+                    ));
+                }
                 return Ok(Joined { cluster_id });
             }
         }
         let node = BasicNode {
             addr: join.addr.clone(),
         };
-        self.raft
-            .add_learner(join.id, node, true)
+        tokio::time::timeout(JOIN_WAIT, self.raft.add_learner(join.id, node, true))
             .await
+            .map_err(|_| {
+                format!(
+                    "node {} has not caught up as a learner within {} s; it will ask again",
+                    join.id,
+                    JOIN_WAIT.as_secs()
+                )
+            })?
             .map_err(|e| format!("adding node {} as a learner: {e}", join.id))?;
         self.raft
             .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([join.id])), false)

@@ -125,7 +125,14 @@ impl Node {
         let recorded = identity.and_then(|i| i.cluster_id);
         if let Some(c) = &recorded {
             let _ = cluster.set(c.clone());
-        } else if config.join.is_empty() && !engine.is_empty() {
+        }
+        // Data no log entry put there: a single node's. Neither a new
+        // cluster nor a join could bring it to the other replicas.
+        if !engine.is_empty()
+            && engine
+                .recorded(crate::storage::keys::RAFT_APPLIED)?
+                .is_none()
+        {
             return Err(NodeError::SingleNodeData {
                 dir: data_dir.to_path_buf(),
             });
@@ -153,8 +160,15 @@ impl Node {
             cluster,
             identity_path,
         };
-        node.write_identity()?;
         if recorded.is_none() && config.join.is_empty() {
+            // The id first: a crash after it restarts as this cluster's
+            // member, and `initialize` below is then refused as done.
+            let _ = node.cluster.set(uuid::Uuid::new_v4().to_string());
+            node.write_identity()?;
+        } else {
+            node.write_identity()?;
+        }
+        if config.join.is_empty() && node.log_is_empty().await {
             let members = BTreeMap::from([(
                 config.node_id,
                 BasicNode {
@@ -165,8 +179,6 @@ impl Node {
                 .initialize(members)
                 .await
                 .map_err(|e| NodeError::Raft(format!("initializing the cluster: {e}")))?;
-            let _ = node.cluster.set(uuid::Uuid::new_v4().to_string());
-            node.write_identity()?;
             tracing::info!(
                 node = node.id,
                 cluster = %node.cluster.get().map_or("", |s| s),
@@ -174,6 +186,13 @@ impl Node {
             );
         }
         Ok(node)
+    }
+
+    /// Whether this node's Raft has nothing in its log and no vote: it was
+    /// never initialized nor joined.
+    async fn log_is_empty(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        m.last_log_index.is_none() && m.current_term == 0
     }
 
     /// Whether this node still has to join (it has no cluster id).
@@ -197,6 +216,8 @@ impl Node {
         let request = Join {
             id: self.id,
             addr: config.address(),
+            empty_log: self.log_is_empty().await,
+            forwarded: false,
         };
         let attempts = async {
             loop {

@@ -8,9 +8,11 @@ use crate::engine::error::{Error, Result};
 use crate::engine::replication::{BoxFuture, Log, NotLeading};
 
 /// A leader that has not heard from a majority for longer than this
-/// decides nothing (openraft's heartbeats go every 50 ms; elections take
-/// 150 to 300 ms).
-pub const LEASE_MS: u64 = 1_000;
+/// decides nothing and serves nothing. It is shorter than the least time
+/// a follower waits before standing for election (`raft_config`: 0.75 s), so
+/// a new leader cannot be elected while the old one still serves.
+/// Heartbeats go every 100 ms.
+pub const LEASE_MS: u64 = 500;
 
 /// How long a proposal may wait for its commit.
 const COMMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);

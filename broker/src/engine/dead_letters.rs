@@ -71,6 +71,7 @@ impl Engine {
             };
             let done = {
                 let mut st = self.decide().await?;
+                let now = self.now_ms();
                 if st.queue_id("source_queue", source)? != src {
                     // Deleted and created again meanwhile: nothing of it is left.
                     break;

@@ -110,9 +110,9 @@ impl Engine {
         queue: &str,
         messages: Vec<NewMessage>,
     ) -> Result<Vec<Result<String>>> {
-        let now = self.now_ms();
         let (results, ticket) = {
             let mut st = self.decide().await?;
+            let now = self.now_ms();
             let id = st.queue_id("queue", queue)?;
             let attrs = st.queues[&id].attributes.clone();
             let checked: Vec<Result<(NewMessage, u32)>> = messages
@@ -192,7 +192,8 @@ impl Engine {
         if let Some(w) = opts.wait_time_seconds {
             attributes::check_range("wait_time_seconds", w, 0, WAIT_TIME_SECONDS_MAX)?;
         }
-        let mut notify = self.lock().queue("queue", queue)?.notify.clone();
+        // Through `decide`: a new leader answers once it has applied its log.
+        let mut notify = self.decide().await?.queue("queue", queue)?.notify.clone();
         let mut until = None;
         loop {
             // Registered before the claim looks: a message made visible

@@ -46,27 +46,39 @@ impl Engine {
     /// due and expires messages once a second, until shutdown.
     pub async fn run_scheduler(self: Arc<Self>) {
         let mut next_sweep = tokio::time::Instant::now();
+        // The sweep runs beside the timers: in cluster mode it may wait for
+        // a proposal, and timers must not wait with it.
+        let mut sweep: Option<tokio::task::JoinHandle<()>> = None;
         loop {
             let next_timer = {
                 let mut st = self.lock();
                 st.promote_due(self.now_ms());
                 st.timers.first().map(|t| self.clock.instant_at(t.at))
             };
-            if tokio::time::Instant::now() >= next_sweep {
-                match self.expire().await {
-                    Ok(0) => {}
-                    // A follower: its leader expires.
-                    Err(super::Error::Unavailable { .. }) => {}
-                    Ok(n) => tracing::debug!(expired = n, "retention deleted messages"),
-                    Err(e) => tracing::error!(error = %e, "retention sweep failed"),
-                }
+            let idle = sweep.as_ref().is_none_or(|s| s.is_finished());
+            if tokio::time::Instant::now() >= next_sweep && idle {
+                let engine = self.clone();
+                sweep = Some(tokio::spawn(async move {
+                    match engine.expire().await {
+                        Ok(0) => {}
+                        // A follower: its leader expires.
+                        Err(super::Error::Unavailable { .. }) => {}
+                        Ok(n) => tracing::debug!(expired = n, "retention deleted messages"),
+                        Err(e) => tracing::error!(error = %e, "retention sweep failed"),
+                    }
+                }));
                 next_sweep = tokio::time::Instant::now() + Duration::from_secs(1);
             }
             let wake = next_timer.map_or(next_sweep, |t| t.min(next_sweep));
             tokio::select! {
                 _ = tokio::time::sleep_until(wake) => {}
                 _ = self.scheduler.notified() => {}
-                _ = self.shutdown.cancelled() => return,
+                _ = self.shutdown.cancelled() => {
+                    if let Some(s) = sweep {
+                        let _ = s.await;
+                    }
+                    return;
+                }
             }
         }
     }

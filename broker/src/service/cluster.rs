@@ -5,17 +5,25 @@ use broker_proto::pb;
 use tonic::{Request, Response, Status};
 
 use crate::auth;
-use crate::cluster::Raft;
-use crate::cluster::network::ClusterId;
+use crate::cluster::network::{RaftService, Refused};
 
-/// The service; `node` is `None` on a single node.
+/// The service over this node's side of the cluster; `None` on a single
+/// node.
 pub struct ClusterApi {
-    node: Option<(u64, Raft, ClusterId)>,
+    node: Option<RaftService>,
 }
 
 impl ClusterApi {
-    pub fn new(node: Option<(u64, Raft, ClusterId)>) -> ClusterApi {
+    pub fn new(node: Option<RaftService>) -> ClusterApi {
         ClusterApi { node }
+    }
+
+    fn node(&self) -> Result<&RaftService, Status> {
+        self.node.as_ref().ok_or_else(|| {
+            Status::failed_precondition(
+                "this broker is a single node (started without --node-id): it has no cluster",
+            )
+        })
     }
 }
 
@@ -26,11 +34,9 @@ impl pb::cluster_service_server::ClusterService for ClusterApi {
         req: Request<pb::GetClusterStatusRequest>,
     ) -> Result<Response<pb::GetClusterStatusResponse>, Status> {
         auth::require_admin(&req)?;
-        let Some((id, raft, cluster)) = &self.node else {
-            return Err(Status::failed_precondition(
-                "this broker is a single node (started without --node-id): it has no cluster",
-            ));
-        };
+        let RaftService {
+            id, raft, cluster, ..
+        } = self.node()?;
         let m = raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
         let voters: Vec<u64> = membership.voter_ids().collect();
@@ -56,5 +62,19 @@ impl pb::cluster_service_server::ClusterService for ClusterApi {
             applied_index: m.last_applied.map_or(0, |l| l.index),
             nodes,
         }))
+    }
+
+    async fn remove_node(
+        &self,
+        req: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        auth::require_admin(&req)?;
+        let node = self.node()?;
+        match node.remove(req.into_inner().node_id).await {
+            Ok(voters) => Ok(Response::new(pb::RemoveNodeResponse { voters })),
+            Err(Refused::NotFound(m)) => Err(Status::not_found(m)),
+            Err(Refused::FailedPrecondition(m)) => Err(Status::failed_precondition(m)),
+            Err(Refused::Unavailable(m)) => Err(Status::unavailable(m)),
+        }
     }
 }

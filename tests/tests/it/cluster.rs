@@ -265,3 +265,35 @@ async fn a_data_dir_is_refused_by_another_node_and_by_a_single_node() {
         "{error}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_is_removed_only_when_a_majority_that_answers_remains() {
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.leader().await;
+    let client = cluster.client(leader).await;
+    let followers: Vec<u64> = cluster
+        .running()
+        .into_iter()
+        .filter(|&id| id != leader)
+        .collect();
+    let (down, up) = (followers[0], followers[1]);
+    cluster.kill(down).await;
+
+    // Removing the live follower would leave the leader and a dead node.
+    assert_error(
+        client.remove_node(up).await,
+        Code::FailedPrecondition,
+        &[&format!("[{down}] do not answer")],
+    );
+    assert_error(client.remove_node(9).await, Code::NotFound, &["node 9"]);
+
+    // Removing the dead one leaves two voters that answer; writes go on.
+    let removed = client.remove_node(down).await.expect("RemoveNode");
+    let mut want = vec![leader, up];
+    want.sort();
+    assert_eq!(removed.voters, want);
+    let status = client.get_cluster_status().await.expect("GetClusterStatus");
+    assert_eq!(status.nodes.len(), 2, "{status:?}");
+    create_queue(&client, QUEUE, attributes()).await;
+    send_message(&client, QUEUE, "after the removal", &[], None).await;
+}

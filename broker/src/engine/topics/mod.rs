@@ -406,9 +406,9 @@ impl Engine {
         topic: &str,
         messages: Vec<NewPublication>,
     ) -> Result<Vec<Result<Published>>> {
-        let now = self.now_ms();
         let (results, ticket) = {
             let mut st = self.decide().await?;
+            let now = self.now_ms();
             let t = st
                 .topics
                 .get(topic)
