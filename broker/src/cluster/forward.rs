@@ -29,6 +29,7 @@ use tower_service::Service;
 
 use super::Raft;
 use super::network::channel;
+use super::proposer::{Leadership, leadership};
 
 /// The header that marks a forwarded request.
 pub const FORWARDED: &str = "x-broker-forwarded";
@@ -61,25 +62,11 @@ impl Leader {
     fn route(&self, forwarded: bool) -> Route {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
-        let leader = match m.current_leader {
-            Some(l) if l == self.id && m.state.is_leader() => {
-                return match m.millis_since_quorum_ack {
-                    Some(ms) if ms <= super::proposer::LEASE_MS => Route::Here,
-                    since => Route::Nowhere(format!(
-                        "node {} leads but has not heard from a majority of the cluster for {}: \
-                         it may be cut off from it; retry",
-                        self.id,
-                        since.map_or("its whole term".to_string(), |ms| format!("{ms} ms"))
-                    )),
-                };
-            }
-            Some(l) if l != self.id => l,
-            _ => {
-                return Route::Nowhere(format!(
-                    "node {} knows no leader: an election is under way, or this node cannot \
-                     reach a majority of the cluster; retry",
-                    self.id
-                ));
+        let leader = match leadership(self.id, &m) {
+            Leadership::Leads => return Route::Here,
+            Leadership::Other(leader) => leader,
+            Leadership::CutOff(reason) | Leadership::Unknown(reason) => {
+                return Route::Nowhere(reason);
             }
         };
         if forwarded {

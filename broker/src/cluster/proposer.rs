@@ -17,6 +17,8 @@ pub const LEASE_MS: u64 = 500;
 /// How long a proposal may wait for its commit.
 const COMMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
+use openraft::{BasicNode, RaftMetrics};
+
 use super::{Raft, Request};
 
 /// Node `id`'s Raft as the log its engine decides into.
@@ -31,37 +33,53 @@ impl RaftLog {
     }
 }
 
+/// Who serves requests, as node `id` sees it from its Raft metrics `m`.
+pub enum Leadership {
+    /// This node leads and holds its lease.
+    Leads,
+    /// This node leads but has not heard from a majority within the lease:
+    /// why, to tell the client.
+    CutOff(String),
+    /// Another node leads.
+    Other(u64),
+    /// No leader is known: why, to tell the client.
+    Unknown(String),
+}
+
+/// [`Leadership`] of node `id` by `m`: the one rule for deciding
+/// (`RaftLog::leading`) and for serving (`forward`).
+pub fn leadership(id: u64, m: &RaftMetrics<u64, BasicNode>) -> Leadership {
+    match m.current_leader {
+        Some(l) if l == id && m.state.is_leader() => match m.millis_since_quorum_ack {
+            Some(ms) if ms <= LEASE_MS => Leadership::Leads,
+            since => Leadership::CutOff(format!(
+                "node {id} leads but has not heard from a majority of the cluster for {}: it \
+                 may be cut off from it; retry",
+                since.map_or("its whole term".to_string(), |ms| format!("{ms} ms"))
+            )),
+        },
+        Some(l) if l != id => Leadership::Other(l),
+        _ => Leadership::Unknown(format!(
+            "node {id} knows no leader: an election is under way, or this node cannot reach a \
+             majority of the cluster; retry"
+        )),
+    }
+}
+
 impl Log for RaftLog {
     fn leading(&self) -> std::result::Result<u64, NotLeading> {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
-        if m.state.is_leader() && m.current_leader == Some(self.id) {
-            return match m.millis_since_quorum_ack {
-                Some(ms) if ms <= LEASE_MS => Ok(m.last_log_index.unwrap_or(0)),
-                since => Err(NotLeading {
-                    reason: format!(
-                        "node {} leads but has not heard from a majority of the cluster for {}: \
-                         it may be cut off from it; retry",
-                        self.id,
-                        since.map_or("its whole term".to_string(), |ms| format!("{ms} ms"))
-                    ),
-                    wait: true,
-                }),
-            };
-        }
-        Err(NotLeading {
-            reason: match m.current_leader {
-                Some(leader) if leader != self.id => {
-                    format!("node {} does not lead; node {leader} does", self.id)
-                }
-                _ => format!(
-                    "node {} knows no leader: an election is under way, or this node cannot \
-                     reach a majority of the cluster",
-                    self.id
-                ),
-            },
-            wait: false,
-        })
+        let (reason, wait) = match leadership(self.id, &m) {
+            Leadership::Leads => return Ok(m.last_log_index.unwrap_or(0)),
+            Leadership::CutOff(reason) => (reason, true),
+            Leadership::Other(leader) => (
+                format!("node {} does not lead; node {leader} does", self.id),
+                false,
+            ),
+            Leadership::Unknown(reason) => (reason, false),
+        };
+        Err(NotLeading { reason, wait })
     }
 
     fn changed(&self) -> BoxFuture<'static, ()> {

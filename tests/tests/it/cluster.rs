@@ -23,7 +23,7 @@ use broker_tests::*;
 
 use super::crash::{
     Flags, Ledger, MAX_RUN, MIN_RUN, Outcome, QUEUE, RPC_TIMEOUT, Rng, check, drain, env_u64, rpc,
-    set_up, spawn_workload,
+    seed_from_env, set_up, spawn_workload,
 };
 
 /// Kill cycles in the default test run.
@@ -34,13 +34,7 @@ const FAILOVER_BOUND: Duration = Duration::from_secs(5);
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_leader_under_load_loses_nothing_and_the_others_take_over() {
     let cycles = env_u64("CLUSTER_CYCLES").unwrap_or(DEFAULT_CYCLES);
-    let seed = env_u64("CLUSTER_SEED").unwrap_or_else(|| {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("the clock is after 1970")
-            .as_nanos();
-        (nanos as u64) ^ u64::from(std::process::id())
-    });
+    let seed = seed_from_env("CLUSTER_SEED");
     println!("cluster suite: {cycles} kill cycles, CLUSTER_SEED={seed}");
     let mut rng = Rng::new(seed);
     let mut cluster = TestCluster::start(3).await;

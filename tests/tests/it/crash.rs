@@ -53,13 +53,7 @@ pub(crate) const RPC_TIMEOUT: Duration = Duration::from_secs(10);
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_broker_keeps_every_acknowledged_write() {
     let cycles = env_u64("CRASH_CYCLES").unwrap_or(DEFAULT_CYCLES);
-    let seed = env_u64("CRASH_SEED").unwrap_or_else(|| {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("the clock is after 1970")
-            .as_nanos();
-        (nanos as u64) ^ u64::from(std::process::id())
-    });
+    let seed = seed_from_env("CRASH_SEED");
     println!("crash suite: {cycles} kill cycles, CRASH_SEED={seed}");
     let mut rng = Rng::new(seed);
     let data_dir = temp_data_dir();
@@ -1076,6 +1070,18 @@ async fn data_dir_in_use_by_another_broker_is_a_startup_error() {
 // ---------------------------------------------------------------------------
 // Small things.
 // ---------------------------------------------------------------------------
+
+/// The seed in the environment variable `name`, to replay a run; else a
+/// new one from the clock and the process id.
+pub(crate) fn seed_from_env(name: &str) -> u64 {
+    env_u64(name).unwrap_or_else(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("the clock is after 1970")
+            .as_nanos();
+        (nanos as u64) ^ u64::from(std::process::id())
+    })
+}
 
 pub(crate) fn env_u64(name: &str) -> Option<u64> {
     let value = std::env::var(name).ok()?;
