@@ -63,11 +63,12 @@ impl Leader {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
         let leader = match leadership(self.id, &m) {
-            Leadership::Leads => return Route::Here,
+            // A leader without a fresh majority ack (just elected, or cut
+            // off) serves here: a write waits in `Engine::decide` for the
+            // lease, then answers UNAVAILABLE if it does not come.
+            Leadership::Leads | Leadership::CutOff(_) => return Route::Here,
             Leadership::Other(leader) => leader,
-            Leadership::CutOff(reason) | Leadership::Unknown(reason) => {
-                return Route::Nowhere(reason);
-            }
+            Leadership::Unknown(reason) => return Route::Nowhere(reason),
         };
         if forwarded {
             return Route::Nowhere(format!(
