@@ -49,6 +49,10 @@ pub struct ClusterConfig {
     /// Cluster addresses of nodes to join through; empty: start a new
     /// cluster (or restart as the member the data dir says).
     pub join: Vec<String>,
+    /// Log entries applied between two snapshots of this node's engine;
+    /// the log is purged up to `min(1000, snapshot_every)` entries before
+    /// the last snapshot.
+    pub snapshot_every: u64,
 }
 
 impl ClusterConfig {
@@ -232,6 +236,10 @@ pub struct Settings {
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub join: Option<Vec<String>>,
+    /// Cluster mode: log entries applied between two snapshots (each a scan of the whole engine) [default: 10000]
+    #[arg(long, env = "BROKER_SNAPSHOT_EVERY", value_name = "ENTRIES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_every: Option<u64>,
 }
 
 /// `--sync`: see [`SyncMode`].
@@ -277,6 +285,9 @@ fn origin(key: &str) -> String {
 /// Ranges of the numeric settings: (key, min, max).
 const SYNC_INTERVAL_MS: (&str, u64, u64) = ("sync_interval_ms", 1, 10_000);
 const SHUTDOWN_TIMEOUT: (&str, u64, u64) = ("shutdown_timeout", 0, 3600);
+const SNAPSHOT_EVERY: (&str, u64, u64) = ("snapshot_every", 10, 100_000_000);
+/// Default of `snapshot_every`.
+pub const DEFAULT_SNAPSHOT_EVERY: u64 = 10_000;
 const MAX_CONNECTIONS: (&str, u64, u64) = ("max_connections", 1, 1_000_000);
 const MAX_STREAMS: (&str, u64, u64) = ("max_streams", 1, 1_000_000);
 const MAX_LONG_POLLS: (&str, u64, u64) = ("max_long_polls_per_connection", 1, 1_000_000);
@@ -325,6 +336,7 @@ impl Settings {
             cluster_listen: self.cluster_listen.or(fallback.cluster_listen),
             cluster_advertise: self.cluster_advertise.or(fallback.cluster_advertise),
             join: self.join.or(fallback.join),
+            snapshot_every: self.snapshot_every.or(fallback.snapshot_every),
         }
     }
 
@@ -426,6 +438,7 @@ impl Settings {
                 for (key, set) in [
                     ("cluster_advertise", self.cluster_advertise.is_some()),
                     ("join", self.join.is_some()),
+                    ("snapshot_every", self.snapshot_every.is_some()),
                 ] {
                     if set {
                         return Err(ConfigError::Missing {
@@ -450,6 +463,11 @@ impl Settings {
                 listen,
                 advertise: self.cluster_advertise,
                 join: self.join.unwrap_or_default(),
+                snapshot_every: in_range(
+                    SNAPSHOT_EVERY,
+                    self.snapshot_every,
+                    DEFAULT_SNAPSHOT_EVERY,
+                )?,
             }),
             (node_id, _) => {
                 let (key, set) = match node_id {
@@ -545,6 +563,7 @@ impl From<&ServerConfig> for Settings {
                 .as_ref()
                 .map(|c| c.join.clone())
                 .filter(|j| !j.is_empty()),
+            snapshot_every: config.cluster.as_ref().map(|c| c.snapshot_every),
         }
     }
 }
@@ -572,6 +591,7 @@ mod tests {
             "cluster_listen",
             "cluster_advertise",
             "join",
+            "snapshot_every",
         ] {
             assert!(text.contains(&format!("# {key} = ")), "{key} is documented");
         }

@@ -10,7 +10,7 @@
 //! pair ([`TestCluster::isolate`]). Test clients talk to the nodes' client
 //! ports directly.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -44,6 +44,8 @@ pub struct TestCluster {
     pub nodes: Vec<ClusterNode>,
     /// Where the nodes' logs go.
     logs: TempDir,
+    /// More arguments for every node's `broker serve`.
+    args: Vec<String>,
 }
 
 /// A free port on `ip` (bound, then released: a small race, on loopback).
@@ -59,6 +61,17 @@ impl TestCluster {
     /// through node 1. Returns once every node reports `n` voters and the
     /// same leader.
     pub async fn start(n: u64) -> TestCluster {
+        Self::start_from(n, None, &[]).await
+    }
+
+    /// [`TestCluster::start`], with node 1 started on `first_data_dir`
+    /// (a single node's, say) when given, and `args` given to every node's
+    /// `broker serve`.
+    pub async fn start_from(
+        n: u64,
+        mut first_data_dir: Option<TempDir>,
+        args: &[&str],
+    ) -> TestCluster {
         let logs = tempfile::tempdir().expect("a log dir");
         let mut nodes = Vec::new();
         for id in 1..=n {
@@ -72,7 +85,9 @@ impl TestCluster {
                 metrics_addr: free_port(ip).await,
                 cluster_addr,
                 proxy,
-                data_dir: tempfile::tempdir().expect("a data dir"),
+                data_dir: first_data_dir
+                    .take()
+                    .unwrap_or_else(|| tempfile::tempdir().expect("a data dir")),
                 log: logs.path().join(format!("node-{id}.log")),
                 join: None,
                 process: None,
@@ -82,7 +97,8 @@ impl TestCluster {
         for node in &mut nodes[1..] {
             node.join = Some(seed);
         }
-        let mut cluster = TestCluster { nodes, logs };
+        let args = args.iter().map(|a| a.to_string()).collect();
+        let mut cluster = TestCluster { nodes, logs, args };
         cluster.spawn(1);
         cluster
             .wait_until(|m| m.leader == 1, "node 1 leads its new cluster")
@@ -106,6 +122,7 @@ impl TestCluster {
 
     fn spawn(&mut self, id: u64) {
         let binary = broker_binary();
+        let args = self.args.clone();
         let node = &mut self.nodes[id as usize - 1];
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -122,6 +139,7 @@ impl TestCluster {
             .args(["--node-id", &id.to_string()])
             .args(["--cluster-listen", &node.cluster_addr.to_string()])
             .args(["--cluster-advertise", &node.proxy.addr.to_string()])
+            .args(&args)
             .env("RUST_LOG", "info,openraft=warn")
             .stdout(log.try_clone().expect("clone the log file"))
             .stderr(log)
@@ -194,6 +212,41 @@ impl TestCluster {
             last_log: get("broker_cluster_last_log_index")?,
             applied: get("broker_cluster_applied_index")?,
         })
+    }
+
+    /// The messages node `id`'s own engine holds per queue (every state
+    /// summed, from its `broker_queue_messages` metrics): replicas that
+    /// applied the same log hold the same.
+    pub async fn message_totals(&self, id: u64) -> BTreeMap<String, u64> {
+        let scrape = http(self.node(id).metrics_addr, "GET", "/metrics")
+            .await
+            .body;
+        let mut totals = BTreeMap::new();
+        for line in scrape.lines() {
+            let Some(rest) = line.strip_prefix("broker_queue_messages{") else {
+                continue;
+            };
+            let queue = rest
+                .split("queue=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or_default()
+                .to_string();
+            let value: f64 = rest
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("a metric line: {line}"));
+            *totals.entry(queue).or_insert(0) += value as u64;
+        }
+        totals
+    }
+
+    /// How many lines of node `id`'s log (over all its runs) contain
+    /// `needle`.
+    pub fn log_count(&self, id: u64, needle: &str) -> usize {
+        std::fs::read_to_string(&self.node(id).log)
+            .map_or(0, |t| t.lines().filter(|l| l.contains(needle)).count())
     }
 
     /// Waits until every running node's view satisfies `condition`.

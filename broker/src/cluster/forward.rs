@@ -8,6 +8,12 @@
 //!   marked [`FORWARDED`]. A node never forwards a request that is marked
 //!   already (two nodes that each believe the other leads would bounce it):
 //!   it answers UNAVAILABLE instead.
+//! - This node leads but has not heard from a majority within its lease
+//!   (it was elected a moment ago, or it is cut off): the request waits,
+//!   up to [`LEASE_WAIT`], for an acknowledgement from a majority (or for
+//!   another leader), then goes where the rule above sends it; if none
+//!   comes, UNAVAILABLE, saying so. A cut-off leader thus answers no read
+//!   from a state the majority may have moved past.
 //! - No leader is known (an election, or this node cannot reach a
 //!   majority): UNAVAILABLE, saying so. So is a leader that cannot be
 //!   reached.
@@ -43,9 +49,14 @@ pub struct Leader {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
+/// How long a request waits for a leader's lease (see the module docs).
+pub const LEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 enum Route {
     Here,
     There(Channel, u64),
+    /// This node leads without its lease: why, if it does not come back.
+    Wait(String),
     Nowhere(String),
 }
 
@@ -63,10 +74,8 @@ impl Leader {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
         let leader = match leadership(self.id, &m) {
-            // A leader without a fresh majority ack (just elected, or cut
-            // off) serves here: a write waits in `Engine::decide` for the
-            // lease, then answers UNAVAILABLE if it does not come.
-            Leadership::Leads | Leadership::CutOff(_) => return Route::Here,
+            Leadership::Leads => return Route::Here,
+            Leadership::CutOff(reason) => return Route::Wait(reason),
             Leadership::Other(leader) => leader,
             Leadership::Unknown(reason) => return Route::Nowhere(reason),
         };
@@ -133,27 +142,29 @@ where
 
     fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
         let forwarded = req.headers().contains_key(FORWARDED);
-        let route = self
-            .leader
-            .as_ref()
-            .map_or(Route::Here, |l| l.route(forwarded));
-        match route {
-            Route::Here => {
-                // The ready clone serves this call; the fresh one waits
-                // for the next poll_ready.
-                let clone = self.inner.clone();
-                let mut inner = std::mem::replace(&mut self.inner, clone);
-                Box::pin(async move {
-                    let response = inner.call(req).await?;
-                    Ok(response.map(Body::new))
-                })
+        // The ready clone serves this call (if it is served here); the
+        // fresh one waits for the next poll_ready.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let leader = self.leader.clone();
+        Box::pin(async move {
+            let Some(leader) = leader else {
+                return Ok(inner.call(req).await?.map(Body::new));
+            };
+            let mut route = leader.route(forwarded);
+            let waited = tokio::time::Instant::now();
+            while matches!(route, Route::Wait(_)) && waited.elapsed() < LEASE_WAIT {
+                // Bounded polling: openraft's metrics need not change when
+                // the time since the last majority ack does.
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                route = leader.route(forwarded);
             }
-            Route::There(channel, leader) => {
-                let mut channel = channel;
-                req.headers_mut()
-                    .insert(FORWARDED, http::HeaderValue::from_static("1"));
-                Box::pin(async move {
+            match route {
+                Route::Here => Ok(inner.call(req).await?.map(Body::new)),
+                Route::There(mut channel, leader) => {
                     use tower::ServiceExt as _;
+                    req.headers_mut()
+                        .insert(FORWARDED, http::HeaderValue::from_static("1"));
                     let sent = match channel.ready().await {
                         Ok(ready) => ready.call(req).await,
                         Err(e) => Err(e),
@@ -164,10 +175,10 @@ where
                             "the leader (node {leader}) could not be reached: {e}; retry"
                         ))),
                     }
-                })
+                }
+                Route::Wait(reason) | Route::Nowhere(reason) => Ok(unavailable(reason)),
             }
-            Route::Nowhere(reason) => Box::pin(async move { Ok(unavailable(reason)) }),
-        }
+        })
     }
 }
 

@@ -46,13 +46,20 @@
 //!   the command and its applied id or neither.
 //! - During a truncation or a purge: each is one batch (the range delete,
 //!   and for a purge the new last-purged id), so it happened or not.
+//! - While a snapshot is built or received: its files are temporary until
+//!   complete and synced, and removed at startup. Installing it is one
+//!   batch, made durable before the log is purged.
+//!
+//! # Snapshots and the log's size
+//! Every `--snapshot-every` applied entries (10,000) a replica writes a snapshot of
+//! its engine ([`snapshot`]) and purges its log up to 1,000 entries
+//! before it. A follower whose next entry was purged on the leader
+//! (a new node, or one that was down for long) is sent the snapshot, and
+//! replaces its engine's store with it in one batch. The engine's store is
+//! not synced per write, so a snapshot first makes it durable: what a
+//! purge drops is on disk in the engine.
 //!
 //! # Not built yet
-//! - **Snapshots.** Building and installing one returns a storage error
-//!   saying so. Nodes must run with `SnapshotPolicy::Never` (see
-//!   [`raft_config`]), so openraft never builds one nor purges the log: a
-//!   follower that falls behind catches up from the log, which grows
-//!   without bound. The design's plan is a scan of the engine's keys.
 //! - A column family per group: the log lives in a store of its own, in
 //!   its own directory, beside the engine's.
 //! - More than one command per entry (the design's batching) needs them
@@ -68,12 +75,13 @@ pub mod log_store;
 pub mod network;
 pub mod node;
 pub mod proposer;
+pub mod snapshot;
 pub mod state_machine;
 
 #[cfg(test)]
 mod tests;
 
-use std::io::Cursor;
+use std::path::Path;
 use std::sync::Arc;
 
 use prost::Message as _;
@@ -93,7 +101,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
 );
 
@@ -145,14 +153,23 @@ impl<'de> serde::Deserialize<'de> for Request {
     }
 }
 
-/// The openraft settings every node uses: snapshots are never built (not
-/// supported yet, see the module docs); a follower waits at least 0.75 s
-/// without a heartbeat before it stands for election, longer than the
-/// leader's lease ([`proposer::LEASE_MS`]), so that a leader cut off stops
-/// deciding before another can be elected.
-pub fn raft_config() -> openraft::Config {
+/// The openraft settings every node uses: a snapshot every
+/// `snapshot_every` applied entries (`--snapshot-every`, a scan of the
+/// whole engine), after which the log is purged but for the last
+/// `min(1000, snapshot_every)` entries (a follower that lags by less
+/// catches up from the log, one that lags by more gets the snapshot); a
+/// follower waits at least 0.75 s without a heartbeat before it stands for
+/// election, longer than the leader's lease ([`proposer::LEASE_MS`]), so
+/// that a leader cut off stops deciding before another can be elected.
+pub fn raft_config(snapshot_every: u64) -> openraft::Config {
     openraft::Config {
-        snapshot_policy: openraft::SnapshotPolicy::Never,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_every),
+        max_in_snapshot_log_to_keep: snapshot_every.min(1_000),
+        replication_lag_threshold: snapshot_every.saturating_mul(2),
+        // Each chunk is one frame (JSON: about 3.6 bytes a byte), given
+        // 10 s to be sent and, for the last one, installed.
+        snapshot_max_chunk_size: 1 << 20,
+        install_snapshot_timeout: 10_000,
         heartbeat_interval: 100,
         election_timeout_min: 750,
         election_timeout_max: 1_250,
@@ -160,7 +177,12 @@ pub fn raft_config() -> openraft::Config {
     }
 }
 
-/// A node's storage for one group: its log store and its state machine.
-pub fn storage(log: Arc<Store>, engine: Arc<Engine>) -> crate::Result<(LogStore, StateMachine)> {
-    Ok((LogStore::new(log), StateMachine::open(engine)?))
+/// A node's storage for one group: its log store, and its state machine
+/// with its snapshots in `snapshots`.
+pub fn storage(
+    log: Arc<Store>,
+    engine: Arc<Engine>,
+    snapshots: &Path,
+) -> Result<(LogStore, StateMachine), snapshot::SnapshotError> {
+    Ok((LogStore::new(log), StateMachine::open(engine, snapshots)?))
 }

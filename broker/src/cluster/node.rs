@@ -14,12 +14,16 @@
 //! - With a recorded cluster id, the node is a member already: it starts
 //!   from its log and the cluster takes it back.
 //! - Without `--join`: the node makes a new cluster of one voter (itself)
-//!   and a new cluster id. An engine that already holds single-node data is
-//!   refused: the other nodes could only learn that data from a snapshot,
-//!   which is not built yet.
+//!   and a new cluster id. An engine that already holds single-node data
+//!   keeps it: the node snapshots it and purges its log before it serves,
+//!   so every node that joins starts from that snapshot. Until that is
+//!   done, `cluster/identity.json` says so (`snapshot_pending`), and a
+//!   restart does it again.
 //! - With `--join SEED,...`: once the node serves its cluster listener
 //!   ([`join`] runs after), it asks the seeds in turn, until one answers,
 //!   to add it (`network`'s join), and records the cluster id it is given.
+//!   A joining node must start empty: the cluster's snapshot would replace
+//!   whatever its data dir holds, so single-node data there is refused.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -49,7 +53,7 @@ pub enum NodeError {
         cluster: String,
     },
     #[error(
-        "the data dir {dir} holds single-node data; starting a new cluster from it needs snapshots, which are not built yet. Start the cluster on an empty data dir"
+        "the data dir {dir} holds single-node data, and a joining node takes the cluster's data in place of its own. Start this node without --join to make it the first node of a new cluster with its data, or give it an empty data dir to join"
     )]
     SingleNodeData { dir: PathBuf },
     #[error("cluster identity file {path}: {reason}")]
@@ -66,6 +70,8 @@ pub enum NodeError {
     },
     #[error(transparent)]
     Storage(#[from] crate::Error),
+    #[error(transparent)]
+    Snapshot(#[from] super::snapshot::SnapshotError),
     #[error("cannot start Raft: {0}")]
     Raft(String),
 }
@@ -75,6 +81,10 @@ pub enum NodeError {
 struct Identity {
     node_id: u64,
     cluster_id: Option<String>,
+    /// A new cluster made from single-node data has not yet snapshotted
+    /// it and purged its log (see the module docs).
+    #[serde(default)]
+    snapshot_pending: bool,
 }
 
 /// A started node.
@@ -86,6 +96,7 @@ pub struct Node {
     pub engine: Arc<Engine>,
     pub cluster: ClusterId,
     identity_path: PathBuf,
+    snapshot_pending: bool,
 }
 
 impl Node {
@@ -122,24 +133,25 @@ impl Node {
         let log =
             Arc::new(Store::open(&cluster_dir.join("log"), sync).map_err(crate::Error::from)?);
         let cluster: ClusterId = Arc::default();
+        let snapshot_pending = identity.as_ref().is_some_and(|i| i.snapshot_pending);
         let recorded = identity.and_then(|i| i.cluster_id);
         if let Some(c) = &recorded {
             let _ = cluster.set(c.clone());
         }
-        // Data no log entry put there: a single node's. Neither a new
-        // cluster nor a join could bring it to the other replicas.
-        if !engine.is_empty()
+        // Data no log entry put there: a single node's. A new cluster
+        // keeps it (below); a join would replace it.
+        let single_node_data = !engine.is_empty()
             && engine
                 .recorded(crate::storage::keys::RAFT_APPLIED)?
-                .is_none()
-        {
+                .is_none();
+        if single_node_data && recorded.is_none() && !config.join.is_empty() {
             return Err(NodeError::SingleNodeData {
                 dir: data_dir.to_path_buf(),
             });
         }
-        let (ls, sm) = storage(log, engine.clone())?;
+        let (ls, sm) = storage(log, engine.clone(), &cluster_dir.join("snapshots"))?;
         let raft_config = Arc::new(
-            raft_config()
+            raft_config(config.snapshot_every)
                 .validate()
                 .map_err(|e| NodeError::Raft(e.to_string()))?,
         );
@@ -159,6 +171,7 @@ impl Node {
             engine,
             cluster,
             identity_path,
+            snapshot_pending: snapshot_pending || (single_node_data && recorded.is_none()),
         };
         if recorded.is_none() && config.join.is_empty() {
             // The id first: a crash after it restarts as this cluster's
@@ -185,7 +198,63 @@ impl Node {
                 "started a new cluster"
             );
         }
+        if node.snapshot_pending {
+            return node.snapshot_single_node_data().await;
+        }
         Ok(node)
+    }
+
+    /// A new cluster made from single-node data: once this node leads and
+    /// has applied its log, snapshots its engine and purges the log, so
+    /// that a node that joins is sent the snapshot (the data no entry
+    /// holds) rather than the log from its start.
+    async fn snapshot_single_node_data(mut self) -> Result<Node, NodeError> {
+        let failed = |step: &str, e: &dyn std::fmt::Display| {
+            NodeError::Raft(format!("snapshotting the single-node data ({step}): {e}"))
+        };
+        let wait = || self.raft.wait(Some(Duration::from_secs(30)));
+        let led = wait()
+            .metrics(
+                |m| {
+                    m.current_leader == Some(self.id)
+                        && m.last_applied.map(|l| l.index) == m.last_log_index
+                },
+                "this node leads and has applied its log",
+            )
+            .await
+            .map_err(|e| failed("electing itself", &e))?;
+        let index = led.last_applied.map_or(0, |l| l.index);
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| failed("building", &e))?;
+        wait()
+            .metrics(
+                |m| m.snapshot.is_some_and(|s| s.index >= index),
+                "a snapshot",
+            )
+            .await
+            .map_err(|e| failed("building", &e))?;
+        self.raft
+            .trigger()
+            .purge_log(index)
+            .await
+            .map_err(|e| failed("purging the log", &e))?;
+        wait()
+            .metrics(
+                |m| m.purged.is_some_and(|p| p.index >= index),
+                "the log purged",
+            )
+            .await
+            .map_err(|e| failed("purging the log", &e))?;
+        self.snapshot_pending = false;
+        self.write_identity()?;
+        tracing::info!(
+            index,
+            "the single-node data is snapshotted: nodes that join start from it"
+        );
+        Ok(self)
     }
 
     /// Whether this node's Raft has nothing in its log and no vote: it was
@@ -255,6 +324,7 @@ impl Node {
         let identity = Identity {
             node_id: self.id,
             cluster_id: self.cluster.get().cloned(),
+            snapshot_pending: self.snapshot_pending,
         };
         let json = serde_json::to_vec_pretty(&identity).expect("an identity serializes");
         let tmp = self.identity_path.with_extension("tmp");

@@ -8,20 +8,24 @@
 //! applied. Opening reads the record back, so openraft
 //! re-applies exactly the committed entries after it.
 //!
-//! Snapshots are not supported yet: building or installing one returns a
-//! storage error that says so, and [`super::raft_config`] never asks for
-//! one.
+//! Snapshots ([`super::snapshot`]): the builder writes every key of the
+//! engine's store, as of one moment, to a file, the applied record among
+//! them, which is where the snapshot's meta comes from. Installing one
+//! replaces the engine's whole store with it in one batch
+//! ([`Engine::install`]) and rebuilds the index.
 
-use std::io::Cursor;
+use std::io::{Seek, SeekFrom};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     AnyError, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend,
-    RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
+    RaftSnapshotBuilder, StorageError, StorageIOError, StoredMembership,
 };
 
 use super::TypeConfig;
+use super::snapshot::{Meta, SnapshotError, Snapshots, read_into};
 use crate::engine::Engine;
 use crate::storage::keys;
 
@@ -38,26 +42,35 @@ pub struct StateMachine {
     /// The last applied log id and membership, as recorded in the engine's
     /// store (kept here to answer `applied_state` without a read).
     applied: Applied,
+    snapshots: Arc<Snapshots>,
+    /// The file a snapshot from the leader is being received into.
+    receiving: Option<PathBuf>,
 }
 
 fn sm_error(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError<NodeId> {
     StorageIOError::new(ErrorSubject::StateMachine, verb, AnyError::new(&e)).into()
 }
 
-fn snapshots_unsupported() -> StorageError<NodeId> {
+fn snapshot_error(
+    meta: Option<&Meta>,
+    verb: ErrorVerb,
+    e: impl std::error::Error + 'static,
+) -> StorageError<NodeId> {
     StorageIOError::new(
-        ErrorSubject::Snapshot(None),
-        ErrorVerb::Write,
-        AnyError::new(&std::io::Error::other(
-            "snapshots are not supported yet (run with SnapshotPolicy::Never)",
-        )),
+        ErrorSubject::Snapshot(meta.map(|m| m.signature())),
+        verb,
+        AnyError::new(&e),
     )
     .into()
 }
 
 impl StateMachine {
-    /// The state machine over `engine`, at the applied id it recorded.
-    pub fn open(engine: Arc<Engine>) -> crate::Result<StateMachine> {
+    /// The state machine over `engine`, at the applied id it recorded,
+    /// with its snapshots in `snapshots`.
+    pub fn open(
+        engine: Arc<Engine>,
+        snapshots: &Path,
+    ) -> std::result::Result<StateMachine, SnapshotError> {
         let applied: Applied = match engine.recorded(keys::RAFT_APPLIED)? {
             None => (None, Membership::default()),
             Some(v) => {
@@ -68,7 +81,12 @@ impl StateMachine {
             }
         };
         engine.start_at_entry(applied.0.map_or(0, |id| id.index));
-        Ok(StateMachine { engine, applied })
+        Ok(StateMachine {
+            engine,
+            applied,
+            snapshots: Arc::new(Snapshots::open(snapshots)?),
+            receiving: None,
+        })
     }
 
     /// The engine this state machine applies to.
@@ -77,17 +95,38 @@ impl StateMachine {
     }
 }
 
-/// The snapshot builder: snapshots are not supported yet.
-pub struct NoSnapshots;
+/// Builds snapshots beside the state machine (openraft runs it in a task
+/// of its own while entries go on being applied).
+pub struct Builder {
+    engine: Arc<Engine>,
+    snapshots: Arc<Snapshots>,
+}
 
-impl RaftSnapshotBuilder<TypeConfig> for NoSnapshots {
+impl RaftSnapshotBuilder<TypeConfig> for Builder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>> {
-        Err(snapshots_unsupported())
+        let (engine, snapshots) = (self.engine.clone(), self.snapshots.clone());
+        let (meta, path) = tokio::task::spawn_blocking(move || snapshots.build(&engine))
+            .await
+            .map_err(|e| snapshot_error(None, ErrorVerb::Write, e))?
+            .map_err(|e| snapshot_error(None, ErrorVerb::Write, e))?;
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| snapshot_error(Some(&meta), ErrorVerb::Read, e))?;
+        let bytes = file.metadata().await.map_or(0, |m| m.len());
+        tracing::info!(
+            index = meta.last_log_id.map_or(0, |id| id.index),
+            bytes,
+            "built a snapshot"
+        );
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(file),
+        })
     }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
-    type SnapshotBuilder = NoSnapshots;
+    type SnapshotBuilder = Builder;
 
     async fn applied_state(&mut self) -> Result<Applied> {
         Ok(self.applied.clone())
@@ -121,22 +160,88 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        NoSnapshots
+        Builder {
+            engine: self.engine.clone(),
+            snapshots: self.snapshots.clone(),
+        }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>> {
-        Err(snapshots_unsupported())
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>> {
+        let path = self.snapshots.temporary();
+        // Read back by `install_snapshot`.
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .await
+            .map_err(|e| snapshot_error(None, ErrorVerb::Write, e))?;
+        self.receiving = Some(path);
+        Ok(Box::new(file))
     }
 
     async fn install_snapshot(
         &mut self,
-        _meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
-        _snapshot: Box<Cursor<Vec<u8>>>,
+        meta: &Meta,
+        mut snapshot: Box<tokio::fs::File>,
     ) -> Result<()> {
-        Err(snapshots_unsupported())
+        use tokio::io::AsyncWriteExt as _;
+        fn failed(
+            meta: &Meta,
+            verb: ErrorVerb,
+            e: impl std::error::Error + 'static,
+        ) -> StorageError<NodeId> {
+            snapshot_error(Some(meta), verb, e)
+        }
+        snapshot
+            .flush()
+            .await
+            .map_err(|e| failed(meta, ErrorVerb::Write, e))?;
+        let mut received = snapshot.into_std().await;
+        let receiving = self.receiving.take();
+        let index = meta.last_log_id.map_or(0, |id| id.index);
+        let (engine, snapshots, owned) =
+            (self.engine.clone(), self.snapshots.clone(), meta.clone());
+        tokio::task::spawn_blocking(move || -> std::result::Result<(), SnapshotError> {
+            // Copied to a file of our own: the handle openraft gives back
+            // need not be the one `begin_receiving_snapshot` made.
+            let path = snapshots.temporary();
+            let io = |source| SnapshotError::Io {
+                path: path.clone(),
+                source,
+            };
+            received.seek(SeekFrom::Start(0)).map_err(io)?;
+            let mut copy = std::fs::File::create(&path).map_err(io)?;
+            std::io::copy(&mut received, &mut copy).map_err(io)?;
+            drop((received, copy));
+            if let Some(r) = receiving {
+                let _ = std::fs::remove_file(r);
+            }
+            engine.install(index, |batch| read_into(&path, batch))?;
+            snapshots.keep(&owned, &path).map(drop)
+        })
+        .await
+        .map_err(|e| failed(meta, ErrorVerb::Write, e))?
+        .map_err(|e| failed(meta, ErrorVerb::Write, e))?;
+        self.applied = (meta.last_log_id, meta.last_membership.clone());
+        tracing::info!(index, "installed a snapshot from the leader");
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>> {
-        Ok(None)
+        let Some((meta, path)) = self
+            .snapshots
+            .latest()
+            .map_err(|e| snapshot_error(None, ErrorVerb::Read, e))?
+        else {
+            return Ok(None);
+        };
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| snapshot_error(Some(&meta), ErrorVerb::Read, e))?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(file),
+        }))
     }
 }

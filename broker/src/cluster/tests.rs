@@ -37,63 +37,18 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
     ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<u64>> {
         let dir = tempfile::tempdir().expect("tempdir");
         let (log, engine) = open_node_storage(dir.path());
-        let (ls, sm) = storage(log, engine).expect("storage");
+        let (ls, sm) = storage(log, engine, &dir.path().join("snapshots")).expect("storage");
         Ok((dir, ls, sm))
     }
 }
 
 type TheSuite = Suite<TypeConfig, LogStore, StateMachine, Builder, tempfile::TempDir>;
 
-/// openraft's storage suite (`Suite::test_store`'s list), but for the tests
-/// that need snapshots, not supported yet (see the module docs):
-/// `snapshot_meta` and `transfer_snapshot` build and install one, and
-/// `get_initial_state_membership_from_log_and_sm`,
-/// `get_initial_state_last_log_lt_sm`, `get_initial_state_log_ids` and
-/// `get_initial_state_re_apply_committed` start with a state machine ahead
-/// of the log or a purged log, where openraft's startup (`StorageHelper::
-/// get_initial_state`) builds a snapshot; each fails only with our
-/// "snapshots are not supported yet" error.
+/// openraft's storage suite, whole: the log store, the state machine and
+/// its snapshots (built, transferred, installed).
 #[test]
-fn the_log_store_passes_openraft_s_storage_suite() {
-    macro_rules! run {
-        ($($name:ident),* $(,)?) => {$(
-            tokio::runtime::Runtime::new().unwrap().block_on(async {
-                let (_dir, ls, sm) = Builder.build().await?;
-                TheSuite::$name(ls, sm).await
-            }).unwrap_or_else(|e| panic!("{}: {e}", stringify!($name)));
-        )*};
-    }
-    run!(
-        last_membership_in_log_initial,
-        last_membership_in_log,
-        last_membership_in_log_multi_step,
-        get_membership_initial,
-        get_membership_from_log_and_empty_sm,
-        get_membership_from_empty_log_and_sm,
-        get_membership_from_log_le_sm_last_applied,
-        get_membership_from_log_gt_sm_last_applied_1,
-        get_membership_from_log_gt_sm_last_applied_2,
-        get_initial_state_without_init,
-        get_initial_state_with_state,
-        get_initial_state_last_log_gt_sm,
-        save_vote,
-        get_log_entries,
-        limited_get_log_entries,
-        try_get_log_entry,
-        initial_logs,
-        get_log_state,
-        get_log_id,
-        last_id_in_log,
-        last_applied_state,
-        purge_logs_upto_0,
-        purge_logs_upto_5,
-        purge_logs_upto_20,
-        delete_logs_since_11,
-        delete_logs_since_0,
-        append_to_log,
-        apply_single,
-        apply_multiple,
-    );
+fn the_storage_passes_openraft_s_storage_suite() {
+    TheSuite::test_all(Builder).unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[tokio::test]
@@ -207,8 +162,12 @@ async fn start(id: u64, dir: &Path, router: &Router) -> (Raft, Arc<Engine>) {
             _ => panic!("node {id}'s stores stay locked"),
         }
     };
-    let (ls, sm) = storage(log, engine.clone()).unwrap();
-    let config = Arc::new(raft_config().validate().unwrap());
+    let (ls, sm) = storage(log, engine.clone(), &dir.join("snapshots")).unwrap();
+    let config = Arc::new(
+        raft_config(crate::config::DEFAULT_SNAPSHOT_EVERY)
+            .validate()
+            .unwrap(),
+    );
     let raft = Raft::new(id, config, router.clone(), ls, sm).await.unwrap();
     engine.replicate_through(RaftLog::new(id, raft.clone()));
     router.nodes.lock().unwrap().insert(id, raft.clone());
@@ -256,11 +215,11 @@ async fn wait_applied(raft: &Raft, index: u64) {
     raft.wait(Some(Duration::from_secs(10)))
         .applied_index_at_least(Some(index), "applied")
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{e}: {:?}", raft.metrics().borrow().running_state));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_nodes_apply_the_leader_s_commands_and_a_restarted_node_catches_up() {
+async fn three_nodes_apply_the_leader_s_commands_and_a_restarted_node_catches_up_from_a_snapshot() {
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let router = Router::default();
     let mut nodes = Vec::new();
@@ -307,7 +266,9 @@ async fn three_nodes_apply_the_leader_s_commands_and_a_restarted_node_catches_up
         assert_eq!(engine.dump(now), first, "a replica differs");
     }
 
-    // Stop a follower, commit more without it, restart it over its stores.
+    // Stop a follower, commit more without it, snapshot the leader and
+    // purge its log: the follower, restarted over its stores, can only
+    // catch up from the snapshot.
     let down = (1..=3).find(|&id| id != leader).unwrap();
     let (raft, engine) = nodes.remove(down as usize - 1);
     router.nodes.lock().unwrap().remove(&down);
@@ -315,8 +276,31 @@ async fn three_nodes_apply_the_leader_s_commands_and_a_restarted_node_catches_up
     drop((raft, engine));
     work(&leader_engine, "r", 3).await;
     last = last_index(&leader_raft);
+    wait_applied(&leader_raft, last).await;
+    leader_raft.trigger().snapshot().await.unwrap();
+    let wait = || leader_raft.wait(Some(Duration::from_secs(10)));
+    wait()
+        .metrics(
+            |m| m.snapshot.is_some_and(|s| s.index >= last),
+            "a snapshot",
+        )
+        .await
+        .unwrap();
+    leader_raft.trigger().purge_log(last).await.unwrap();
+    wait()
+        .metrics(
+            |m| m.purged.is_some_and(|p| p.index >= last),
+            "the log purged",
+        )
+        .await
+        .unwrap();
     let restarted = start(down, dirs[down as usize - 1].path(), &router).await;
     wait_applied(&restarted.0, last).await;
+    let installed = restarted.0.metrics().borrow().snapshot;
+    assert!(
+        installed.is_some_and(|s| s.index >= last),
+        "the restarted node installed the leader's snapshot: {installed:?}"
+    );
     for (raft, _) in &nodes {
         wait_applied(raft, last).await;
     }

@@ -153,7 +153,24 @@ impl Engine {
     pub fn open(dir: &Path, sync: SyncMode) -> Result<Engine> {
         let store = Store::open(dir, sync)?;
         let clock = Clock::new();
-        let now = clock.now_ms();
+        let state = Self::load(&store, clock.now_ms())?;
+        Ok(Engine {
+            state: Mutex::new(state),
+            store,
+            clock,
+            scheduler: Notify::new(),
+            shutdown: CancellationToken::new(),
+            activity: Activity::default(),
+            replication: OnceLock::new(),
+            time_floor: Default::default(),
+            #[cfg(test)]
+            journal: Mutex::new(Vec::new()),
+            closed: tokio::sync::watch::Sender::new(()),
+        })
+    }
+
+    /// The state `store` holds, with the index rebuilt as of `now`.
+    fn load(store: &Store, now: u64) -> Result<State> {
         let mut state = State::default();
         if let Some(v) = store.get(keys::SEQ_RESERVATION)? {
             let bytes: [u8; 8] =
@@ -180,7 +197,7 @@ impl Engine {
                 Queue::new(id, name, rec.created_at_ms, rec.attributes(), now),
             );
         }
-        let max_id = max_id.max(topics::recover(&store, &mut state)?);
+        let max_id = max_id.max(topics::recover(store, &mut state)?);
         let mut max_seq = max_id;
         let mut orphans = 0u64;
         for item in store.scan_prefix(&[keys::STATE_PREFIX]) {
@@ -208,20 +225,8 @@ impl Engine {
         }
         state.next_seq = state.reserved_seq.max(max_seq + 1);
         let messages: usize = state.queues.values().map(|q| q.index.slots.len()).sum();
-        tracing::info!(queues = state.queues.len(), messages, "engine opened");
-        Ok(Engine {
-            state: Mutex::new(state),
-            store,
-            clock,
-            scheduler: Notify::new(),
-            shutdown: CancellationToken::new(),
-            activity: Activity::default(),
-            replication: OnceLock::new(),
-            time_floor: Default::default(),
-            #[cfg(test)]
-            journal: Mutex::new(Vec::new()),
-            closed: tokio::sync::watch::Sender::new(()),
-        })
+        tracing::info!(queues = state.queues.len(), messages, "engine state loaded");
+        Ok(state)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -376,6 +381,52 @@ impl Engine {
         }
         self.durable(Done::Local(ticket)).await?;
         Ok(applied)
+    }
+
+    /// Cluster snapshots: makes every write so far durable, then calls `f`
+    /// with every key of the store and its value as of one point in time.
+    /// Each applied entry wrote its record of itself in its own batch
+    /// (`apply_entry`), so what `f` sees is the state after exactly the
+    /// entry that record names. Takes no engine lock: applies go on.
+    pub fn export<E: From<crate::storage::StorageError>>(
+        &self,
+        f: impl FnMut(&[u8], &[u8]) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        self.store.persist()?;
+        self.store.for_each_consistent(f)
+    }
+
+    /// Cluster snapshots: replaces everything the store holds with what
+    /// `fill` puts in one batch (a snapshot of another replica taken after
+    /// entry `index`, its record of that entry included), in one atomic
+    /// write made durable before this returns, then rebuilds the index
+    /// from it, as a restart would. Long polls waiting on the old queues
+    /// look again; counters start again from zero.
+    pub fn install<E: From<Error>>(
+        &self,
+        index: u64,
+        fill: impl FnOnce(&mut crate::storage::Batch) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        let mut batch = crate::storage::Batch::default();
+        // Every key of `storage::keys` starts with a byte below 0xff.
+        batch.delete_range([0x00], [0xff]);
+        fill(&mut batch)?;
+        {
+            let mut st = self.lock();
+            self.store.write(batch).map_err(Error::from)?;
+            self.store.persist().map_err(Error::from)?;
+            let fresh = Self::load(&self.store, self.now_ms())?;
+            for q in st.queues.values() {
+                q.notify.notify_waiters();
+            }
+            *st = fresh;
+            st.applied_index = index;
+        }
+        self.scheduler.notify_one();
+        if let Some(gate) = self.replication.get() {
+            gate.free.notify_waiters();
+        }
+        Ok(())
     }
 
     /// The index of the last log entry applied (cluster mode), as the

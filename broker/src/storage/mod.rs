@@ -4,7 +4,9 @@
 //! [`Store::multi_get`]), ordered scans (of a prefix for recovery,
 //! [`Store::scan_prefix`]; of a key range for paging, [`Store::scan_range`]),
 //! and atomic writes ([`Store::write`]) whose durability is awaited
-//! separately ([`Store::sync`]). The metrics read [`Store::stats`]: sizes
+//! separately ([`Store::sync`]). Cluster snapshots read the whole store
+//! at one point in time ([`Store::for_each_consistent`]) and make it
+//! durable whatever the sync mode ([`Store::persist`]). The metrics read [`Store::stats`]: sizes
 //! and write stalls, without RocksDB's names.
 //!
 //! # Atomicity
@@ -288,6 +290,28 @@ impl Store {
             .iterator_opt(IteratorMode::End, opts)
             .next()
             .transpose()?)
+    }
+
+    /// Calls `f` with every key and its value, in key order, as of one
+    /// consistent point in time (a RocksDB snapshot taken when it starts):
+    /// writes made meanwhile are not seen. Stops at `f`'s first error.
+    pub fn for_each_consistent<E: From<StorageError>>(
+        &self,
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let snapshot = self.db.snapshot();
+        for item in snapshot.iterator(IteratorMode::Start) {
+            let (key, value) = item.map_err(StorageError::from)?;
+            f(&key, &value)?;
+        }
+        Ok(())
+    }
+
+    /// Makes every write applied so far durable (`fsync` of the WAL),
+    /// whatever the [`SyncMode`]: a store opened with `None` calls this
+    /// before something else (a purged Raft log) stops holding its writes.
+    pub fn persist(&self) -> Result<(), StorageError> {
+        Ok(self.db.flush_wal(true)?)
     }
 
     /// Applies `batch` atomically, not yet synced; [`Store::sync`] with the

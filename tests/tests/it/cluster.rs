@@ -3,9 +3,10 @@
 //!
 //! 1. The leader is killed (SIGKILL) under load, at a random moment: the
 //!    others serve again within 5 s; after the killed node restarts and
-//!    catches up, a drain shows nothing acknowledged lost, no acknowledged
-//!    delete delivered again, every publish in all its queues or none, and
-//!    stats that count what the drain finds.
+//!    catches up (from a snapshot: they are taken every 100 entries), a
+//!    drain shows nothing acknowledged lost, no acknowledged delete
+//!    delivered again, every publish in all its queues or none, and stats
+//!    that count what the drain finds.
 //! 2. The leader is cut off from the others (a network partition through
 //!    the harness's proxies): it refuses writes with UNAVAILABLE saying
 //!    why, the majority elects a leader and goes on, and after healing the
@@ -37,7 +38,10 @@ async fn killed_leader_under_load_loses_nothing_and_the_others_take_over() {
     let seed = seed_from_env("CLUSTER_SEED");
     println!("cluster suite: {cycles} kill cycles, CLUSTER_SEED={seed}");
     let mut rng = Rng::new(seed);
-    let mut cluster = TestCluster::start(3).await;
+    // Snapshots every 100 entries (and the log purged up to 100 before):
+    // under this load they are built while entries are applied, and a
+    // killed node that restarts catches up from one.
+    let mut cluster = TestCluster::start_from(3, None, &["--snapshot-every", "100"]).await;
     set_up(&cluster.client(cluster.leader().await).await).await;
 
     for cycle in 0..cycles {
@@ -103,13 +107,27 @@ async fn killed_leader_under_load_loses_nothing_and_the_others_take_over() {
             )
             .await;
 
+        // Every replica holds what the leader holds, the restarted one too
+        // (from the log, or from a snapshot when it lagged by more).
+        let want = cluster.message_totals(new_leader).await;
+        for id in cluster.running() {
+            assert_eq!(
+                cluster.message_totals(id).await,
+                want,
+                "CLUSTER_SEED={seed}, cycle {cycle}: node {id} holds other messages than \
+                 the leader {new_leader}"
+            );
+        }
+        let installed = cluster.log_count(leader, "installed a snapshot");
+
         let client = cluster.client(new_leader).await;
         let drained = drain(&client, stopped_at).await;
         let ledger = std::mem::take(&mut *ledger.lock().expect("ledger"));
         let report = check(&ledger, &drained);
         println!(
             "cycle {cycle}: leader {leader} killed after {run_for:?}, sends served again \
-             {resumed_in:?} later, new leader {new_leader}; {report}"
+             {resumed_in:?} later, new leader {new_leader}, snapshots installed by node \
+             {leader} so far: {installed}; {report}"
         );
         assert!(
             report.violations.is_empty(),
@@ -128,7 +146,7 @@ async fn killed_leader_under_load_loses_nothing_and_the_others_take_over() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_cut_off_leader_refuses_writes_and_the_majority_goes_on() {
+async fn a_cut_off_leader_refuses_writes_and_reads_and_the_majority_goes_on() {
     let cluster = TestCluster::start(3).await;
     let old = cluster.leader().await;
     let client = cluster.client(old).await;
@@ -181,6 +199,17 @@ async fn a_cut_off_leader_refuses_writes_and_the_majority_goes_on() {
     let majority_client = cluster.client(new).await;
     send_message(&majority_client, QUEUE, "during the cut", &[], None).await;
 
+    // Nor does it answer reads from its state, which the majority has
+    // moved past: a count of one message would be a wrong answer.
+    let read = tokio::time::timeout(
+        RPC_TIMEOUT,
+        client.get_queue(pb::GetQueueRequest { name: QUEUE.into() }),
+    )
+    .await
+    .expect("the minority answers within the test's RPC timeout");
+    let error = read.expect_err("a node cut off from the majority answers no read");
+    assert_eq!(error.code(), Code::Unavailable, "{error:?}");
+
     // Healed, the old leader follows and serves what the majority wrote.
     cluster.heal();
     let leader = cluster.leader().await;
@@ -208,6 +237,7 @@ fn as_node(id: u64) -> impl Fn(&mut broker::config::ServerConfig) + Send + Sync 
             listen: "127.0.0.1:0".parse().expect("an address"),
             advertise: None,
             join: Vec::new(),
+            snapshot_every: broker::config::DEFAULT_SNAPSHOT_EVERY,
         })
     }
 }
@@ -243,8 +273,9 @@ async fn a_data_dir_is_refused_by_another_node_and_by_a_single_node() {
         "a single node refuses a cluster node's data dir: {message}"
     );
 
-    // A single node's data cannot seed a cluster (no snapshots yet), and a
-    // single node has no cluster status.
+    // A single node's data cannot be brought into a cluster by a join
+    // (the cluster's data would replace it), and a single node has no
+    // cluster status.
     let (single, client) = server_with_queue(QUEUE, attributes()).await;
     assert_error(
         client.get_cluster_status().await,
@@ -253,11 +284,50 @@ async fn a_data_dir_is_refused_by_another_node_and_by_a_single_node() {
     );
     drop(client);
     let data_dir = single.stop_keeping_data().await;
-    let error = startup_error_with(data_dir.path(), &as_node(1)).await;
+    let joining = |config: &mut broker::config::ServerConfig| {
+        as_node(2)(config);
+        if let Some(c) = config.cluster.as_mut() {
+            c.join = vec!["127.0.0.1:1".into()];
+        }
+    };
+    let error = startup_error_with(data_dir.path(), &joining).await;
     assert!(
-        error.to_string().contains("holds single-node data"),
+        error.to_string().contains("holds single-node data")
+            && error.to_string().contains("without --join"),
         "{error}"
     );
+}
+
+/// A single node's data dir becomes the first node of a new cluster, its
+/// messages kept: it snapshots them before it serves, the nodes that join
+/// start from that snapshot, and they serve every message, the in-flight
+/// ones still hidden, once the first node is gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_single_node_s_data_seeds_a_cluster_and_the_nodes_that_join_get_it() {
+    let (single, client) = server_with_queue(QUEUE, attributes()).await;
+    let bodies = send_numbered(&client, QUEUE, 20).await;
+    assert_eq!(bodies.len(), 20);
+    let held = receive_now(&client, QUEUE, 5, 600).await;
+    assert_eq!(held.len(), 5);
+    drop(client);
+    let data_dir = single.stop_keeping_data().await;
+
+    let mut cluster = TestCluster::start_from(3, Some(data_dir), &[]).await;
+    cluster.kill(1).await;
+    let leader = cluster.leader().await;
+    let client = cluster.client(leader).await;
+    assert_eq!(counts(&client, QUEUE).await, Counts::new(15, 5, 0));
+    let mut got: Vec<String> = broker_tests::drain(&client, QUEUE)
+        .await
+        .into_iter()
+        .map(|m| String::from_utf8_lossy(&m.body).into_owned())
+        .collect();
+    let mut want: Vec<String> = numbered(20);
+    want.retain(|b| !held.iter().any(|h| h.body == b.as_bytes()));
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "the joiners serve the single node's messages");
+    send_message(&client, QUEUE, "after", &[], None).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

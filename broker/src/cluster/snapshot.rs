@@ -1,0 +1,338 @@
+//! Snapshots of a replica's engine: the files, and their format.
+//!
+//! A snapshot is every key of the engine's store and its value at one
+//! point in time ([`Engine::export`]), written to a file; the store's
+//! record of the last applied entry (`storage::keys::RAFT_APPLIED`) is one
+//! of those keys, and the snapshot's openraft meta (last log id,
+//! membership) is read from it, so the data and the meta always agree.
+//!
+//! # Files (`data_dir/cluster/snapshots/`)
+//! - `NAME.snap`: the data. `BRKSNAP1`, then per key a u32 BE key length,
+//!   the key, a u32 BE value length, the value; then `u32::MAX` and the
+//!   number of keys as a u64 BE, so that a file cut short is an error,
+//!   never a smaller state.
+//! - `NAME.meta`: openraft's `SnapshotMeta` as JSON, written (through a
+//!   temporary file, renamed) after its data file is synced: a snapshot
+//!   exists once its meta does.
+//! - `*.tmp`: a snapshot being built or received; removed at startup.
+//!
+//! Only the newest snapshot is kept; the older ones are removed once a
+//! newer one is complete. A file removed while openraft still streams it
+//! to a follower stays readable through the open handle.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use openraft::{LogId, SnapshotMeta, StoredMembership};
+
+use crate::engine::Engine;
+use crate::storage::{Batch, keys};
+
+type NodeId = u64;
+pub type Meta = SnapshotMeta<NodeId, openraft::BasicNode>;
+type Membership = StoredMembership<NodeId, openraft::BasicNode>;
+
+const MAGIC: &[u8; 8] = b"BRKSNAP1";
+const END: u32 = u32::MAX;
+
+/// Why a snapshot could not be built, kept or read.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("snapshot file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("snapshot file {path} is not a snapshot: {reason}")]
+    Format { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+    #[error(transparent)]
+    Engine(#[from] crate::Error),
+}
+
+/// The snapshots directory of one replica.
+pub struct Snapshots {
+    dir: PathBuf,
+    /// Makes names unique within a process (with the time across them).
+    next: AtomicU64,
+}
+
+impl Snapshots {
+    /// The snapshots in `dir` (created if missing); leftovers of a build or
+    /// a transfer cut short by a crash are removed.
+    pub fn open(dir: &Path) -> Result<Snapshots, SnapshotError> {
+        let io = |source| SnapshotError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        for entry in std::fs::read_dir(dir).map_err(io)? {
+            let path = entry.map_err(io)?.path();
+            if path.extension().is_some_and(|e| e == "tmp") {
+                std::fs::remove_file(&path).map_err(io)?;
+            }
+        }
+        Ok(Snapshots {
+            dir: dir.to_path_buf(),
+            next: AtomicU64::new(0),
+        })
+    }
+
+    /// A new, unique path for a file being written.
+    pub fn temporary(&self) -> PathBuf {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        self.dir.join(format!("{nanos}-{n}.tmp"))
+    }
+
+    /// The newest complete snapshot: its meta and its data file.
+    pub fn latest(&self) -> Result<Option<(Meta, PathBuf)>, SnapshotError> {
+        let io = |source| SnapshotError::Io {
+            path: self.dir.clone(),
+            source,
+        };
+        let mut best: Option<(Meta, PathBuf)> = None;
+        for entry in std::fs::read_dir(&self.dir).map_err(io)? {
+            let path = entry.map_err(io)?.path();
+            if path.extension().is_none_or(|e| e != "meta") {
+                continue;
+            }
+            let bytes = std::fs::read(&path).map_err(|source| SnapshotError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            let meta: Meta = serde_json::from_slice(&bytes).map_err(|e| SnapshotError::Format {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            if best
+                .as_ref()
+                .is_none_or(|(b, _)| meta.last_log_id > b.last_log_id)
+            {
+                best = Some((meta, path.with_extension("snap")));
+            }
+        }
+        Ok(best)
+    }
+
+    /// Writes a snapshot of `engine` (blocking: a scan of its whole store)
+    /// and keeps it as the newest.
+    pub fn build(&self, engine: &Engine) -> Result<(Meta, PathBuf), SnapshotError> {
+        let tmp = self.temporary();
+        let io = |source| SnapshotError::Io {
+            path: tmp.clone(),
+            source,
+        };
+        let mut out = BufWriter::new(File::create(&tmp).map_err(io)?);
+        out.write_all(MAGIC).map_err(io)?;
+        let mut count = 0u64;
+        let mut applied = None;
+        engine.export(|key, value| -> Result<(), SnapshotError> {
+            if key == keys::RAFT_APPLIED {
+                applied = Some(value.to_vec());
+            }
+            count += 1;
+            write_field(&mut out, key)
+                .and_then(|()| write_field(&mut out, value))
+                .map_err(io)
+        })?;
+        out.write_all(&END.to_be_bytes()).map_err(io)?;
+        out.write_all(&count.to_be_bytes()).map_err(io)?;
+        let file = out.into_inner().map_err(|e| io(e.into_error()))?;
+        file.sync_all().map_err(io)?;
+        let (last_log_id, last_membership) =
+            match applied {
+                None => (None, Membership::default()),
+                Some(v) => serde_json::from_slice::<(Option<LogId<NodeId>>, Membership)>(&v)
+                    .map_err(|e| SnapshotError::Format {
+                        path: tmp.clone(),
+                        reason: format!("the applied record: {e}"),
+                    })?,
+            };
+        let index = last_log_id.map_or(0, |id| id.index);
+        let meta = Meta {
+            last_log_id,
+            last_membership,
+            snapshot_id: format!("{index}-{}", self.next.fetch_add(1, Ordering::Relaxed)),
+        };
+        let path = self.keep(&meta, &tmp)?;
+        Ok((meta, path))
+    }
+
+    /// Makes the complete data file `data` the snapshot `meta` and the
+    /// newest one; removes the others. Returns the data file's new path.
+    pub fn keep(&self, meta: &Meta, data: &Path) -> Result<PathBuf, SnapshotError> {
+        let index = meta.last_log_id.map_or(0, |id| id.index);
+        let stem = format!(
+            "{index:020}-{}",
+            data.file_stem().and_then(|s| s.to_str()).unwrap_or("x")
+        );
+        let snap = self.dir.join(format!("{stem}.snap"));
+        let meta_path = self.dir.join(format!("{stem}.meta"));
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| SnapshotError::Io { path, source }
+        };
+        File::open(data)
+            .and_then(|f| f.sync_all())
+            .map_err(io(data))?;
+        std::fs::rename(data, &snap).map_err(io(data))?;
+        let tmp = self.temporary();
+        let json = serde_json::to_vec(meta).map_err(|e| SnapshotError::Format {
+            path: meta_path.clone(),
+            reason: e.to_string(),
+        })?;
+        std::fs::write(&tmp, json)
+            .and_then(|()| File::open(&tmp)?.sync_all())
+            .map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &meta_path).map_err(io(&meta_path))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&self.dir))?;
+        for entry in std::fs::read_dir(&self.dir).map_err(io(&self.dir))? {
+            let path = entry.map_err(io(&self.dir))?.path();
+            let old = path.file_stem().and_then(|s| s.to_str()) != Some(stem.as_str())
+                && path.extension().is_some_and(|e| e == "snap" || e == "meta");
+            if old {
+                // The meta first: a snapshot without its meta is ignored.
+                let _ = std::fs::remove_file(path.with_extension("meta"));
+                let _ = std::fs::remove_file(path.with_extension("snap"));
+            }
+        }
+        Ok(snap)
+    }
+}
+
+fn write_field(out: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {
+    let len = u32::try_from(bytes.len())
+        .ok()
+        .filter(|&l| l != END)
+        .ok_or_else(|| std::io::Error::other("a key or value of 4 GiB or more"))?;
+    out.write_all(&len.to_be_bytes())?;
+    out.write_all(bytes)
+}
+
+/// Reads the snapshot data file at `path` into `batch`: a put per key.
+/// A file that is not a whole snapshot is an error.
+pub fn read_into(path: &Path, batch: &mut Batch) -> Result<(), SnapshotError> {
+    let format = |reason: String| SnapshotError::Format {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let io = |source| SnapshotError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut input = BufReader::new(File::open(path).map_err(io)?);
+    let mut magic = [0u8; 8];
+    input
+        .read_exact(&mut magic)
+        .map_err(|e| format(format!("no header: {e}")))?;
+    if &magic != MAGIC {
+        return Err(format(format!("header {magic:02x?}, not {MAGIC:02x?}")));
+    }
+    let mut count = 0u64;
+    let field =
+        |input: &mut BufReader<File>, count: u64| -> Result<Option<Vec<u8>>, SnapshotError> {
+            let mut len = [0u8; 4];
+            input
+                .read_exact(&mut len)
+                .map_err(|e| format(format!("cut short after {count} keys: {e}")))?;
+            let len = u32::from_be_bytes(len);
+            if len == END {
+                return Ok(None);
+            }
+            let mut bytes = vec![0u8; len as usize];
+            input
+                .read_exact(&mut bytes)
+                .map_err(|e| format(format!("cut short after {count} keys: {e}")))?;
+            Ok(Some(bytes))
+        };
+    while let Some(key) = field(&mut input, count)? {
+        let value = field(&mut input, count)?
+            .ok_or_else(|| format(format!("key {key:02x?} has no value")))?;
+        batch.put(key, value);
+        count += 1;
+    }
+    let mut trailer = [0u8; 8];
+    input
+        .read_exact(&mut trailer)
+        .map_err(|e| format(format!("no key count at the end: {e}")))?;
+    let recorded = u64::from_be_bytes(trailer);
+    if recorded != count {
+        return Err(format(format!(
+            "{count} keys read, the file says {recorded}"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{AttributeChanges, NewMessage};
+    use crate::storage::SyncMode;
+
+    /// A snapshot read back into another engine gives the same store, and
+    /// a file that is not a whole snapshot is an error, never a smaller
+    /// state.
+    #[tokio::test]
+    async fn a_snapshot_round_trips_and_a_damaged_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = Engine::open(&dir.path().join("a"), SyncMode::None).unwrap();
+        source
+            .create_queue("q", &AttributeChanges::default())
+            .await
+            .unwrap();
+        let message = |i: usize| NewMessage {
+            body: bytes::Bytes::from(format!("m{i}")),
+            attributes: Default::default(),
+            delay_seconds: None,
+        };
+        source
+            .send("q", (0..5).map(message).collect())
+            .await
+            .unwrap();
+        let snapshots = Snapshots::open(&dir.path().join("snapshots")).unwrap();
+        let (meta, path) = snapshots.build(&source).unwrap();
+        assert_eq!(meta.last_log_id, None, "a single node has applied no entry");
+        assert_eq!(snapshots.latest().unwrap().unwrap().1, path);
+
+        let target = Engine::open(&dir.path().join("b"), SyncMode::None).unwrap();
+        target
+            .create_queue("other", &AttributeChanges::default())
+            .await
+            .unwrap();
+        target
+            .install(0, |batch| read_into(&path, batch))
+            .map_err(|e: SnapshotError| e)
+            .unwrap();
+        let now = source.now_ms();
+        assert_eq!(target.dump(now), source.dump(now));
+
+        let bytes = std::fs::read(&path).unwrap();
+        for (damage, cut) in [
+            ("cut short", bytes.len() - 3),
+            ("no trailer", bytes.len() - 12),
+        ] {
+            let damaged = dir.path().join("damaged");
+            std::fs::write(&damaged, &bytes[..cut]).unwrap();
+            let error = read_into(&damaged, &mut Batch::default()).unwrap_err();
+            assert!(
+                matches!(error, SnapshotError::Format { .. }),
+                "{damage}: {error}"
+            );
+        }
+        let mut wrong = bytes.clone();
+        wrong[0] = b'X';
+        let damaged = dir.path().join("damaged");
+        std::fs::write(&damaged, &wrong).unwrap();
+        let error = read_into(&damaged, &mut Batch::default()).unwrap_err();
+        assert!(error.to_string().contains("header"), "{error}");
+    }
+}
