@@ -4,7 +4,8 @@
 //! `RAFT_VOTE`, `RAFT_COMMITTED`, `RAFT_PURGED`; values are JSON (openraft's
 //! serde types). Every write is one batch, awaited until `fsync`ed (the
 //! store must be opened with `SyncMode::Always`), before it is reported
-//! done: an append calls openraft's flush callback only then.
+//! done: an append calls openraft's flush callback only then. The one
+//! exception is the committed id, an optional hint (`save_committed`).
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -167,9 +168,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.read_json(keys::RAFT_VOTE, ErrorSubject::Vote)
     }
 
+    /// Written, not synced: it is on the path of every commit, and losing
+    /// it costs nothing but time. A node that restarts with an older
+    /// committed id applies less at once and learns the rest from the
+    /// leader; the engine's own applied record says what it holds, and a
+    /// replica serves nothing but what its leader role decides (after it
+    /// has applied its whole log, `engine::replication`).
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<()> {
-        self.put_json(keys::RAFT_COMMITTED, &committed, ErrorSubject::Store)
-            .await
+        let json = serde_json::to_vec(&committed)
+            .map_err(|e| io(ErrorSubject::Store, ErrorVerb::Write, e))?;
+        let mut batch = Batch::default();
+        batch.put(keys::RAFT_COMMITTED, json);
+        self.store
+            .write(batch)
+            .map(drop)
+            .map_err(|e| io(ErrorSubject::Store, ErrorVerb::Write, e))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>> {

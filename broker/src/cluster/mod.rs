@@ -34,8 +34,9 @@
 //! - **A replica acknowledges an append only once it is durable.** The log
 //!   store is opened with `SyncMode::Always`; `append` calls openraft's
 //!   flush callback after the batch of entries is `fsync`ed, so a replica
-//!   counts towards a commit only with the entries on disk. Votes, the
-//!   committed id and truncations are synced before returning too.
+//!   counts towards a commit only with the entries on disk. Votes,
+//!   truncations and purges are synced before returning too; the
+//!   committed id is written unsynced (a hint: see `log_store`).
 //!
 //! # Crash at each step
 //! - During an append, before the sync: the entries may be lost; they were

@@ -18,7 +18,9 @@
 //!
 //! Only the newest snapshot is kept; the older ones are removed once a
 //! newer one is complete. A file removed while openraft still streams it
-//! to a follower stays readable through the open handle.
+//! to a follower stays readable through the open handle; one removed
+//! between reading its meta and opening it is looked up again
+//! (`StateMachine::get_current_snapshot`).
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -102,10 +104,12 @@ impl Snapshots {
             if path.extension().is_none_or(|e| e != "meta") {
                 continue;
             }
-            let bytes = std::fs::read(&path).map_err(|source| SnapshotError::Io {
-                path: path.clone(),
-                source,
-            })?;
+            let bytes = match std::fs::read(&path) {
+                Ok(bytes) => bytes,
+                // Pruned meanwhile: a newer one is there.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(source) => return Err(SnapshotError::Io { path, source }),
+            };
             let meta: Meta = serde_json::from_slice(&bytes).map_err(|e| SnapshotError::Format {
                 path: path.clone(),
                 reason: e.to_string(),
@@ -194,17 +198,32 @@ impl Snapshots {
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(io(&self.dir))?;
-        for entry in std::fs::read_dir(&self.dir).map_err(io(&self.dir))? {
-            let path = entry.map_err(io(&self.dir))?.path();
-            let old = path.file_stem().and_then(|s| s.to_str()) != Some(stem.as_str())
-                && path.extension().is_some_and(|e| e == "snap" || e == "meta");
-            if old {
-                // The meta first: a snapshot without its meta is ignored.
-                let _ = std::fs::remove_file(path.with_extension("meta"));
+        self.prune()?;
+        Ok(snap)
+    }
+
+    /// Removes every snapshot but the newest. A build and an install that
+    /// finish together each prune after keeping theirs, so the newest of
+    /// the two stays whichever prunes last.
+    fn prune(&self) -> Result<(), SnapshotError> {
+        let Some((_, newest)) = self.latest()? else {
+            return Ok(());
+        };
+        let io = |source| SnapshotError::Io {
+            path: self.dir.clone(),
+            source,
+        };
+        for entry in std::fs::read_dir(&self.dir).map_err(io)? {
+            let path = entry.map_err(io)?.path();
+            let stale = path.file_stem() != newest.file_stem()
+                && path.extension().is_some_and(|e| e == "meta");
+            if stale {
+                // The meta first: a data file without its meta is ignored.
+                let _ = std::fs::remove_file(&path);
                 let _ = std::fs::remove_file(path.with_extension("snap"));
             }
         }
-        Ok(snap)
+        Ok(())
     }
 }
 

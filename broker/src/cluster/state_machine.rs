@@ -229,19 +229,27 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>> {
-        let Some((meta, path)) = self
-            .snapshots
-            .latest()
-            .map_err(|e| snapshot_error(None, ErrorVerb::Read, e))?
-        else {
-            return Ok(None);
-        };
-        let file = tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| snapshot_error(Some(&meta), ErrorVerb::Read, e))?;
-        Ok(Some(Snapshot {
-            meta,
-            snapshot: Box::new(file),
-        }))
+        // A newer snapshot may replace the newest between the look and the
+        // open (its files are then gone): look again.
+        let mut tries = 0;
+        loop {
+            let Some((meta, path)) = self
+                .snapshots
+                .latest()
+                .map_err(|e| snapshot_error(None, ErrorVerb::Read, e))?
+            else {
+                return Ok(None);
+            };
+            match tokio::fs::File::open(&path).await {
+                Ok(file) => {
+                    return Ok(Some(Snapshot {
+                        meta,
+                        snapshot: Box::new(file),
+                    }));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < 3 => tries += 1,
+                Err(e) => return Err(snapshot_error(Some(&meta), ErrorVerb::Read, e)),
+            }
+        }
     }
 }
