@@ -80,7 +80,7 @@ impl StateMachine {
                 })?
             }
         };
-        engine.start_at_entry(applied.0.map_or(0, |id| id.index));
+        engine.start_at_entry(applied.0.map_or(0, |id| id.index))?;
         Ok(StateMachine {
             engine,
             applied,

@@ -307,7 +307,7 @@ pub(super) fn apply(
     st: &mut State,
     store: &Store,
     cmd: &Command,
-    also: Option<(&[u8], &[u8])>,
+    also: &[(&[u8], &[u8])],
 ) -> Result<Option<Ticket>> {
     let now = cmd.at_ms;
     let Some(op) = &cmd.op else {
@@ -418,7 +418,7 @@ pub(super) fn apply(
             Vec::new()
         }
     };
-    if let Some((key, value)) = also {
+    for (key, value) in also {
         batch.put(key, value);
     }
     let ticket = if batch.is_empty() {

@@ -320,7 +320,7 @@ impl Engine {
 
     /// [`command::apply`], then wakes the scheduler when a timer moved earlier.
     fn apply_command(&self, st: &mut State, cmd: &Command) -> Result<Option<Ticket>> {
-        self.apply_command_also(st, cmd, None)
+        self.apply_command_also(st, cmd, &[])
     }
 
     /// [`Engine::apply_command`], with `also` written in the command's batch.
@@ -328,7 +328,7 @@ impl Engine {
         &self,
         st: &mut State,
         cmd: &Command,
-        also: Option<(&[u8], &[u8])>,
+        also: &[(&[u8], &[u8])],
     ) -> Result<Option<Ticket>> {
         let earliest = st.timers.first().map(|t| t.at);
         let ticket = command::apply(st, &self.store, cmd, also)?;
@@ -360,12 +360,13 @@ impl Engine {
             let mut st = self.lock();
             let (applied, ticket) = match cmd {
                 Some((base, cmd)) if base.checked_add(1) == Some(index) => {
-                    self.time_floor
-                        .fetch_max(cmd.at_ms, std::sync::atomic::Ordering::Relaxed);
-                    (
-                        true,
-                        self.apply_command_also(&mut st, cmd, Some((key, value)))?,
-                    )
+                    let floor = self
+                        .time_floor
+                        .fetch_max(cmd.at_ms, std::sync::atomic::Ordering::Relaxed)
+                        .max(cmd.at_ms)
+                        .to_be_bytes();
+                    let also: [(&[u8], &[u8]); 2] = [(key, value), (keys::RAFT_TIME_FLOOR, &floor)];
+                    (true, self.apply_command_also(&mut st, cmd, &also)?)
                 }
                 skipped => {
                     let mut batch = crate::storage::Batch::default();
@@ -422,6 +423,7 @@ impl Engine {
             *st = fresh;
             st.applied_index = index;
         }
+        self.load_time_floor()?;
         self.scheduler.notify_one();
         if let Some(gate) = self.replication.get() {
             gate.free.notify_waiters();
@@ -431,8 +433,29 @@ impl Engine {
 
     /// The index of the last log entry applied (cluster mode), as the
     /// replica recorded it: set once when its state machine opens.
-    pub fn start_at_entry(&self, index: u64) {
+    pub fn start_at_entry(&self, index: u64) -> Result<()> {
         self.lock().applied_index = index;
+        self.load_time_floor()
+    }
+
+    /// Sets the clock floor to what the applied entries recorded
+    /// (`keys::RAFT_TIME_FLOOR`, written with each applied command), so
+    /// that time does not run backwards across a restart either.
+    fn load_time_floor(&self) -> Result<()> {
+        if let Some(v) = self.store.get(keys::RAFT_TIME_FLOOR)? {
+            let bytes: [u8; 8] =
+                v.as_slice()
+                    .try_into()
+                    .map_err(|_| crate::storage::StorageError::Corrupt {
+                        key: format!("{:02x?}", keys::RAFT_TIME_FLOOR),
+                        reason: format!("a time floor of {} bytes, not 8", v.len()),
+                    })?;
+            self.time_floor.fetch_max(
+                u64::from_be_bytes(bytes),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+        Ok(())
     }
 
     /// Reads a key written by [`Engine::apply_entry`].

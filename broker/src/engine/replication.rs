@@ -25,7 +25,8 @@
 //!
 //! Time: commands carry their decision time (`at_ms`), and apply reads no
 //! clock. A replica's [`Engine::now_ms`] never reads earlier than the
-//! latest `at_ms` it applied, so a new leader whose clock is behind the old
+//! latest `at_ms` it applied (recorded with each applied command, so
+//! after a restart too), so a new leader whose clock is behind the old
 //! one's does not move time backwards (it releases in-flight messages no
 //! earlier than the old leader would have). A new leader whose clock is
 //! ahead releases them early by that difference: the bound is the clock
