@@ -48,8 +48,12 @@
 //! - During a truncation or a purge: each is one batch (the range delete,
 //!   and for a purge the new last-purged id), so it happened or not.
 //! - While a snapshot is built or received: its files are temporary until
-//!   complete and synced, and removed at startup. Installing it is one
-//!   batch, made durable before the log is purged.
+//!   complete and synced, and removed at startup. A built snapshot's scan
+//!   is durable in the engine before it is taken. A received one is kept
+//!   (synced, with its meta) before openraft hears of it, since openraft
+//!   purges the log as soon as it starts installing; installing is one
+//!   batch, and a node that crashes before its engine holds it installs
+//!   the kept snapshot when it starts (`StateMachine::open`).
 //!
 //! # Snapshots and the log's size
 //! Every `--snapshot-every` applied entries (10,000) a replica writes a snapshot of
@@ -168,9 +172,9 @@ pub fn raft_config(snapshot_every: u64) -> openraft::Config {
         max_in_snapshot_log_to_keep: snapshot_every.min(1_000),
         replication_lag_threshold: snapshot_every.saturating_mul(2),
         // Each chunk is one frame (JSON: about 3.6 bytes a byte), given
-        // 10 s to be sent and, for the last one, installed.
+        // 30 s to be sent and, for the last one, kept and installed.
         snapshot_max_chunk_size: 1 << 20,
-        install_snapshot_timeout: 10_000,
+        install_snapshot_timeout: 30_000,
         heartbeat_interval: 100,
         election_timeout_min: 750,
         election_timeout_max: 1_250,

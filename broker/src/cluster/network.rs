@@ -247,6 +247,8 @@ pub struct RaftService {
     pub id: u64,
     pub cluster: ClusterId,
     pub from: Option<IpAddr>,
+    /// Where the leader's snapshot chunks go.
+    pub snapshots: Arc<super::snapshot::Receiver>,
 }
 
 impl NamedService for RaftService {
@@ -295,7 +297,7 @@ impl tonic::server::UnaryService<Frame> for Handler {
             let json = match frame.kind.as_str() {
                 "append" => reply(raft.append_entries(decode(&frame)?).await),
                 "vote" => reply(raft.vote(decode(&frame)?).await),
-                "snapshot" => reply(raft.install_snapshot(decode(&frame)?).await),
+                "snapshot" => reply(service.receive_snapshot(decode(&frame)?).await),
                 "join" => reply(service.join(decode(&frame)?).await),
                 "remove" => {
                     let remove: Remove = decode(&frame)?;
@@ -323,6 +325,66 @@ fn reply<T: Serialize>(value: T) -> Result<Vec<u8>, Status> {
 }
 
 impl RaftService {
+    /// openraft's chunked snapshot transfer, received here rather than by
+    /// `Raft::install_snapshot`: the whole snapshot is kept on disk before
+    /// openraft is handed it (`snapshot::Receiver` says why).
+    async fn receive_snapshot(
+        &self,
+        req: openraft::raft::InstallSnapshotRequest<super::TypeConfig>,
+    ) -> Result<
+        openraft::raft::InstallSnapshotResponse<u64>,
+        openraft::error::RaftError<u64, openraft::error::InstallSnapshotError>,
+    > {
+        use openraft::error::{InstallSnapshotError, RaftError};
+        let mine = self.raft.metrics().borrow().vote;
+        if req.vote < mine {
+            // A leader of an older term: it learns of the newer one.
+            return Ok(openraft::raft::InstallSnapshotResponse { vote: mine });
+        }
+        let stored = |e: super::snapshot::SnapshotError| {
+            RaftError::Fatal(openraft::error::Fatal::StorageError(
+                openraft::StorageIOError::new(
+                    openraft::ErrorSubject::Snapshot(Some(req.meta.signature())),
+                    openraft::ErrorVerb::Write,
+                    openraft::AnyError::new(&e),
+                )
+                .into(),
+            ))
+        };
+        let kept = match self
+            .snapshots
+            .chunk(&req.meta, req.offset, &req.data, req.done)
+            .await
+            .map_err(stored)?
+        {
+            Err(mismatch) => {
+                return Err(RaftError::APIError(InstallSnapshotError::SnapshotMismatch(
+                    mismatch,
+                )));
+            }
+            Ok(None) => return Ok(openraft::raft::InstallSnapshotResponse { vote: mine }),
+            Ok(Some(kept)) => kept,
+        };
+        let file = tokio::fs::File::open(&kept).await.map_err(|e| {
+            stored(super::snapshot::SnapshotError::Io {
+                path: kept.clone(),
+                source: e,
+            })
+        })?;
+        let snapshot = openraft::storage::Snapshot {
+            meta: req.meta.clone(),
+            snapshot: Box::new(file),
+        };
+        let response = self
+            .raft
+            .install_full_snapshot(req.vote, snapshot)
+            .await
+            .map_err(RaftError::Fatal)?;
+        Ok(openraft::raft::InstallSnapshotResponse {
+            vote: response.vote,
+        })
+    }
+
     /// Removes node `id` from the membership: on the leader, once the
     /// voters that remain have a majority that answers; elsewhere, passed
     /// on to the leader. Returns the voters that remain.

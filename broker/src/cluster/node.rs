@@ -35,6 +35,7 @@ use openraft::BasicNode;
 use serde::{Deserialize, Serialize};
 
 use super::network::{ClusterId, Join, Joined, Network, RaftService, call, channel, source_ip};
+use super::snapshot::Receiver;
 use super::{Raft, RaftLog, raft_config, storage};
 use crate::config::ClusterConfig;
 use crate::engine::Engine;
@@ -97,6 +98,7 @@ pub struct Node {
     pub cluster: ClusterId,
     identity_path: PathBuf,
     snapshot_pending: bool,
+    snapshots: Arc<Receiver>,
 }
 
 impl Node {
@@ -150,6 +152,7 @@ impl Node {
             });
         }
         let (ls, sm) = storage(log, engine.clone(), &cluster_dir.join("snapshots"))?;
+        let snapshots = Arc::new(Receiver::new(sm.snapshots().clone()));
         let raft_config = Arc::new(
             raft_config(config.snapshot_every)
                 .validate()
@@ -172,6 +175,7 @@ impl Node {
             cluster,
             identity_path,
             snapshot_pending: snapshot_pending || (single_node_data && recorded.is_none()),
+            snapshots,
         };
         if recorded.is_none() && config.join.is_empty() {
             // The id first: a crash after it restarts as this cluster's
@@ -212,8 +216,12 @@ impl Node {
         let failed = |step: &str, e: &dyn std::fmt::Display| {
             NodeError::Raft(format!("snapshotting the single-node data ({step}): {e}"))
         };
-        let wait = || self.raft.wait(Some(Duration::from_secs(30)));
-        let led = wait()
+        // Electing itself takes a second; the build scans all the data,
+        // however long that takes (a restart would start it again).
+        let wait = || self.raft.wait(None);
+        let led = self
+            .raft
+            .wait(Some(Duration::from_secs(30)))
             .metrics(
                 |m| {
                     m.current_leader == Some(self.id)
@@ -276,6 +284,7 @@ impl Node {
             id: self.id,
             cluster: self.cluster.clone(),
             from: self.from,
+            snapshots: self.snapshots.clone(),
         }
     }
 

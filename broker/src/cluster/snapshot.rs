@@ -25,6 +25,7 @@
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use openraft::{LogId, SnapshotMeta, StoredMembership};
@@ -60,6 +61,8 @@ pub struct Snapshots {
     dir: PathBuf,
     /// Makes names unique within a process (with the time across them).
     next: AtomicU64,
+    /// Held while a snapshot is made the newest and the others removed.
+    keeping: std::sync::Mutex<()>,
 }
 
 impl Snapshots {
@@ -77,9 +80,19 @@ impl Snapshots {
                 std::fs::remove_file(&path).map_err(io)?;
             }
         }
+        // A data file without its meta: a crash inside `keep`.
+        for entry in std::fs::read_dir(dir).map_err(io)? {
+            let path = entry.map_err(io)?.path();
+            if path.extension().is_some_and(|e| e == "snap")
+                && !path.with_extension("meta").exists()
+            {
+                std::fs::remove_file(&path).map_err(io)?;
+            }
+        }
         Ok(Snapshots {
             dir: dir.to_path_buf(),
             next: AtomicU64::new(0),
+            keeping: std::sync::Mutex::new(()),
         })
     }
 
@@ -185,6 +198,7 @@ impl Snapshots {
         File::open(data)
             .and_then(|f| f.sync_all())
             .map_err(io(data))?;
+        let _keeping = self.keeping.lock().unwrap_or_else(|e| e.into_inner());
         std::fs::rename(data, &snap).map_err(io(data))?;
         let tmp = self.temporary();
         let json = serde_json::to_vec(meta).map_err(|e| SnapshotError::Format {
@@ -202,9 +216,7 @@ impl Snapshots {
         Ok(snap)
     }
 
-    /// Removes every snapshot but the newest. A build and an install that
-    /// finish together each prune after keeping theirs, so the newest of
-    /// the two stays whichever prunes last.
+    /// Removes every snapshot but the newest (under `keeping`).
     fn prune(&self) -> Result<(), SnapshotError> {
         let Some((_, newest)) = self.latest()? else {
             return Ok(());
@@ -224,6 +236,109 @@ impl Snapshots {
             }
         }
         Ok(())
+    }
+}
+
+/// A snapshot being received from the leader, chunk by chunk.
+struct Incoming {
+    id: String,
+    path: PathBuf,
+    file: tokio::fs::File,
+    len: u64,
+}
+
+/// Receives the leader's snapshot chunks into a file of [`Snapshots`] and
+/// keeps it (synced, with its meta) once whole, *before* openraft is told
+/// (`network`): openraft purges the log as soon as it starts installing,
+/// so the snapshot must already be on disk, where
+/// `StateMachine::open` finds it if the install did not finish.
+pub struct Receiver {
+    snapshots: Arc<Snapshots>,
+    incoming: tokio::sync::Mutex<Option<Incoming>>,
+}
+
+/// Why a chunk was refused: the one openraft's leader knows, which makes
+/// it send the snapshot again from its start.
+pub type Mismatch = openraft::error::SnapshotMismatch;
+
+impl Receiver {
+    pub fn new(snapshots: Arc<Snapshots>) -> Receiver {
+        Receiver {
+            snapshots,
+            incoming: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Writes one chunk. Returns the kept snapshot's data file once the
+    /// last chunk is in.
+    pub async fn chunk(
+        &self,
+        meta: &Meta,
+        offset: u64,
+        data: &[u8],
+        done: bool,
+    ) -> Result<Result<Option<PathBuf>, Mismatch>, SnapshotError> {
+        use tokio::io::AsyncWriteExt as _;
+        let mut incoming = self.incoming.lock().await;
+        if offset == 0 {
+            if let Some(old) = incoming.take() {
+                let _ = tokio::fs::remove_file(&old.path).await;
+            }
+            let path = self.snapshots.temporary();
+            let file =
+                tokio::fs::File::create(&path)
+                    .await
+                    .map_err(|source| SnapshotError::Io {
+                        path: path.clone(),
+                        source,
+                    })?;
+            *incoming = Some(Incoming {
+                id: meta.snapshot_id.clone(),
+                path,
+                file,
+                len: 0,
+            });
+        }
+        let expect = incoming.as_ref().map(|i| openraft::SnapshotSegmentId {
+            id: i.id.clone(),
+            offset: i.len,
+        });
+        let Some(inc) = incoming
+            .as_mut()
+            .filter(|i| i.id == meta.snapshot_id && i.len == offset)
+        else {
+            return Ok(Err(Mismatch {
+                expect: expect.unwrap_or(openraft::SnapshotSegmentId {
+                    id: meta.snapshot_id.clone(),
+                    offset: 0,
+                }),
+                got: openraft::SnapshotSegmentId {
+                    id: meta.snapshot_id.clone(),
+                    offset,
+                },
+            }));
+        };
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| SnapshotError::Io { path, source }
+        };
+        inc.file.write_all(data).await.map_err(io(&inc.path))?;
+        inc.len += data.len() as u64;
+        if !done {
+            return Ok(Ok(None));
+        }
+        let inc = incoming.take().expect("checked above");
+        let mut file = inc.file;
+        file.flush().await.map_err(io(&inc.path))?;
+        drop(file);
+        let (snapshots, meta, path) = (self.snapshots.clone(), meta.clone(), inc.path);
+        let kept = tokio::task::spawn_blocking(move || snapshots.keep(&meta, &path))
+            .await
+            .map_err(|e| SnapshotError::Io {
+                path: PathBuf::new(),
+                source: std::io::Error::other(e.to_string()),
+            })??;
+        Ok(Ok(Some(kept)))
     }
 }
 

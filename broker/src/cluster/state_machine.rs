@@ -80,13 +80,31 @@ impl StateMachine {
                 })?
             }
         };
+        let snapshots = Arc::new(Snapshots::open(snapshots)?);
+        // A snapshot kept but not (wholly) installed before a crash: the
+        // log may be purged up to it already, so it is installed now.
+        let applied = match snapshots.latest()? {
+            Some((meta, path)) if meta.last_log_id > applied.0 => {
+                let index = meta.last_log_id.map_or(0, |id| id.index);
+                engine.install(index, |batch| read_into(&path, batch))?;
+                tracing::info!(index, "installed the snapshot a crash interrupted");
+                (meta.last_log_id, meta.last_membership)
+            }
+            _ => applied,
+        };
         engine.start_at_entry(applied.0.map_or(0, |id| id.index))?;
         Ok(StateMachine {
             engine,
             applied,
-            snapshots: Arc::new(Snapshots::open(snapshots)?),
+            snapshots,
             receiving: None,
         })
+    }
+
+    /// Where this replica keeps its snapshots (the network's snapshot
+    /// receiver writes there too).
+    pub fn snapshots(&self) -> &Arc<Snapshots> {
+        &self.snapshots
     }
 
     /// The engine this state machine applies to.
@@ -167,6 +185,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>> {
+        if let Some(r) = self.receiving.take() {
+            let _ = tokio::fs::remove_file(r).await;
+        }
         let path = self.snapshots.temporary();
         // Read back by `install_snapshot`.
         let file = tokio::fs::OpenOptions::new()
@@ -198,27 +219,34 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .await
             .map_err(|e| failed(meta, ErrorVerb::Write, e))?;
         let mut received = snapshot.into_std().await;
-        let receiving = self.receiving.take();
+        if let Some(r) = self.receiving.take() {
+            let _ = tokio::fs::remove_file(r).await;
+        }
         let index = meta.last_log_id.map_or(0, |id| id.index);
         let (engine, snapshots, owned) =
             (self.engine.clone(), self.snapshots.clone(), meta.clone());
         tokio::task::spawn_blocking(move || -> std::result::Result<(), SnapshotError> {
-            // Copied to a file of our own: the handle openraft gives back
-            // need not be the one `begin_receiving_snapshot` made.
-            let path = snapshots.temporary();
-            let io = |source| SnapshotError::Io {
-                path: path.clone(),
-                source,
+            // Kept (synced, with its meta) before the engine changes: a
+            // crash during the install finds it at `open`. The network's
+            // receiver keeps it before openraft hears of it; a handle from
+            // elsewhere is copied to a file of our own first.
+            let path = match snapshots.latest()? {
+                Some((m, path)) if m == owned => path,
+                _ => {
+                    let path = snapshots.temporary();
+                    let io = |source| SnapshotError::Io {
+                        path: path.clone(),
+                        source,
+                    };
+                    received.seek(SeekFrom::Start(0)).map_err(io)?;
+                    let mut copy = std::fs::File::create(&path).map_err(io)?;
+                    std::io::copy(&mut received, &mut copy).map_err(io)?;
+                    drop(copy);
+                    snapshots.keep(&owned, &path)?
+                }
             };
-            received.seek(SeekFrom::Start(0)).map_err(io)?;
-            let mut copy = std::fs::File::create(&path).map_err(io)?;
-            std::io::copy(&mut received, &mut copy).map_err(io)?;
-            drop((received, copy));
-            if let Some(r) = receiving {
-                let _ = std::fs::remove_file(r);
-            }
-            engine.install(index, |batch| read_into(&path, batch))?;
-            snapshots.keep(&owned, &path).map(drop)
+            drop(received);
+            engine.install(index, |batch| read_into(&path, batch))
         })
         .await
         .map_err(|e| failed(meta, ErrorVerb::Write, e))?

@@ -323,3 +323,51 @@ async fn three_nodes_apply_the_leader_s_commands_and_a_restarted_node_catches_up
         raft.shutdown().await.unwrap();
     }
 }
+
+/// A replica that crashed after keeping the leader's snapshot but before
+/// its engine held it (openraft may have purged the log up to it already)
+/// installs it when its state machine opens.
+#[tokio::test]
+async fn a_kept_snapshot_newer_than_the_engine_is_installed_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = Engine::open(&dir.path().join("leader"), SyncMode::None).unwrap();
+    leader
+        .create_queue("q", &AttributeChanges::default())
+        .await
+        .unwrap();
+    let cmd = leader.journal().pop().expect("the create was journaled");
+    // A replica that applied it as entry 1 of a log.
+    let replica = Engine::open(&dir.path().join("replica"), SyncMode::None).unwrap();
+    let log_id = openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), 1);
+    let record = serde_json::to_vec(&(
+        Some(log_id),
+        openraft::StoredMembership::<u64, BasicNode>::default(),
+    ))
+    .unwrap();
+    assert!(
+        replica
+            .apply_entry(
+                1,
+                Some((0, &cmd)),
+                crate::storage::keys::RAFT_APPLIED,
+                &record
+            )
+            .await
+            .unwrap()
+    );
+    let kept = dir.path().join("kept");
+    let (meta, _) = snapshot::Snapshots::open(&kept)
+        .unwrap()
+        .build(&replica)
+        .unwrap();
+    assert_eq!(meta.last_log_id, Some(log_id));
+
+    // An empty engine that crashed with that snapshot kept.
+    let crashed = Arc::new(Engine::open(&dir.path().join("crashed"), SyncMode::None).unwrap());
+    let sm = StateMachine::open(crashed.clone(), &kept).unwrap();
+    let mut sm = sm;
+    use openraft::storage::RaftStateMachine as _;
+    assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id));
+    let now = replica.now_ms();
+    assert_eq!(crashed.dump(now), replica.dump(now));
+}

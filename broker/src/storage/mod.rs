@@ -293,13 +293,16 @@ impl Store {
     }
 
     /// Calls `f` with every key and its value, in key order, as of one
-    /// consistent point in time (a RocksDB snapshot taken when it starts):
-    /// writes made meanwhile are not seen. Stops at `f`'s first error.
+    /// consistent point in time (a RocksDB snapshot taken when it starts),
+    /// made durable first whatever the [`SyncMode`] (the WAL is synced
+    /// after the point is taken): writes made meanwhile are not seen.
+    /// Stops at `f`'s first error.
     pub fn for_each_consistent<E: From<StorageError>>(
         &self,
         mut f: impl FnMut(&[u8], &[u8]) -> Result<(), E>,
     ) -> Result<(), E> {
         let snapshot = self.db.snapshot();
+        self.persist()?;
         for item in snapshot.iterator(IteratorMode::Start) {
             let (key, value) = item.map_err(StorageError::from)?;
             f(&key, &value)?;
