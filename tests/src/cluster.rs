@@ -39,6 +39,28 @@ pub struct ClusterNode {
     process: Option<tokio::process::Child>,
 }
 
+impl ClusterNode {
+    /// Node `id` on its own loopback address, behind its proxy, not yet
+    /// started; it joins through `join` when given.
+    async fn new(id: u64, data_dir: TempDir, logs: &TempDir, join: Option<SocketAddr>) -> Self {
+        let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 10 + id as u8));
+        let cluster_addr = free_port(ip).await;
+        let proxy = Proxy::start(cluster_addr).await;
+        ClusterNode {
+            id,
+            ip,
+            client_addr: free_port(ip).await,
+            metrics_addr: free_port(ip).await,
+            cluster_addr,
+            proxy,
+            data_dir,
+            log: logs.path().join(format!("node-{id}.log")),
+            join,
+            process: None,
+        }
+    }
+}
+
 /// Nodes started from the `broker` binary; killed when dropped.
 pub struct TestCluster {
     pub nodes: Vec<ClusterNode>,
@@ -75,23 +97,10 @@ impl TestCluster {
         let logs = tempfile::tempdir().expect("a log dir");
         let mut nodes = Vec::new();
         for id in 1..=n {
-            let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 10 + id as u8));
-            let cluster_addr = free_port(ip).await;
-            let proxy = Proxy::start(cluster_addr).await;
-            nodes.push(ClusterNode {
-                id,
-                ip,
-                client_addr: free_port(ip).await,
-                metrics_addr: free_port(ip).await,
-                cluster_addr,
-                proxy,
-                data_dir: first_data_dir
-                    .take()
-                    .unwrap_or_else(|| tempfile::tempdir().expect("a data dir")),
-                log: logs.path().join(format!("node-{id}.log")),
-                join: None,
-                process: None,
-            });
+            let data_dir = first_data_dir
+                .take()
+                .unwrap_or_else(|| tempfile::tempdir().expect("a data dir"));
+            nodes.push(ClusterNode::new(id, data_dir, &logs, None).await);
         }
         let seed = nodes[0].proxy.addr;
         for node in &mut nodes[1..] {
@@ -114,6 +123,29 @@ impl TestCluster {
             .await;
         cluster.leader().await;
         cluster
+    }
+
+    /// Starts one more node on an empty data dir, joining through a
+    /// running node, and waits until every running node counts it as a
+    /// voter. Returns its id.
+    pub async fn add_node(&mut self) -> u64 {
+        let id = self.nodes.len() as u64 + 1;
+        let seed = self
+            .node(*self.running().first().expect("a running node"))
+            .proxy
+            .addr;
+        let data_dir = tempfile::tempdir().expect("a data dir");
+        let node = ClusterNode::new(id, data_dir, &self.logs, Some(seed)).await;
+        self.nodes.push(node);
+        let before = self.running().len() as u64;
+        self.spawn(id);
+        let want = before + 1;
+        self.wait_until(
+            |m| m.voters == want && m.leader != 0,
+            &format!("every node counts node {id} among {want} voters"),
+        )
+        .await;
+        id
     }
 
     fn node(&self, id: u64) -> &ClusterNode {

@@ -344,11 +344,12 @@ impl Engine {
     }
 
     /// Applies entry `index` of a replicated log (cluster mode): its
-    /// command, if it has one and was decided on the state right before
-    /// the entry (`base == index - 1`, see `replication`), with `key` =
-    /// `value` (the replica's record of its applied entry) in the same
-    /// batch, so that after a crash both are there or neither is. Returns
-    /// whether the command was applied. Waits until the write is durable.
+    /// command, if it has one and was decided on the state this entry
+    /// finds (no command was applied after its `base`, see
+    /// `replication`), with `key` = `value` (the replica's record of its
+    /// applied entry) in the same batch, so that after a crash both are
+    /// there or neither is. Returns whether the command was applied. Waits
+    /// until the write is durable.
     pub async fn apply_entry(
         &self,
         index: u64,
@@ -359,14 +360,21 @@ impl Engine {
         let (applied, ticket) = {
             let mut st = self.lock();
             let (applied, ticket) = match cmd {
-                Some((base, cmd)) if base.checked_add(1) == Some(index) => {
+                Some((base, cmd)) if st.changed_at <= base && base < index => {
                     let floor = self
                         .time_floor
                         .fetch_max(cmd.at_ms, std::sync::atomic::Ordering::Relaxed)
                         .max(cmd.at_ms)
                         .to_be_bytes();
-                    let also: [(&[u8], &[u8]); 2] = [(key, value), (keys::RAFT_TIME_FLOOR, &floor)];
-                    (true, self.apply_command_also(&mut st, cmd, &also)?)
+                    let changed = index.to_be_bytes();
+                    let also: [(&[u8], &[u8]); 3] = [
+                        (key, value),
+                        (keys::RAFT_TIME_FLOOR, &floor),
+                        (keys::RAFT_CHANGED, &changed),
+                    ];
+                    let ticket = self.apply_command_also(&mut st, cmd, &also)?;
+                    st.changed_at = index;
+                    (true, ticket)
                 }
                 skipped => {
                     let mut batch = crate::storage::Batch::default();
@@ -421,6 +429,7 @@ impl Engine {
             }
             *st = fresh;
             st.applied_index = index;
+            st.changed_at = self.read_u64(keys::RAFT_CHANGED)?.unwrap_or(index);
         }
         self.load_time_floor()?;
         self.scheduler.notify_one();
@@ -433,7 +442,12 @@ impl Engine {
     /// The index of the last log entry applied (cluster mode), as the
     /// replica recorded it: set once when its state machine opens.
     pub fn start_at_entry(&self, index: u64) -> Result<()> {
-        self.lock().applied_index = index;
+        let changed = self.read_u64(keys::RAFT_CHANGED)?.unwrap_or(index);
+        {
+            let mut st = self.lock();
+            st.applied_index = index;
+            st.changed_at = changed;
+        }
         self.load_time_floor()
     }
 
@@ -441,20 +455,26 @@ impl Engine {
     /// (`keys::RAFT_TIME_FLOOR`, written with each applied command), so
     /// that time does not run backwards across a restart either.
     fn load_time_floor(&self) -> Result<()> {
-        if let Some(v) = self.store.get(keys::RAFT_TIME_FLOOR)? {
-            let bytes: [u8; 8] =
-                v.as_slice()
-                    .try_into()
-                    .map_err(|_| crate::storage::StorageError::Corrupt {
-                        key: format!("{:02x?}", keys::RAFT_TIME_FLOOR),
-                        reason: format!("a time floor of {} bytes, not 8", v.len()),
-                    })?;
-            self.time_floor.fetch_max(
-                u64::from_be_bytes(bytes),
-                std::sync::atomic::Ordering::Relaxed,
-            );
+        if let Some(floor) = self.read_u64(keys::RAFT_TIME_FLOOR)? {
+            self.time_floor
+                .fetch_max(floor, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// A u64 (big-endian) that `apply_entry` records under `key`.
+    fn read_u64(&self, key: &[u8]) -> Result<Option<u64>> {
+        let Some(v) = self.store.get(key)? else {
+            return Ok(None);
+        };
+        let bytes: [u8; 8] =
+            v.as_slice()
+                .try_into()
+                .map_err(|_| crate::storage::StorageError::Corrupt {
+                    key: format!("{key:02x?}"),
+                    reason: format!("{} bytes, not a u64's 8", v.len()),
+                })?;
+        Ok(Some(u64::from_be_bytes(bytes)))
     }
 
     /// Reads a key written by [`Engine::apply_entry`].

@@ -12,11 +12,14 @@
 //!   [`Log::propose`] instead of applying it. The next decision waits until
 //!   that proposal is committed and applied (or has failed).
 //! - **A command carries the entry it was decided after** (its `base`).
-//!   [`Engine::apply_entry`] applies a command only if its entry comes right
-//!   after its base; otherwise (leadership moved between the decision and
-//!   the append, and another entry came first) it skips it, on every replica
-//!   alike, and the proposer answers UNAVAILABLE: nothing was changed, and
-//!   the client may retry.
+//!   [`Engine::apply_entry`] applies a command only if no command was
+//!   applied after its base (the replica's `changed_at`, recorded with
+//!   each applied command); entries that change no engine state, the
+//!   membership changes and blank entries openraft appends by itself (a
+//!   node joins or leaves), may come between. Otherwise (leadership moved
+//!   between the decision and the append, and another command came first)
+//!   it skips it, on every replica alike, and the proposer answers
+//!   UNAVAILABLE: nothing was changed, and the client may retry.
 //!
 //! Throughput is one proposal per shard at a time (a Raft round with its
 //! `fsync`s), each command carrying what it carries today (a batch of

@@ -12,6 +12,9 @@
 //!    why, the majority elects a leader and goes on, and after healing the
 //!    old leader follows and serves what the majority wrote.
 //!
+//! 3. A fourth node joins under load and a follower is removed under
+//!    load, with the checks of 1.
+//!
 //! `CLUSTER_CYCLES` sets the kill cycles (default 2), `CLUSTER_SEED`
 //! replays a run's random choices (the seed is printed).
 
@@ -19,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use broker_tests::cluster::TestCluster;
+use broker_tests::cluster::{CLUSTER_TIMEOUT, TestCluster};
 use broker_tests::*;
 
 use super::crash::{
@@ -145,6 +148,94 @@ async fn killed_leader_under_load_loses_nothing_and_the_others_take_over() {
     }
 }
 
+/// A fourth node joins under load (it catches up from a snapshot: they
+/// are taken every 100 entries), then a follower is removed under load:
+/// the same checks as the kill test, and every replica left holds the
+/// same messages.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_added_and_one_removed_under_load_lose_nothing() {
+    let seed = seed_from_env("CLUSTER_SEED");
+    println!("membership under load: CLUSTER_SEED={seed}");
+    let mut rng = Rng::new(seed);
+    let mut cluster = TestCluster::start_from(3, None, &["--snapshot-every", "100"]).await;
+    set_up(&cluster.client(cluster.leader().await).await).await;
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let flags = Flags {
+        stop: Arc::new(AtomicBool::new(false)),
+        fault: Arc::new(AtomicBool::new(false)),
+    };
+    let workers = spawn_workload(&cluster.client_addrs(), 0, &mut rng, &ledger, &flags).await;
+    tokio::time::sleep(rng.duration(MIN_RUN, MAX_RUN)).await;
+
+    // The new node is not in the workload's addresses: adding it must not
+    // fail a request. Removing a node the workload talks to does.
+    let added = cluster.add_node().await;
+    let leader = cluster.leader().await;
+    let removed = cluster
+        .running()
+        .into_iter()
+        .find(|&id| id != leader && id != added)
+        .expect("a follower other than the new node");
+    flags.fault.store(true, Ordering::SeqCst);
+    let stopped_at = Instant::now();
+    let voters = cluster
+        .client(leader)
+        .await
+        .remove_node(removed)
+        .await
+        .expect("RemoveNode")
+        .voters;
+    assert!(!voters.contains(&removed), "{voters:?}");
+    cluster.kill(removed).await;
+    cluster
+        .wait_until(|v| v.voters == 3, "the nodes left count 3 voters")
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    flags.stop.store(true, Ordering::SeqCst);
+    for worker in workers {
+        tokio::time::timeout(2 * RPC_TIMEOUT, worker)
+            .await
+            .expect("a worker ends once told to")
+            .expect("a worker task");
+    }
+
+    let leader = cluster.leader().await;
+    let target = cluster.view(leader).await.expect("the leader's view");
+    cluster
+        .wait_until(
+            |v| v.applied >= target.last_log,
+            &format!("every node applies the log up to {}", target.last_log),
+        )
+        .await;
+    let want = cluster.message_totals(leader).await;
+    for id in cluster.running() {
+        assert_eq!(
+            cluster.message_totals(id).await,
+            want,
+            "CLUSTER_SEED={seed}: node {id} holds other messages than the leader {leader}"
+        );
+    }
+    let drained = drain(&cluster.client(leader).await, stopped_at).await;
+    let ledger = std::mem::take(&mut *ledger.lock().expect("ledger"));
+    let report = check(&ledger, &drained);
+    println!(
+        "node {added} added, node {removed} removed, snapshots installed by node {added}: {}; {report}",
+        cluster.log_count(added, "installed a snapshot")
+    );
+    assert!(
+        report.violations.is_empty(),
+        "CLUSTER_SEED={seed}: {} violations:\n{}",
+        report.violations.len(),
+        report
+            .violations
+            .iter()
+            .take(30)
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cut_off_leader_refuses_writes_and_reads_and_the_majority_goes_on() {
     let cluster = TestCluster::start(3).await;
@@ -153,12 +244,17 @@ async fn a_cut_off_leader_refuses_writes_and_reads_and_the_majority_goes_on() {
 
     // Any node reports the membership and the leader (`broker cluster status`).
     let follower = cluster.running().into_iter().find(|&id| id != old).unwrap();
-    let status = cluster
-        .client(follower)
-        .await
-        .get_cluster_status()
-        .await
-        .expect("GetClusterStatus");
+    // A joiner counts as a voter (from the replicated membership) a moment
+    // before the answer to its join, which brings the cluster id, reaches it.
+    let follower_client = cluster.client(follower).await;
+    let status = poll_until(CLUSTER_TIMEOUT, || async {
+        match follower_client.get_cluster_status().await {
+            Ok(s) if !s.cluster_id.is_empty() => Ok(s),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+    .unwrap_or_else(|last| panic!("the follower knows its cluster id: {last}"));
     assert_eq!(status.node_id, follower);
     assert_eq!(status.leader_id, Some(old));
     assert!(!status.cluster_id.is_empty());
