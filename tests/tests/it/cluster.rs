@@ -26,8 +26,8 @@ use broker_tests::cluster::{CLUSTER_TIMEOUT, TestCluster};
 use broker_tests::*;
 
 use super::crash::{
-    Flags, Ledger, MAX_RUN, MIN_RUN, Outcome, QUEUE, RPC_TIMEOUT, Rng, check, drain, env_u64, rpc,
-    seed_from_env, set_up, spawn_workload,
+    Flags, Ledger, MAX_RUN, MIN_RUN, Outcome, QUEUE, RPC_TIMEOUT, Rng, assert_no_violations, check,
+    drain, env_u64, rpc, seed_from_env, set_up, spawn_workload,
 };
 
 /// Kill cycles in the default test run.
@@ -101,26 +101,15 @@ async fn killed_leader_under_load_loses_nothing_and_the_others_take_over() {
 
         // The killed node comes back and catches up with the leader.
         cluster.restart(leader);
-        let new_leader = cluster.leader().await;
-        let target = cluster.view(new_leader).await.expect("the leader's view");
-        cluster
-            .wait_until(
-                |v| v.applied >= target.last_log,
-                &format!("every node applies the log up to {}", target.last_log),
-            )
-            .await;
-
         // Every replica holds what the leader holds, the restarted one too
         // (from the log, or from a snapshot when it lagged by more).
-        let want = cluster.message_totals(new_leader).await;
-        for id in cluster.running() {
-            assert_eq!(
-                cluster.message_totals(id).await,
-                want,
-                "CLUSTER_SEED={seed}, cycle {cycle}: node {id} holds other messages than \
-                 the leader {new_leader}"
-            );
-        }
+        let new_leader = cluster.leader().await;
+        caught_up_and_alike(
+            &cluster,
+            new_leader,
+            &format!("CLUSTER_SEED={seed}, cycle {cycle}"),
+        )
+        .await;
         let installed = cluster.log_count(leader, "installed a snapshot");
 
         let client = cluster.client(new_leader).await;
@@ -132,18 +121,31 @@ async fn killed_leader_under_load_loses_nothing_and_the_others_take_over() {
              {resumed_in:?} later, new leader {new_leader}, snapshots installed by node \
              {leader} so far: {installed}; {report}"
         );
-        assert!(
-            report.violations.is_empty(),
-            "CLUSTER_SEED={seed}, cycle {cycle} (leader {leader} killed after {run_for:?}): \
-             {} violations:\n{}",
-            report.violations.len(),
-            report
-                .violations
-                .iter()
-                .take(30)
-                .map(String::as_str)
-                .collect::<Vec<_>>()
-                .join("\n")
+        assert_no_violations(
+            &report,
+            &format!(
+                "CLUSTER_SEED={seed}, cycle {cycle} (leader {leader} killed after {run_for:?})"
+            ),
+        );
+    }
+}
+
+/// Waits until every running node has applied the `leader`'s log, then
+/// checks that each one's own engine holds the leader's messages.
+async fn caught_up_and_alike(cluster: &TestCluster, leader: u64, context: &str) {
+    let target = cluster.view(leader).await.expect("the leader's view");
+    cluster
+        .wait_until(
+            |v| v.applied >= target.last_log,
+            &format!("every node applies the log up to {}", target.last_log),
+        )
+        .await;
+    let want = cluster.message_totals(leader).await;
+    for id in cluster.running() {
+        assert_eq!(
+            cluster.message_totals(id).await,
+            want,
+            "{context}: node {id} holds other messages than the leader {leader}"
         );
     }
 }
@@ -200,21 +202,7 @@ async fn a_node_added_and_one_removed_under_load_lose_nothing() {
     }
 
     let leader = cluster.leader().await;
-    let target = cluster.view(leader).await.expect("the leader's view");
-    cluster
-        .wait_until(
-            |v| v.applied >= target.last_log,
-            &format!("every node applies the log up to {}", target.last_log),
-        )
-        .await;
-    let want = cluster.message_totals(leader).await;
-    for id in cluster.running() {
-        assert_eq!(
-            cluster.message_totals(id).await,
-            want,
-            "CLUSTER_SEED={seed}: node {id} holds other messages than the leader {leader}"
-        );
-    }
+    caught_up_and_alike(&cluster, leader, &format!("CLUSTER_SEED={seed}")).await;
     let drained = drain(&cluster.client(leader).await, stopped_at).await;
     let ledger = std::mem::take(&mut *ledger.lock().expect("ledger"));
     let report = check(&ledger, &drained);
@@ -222,18 +210,7 @@ async fn a_node_added_and_one_removed_under_load_lose_nothing() {
         "node {added} added, node {removed} removed, snapshots installed by node {added}: {}; {report}",
         cluster.log_count(added, "installed a snapshot")
     );
-    assert!(
-        report.violations.is_empty(),
-        "CLUSTER_SEED={seed}: {} violations:\n{}",
-        report.violations.len(),
-        report
-            .violations
-            .iter()
-            .take(30)
-            .map(String::as_str)
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    assert_no_violations(&report, &format!("CLUSTER_SEED={seed}"));
 }
 
 #[tokio::test(flavor = "multi_thread")]

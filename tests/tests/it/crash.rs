@@ -98,17 +98,9 @@ async fn killed_broker_keeps_every_acknowledged_write() {
              drained in {drained_in:?}; {report}; {:.1} s in all",
             started.elapsed().as_secs_f64()
         );
-        assert!(
-            report.violations.is_empty(),
-            "CRASH_SEED={seed}, cycle {cycle} (killed after {run_for:?}): {} violations:\n{}",
-            report.violations.len(),
-            report
-                .violations
-                .iter()
-                .take(30)
-                .map(String::as_str)
-                .collect::<Vec<_>>()
-                .join("\n")
+        assert_no_violations(
+            &report,
+            &format!("CRASH_SEED={seed}, cycle {cycle} (killed after {run_for:?})"),
         );
     }
     child.kill().await;
@@ -747,6 +739,24 @@ impl std::fmt::Display for Report {
 }
 
 /// Checks the drained broker against the ledger of the killed run.
+/// Panics with the first 30 of `report`'s violations, if any, after
+/// `context` (the seed and cycle that replay the run).
+#[track_caller]
+pub(crate) fn assert_no_violations(report: &Report, context: &str) {
+    assert!(
+        report.violations.is_empty(),
+        "{context}: {} violations:\n{}",
+        report.violations.len(),
+        report
+            .violations
+            .iter()
+            .take(30)
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
 pub(crate) fn check(ledger: &Ledger, drained: &Drained) -> Report {
     let mut violations = ledger.violations.clone();
     violations.extend(drained.violations.iter().cloned());
