@@ -343,12 +343,11 @@ impl RaftService {
         }
         let stored = |e: super::snapshot::SnapshotError| {
             RaftError::Fatal(openraft::error::Fatal::StorageError(
-                openraft::StorageIOError::new(
-                    openraft::ErrorSubject::Snapshot(Some(req.meta.signature())),
+                super::state_machine::snapshot_error(
+                    Some(&req.meta),
                     openraft::ErrorVerb::Write,
-                    openraft::AnyError::new(&e),
-                )
-                .into(),
+                    e,
+                ),
             ))
         };
         let kept = match self

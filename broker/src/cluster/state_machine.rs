@@ -51,7 +51,8 @@ fn sm_error(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageErro
     StorageIOError::new(ErrorSubject::StateMachine, verb, AnyError::new(&e)).into()
 }
 
-fn snapshot_error(
+/// A snapshot's storage error, as openraft reports it.
+pub(super) fn snapshot_error(
     meta: Option<&Meta>,
     verb: ErrorVerb,
     e: impl std::error::Error + 'static,
