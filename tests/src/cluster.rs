@@ -21,7 +21,7 @@ use tempfile::TempDir;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 
-use crate::{broker_binary, http, metric_value, poll_until};
+use crate::{broker_binary, http, metric_value, poll_until, try_http};
 
 /// One node of a [`TestCluster`].
 pub struct ClusterNode {
@@ -223,14 +223,14 @@ impl TestCluster {
     /// What node `id` reports of the cluster, or why it could not.
     pub async fn view(&self, id: u64) -> Result<View, String> {
         let node = self.node(id);
-        let scrape = tokio::time::timeout(Duration::from_secs(1), async {
-            TcpStream::connect(node.metrics_addr).await.ok()?;
-            Some(http(node.metrics_addr, "GET", "/metrics").await.body)
-        })
+        let scrape = tokio::time::timeout(
+            Duration::from_secs(1),
+            try_http(node.metrics_addr, "GET", "/metrics"),
+        )
         .await
-        .ok()
-        .flatten()
-        .ok_or_else(|| format!("node {id} serves no metrics"))?;
+        .map_err(|_| format!("node {id} serves no metrics within 1 s"))?
+        .map_err(|e| format!("node {id} serves no metrics: {e}"))?
+        .body;
         let get = |name: &str| {
             metric_value(&scrape, name)
                 .map(|v| v as u64)

@@ -449,33 +449,42 @@ pub struct HttpResponse {
 
 /// One plain HTTP/1.1 request over a new connection (`Connection: close`).
 pub async fn http(addr: SocketAddr, method: &str, path: &str) -> HttpResponse {
+    try_http(addr, method, path)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`http`], or what went wrong (a server that died mid-request).
+pub async fn try_http(addr: SocketAddr, method: &str, path: &str) -> Result<HttpResponse, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let mut stream = tokio::net::TcpStream::connect(addr)
         .await
-        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+        .map_err(|e| format!("connect to {addr}: {e}"))?;
     let request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream
         .write_all(request.as_bytes())
         .await
-        .unwrap_or_else(|e| panic!("send {method} {path} to {addr}: {e}"));
+        .map_err(|e| format!("send {method} {path} to {addr}: {e}"))?;
     let mut raw = Vec::new();
     stream
         .read_to_end(&mut raw)
         .await
-        .unwrap_or_else(|e| panic!("read the response to {method} {path} from {addr}: {e}"));
-    let text = String::from_utf8(raw).expect("a UTF-8 response");
-    let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
+        .map_err(|e| format!("read the response to {method} {path} from {addr}: {e}"))?;
+    let text = String::from_utf8(raw).map_err(|e| format!("a response from {addr}: {e}"))?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no head and body in {text:?} from {addr}"))?;
     let status = head
         .split(' ')
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("a status line in {head:?}"));
-    HttpResponse {
+        .ok_or_else(|| format!("no status line in {head:?} from {addr}"))?;
+    Ok(HttpResponse {
         status,
         head: head.to_lowercase(),
         body: body.to_string(),
-    }
+    })
 }
 
 /// The value of one series in a scrape, e.g. `broker_long_polls_open` or

@@ -3,12 +3,13 @@
 //! everything, served by `broker serve --node-id ...` (`server`).
 //!
 //! # What is replicated
-//! One log entry carries one engine [`Command`], decided by the leader's
-//! own engine (`engine::replication`: one decision in flight, proposed
-//! through [`RaftLog`]), prost-encoded inside the entry with the index it
-//! was decided after (see [`Request`]). Every replica, the leader too,
-//! applies committed entries in log order with [`Engine::apply_entry`];
-//! replay is deterministic
+//! One log entry carries engine [`Command`]s, decided by the leader's own
+//! engine one after the other (`engine::replication`: decisions are
+//! pipelined, and what was decided during one Raft round is proposed as
+//! the next entry, through [`RaftLog`]), each prost-encoded inside the
+//! entry, with the id of the command they were decided after (see
+//! [`Request`]). Every replica, the leader too, applies committed entries
+//! in log order with [`Engine::apply_entry`]; replay is deterministic
 //! (`engine::command`), so replicas that applied the same prefix of the log
 //! hold the same store and index. Membership and blank entries change no
 //! engine state; they only move the applied log id.
@@ -44,7 +45,8 @@
 //! - After the append, before apply: the log has them; on restart openraft
 //!   applies every committed entry after the recorded applied id.
 //! - During apply: each entry's batch is atomic, so the engine holds either
-//!   the command and its applied id or neither.
+//!   its commands and its applied id or none of them. The batch is not
+//!   synced: a restart applies again the entries the engine lost.
 //! - During a truncation or a purge: each is one batch (the range delete,
 //!   and for a purge the new last-purged id), so it happened or not.
 //! - While a snapshot is built or received: its files are temporary until
@@ -93,6 +95,7 @@ use prost::Message as _;
 
 use crate::engine::Engine;
 use crate::engine::command::Command;
+use crate::engine::replication::{CommandId, Proposal};
 use crate::storage::Store;
 pub use log_store::LogStore;
 pub use proposer::RaftLog;
@@ -113,30 +116,34 @@ openraft::declare_raft_types!(
 /// The Raft of a broker node.
 pub type Raft = openraft::Raft<TypeConfig>;
 
-/// The application data of a log entry: one engine command, and the index
-/// of the entry it was decided after (`base`: the command applies only if
-/// its entry comes right after it, see `engine::replication`). openraft's
-/// entries are serde types; the command inside stays prost-encoded (its
+/// The application data of a log entry: engine commands decided one after
+/// the other, and the command they were decided after (the chain: they
+/// apply only right after it, see `engine::replication`). openraft's
+/// entries are serde types; each command inside stays prost-encoded (its
 /// own versioned format), carried as a base64 string in the entry's JSON.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Request {
-    pub base: u64,
-    pub command: Command,
-}
+pub struct Request(pub Proposal);
 
-/// [`Request`] as JSON.
+/// [`Request`] as JSON: command ids as `[term, count]`.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct WireRequest {
-    base: u64,
-    command: String,
+    after: (u64, u64),
+    first: (u64, u64),
+    commands: Vec<String>,
 }
 
 impl serde::Serialize for Request {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use base64::Engine as _;
+        let p = &self.0;
         WireRequest {
-            base: self.base,
-            command: base64::engine::general_purpose::STANDARD.encode(self.command.encode_to_vec()),
+            after: (p.after.term, p.after.n),
+            first: (p.first.term, p.first.n),
+            commands: p
+                .commands
+                .iter()
+                .map(|c| base64::engine::general_purpose::STANDARD.encode(c.encode_to_vec()))
+                .collect(),
         }
         .serialize(s)
     }
@@ -147,14 +154,22 @@ impl<'de> serde::Deserialize<'de> for Request {
         use base64::Engine as _;
         use serde::de::Error as _;
         let wire = WireRequest::deserialize(d)?;
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(wire.command)
-            .map_err(D::Error::custom)?;
-        let command = Command::decode(bytes.as_slice()).map_err(D::Error::custom)?;
-        Ok(Request {
-            base: wire.base,
-            command,
-        })
+        let commands = wire
+            .commands
+            .iter()
+            .map(|c| {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(c)
+                    .map_err(D::Error::custom)?;
+                Command::decode(bytes.as_slice()).map_err(D::Error::custom)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let id = |(term, n)| CommandId { term, n };
+        Ok(Request(Proposal {
+            after: id(wire.after),
+            first: id(wire.first),
+            commands,
+        }))
     }
 }
 

@@ -151,6 +151,19 @@ impl Node {
                 dir: data_dir.to_path_buf(),
             });
         }
+        // From the store, not from openraft's metrics: they may not show
+        // the log yet when `Raft::new` returns.
+        let fresh_log = {
+            use crate::storage::keys;
+            log.get(keys::RAFT_VOTE)
+                .map_err(crate::Error::from)?
+                .is_none()
+                && log
+                    .get(keys::RAFT_PURGED)
+                    .map_err(crate::Error::from)?
+                    .is_none()
+                && log.scan_prefix(&[keys::RAFT_LOG_PREFIX]).next().is_none()
+        };
         let (ls, sm) = storage(log, engine.clone(), &cluster_dir.join("snapshots"))?;
         let snapshots = Arc::new(Receiver::new(sm.snapshots().clone()));
         let raft_config = Arc::new(
@@ -185,7 +198,7 @@ impl Node {
         } else {
             node.write_identity()?;
         }
-        if config.join.is_empty() && node.log_is_empty().await {
+        if config.join.is_empty() && fresh_log {
             let members = BTreeMap::from([(
                 config.node_id,
                 BasicNode {

@@ -3,9 +3,8 @@
 
 use std::sync::Arc;
 
-use crate::engine::command::Command;
 use crate::engine::error::{Error, Result};
-use crate::engine::replication::{BoxFuture, Log, NotLeading};
+use crate::engine::replication::{BoxFuture, Leading, Log, NotLeading, Proposal};
 
 /// A leader that has not heard from a majority for longer than this
 /// decides nothing and serves nothing. It is shorter than the least time
@@ -67,11 +66,16 @@ pub fn leadership(id: u64, m: &RaftMetrics<u64, BasicNode>) -> Leadership {
 }
 
 impl Log for RaftLog {
-    fn leading(&self) -> std::result::Result<u64, NotLeading> {
+    fn leading(&self) -> std::result::Result<Leading, NotLeading> {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
         let (reason, wait) = match leadership(self.id, &m) {
-            Leadership::Leads => return Ok(m.last_log_index.unwrap_or(0)),
+            Leadership::Leads => {
+                return Ok(Leading {
+                    last_index: m.last_log_index.unwrap_or(0),
+                    term: m.current_term,
+                });
+            }
             Leadership::CutOff(reason) => (reason, true),
             Leadership::Other(leader) => (
                 format!("node {} does not lead; node {leader} does", self.id),
@@ -90,11 +94,11 @@ impl Log for RaftLog {
         })
     }
 
-    fn propose(&self, base: u64, command: Command) -> BoxFuture<'static, Result<bool>> {
+    fn propose(&self, proposal: Proposal) -> BoxFuture<'static, Result<bool>> {
         let raft = self.raft.clone();
         let id = self.id;
         Box::pin(async move {
-            let write = raft.client_write(Request { base, command });
+            let write = raft.client_write(Request(proposal));
             match tokio::time::timeout(COMMIT_WAIT, write).await {
                 Ok(Ok(response)) => Ok(response.data),
                 Err(_) => Err(Error::Unavailable {

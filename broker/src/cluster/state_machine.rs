@@ -163,14 +163,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 next.1 = StoredMembership::new(Some(entry.log_id), m.clone());
             }
             let record = serde_json::to_vec(&next).map_err(|e| sm_error(ErrorVerb::Write, e))?;
-            let command = match &entry.payload {
-                EntryPayload::Normal(request) => Some((request.base, &request.command)),
+            let proposal = match &entry.payload {
+                EntryPayload::Normal(request) => Some(&request.0),
                 EntryPayload::Blank | EntryPayload::Membership(_) => None,
             };
             let applied = self
                 .engine
-                .apply_entry(entry.log_id.index, command, keys::RAFT_APPLIED, &record)
-                .await
+                .apply_entry(entry.log_id.index, proposal, keys::RAFT_APPLIED, &record)
                 .map_err(|e| StorageIOError::apply(entry.log_id, AnyError::new(&e)))?;
             self.applied = next;
             replies.push(applied);

@@ -348,11 +348,10 @@ async fn a_kept_snapshot_newer_than_the_engine_is_installed_at_open() {
         replica
             .apply_entry(
                 1,
-                Some((0, &cmd)),
+                Some(&crate::engine::replication::Proposal::first_of_log(cmd)),
                 crate::storage::keys::RAFT_APPLIED,
                 &record
             )
-            .await
             .unwrap()
     );
     let kept = dir.path().join("kept");

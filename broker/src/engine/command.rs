@@ -50,7 +50,7 @@
 
 use prost::Message;
 
-use super::dead_letters::{MoveKind, place_moves, read_moves};
+use super::dead_letters::{MoveKind, Moved, place_moves, read_moves};
 use super::ids::{QueueId, Seq};
 use super::records::{BodyRecord, QueueRecord, StateRecord};
 use super::state::{Queue, State};
@@ -293,6 +293,18 @@ impl Command {
             op: Some(op),
         }
     }
+
+    /// Whether a leader may pipeline this command (`replication`): its
+    /// batch reads neither the store nor the index, so it can be written
+    /// after later commands changed memory. A send, a receive's claims
+    /// (no dead letters), a visibility change, a delete, an expiry.
+    pub fn pipelined(&self) -> bool {
+        match &self.op {
+            Some(Op::Send(_) | Op::ChangeVisibility(_) | Op::Delete(_) | Op::Expire(_)) => true,
+            Some(Op::Receive(c)) => c.dead_letters.is_empty(),
+            _ => false,
+        }
+    }
 }
 
 /// Writes `cmd`'s batch and updates the index; returns the ticket to await
@@ -309,15 +321,38 @@ pub(super) fn apply(
     cmd: &Command,
     also: &[(&[u8], &[u8])],
 ) -> Result<Option<Ticket>> {
-    let now = cmd.at_ms;
-    let Some(op) = &cmd.op else {
-        return Err(StorageError::Corrupt {
-            key: "command".into(),
-            reason: format!("version {} holds no operation", cmd.version),
-        }
-        .into());
-    };
     let mut batch = Batch::default();
+    let written = write_part(st, store, cmd, &mut batch)?;
+    for (key, value) in also {
+        batch.put(key, value);
+    }
+    let ticket = if batch.is_empty() {
+        None
+    } else {
+        Some(store.write(batch)?)
+    };
+    memory_part(st, cmd, written)?;
+    Ok(ticket)
+}
+
+/// What [`write_part`] read that [`memory_part`] needs.
+#[derive(Default)]
+pub(super) struct Written {
+    moved: Vec<Moved>,
+    doomed_subscriptions: Vec<u64>,
+}
+
+/// Adds `cmd`'s writes to `batch`, reading what it needs from the store
+/// and the index; changes nothing in memory. For a pipelined command
+/// ([`Command::pipelined`]) it reads nothing.
+pub(super) fn write_part(
+    st: &State,
+    store: &Store,
+    cmd: &Command,
+    batch: &mut Batch,
+) -> Result<Written> {
+    let now = cmd.at_ms;
+    let op = op_of(cmd)?;
     if let Some(r) = cmd.reserve_seqs {
         batch.put(keys::SEQ_RESERVATION, r.to_be_bytes());
     }
@@ -331,7 +366,6 @@ pub(super) fn apply(
     for &id in &doomed_subscriptions {
         batch.delete(keys::subscription(id));
     }
-    // Reads and batch first: nothing in memory changes before the write.
     let moved = match op {
         Op::PutQueue(c) => {
             batch.put(keys::queue(&c.name), c.record.encode_to_vec());
@@ -341,12 +375,12 @@ pub(super) fn apply(
             let id = st.names.get(&c.name).copied();
             batch.delete(keys::queue(&c.name));
             if let Some(id) = id {
-                delete_all_messages(&mut batch, id.0);
+                delete_all_messages(batch, id.0);
             }
             Vec::new()
         }
         Op::PurgeQueue(c) => {
-            delete_all_messages(&mut batch, c.queue_id);
+            delete_all_messages(batch, c.queue_id);
             Vec::new()
         }
         Op::Send(c) => {
@@ -364,7 +398,7 @@ pub(super) fn apply(
             read_moves(
                 st,
                 store,
-                &mut batch,
+                batch,
                 QueueId(c.queue_id),
                 &c.dead_letters,
                 MoveKind::DeadLetter,
@@ -379,14 +413,14 @@ pub(super) fn apply(
         }
         Op::Delete(c) => {
             for &seq in &c.seqs {
-                delete_message(&mut batch, c.queue_id, seq);
+                delete_message(batch, c.queue_id, seq);
             }
             Vec::new()
         }
         Op::Redrive(c) => read_moves(
             st,
             store,
-            &mut batch,
+            batch,
             QueueId(c.source_queue_id),
             &c.moves,
             MoveKind::Redrive,
@@ -394,7 +428,7 @@ pub(super) fn apply(
         )?,
         Op::Expire(c) => {
             for m in &c.messages {
-                delete_message(&mut batch, m.queue_id, m.seq);
+                delete_message(batch, m.queue_id, m.seq);
             }
             Vec::new()
         }
@@ -418,16 +452,21 @@ pub(super) fn apply(
             Vec::new()
         }
     };
-    for (key, value) in also {
-        batch.put(key, value);
-    }
-    let ticket = if batch.is_empty() {
-        None
-    } else {
-        Some(store.write(batch)?)
-    };
+    Ok(Written {
+        moved,
+        doomed_subscriptions,
+    })
+}
 
-    // The write is applied: memory follows.
+/// Brings the index in step with `cmd`, once its batch ([`write_part`]) is
+/// written; or, for a pipelined command a leader speculates, before.
+pub(super) fn memory_part(st: &mut State, cmd: &Command, written: Written) -> Result<()> {
+    let now = cmd.at_ms;
+    let op = op_of(cmd)?;
+    let Written {
+        moved,
+        doomed_subscriptions,
+    } = written;
     if let Some(r) = cmd.reserve_seqs {
         st.reserved_seq = st.reserved_seq.max(r);
     }
@@ -549,7 +588,17 @@ pub(super) fn apply(
         }
         Op::Unsubscribe(c) => topics::forget_subscription(st, c.id),
     }
-    Ok(ticket)
+    Ok(())
+}
+
+fn op_of(cmd: &Command) -> Result<&Op> {
+    cmd.op.as_ref().ok_or_else(|| {
+        StorageError::Corrupt {
+            key: "command".into(),
+            reason: format!("version {} holds no operation", cmd.version),
+        }
+        .into()
+    })
 }
 
 /// The state of a message just sent: never received.

@@ -17,6 +17,7 @@ use super::command::{self, Move, Op, delete_message};
 use super::error::{Error, Result};
 use super::ids::{QueueId, Seq};
 use super::records::{self, BodyRecord, StateRecord};
+use super::replication::Kind;
 use super::state::State;
 use super::{CHUNK, Engine};
 use crate::storage::{Batch, Store, keys};
@@ -70,7 +71,7 @@ impl Engine {
                 _ => None,
             };
             let done = {
-                let mut st = self.decide().await?;
+                let mut st = self.decide(Kind::Barrier).await?;
                 let now = self.now_ms();
                 if st.queue_id("source_queue", source)? != src {
                     // Deleted and created again meanwhile: nothing of it is left.

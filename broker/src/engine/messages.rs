@@ -21,7 +21,7 @@ use super::error::{Error, Result};
 use super::ids::{QueueId, Seq};
 use super::receipt::ReceiptHandle;
 use super::records::{self, BodyRecord, StateRecord};
-use super::replication::Done;
+use super::replication::{Done, Kind};
 use super::state::State;
 use super::{CHUNK, Engine, attributes, validate};
 use crate::storage::keys;
@@ -76,6 +76,9 @@ struct Claim {
     /// The receive's command, to await before answering (in cluster mode,
     /// its commit).
     done: Option<Done>,
+    /// Cluster mode: dead letters are due, and moving them is a barrier
+    /// (`replication`): claim again as one.
+    barrier: bool,
 }
 
 /// A receipt handle that matched its queue and the message's latest receive.
@@ -111,7 +114,7 @@ impl Engine {
         messages: Vec<NewMessage>,
     ) -> Result<Vec<Result<String>>> {
         let (results, ticket) = {
-            let mut st = self.decide().await?;
+            let mut st = self.decide(Kind::Pipelined).await?;
             let now = self.now_ms();
             let id = st.queue_id("queue", queue)?;
             let attrs = st.queues[&id].attributes.clone();
@@ -193,8 +196,14 @@ impl Engine {
             attributes::check_range("wait_time_seconds", w, 0, WAIT_TIME_SECONDS_MAX)?;
         }
         // Through `decide`: a new leader answers once it has applied its log.
-        let mut notify = self.decide().await?.queue("queue", queue)?.notify.clone();
+        let mut notify = self
+            .decide(Kind::Pipelined)
+            .await?
+            .queue("queue", queue)?
+            .notify
+            .clone();
         let mut until = None;
+        let mut kind = Kind::Pipelined;
         loop {
             // Registered before the claim looks: a message made visible
             // after that look notifies this waiter (or, if it returns with
@@ -203,7 +212,12 @@ impl Engine {
             let notified = waiting_on.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let mut claim = self.claim(queue, max, opts).await?;
+            let mut claim = self.claim(queue, max, opts, kind).await?;
+            if claim.barrier {
+                kind = Kind::Barrier;
+                continue;
+            }
+            kind = Kind::Pipelined;
             if let Some(done) = claim.done.take() {
                 self.committed(done).await?;
             }
@@ -234,8 +248,14 @@ impl Engine {
     }
 
     /// One synchronous claim under the lock.
-    async fn claim(&self, queue: &str, max: u32, opts: ReceiveOptions) -> Result<Claim> {
-        let mut st = self.decide().await?;
+    async fn claim(
+        &self,
+        queue: &str,
+        max: u32,
+        opts: ReceiveOptions,
+        kind: Kind,
+    ) -> Result<Claim> {
+        let mut st = self.decide(kind).await?;
         let now = self.now_ms();
         st.promote_due(now);
         let id = st.queue_id("queue", queue)?;
@@ -249,6 +269,7 @@ impl Engine {
                 .unwrap_or(q.attributes.receive_wait_time_seconds),
             tokens_at: None,
             done: None,
+            barrier: false,
         };
         if q.index.ready.is_empty() {
             return Ok(claim);
@@ -302,6 +323,11 @@ impl Engine {
             claims.push(command::NewState::new(seq, state));
         }
         if claims.is_empty() && dead_letters.is_empty() {
+            return Ok(claim);
+        }
+        if !dead_letters.is_empty() && kind == Kind::Pipelined && self.replication.get().is_some() {
+            // Nothing decided yet: claim again as a barrier.
+            claim.barrier = true;
             return Ok(claim);
         }
         let first = st.alloc_seqs(dead_letters.len() as u64);
@@ -395,7 +421,7 @@ impl Engine {
     /// Deleting an already deleted message with its last handle succeeds.
     pub async fn delete(&self, queue: &str, handles: &[&str]) -> Result<Vec<Result<()>>> {
         let (results, ticket) = {
-            let mut st = self.decide().await?;
+            let mut st = self.decide(Kind::Pipelined).await?;
             let queue_id = st.queue_id("queue", queue)?;
             let mut seqs = Vec::new();
             let results = handles
@@ -435,7 +461,7 @@ impl Engine {
         changes: &[(&str, u32)],
     ) -> Result<Vec<Result<()>>> {
         let (results, done) = {
-            let mut st = self.decide().await?;
+            let mut st = self.decide(Kind::Pipelined).await?;
             let now = self.now_ms();
             let queue_id = st.queue_id("queue", queue)?;
             let mut updates: Vec<command::NewState> = Vec::new();

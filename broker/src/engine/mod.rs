@@ -99,6 +99,7 @@ pub mod validate;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -113,7 +114,7 @@ use ids::{QueueId, Seq};
 pub use messages::{NewMessage, ReceiveOptions, Received};
 pub use peek::{MessageState, Peeked};
 use records::{QueueRecord, StateRecord};
-use replication::{Done, Gate, Log};
+use replication::{Check, Done, Gate, Kind, Log, Proposal};
 use state::{Queue, State};
 pub use state::{QueueInfo, QueueStats};
 pub use topics::{NewPublication, Published, SubscriptionInfo, TopicInfo};
@@ -286,13 +287,61 @@ impl Engine {
             .collect()
     }
 
-    /// The lock, to decide a command. In cluster mode, waits until this
-    /// node may decide (see `replication`): UNAVAILABLE if it does not lead.
-    async fn decide(&self) -> Result<MutexGuard<'_, State>> {
-        match self.replication.get() {
-            None => Ok(self.lock()),
-            Some(gate) => gate.decide(|| self.lock()).await,
+    /// The lock, to decide a command of `kind`. In cluster mode, waits
+    /// until this node may decide (see `replication`): UNAVAILABLE if it
+    /// does not lead.
+    async fn decide(&self, kind: Kind) -> Result<MutexGuard<'_, State>> {
+        let Some(gate) = self.replication.get() else {
+            return Ok(self.lock());
+        };
+        let deadline = tokio::time::Instant::now() + replication::DECIDE_WAIT;
+        let _counted = (kind == Kind::Barrier).then(|| gate.barrier_waiting());
+        loop {
+            let free = gate.free.notified();
+            tokio::pin!(free);
+            free.as_mut().enable();
+            let changed = gate.log().changed();
+            let waiting_for = {
+                let mut st = self.lock();
+                match gate.check(&st, kind) {
+                    Check::Go => return Ok(st),
+                    Check::Reload => {
+                        self.reload(&mut st, &mut gate.pipe())?;
+                        continue;
+                    }
+                    Check::Wait(reason) => reason,
+                    Check::Refuse(reason) => return Err(Error::Unavailable { reason }),
+                }
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Unavailable {
+                    reason: waiting_for,
+                });
+            }
+            tokio::select! {
+                _ = free => {}
+                _ = changed => {}
+                // Bounded, whatever the log reports.
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
         }
+    }
+
+    /// Cluster mode, when speculation failed (see `replication`): memory
+    /// again exactly what the store holds, as a restart rebuilds it.
+    fn reload(&self, st: &mut State, pipe: &mut replication::Pipe) -> Result<()> {
+        let fresh = Self::load(&self.store, self.now_ms())?;
+        for q in st.queues.values() {
+            q.notify.notify_waiters();
+        }
+        let (applied, last) = (st.applied_index, st.last_command);
+        *st = fresh;
+        st.applied_index = applied;
+        st.last_command = last;
+        pipe.reset(last);
+        self.scheduler.notify_one();
+        tracing::info!("speculated changes rolled back: the index was reloaded from the store");
+        Ok(())
     }
 
     /// From now on, decisions go to `log` and commands are applied only
@@ -304,10 +353,15 @@ impl Engine {
     }
 
     /// Applies a command this engine decided, under its lock (see
-    /// [`command`]), or in cluster mode proposes it to the log.
+    /// [`command`]), or in cluster mode submits it to the log.
     fn apply(&self, st: &mut State, cmd: &Command) -> Result<Done> {
         if let Some(gate) = self.replication.get() {
-            return gate.propose(st.applied_index, cmd.clone());
+            return gate.submit(st, cmd, |st, cmd| {
+                let earliest = st.timers.first().map(|t| t.at);
+                command::memory_part(st, cmd, command::Written::default())?;
+                self.timer_set(st, earliest);
+                Ok(())
+            });
         }
         let ticket = self.apply_command(st, cmd)?;
         #[cfg(test)]
@@ -319,19 +373,10 @@ impl Engine {
     }
 
     /// [`command::apply`], then wakes the scheduler when a timer moved earlier.
+    /// [`command::apply`], then wakes the scheduler when a timer moved earlier.
     fn apply_command(&self, st: &mut State, cmd: &Command) -> Result<Option<Ticket>> {
-        self.apply_command_also(st, cmd, &[])
-    }
-
-    /// [`Engine::apply_command`], with `also` written in the command's batch.
-    fn apply_command_also(
-        &self,
-        st: &mut State,
-        cmd: &Command,
-        also: &[(&[u8], &[u8])],
-    ) -> Result<Option<Ticket>> {
         let earliest = st.timers.first().map(|t| t.at);
-        let ticket = command::apply(st, &self.store, cmd, also)?;
+        let ticket = command::apply(st, &self.store, cmd, &[])?;
         self.timer_set(st, earliest);
         Ok(ticket)
     }
@@ -344,51 +389,86 @@ impl Engine {
     }
 
     /// Applies entry `index` of a replicated log (cluster mode): its
-    /// command, if it has one and was decided on the state this entry
-    /// finds (no command was applied after its `base`, see
-    /// `replication`), with `key` = `value` (the replica's record of its
-    /// applied entry) in the same batch, so that after a crash both are
-    /// there or neither is. Returns whether the command was applied. Waits
-    /// until the write is durable.
-    pub async fn apply_entry(
+    /// commands, if it has any and they were decided on the state this
+    /// entry finds (the chain, see `replication`), with `key` = `value`
+    /// (the replica's record of its applied entry) in the same batch, so
+    /// that after a crash all are there or none is. Returns whether the
+    /// commands were applied. The write is not synced: the log is the
+    /// durable record, and a restart applies again what the store lost.
+    pub fn apply_entry(
         &self,
         index: u64,
-        cmd: Option<(u64, &Command)>,
+        proposal: Option<&Proposal>,
         key: &[u8],
         value: &[u8],
     ) -> Result<bool> {
-        let (applied, ticket) = {
-            let mut st = self.lock();
-            let (applied, ticket) = match cmd {
-                Some((base, cmd)) if st.changed_at <= base && base < index => {
-                    let floor = self
-                        .time_floor
-                        .fetch_max(cmd.at_ms, std::sync::atomic::Ordering::Relaxed)
-                        .max(cmd.at_ms)
-                        .to_be_bytes();
-                    let changed = index.to_be_bytes();
-                    let also: [(&[u8], &[u8]); 3] = [
-                        (key, value),
-                        (keys::RAFT_TIME_FLOOR, &floor),
-                        (keys::RAFT_CHANGED, &changed),
-                    ];
-                    let ticket = self.apply_command_also(&mut st, cmd, &also)?;
-                    st.changed_at = index;
-                    (true, ticket)
+        let gate = self.replication.get();
+        let mut st = self.lock();
+        let mut pipe = gate.map(|g| g.pipe());
+        if let Some(p) = pipe.as_deref_mut()
+            && p.broken()
+        {
+            self.reload(&mut st, p)?;
+        }
+        let mut batch = crate::storage::Batch::default();
+        batch.put(key, value);
+        let applied = match proposal {
+            Some(proposal) if proposal.after == st.last_command => {
+                let ours = pipe.as_deref().is_some_and(|p| p.heads(proposal.first));
+                if let Some(p) = pipe.as_deref_mut()
+                    && !ours
+                    && !p.speculated.is_empty()
+                {
+                    // Another chain than the one this leader speculated on.
+                    self.reload(&mut st, p)?;
                 }
-                skipped => {
-                    let mut batch = crate::storage::Batch::default();
-                    batch.put(key, value);
-                    (skipped.is_none(), Some(self.store.write(batch)?))
+                let mut parts = Vec::with_capacity(proposal.commands.len());
+                let mut at_ms = 0;
+                for cmd in &proposal.commands {
+                    parts.push(command::write_part(&st, &self.store, cmd, &mut batch)?);
+                    at_ms = at_ms.max(cmd.at_ms);
                 }
-            };
-            st.applied_index = index;
-            (applied, ticket)
+                let floor = self
+                    .time_floor
+                    .fetch_max(at_ms, std::sync::atomic::Ordering::Relaxed)
+                    .max(at_ms);
+                let last = proposal.last();
+                batch.put(keys::RAFT_TIME_FLOOR, floor.to_be_bytes());
+                batch.put(keys::RAFT_CHAIN, last.encode());
+                self.store.write(batch)?;
+                if ours {
+                    // Memory has them (speculated when decided).
+                    let p = pipe.as_deref_mut().expect("ours");
+                    for _ in &proposal.commands {
+                        p.speculated.pop_front();
+                    }
+                } else {
+                    let earliest = st.timers.first().map(|t| t.at);
+                    for (cmd, written) in proposal.commands.iter().zip(parts) {
+                        command::memory_part(&mut st, cmd, written)?;
+                    }
+                    self.timer_set(&st, earliest);
+                }
+                st.last_command = last;
+                true
+            }
+            skipped => {
+                if let (Some(proposal), Some(p)) = (skipped, pipe.as_deref_mut())
+                    && p.heads(proposal.first)
+                {
+                    // This leader's speculation is skipped: undo it.
+                    self.reload(&mut st, p)?;
+                }
+                self.store.write(batch)?;
+                skipped.is_none()
+            }
         };
-        if let Some(gate) = self.replication.get() {
+        st.applied_index = index;
+        drop(pipe);
+        drop(st);
+        if let Some(gate) = gate {
             gate.free.notify_waiters();
         }
-        self.durable(Done::Local(ticket)).await?;
         Ok(applied)
     }
 
@@ -429,7 +509,10 @@ impl Engine {
             }
             *st = fresh;
             st.applied_index = index;
-            st.changed_at = self.read_u64(keys::RAFT_CHANGED)?.unwrap_or(index);
+            st.last_command = self.read_chain()?;
+            if let Some(gate) = self.replication.get() {
+                gate.pipe().reset(st.last_command);
+            }
         }
         self.load_time_floor()?;
         self.scheduler.notify_one();
@@ -442,11 +525,11 @@ impl Engine {
     /// The index of the last log entry applied (cluster mode), as the
     /// replica recorded it: set once when its state machine opens.
     pub fn start_at_entry(&self, index: u64) -> Result<()> {
-        let changed = self.read_u64(keys::RAFT_CHANGED)?.unwrap_or(index);
+        let last = self.read_chain()?;
         {
             let mut st = self.lock();
             st.applied_index = index;
-            st.changed_at = changed;
+            st.last_command = last;
         }
         self.load_time_floor()
     }
@@ -475,6 +558,20 @@ impl Engine {
                     reason: format!("{} bytes, not a u64's 8", v.len()),
                 })?;
         Ok(Some(u64::from_be_bytes(bytes)))
+    }
+
+    /// The last command applied, as `apply_entry` records it.
+    fn read_chain(&self) -> Result<replication::CommandId> {
+        match self.store.get(keys::RAFT_CHAIN)? {
+            None => Ok(replication::CommandId::default()),
+            Some(v) => replication::CommandId::decode(&v).ok_or_else(|| {
+                crate::storage::StorageError::Corrupt {
+                    key: format!("{:02x?}", keys::RAFT_CHAIN),
+                    reason: format!("{} bytes, not a command id's 16", v.len()),
+                }
+                .into()
+            }),
+        }
     }
 
     /// Reads a key written by [`Engine::apply_entry`].

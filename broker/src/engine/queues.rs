@@ -8,6 +8,7 @@ use broker_proto::limits::{PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX};
 use super::command::{self, Op};
 use super::error::{Error, Result};
 use super::records::QueueRecord;
+use super::replication::Kind;
 use super::state::{QueueInfo, QueueStats, State};
 use super::{AttributeChanges, Engine, QueueAttributes, validate};
 
@@ -62,7 +63,7 @@ impl Engine {
         validate::queue_name("name", name)?;
         let attributes = changes.apply_to(&QueueAttributes::default())?;
         let (info, ticket) = {
-            let mut st = self.decide().await?;
+            let mut st = self.decide(Kind::Barrier).await?;
             if let Ok(q) = st.queue("name", name) {
                 if let Some((attribute, have, want)) = q.attributes.first_difference(&attributes) {
                     return Err(Error::QueueExists {
@@ -145,7 +146,7 @@ impl Engine {
 
     pub async fn update_queue(&self, name: &str, changes: &AttributeChanges) -> Result<QueueInfo> {
         let (info, ticket) = {
-            let mut st = self.decide().await?;
+            let mut st = self.decide(Kind::Barrier).await?;
             let q = st.queue("name", name)?;
             let attributes = changes.apply_to(&q.attributes)?;
             let (id, created_at_ms) = (q.id, q.created_at_ms);
@@ -169,7 +170,7 @@ impl Engine {
 
     pub async fn delete_queue(&self, name: &str) -> Result<()> {
         let ticket = {
-            let mut st = self.decide().await?;
+            let mut st = self.decide(Kind::Barrier).await?;
             st.queue_id("name", name)?;
             let mut sources: Vec<String> = st
                 .queues
@@ -203,7 +204,7 @@ impl Engine {
     /// Deletes every message of the queue, in flight ones too.
     pub async fn purge_queue(&self, name: &str) -> Result<()> {
         let ticket = {
-            let mut st = self.decide().await?;
+            let mut st = self.decide(Kind::Barrier).await?;
             let queue_id = st.queue_id("name", name)?;
             let cmd = st.command(
                 self.now_ms(),

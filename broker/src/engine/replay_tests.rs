@@ -281,8 +281,12 @@ async fn the_clock_floor_survives_a_restart() {
         let replica = Engine::open(&replica_dir, SyncMode::None).unwrap();
         assert!(
             replica
-                .apply_entry(1, Some((0, &cmd)), keys::RAFT_APPLIED, b"1")
-                .await
+                .apply_entry(
+                    1,
+                    Some(&super::replication::Proposal::first_of_log(cmd)),
+                    keys::RAFT_APPLIED,
+                    b"1"
+                )
                 .unwrap()
         );
         assert!(replica.now_ms() >= ahead);

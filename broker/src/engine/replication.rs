@@ -1,50 +1,73 @@
 //! The engine under a replicated log (cluster mode).
 //!
 //! A single node decides a command and applies it at once, under its lock.
-//! A replica's engine decides only while its node leads, and applies a
-//! command only when the log has committed it, on every replica the same
-//! way ([`Engine::apply_entry`]). Between the two, one rule keeps every
-//! decision made on the state it will be applied to:
+//! A replica's engine decides only while its node leads, and its decisions
+//! reach the store only when the log has committed them, on every replica
+//! the same way ([`Engine::apply_entry`](super::Engine::apply_entry)).
 //!
-//! - **One decision in flight.** [`Engine::decide`] waits until no proposal
-//!   of this engine is pending and every entry of the node's log is applied
-//!   ([`Log::leading`]); [`Engine::apply`] then hands the command to
-//!   [`Log::propose`] instead of applying it. The next decision waits until
-//!   that proposal is committed and applied (or has failed).
-//! - **A command carries the entry it was decided after** (its `base`).
-//!   [`Engine::apply_entry`] applies a command only if no command was
-//!   applied after its base (the replica's `changed_at`, recorded with
-//!   each applied command); entries that change no engine state, the
-//!   membership changes and blank entries openraft appends by itself (a
-//!   node joins or leaves), may come between. Otherwise (leadership moved
-//!   between the decision and the append, and another command came first)
-//!   it skips it, on every replica alike, and the proposer answers
-//!   UNAVAILABLE: nothing was changed, and the client may retry.
+//! # The chain
+//! Every command gets an id ([`CommandId`]: the deciding leader's term and
+//! its own count), and is decided right after another one (`after`). A log
+//! entry ([`Proposal`]) carries commands decided one after the other. A
+//! replica applies an entry only if its `after` is the last command it
+//! applied (recorded with each applied entry, `keys::RAFT_CHAIN`), so a
+//! command is always applied to the state it was decided on. Otherwise
+//! (leadership moved, and another leader's commands came first) it skips
+//! the entry, on every replica alike, and the proposer answers UNAVAILABLE:
+//! nothing was changed, and the client may retry. Entries that carry no
+//! command (membership changes, the blank entry of a new leader) may come
+//! between: they do not touch the chain.
 //!
-//! Throughput is one proposal per shard at a time (a Raft round with its
-//! `fsync`s), each command carrying what it carries today (a batch of
-//! sends, a receive of up to ten). Batching many requests into one entry
-//! is the design's next step (`docs/cluster-design.md`).
+//! # Pipelined decisions
+//! A leader does not wait for one decision to commit before it makes the
+//! next. The hot commands (send, a receive's claims, visibility changes,
+//! deletes, expiry: [`Command::pipelined`]) are applied to the leader's memory (the
+//! index) when they are decided, *speculated*, and queued. One proposer
+//! task proposes what is queued as one entry, waits until it is committed
+//! and applied, and proposes what was queued meanwhile: one Raft round
+//! carries every request that arrived during the previous one. When the
+//! leader applies its own entry from the log, it writes only the store
+//! part (its memory has it already).
 //!
-//! Time: commands carry their decision time (`at_ms`), and apply reads no
-//! clock. A replica's [`Engine::now_ms`] never reads earlier than the
-//! latest `at_ms` it applied (recorded with each applied command, so
-//! after a restart too), so a new leader whose clock is behind the old
-//! one's does not move time backwards (it releases in-flight messages no
-//! earlier than the old leader would have). A new leader whose clock is
-//! ahead releases them early by that difference: the bound is the clock
-//! skew between nodes (milliseconds under NTP); a `--max-clock-skew`
+//! Every other command (queue and topic changes, purge, redrive, a receive
+//! that moves dead letters) is a *barrier*: it is decided when
+//! nothing is speculated or in flight (memory is then exactly the store),
+//! proposed alone, and applied from the log, memory and store, as on a
+//! follower. Deciders wait for it.
+//!
+//! What a client can observe of speculation: reads that do not decide
+//! (stats, peek) may count a decided change before it is committed. No
+//! reply that depends on a change is sent before the change is applied
+//! from the log: a receive returns its messages after its own entry, and
+//! so every send before it, is applied.
+//!
+//! **When speculation fails** (a proposal fails, leadership moves, or the
+//! log applies an entry of another chain), the leader's memory is ahead of
+//! its store with changes that may never be applied. It is *broken*: the
+//! next decision or applied entry reloads the index from the store (as a
+//! restart does, O(messages)), the queued, not yet proposed commands are
+//! answered UNAVAILABLE (nothing changed), and deciding starts again from
+//! the log's state once the proposal in flight has ended.
+//!
+//! # Time
+//! Commands carry their decision time (`at_ms`), and apply reads no clock.
+//! A replica's [`Engine::now_ms`](super::Engine::now_ms) never reads
+//! earlier than the latest `at_ms` it applied (recorded with each applied
+//! entry, so after a restart too), so a new leader whose clock is behind
+//! the old one's does not move time backwards (it releases in-flight
+//! messages no earlier than the old leader would have). A new leader whose
+//! clock is ahead releases them early by that difference: the bound is the
+//! clock skew between nodes (milliseconds under NTP); a `--max-clock-skew`
 //! check is not built yet.
 //!
 //! What is not replicated: the promotion of due timers (each replica
 //! promotes when it looks), the rate limiter's tokens and the counters of
 //! the metrics, as in `command`'s docs.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, MutexGuard};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{Notify, oneshot};
 
@@ -57,22 +80,85 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// How long a decision waits for the node's log to be applied (or for a
 /// leader to hear from a majority again) before it answers UNAVAILABLE.
-const DECIDE_WAIT: Duration = Duration::from_secs(2);
+pub(super) const DECIDE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Commands queued for one proposal, at most: a bound on an entry's size.
+const MAX_PROPOSAL: usize = 1_000;
+
+/// A command's name in the chain: the term of the leader that decided it
+/// (one leader per term) and that leader's count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CommandId {
+    pub term: u64,
+    pub n: u64,
+}
+
+impl CommandId {
+    pub fn encode(self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&self.term.to_be_bytes());
+        out[8..].copy_from_slice(&self.n.to_be_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<CommandId> {
+        let term = u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
+        let n = u64::from_be_bytes(bytes.get(8..)?.try_into().ok()?);
+        Some(CommandId { term, n })
+    }
+}
+
+/// One log entry's commands: decided one after the other, the first
+/// (`first`) right after command `after`, the others numbered on from it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Proposal {
+    pub after: CommandId,
+    pub first: CommandId,
+    pub commands: Vec<Command>,
+}
+
+impl Proposal {
+    /// The first entry of a log: `cmd` alone, at the start of the chain.
+    #[cfg(test)]
+    pub fn first_of_log(cmd: Command) -> Proposal {
+        Proposal {
+            after: CommandId::default(),
+            first: CommandId { term: 1, n: 1 },
+            commands: vec![cmd],
+        }
+    }
+
+    /// The id of the last command, the chain's end once applied.
+    pub fn last(&self) -> CommandId {
+        CommandId {
+            term: self.first.term,
+            n: self.first.n + self.commands.len().saturating_sub(1) as u64,
+        }
+    }
+}
+
+/// A node that leads and holds its lease.
+#[derive(Debug, Clone, Copy)]
+pub struct Leading {
+    /// The index of the last entry of its log.
+    pub last_index: u64,
+    /// Its term.
+    pub term: u64,
+}
 
 /// The replicated log under an engine (implemented by `cluster`).
 pub trait Log: Send + Sync + 'static {
-    /// The index of the last entry of this node's log, if this node leads
-    /// and has heard from a majority lately; `Err(reason)` saying why not
-    /// otherwise, with `wait` set when that may pass soon (a leader that
-    /// has not heard from a majority lately).
-    fn leading(&self) -> std::result::Result<u64, NotLeading>;
+    /// Whether this node leads and has heard from a majority lately;
+    /// `Err(reason)` saying why not otherwise, with `wait` set when that
+    /// may pass soon (a leader that has not heard from a majority lately).
+    fn leading(&self) -> std::result::Result<Leading, NotLeading>;
     /// Resolves when the log's state may have changed (leadership, entries
     /// appended), for deciders that wait.
     fn changed(&self) -> BoxFuture<'static, ()>;
-    /// Proposes `cmd`, decided on the state after entry `base`. Resolves
-    /// once the entry is committed and applied on this node: `true` if the
-    /// command was applied, `false` if it was skipped (see the module docs).
-    fn propose(&self, base: u64, cmd: Command) -> BoxFuture<'static, Result<bool>>;
+    /// Proposes `proposal`. Resolves once the entry is committed and
+    /// applied on this node: `true` if its commands were applied, `false`
+    /// if it was skipped (see the module docs).
+    fn propose(&self, proposal: Proposal) -> BoxFuture<'static, Result<bool>>;
 }
 
 /// Why a node may not decide now.
@@ -83,13 +169,271 @@ pub struct NotLeading {
     pub wait: bool,
 }
 
+/// What a decider will decide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    /// Pipelined commands only (see the module docs).
+    Pipelined,
+    /// Any command: waits until nothing is speculated or in flight.
+    Barrier,
+}
+
+/// What [`Gate::check`] tells a decider.
+pub(super) enum Check {
+    Go,
+    /// Speculation failed: reload memory from the store, then check again.
+    Reload,
+    Wait(String),
+    Refuse(String),
+}
+
 /// The engine's side of replication.
 pub(super) struct Gate {
-    pub(super) log: Arc<dyn Log>,
-    /// A proposal of this engine is pending.
-    busy: AtomicBool,
+    log: Arc<dyn Log>,
+    /// Taken only under the engine lock, or alone (the proposer task).
+    pipe: Mutex<Pipe>,
     /// Notified when a proposal ends and when an entry is applied.
     pub(super) free: Notify,
+}
+
+/// Speculated and queued commands (see the module docs).
+pub(super) struct Pipe {
+    /// The term the speculation is made in.
+    term: u64,
+    /// The next command count: started from the wall clock's nanoseconds,
+    /// so that a node restarted within one term does not reuse a count.
+    next_n: u64,
+    /// The last command decided (speculated, or applied).
+    tail: CommandId,
+    /// Commands applied to memory and not yet from the log, oldest first.
+    pub(super) speculated: VecDeque<CommandId>,
+    /// Decided, not yet proposed, with the clients waiting for each.
+    queued: Vec<(Command, oneshot::Sender<Result<bool>>)>,
+    queued_after: CommandId,
+    queued_first: CommandId,
+    /// The proposer task runs.
+    proposing: bool,
+    /// A barrier command is queued or in flight.
+    barrier: bool,
+    /// Barrier deciders waiting: pipelined ones let them in first.
+    barriers_waiting: usize,
+    /// Memory must be reloaded from the store before anything else.
+    broken: bool,
+}
+
+impl Pipe {
+    /// Memory was reloaded from the store, whose chain ends at `last`:
+    /// nothing is speculated any more, and what was queued is answered
+    /// "skipped" (it will never be proposed).
+    pub(super) fn reset(&mut self, last: CommandId) {
+        self.speculated.clear();
+        self.tail = last;
+        for (_, waiter) in self.queued.drain(..) {
+            let _ = waiter.send(Ok(false));
+        }
+        self.broken = false;
+    }
+
+    /// Whether the leader's own speculated command `first` heads the queue.
+    pub(super) fn heads(&self, first: CommandId) -> bool {
+        self.speculated.front() == Some(&first)
+    }
+
+    pub(super) fn broken(&self) -> bool {
+        self.broken
+    }
+}
+
+/// Waiting barrier deciders, counted while they wait.
+pub(super) struct BarrierWaiting<'g>(&'g Gate);
+
+impl Drop for BarrierWaiting<'_> {
+    fn drop(&mut self) {
+        self.0.pipe().barriers_waiting -= 1;
+        self.0.free.notify_waiters();
+    }
+}
+
+impl Gate {
+    pub(super) fn new(log: Arc<dyn Log>) -> Arc<Gate> {
+        let next_n = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        Arc::new(Gate {
+            log,
+            pipe: Mutex::new(Pipe {
+                term: 0,
+                next_n,
+                tail: CommandId::default(),
+                speculated: VecDeque::new(),
+                queued: Vec::new(),
+                queued_after: CommandId::default(),
+                queued_first: CommandId::default(),
+                proposing: false,
+                barrier: false,
+                barriers_waiting: 0,
+                broken: false,
+            }),
+            free: Notify::new(),
+        })
+    }
+
+    pub(super) fn log(&self) -> &dyn Log {
+        &*self.log
+    }
+
+    /// The pipeline; under the engine lock, but for the proposer task.
+    pub(super) fn pipe(&self) -> MutexGuard<'_, Pipe> {
+        self.pipe.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts a barrier decider until the guard drops.
+    pub(super) fn barrier_waiting(&self) -> BarrierWaiting<'_> {
+        self.pipe().barriers_waiting += 1;
+        BarrierWaiting(self)
+    }
+
+    /// Whether a decision of `kind` may be made now on `st` (called under
+    /// the engine lock; see the module docs).
+    pub(super) fn check(&self, st: &State, kind: Kind) -> Check {
+        let mut p = self.pipe();
+        if p.broken {
+            return Check::Reload;
+        }
+        let leading = match self.log.leading() {
+            Ok(leading) => leading,
+            Err(NotLeading { reason, wait: true }) => return Check::Wait(reason),
+            Err(NotLeading { reason, .. }) => return Check::Refuse(reason),
+        };
+        if !p.speculated.is_empty() && p.term != leading.term {
+            // Leadership was lost and won again meanwhile.
+            p.broken = true;
+            return Check::Reload;
+        }
+        let busy = "this node leads and is committing a change; retry".to_string();
+        if p.barrier {
+            return Check::Wait(busy);
+        }
+        let fresh =
+            p.speculated.is_empty() && !p.proposing && st.applied_index >= leading.last_index;
+        let go = match kind {
+            Kind::Barrier => fresh,
+            Kind::Pipelined => p.barriers_waiting == 0 && (fresh || !p.speculated.is_empty()),
+        };
+        if !go {
+            return Check::Wait(busy);
+        }
+        if fresh {
+            p.term = leading.term;
+            p.tail = st.last_command;
+        }
+        Check::Go
+    }
+
+    /// Submits `cmd`, decided on `st` (under the engine lock, after
+    /// [`Gate::check`] said go): a pipelined command is speculated with
+    /// `speculate` and queued; any other is queued alone as a barrier.
+    pub(super) fn submit(
+        self: &Arc<Self>,
+        st: &mut State,
+        cmd: &Command,
+        speculate: impl FnOnce(&mut State, &Command) -> Result<()>,
+    ) -> Result<Done> {
+        let mut p = self.pipe();
+        let pipelined = cmd.pipelined();
+        if !pipelined && (!p.speculated.is_empty() || !p.queued.is_empty() || p.barrier) {
+            // `check` lets a barrier through only when nothing is pending:
+            // a method that decides one without it is a bug, refused
+            // rather than reordered.
+            return Err(Error::Unavailable {
+                reason: "a change was decided while others were pending; retry".into(),
+            });
+        }
+        let id = CommandId {
+            term: p.term,
+            n: p.next_n,
+        };
+        if pipelined {
+            speculate(st, cmd)?;
+            p.speculated.push_back(id);
+        } else {
+            p.barrier = true;
+        }
+        p.next_n += 1;
+        if p.queued.is_empty() {
+            p.queued_after = p.tail;
+            p.queued_first = id;
+        }
+        p.tail = id;
+        let (tx, rx) = oneshot::channel();
+        p.queued.push((cmd.clone(), tx));
+        if !p.proposing {
+            p.proposing = true;
+            tokio::spawn(self.clone().propose_queued());
+        }
+        Ok(Done::Proposed(rx))
+    }
+
+    /// The proposer task: proposes what is queued as one entry, waits for
+    /// it, and goes on while something is queued. It runs on even if
+    /// every client stops waiting.
+    async fn propose_queued(self: Arc<Self>) {
+        loop {
+            let (proposal, waiters, barrier) = {
+                let mut p = self.pipe();
+                if p.queued.is_empty() {
+                    p.proposing = false;
+                    drop(p);
+                    self.free.notify_waiters();
+                    return;
+                }
+                let take = p.queued.len().min(MAX_PROPOSAL);
+                let batch: Vec<_> = p.queued.drain(..take).collect();
+                let after = p.queued_after;
+                let first = p.queued_first;
+                if !p.queued.is_empty() {
+                    // The rest follows this entry's last command.
+                    p.queued_after = CommandId {
+                        term: first.term,
+                        n: first.n + take as u64 - 1,
+                    };
+                    p.queued_first = CommandId {
+                        term: first.term,
+                        n: first.n + take as u64,
+                    };
+                }
+                let barrier = !batch[0].0.pipelined();
+                let (commands, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                let proposal = Proposal {
+                    after,
+                    first,
+                    commands,
+                };
+                (proposal, waiters, barrier)
+            };
+            let result = self.log.propose(proposal).await;
+            {
+                let mut p = self.pipe();
+                if barrier {
+                    p.barrier = false;
+                }
+                if result.is_err() && !p.speculated.is_empty() {
+                    // Applied or not, nobody knows yet: start again from
+                    // the store.
+                    p.broken = true;
+                }
+            }
+            for waiter in waiters {
+                let _ = waiter.send(match &result {
+                    Ok(applied) => Ok(*applied),
+                    Err(e) => Err(Error::Unavailable {
+                        reason: e.to_string(),
+                    }),
+                });
+            }
+            self.free.notify_waiters();
+        }
+    }
 }
 
 /// What a caller of [`Engine::apply`](super::Engine) awaits.
@@ -98,84 +442,6 @@ pub(super) enum Done {
     Local(Option<crate::storage::Ticket>),
     /// Proposed to the log: resolves once committed and applied.
     Proposed(oneshot::Receiver<Result<bool>>),
-}
-
-impl Gate {
-    pub(super) fn new(log: Arc<dyn Log>) -> Arc<Gate> {
-        Arc::new(Gate {
-            log,
-            busy: AtomicBool::new(false),
-            free: Notify::new(),
-        })
-    }
-
-    /// Whether a decision may be made now, with `applied` the index of the
-    /// last entry the engine applied: this node leads, nothing is pending,
-    /// and the whole log is applied. Called under the engine lock.
-    fn may_decide(&self, applied: u64) -> std::result::Result<bool, NotLeading> {
-        let last = self.log.leading()?;
-        Ok(!self.busy.load(Ordering::SeqCst) && applied >= last)
-    }
-
-    /// Waits until [`Gate::may_decide`] holds, then returns the lock.
-    pub(super) async fn decide<'e>(
-        &self,
-        lock: impl Fn() -> MutexGuard<'e, State>,
-    ) -> Result<MutexGuard<'e, State>> {
-        let deadline = tokio::time::Instant::now() + DECIDE_WAIT;
-        loop {
-            let free = self.free.notified();
-            tokio::pin!(free);
-            free.as_mut().enable();
-            let changed = self.log.changed();
-            let waiting_for = {
-                let st = lock();
-                match self.may_decide(st.applied_index) {
-                    Ok(true) => return Ok(st),
-                    Ok(false) => format!(
-                        "this node leads but has not applied its log within {} s; retry",
-                        DECIDE_WAIT.as_secs()
-                    ),
-                    Err(NotLeading { reason, wait: true }) => reason,
-                    Err(NotLeading { reason, .. }) => return Err(Error::Unavailable { reason }),
-                }
-            };
-            if tokio::time::Instant::now() >= deadline {
-                return Err(Error::Unavailable {
-                    reason: waiting_for,
-                });
-            }
-            tokio::select! {
-                _ = free => {}
-                _ = changed => {}
-                // Bounded, whatever the log reports.
-                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-            }
-        }
-    }
-
-    /// Proposes `cmd` (decided after entry `base`), in a task of its own:
-    /// the proposal completes, and the next decision is let through, even
-    /// if the caller stops waiting.
-    pub(super) fn propose(self: &Arc<Self>, base: u64, cmd: Command) -> Result<Done> {
-        if self.busy.swap(true, Ordering::SeqCst) {
-            // `decide` lets one decision through at a time: a method that
-            // applies without it is a bug, refused rather than reordered.
-            return Err(Error::Unavailable {
-                reason: "a decision was made while another was pending; retry".into(),
-            });
-        }
-        let proposal = self.log.propose(base, cmd);
-        let gate = self.clone();
-        let (tx, rx) = oneshot::channel();
-        tokio::spawn(async move {
-            let result = proposal.await;
-            gate.busy.store(false, Ordering::SeqCst);
-            gate.free.notify_waiters();
-            let _ = tx.send(result);
-        });
-        Ok(Done::Proposed(rx))
-    }
 }
 
 impl Done {

@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use super::command::{self, Op};
 use super::error::Result;
+use super::replication::Kind;
 use super::{CHUNK, Engine};
 
 impl Engine {
     /// [`CHUNK`] per write. Returns how many were deleted.
     pub async fn expire(&self) -> Result<u64> {
         let done = {
-            let mut st = self.decide().await?;
+            let mut st = self.decide(Kind::Pipelined).await?;
             let now = self.now_ms();
             let mut messages = Vec::new();
             for q in st.queues.values() {

@@ -130,9 +130,9 @@ pub(super) struct State {
     pub(super) pending_reservation: Option<u64>,
     /// Cluster mode: the index of the last log entry applied.
     pub(super) applied_index: u64,
-    /// Cluster mode: the index of the last log entry whose command was
-    /// applied (the last that changed this state; see `replication`).
-    pub(super) changed_at: u64,
+    /// Cluster mode: the last command applied, the end of the chain (see
+    /// `replication`).
+    pub(super) last_command: super::replication::CommandId,
 }
 
 impl State {

@@ -25,6 +25,7 @@ use super::error::{Error, Result};
 use super::ids::QueueId;
 use super::messages::enqueue;
 use super::queues::{by_name, paginate};
+use super::replication::Kind;
 use super::state::State;
 use super::{Engine, validate};
 use crate::storage::{Store, keys};
@@ -210,7 +211,7 @@ impl Engine {
     pub async fn create_topic(&self, name: &str) -> Result<TopicInfo> {
         validate::queue_name("name", name)?;
         let (info, ticket) = {
-            let mut st = self.decide().await?;
+            let mut st = self.decide(Kind::Barrier).await?;
             if let Some(t) = st.topics.get(name) {
                 return Ok(TopicInfo {
                     name: name.to_string(),
@@ -274,7 +275,7 @@ impl Engine {
     /// Deletes a topic and its subscriptions; the queues stay.
     pub async fn delete_topic(&self, name: &str) -> Result<()> {
         let ticket = {
-            let mut st = self.decide().await?;
+            let mut st = self.decide(Kind::Barrier).await?;
             if !st.topics.contains_key(name) {
                 return Err(topic_not_found("name", name));
             }
@@ -299,7 +300,7 @@ impl Engine {
         validate::queue_name("queue", queue)?;
         let filter = parse_filter(filter_policy)?;
         let (info, ticket) = {
-            let mut st = self.decide().await?;
+            let mut st = self.decide(Kind::Barrier).await?;
             let t = st
                 .topics
                 .get(topic)
@@ -353,7 +354,7 @@ impl Engine {
             ));
         };
         let ticket = {
-            let mut st = self.decide().await?;
+            let mut st = self.decide(Kind::Barrier).await?;
             if !st.subscriptions.contains_key(&id) {
                 return Err(Error::SubscriptionNotFound {
                     id: subscription_id.to_string(),
@@ -407,7 +408,7 @@ impl Engine {
         messages: Vec<NewPublication>,
     ) -> Result<Vec<Result<Published>>> {
         let (results, ticket) = {
-            let mut st = self.decide().await?;
+            let mut st = self.decide(Kind::Pipelined).await?;
             let now = self.now_ms();
             let t = st
                 .topics
