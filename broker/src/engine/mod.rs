@@ -330,17 +330,25 @@ impl Engine {
     /// Cluster mode, when speculation failed (see `replication`): memory
     /// again exactly what the store holds, as a restart rebuilds it.
     fn reload(&self, st: &mut State, pipe: &mut replication::Pipe) -> Result<()> {
+        let (applied, last) = (st.applied_index, st.last_command);
+        self.rebuild(st, applied, last)?;
+        pipe.reset(last);
+        self.scheduler.notify_one();
+        tracing::info!("speculated changes rolled back: the index was reloaded from the store");
+        Ok(())
+    }
+
+    /// Replaces the index with the one the store holds, as a restart
+    /// builds it, at the replica's place in the log (`applied`, `last`).
+    /// Long polls wake and look again.
+    fn rebuild(&self, st: &mut State, applied: u64, last: replication::CommandId) -> Result<()> {
         let fresh = Self::load(&self.store, self.now_ms())?;
         for q in st.queues.values() {
             q.notify.notify_waiters();
         }
-        let (applied, last) = (st.applied_index, st.last_command);
         *st = fresh;
         st.applied_index = applied;
         st.last_command = last;
-        pipe.reset(last);
-        self.scheduler.notify_one();
-        tracing::info!("speculated changes rolled back: the index was reloaded from the store");
         Ok(())
     }
 
@@ -372,7 +380,6 @@ impl Engine {
         Ok(Done::Local(ticket))
     }
 
-    /// [`command::apply`], then wakes the scheduler when a timer moved earlier.
     /// [`command::apply`], then wakes the scheduler when a timer moved earlier.
     fn apply_command(&self, st: &mut State, cmd: &Command) -> Result<Option<Ticket>> {
         let earliest = st.timers.first().map(|t| t.at);
@@ -503,13 +510,8 @@ impl Engine {
             let mut st = self.lock();
             self.store.write(batch).map_err(Error::from)?;
             self.store.persist().map_err(Error::from)?;
-            let fresh = Self::load(&self.store, self.now_ms())?;
-            for q in st.queues.values() {
-                q.notify.notify_waiters();
-            }
-            *st = fresh;
-            st.applied_index = index;
-            st.last_command = self.read_chain()?;
+            let last = self.read_chain()?;
+            self.rebuild(&mut st, index, last)?;
             if let Some(gate) = self.replication.get() {
                 gate.pipe().reset(st.last_command);
             }
@@ -646,5 +648,7 @@ impl Engine {
 
 #[cfg(test)]
 mod replay_tests;
+#[cfg(test)]
+mod speculation_tests;
 #[cfg(test)]
 mod tests;

@@ -388,27 +388,22 @@ impl Gate {
                     return;
                 }
                 let take = p.queued.len().min(MAX_PROPOSAL);
-                let batch: Vec<_> = p.queued.drain(..take).collect();
-                let after = p.queued_after;
-                let first = p.queued_first;
-                if !p.queued.is_empty() {
-                    // The rest follows this entry's last command.
-                    p.queued_after = CommandId {
-                        term: first.term,
-                        n: first.n + take as u64 - 1,
-                    };
-                    p.queued_first = CommandId {
-                        term: first.term,
-                        n: first.n + take as u64,
-                    };
-                }
-                let barrier = !batch[0].0.pipelined();
-                let (commands, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                let (commands, waiters): (Vec<_>, Vec<_>) = p.queued.drain(..take).unzip();
+                let barrier = !commands[0].pipelined();
                 let proposal = Proposal {
-                    after,
-                    first,
+                    after: p.queued_after,
+                    first: p.queued_first,
                     commands,
                 };
+                if !p.queued.is_empty() {
+                    // The rest follows this entry's last command.
+                    let last = proposal.last();
+                    p.queued_after = last;
+                    p.queued_first = CommandId {
+                        term: last.term,
+                        n: last.n + 1,
+                    };
+                }
                 (proposal, waiters, barrier)
             };
             let result = self.log.propose(proposal).await;
