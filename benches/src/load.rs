@@ -172,15 +172,16 @@ fn share<T: Clone>(items: &[T], index: usize, workers: usize) -> Vec<T> {
 }
 
 /// Connects one client per task, at most `connections` (default
-/// [`MAX_CONNECTIONS`]), and at least one.
+/// [`MAX_CONNECTIONS`]), and at least one; to `addrs` in turn (the nodes
+/// of a cluster).
 pub async fn connect(
-    addr: &str,
+    addrs: &[String],
     tasks: usize,
     connections: Option<u32>,
 ) -> anyhow::Result<Vec<Client>> {
     let most = connections.map_or(MAX_CONNECTIONS, |c| c as usize);
     let mut clients = Vec::new();
-    for _ in 0..tasks.clamp(1, most) {
+    for addr in addrs.iter().cycle().take(tasks.clamp(1, most)) {
         clients.push(Client::connect(addr).await?);
     }
     Ok(clients)

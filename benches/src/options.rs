@@ -36,9 +36,11 @@ pub const MIN_PAYLOAD_BYTES: usize = 8;
 #[derive(Parser, Debug, Clone)]
 #[command(name = "broker-bench", version)]
 pub struct Options {
-    /// A running broker, `host:port` on a loopback address; without it, an
-    /// embedded broker is started on 127.0.0.1 with a temp data dir.
-    #[arg(long)]
+    /// A running broker, `host:port` on a loopback address, or the nodes
+    /// of a cluster, comma-separated (connections are spread over them in
+    /// turn); without it, an embedded broker is started on 127.0.0.1 with
+    /// a temp data dir.
+    #[arg(long, value_name = "HOST:PORT[,...]")]
     pub server: Option<String>,
     /// The process id of the --server broker, to report its CPU time and
     /// peak RSS from /proc; without it they are reported as n/a.
@@ -99,38 +101,47 @@ pub struct Options {
 }
 
 impl Options {
-    /// Checks the combinations clap cannot; returns the broker's resolved
-    /// address for `--server`.
-    pub fn validate(&self) -> Result<Option<SocketAddr>, String> {
+    /// Checks the combinations clap cannot; returns the resolved addresses
+    /// of `--server` (none: an embedded broker).
+    pub fn validate(&self) -> Result<Vec<SocketAddr>, String> {
         if self.producers == 0 && self.consumers == 0 {
             return Err("--producers and --consumers are both 0: nothing to measure".into());
         }
         if self.producers == 0 && self.rate.is_some() {
             return Err("--rate needs at least one producer; got --producers 0".into());
         }
-        let Some(server) = &self.server else {
-            return Ok(None);
+        let Some(servers) = &self.server else {
+            return Ok(Vec::new());
         };
-        let hostport = server
-            .strip_prefix("http://")
-            .unwrap_or(server)
-            .trim_end_matches('/');
-        let addrs: Vec<SocketAddr> = hostport
-            .to_socket_addrs()
-            .map_err(|e| format!("--server must be host:port; got {server:?}: {e}"))?
-            .collect();
-        match addrs.iter().find(|a| !a.ip().is_loopback()) {
-            Some(a) => Err(format!(
-                "--server must be a loopback address (127.0.0.0/8 or ::1), since broker-bench \
-                 reads the broker's CPU and memory from this machine's /proc; {server:?} resolves to {a}"
-            )),
-            None => Ok(addrs.first().copied()),
-        }
+        servers.split(',').map(resolve_loopback).collect()
     }
 
     /// How long the measured phase lasts.
     pub fn duration(&self) -> Duration {
         Duration::from_secs(self.duration)
+    }
+}
+
+/// One `--server` address, resolved; only loopback ones are accepted.
+fn resolve_loopback(server: &str) -> Result<SocketAddr, String> {
+    let hostport = server
+        .trim()
+        .strip_prefix("http://")
+        .unwrap_or(server.trim())
+        .trim_end_matches('/');
+    let addrs: Vec<SocketAddr> = hostport
+        .to_socket_addrs()
+        .map_err(|e| format!("--server must be host:port[,...]; got {server:?}: {e}"))?
+        .collect();
+    match addrs.iter().find(|a| !a.ip().is_loopback()) {
+        Some(a) => Err(format!(
+            "--server must be a loopback address (127.0.0.0/8 or ::1), since broker-bench \
+             reads the broker's CPU and memory from this machine's /proc; {server:?} resolves to {a}"
+        )),
+        None => addrs
+            .first()
+            .copied()
+            .ok_or_else(|| format!("--server {server:?} resolves to no address")),
     }
 }
 
@@ -195,7 +206,7 @@ mod tests {
         );
         assert_eq!((o.queues, o.fanout, o.rate, o.backlog), (1, None, None, 0));
         assert_eq!(o.sync, SyncMode::Always);
-        assert_eq!(o.validate(), Ok(None));
+        assert_eq!(o.validate(), Ok(vec![]));
     }
 
     #[test]
@@ -211,14 +222,15 @@ mod tests {
     #[test]
     fn only_loopback_servers_are_accepted() {
         let ok = parse(&["--server", "127.0.0.1:50051"]).unwrap();
-        assert_eq!(
-            ok.validate().unwrap(),
-            Some("127.0.0.1:50051".parse().unwrap())
-        );
+        assert_eq!(ok.validate().unwrap(), ["127.0.0.1:50051".parse().unwrap()]);
         let ok = parse(&["--server", "http://[::1]:50051"]).unwrap();
-        assert!(ok.validate().unwrap().is_some());
+        assert_eq!(ok.validate().unwrap().len(), 1);
         let remote = parse(&["--server", "10.1.2.3:50051"]).unwrap();
         assert!(remote.validate().unwrap_err().contains("loopback"));
+        let cluster = parse(&["--server", "127.0.0.1:1,127.0.0.1:2, 127.0.0.1:3"]).unwrap();
+        assert_eq!(cluster.validate().unwrap().len(), 3);
+        let mixed = parse(&["--server", "127.0.0.1:1,10.1.2.3:2"]).unwrap();
+        assert!(mixed.validate().unwrap_err().contains("10.1.2.3"));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! - [`server`]: `run(listener, config, shutdown)`: the gRPC server and the engine's background task; `StartupError`.
 //! - [`metrics`]: Prometheus metrics of the engine, storage and RPCs, and the `/metrics` endpoint.
 //! - [`service`]: thin gRPC adapters: protobuf in, engine call, protobuf or status out; the token interceptor; `service::status`, the one table from every layer's errors to gRPC statuses.
-//! - [`cluster`]: replication of the engine's commands over openraft (design step 1: a log store and a state machine, tested in-process; not served yet).
+//! - [`cluster`]: cluster mode: the engine's commands replicated over openraft (log store, state machine, snapshots), node-to-node gRPC, joining, forwarding requests to the leader, and whether a node is ready to serve.
 //! - [`engine`]: queues (send, receive, visibility, long polling, dead letters, retention) and topics with their fan-out, as commands decided and applied over the store; its module docs map where each behaviour lives.
 //! - [`tls`], [`auth`], [`limits`]: TLS for the listeners, token authentication and permissions, limits that protect the broker.
 //! - [`config`]: server settings (flags, environment, TOML file).

@@ -56,7 +56,7 @@ use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::service::Authenticate;
 use crate::service::cluster::ClusterApi;
-use crate::service::health::health;
+use crate::service::health::{HealthReporter, health};
 use crate::service::queue::QueueApi;
 use crate::service::topic::TopicApi;
 use crate::service::trace::TraceLayer;
@@ -154,7 +154,7 @@ pub async fn run_with_metrics_listener(
     };
     let leader = node
         .as_ref()
-        .map(|n| Leader::new(n.id, n.raft.clone(), n.from));
+        .map(|n| Leader::new(n.id, n.raft.clone(), n.lease.clone(), n.from));
     let metrics = Metrics::with_cluster(
         Arc::downgrade(&engine),
         node.as_ref().map(|n| (n.id, n.raft.clone())),
@@ -175,7 +175,6 @@ pub async fn run_with_metrics_listener(
         .map_or_else(|e| format!("unknown ({e})"), |a| a.to_string());
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "broker serving");
 
-    let (health_reporter, health_service) = health();
     // The descriptor sets are compiled in; every test server builds these.
     let reflection_v1 = reflection()
         .build_v1()
@@ -185,6 +184,13 @@ pub async fn run_with_metrics_listener(
         .expect("the compiled-in descriptor sets are valid");
 
     let stopping = CancellationToken::new();
+    // A cluster node serves once it is ready (`Node::ready`); the task
+    // ends at shutdown.
+    let (health_reporter, health_service) = health(node.is_none());
+    if let Some(node) = node.clone() {
+        let (reporter, stop) = (health_reporter.clone(), stopping.clone());
+        tokio::spawn(async move { report_health(&node, &reporter, stop.cancelled()).await });
+    }
     let signal = {
         let (engine, stopping) = (engine.clone(), stopping.clone());
         async move {
@@ -350,3 +356,25 @@ async fn close(engine: Arc<Engine>) {
 
 /// How long [`close`] waits for the last reference to the engine.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// Keeps `health` saying whether `node` is ready ([`Node::ready`], checked
+/// every 200 ms), logging each change with its reason, until `stop`.
+async fn report_health(node: &Node, health: &HealthReporter, stop: impl Future<Output = ()>) {
+    let mut every = tokio::time::interval(Duration::from_millis(200));
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            _ = every.tick() => {}
+        }
+        let ready = node.ready();
+        if health.set_ready(ready.is_ok()) {
+            match &ready {
+                Ok(()) => tracing::info!(node = node.id, "ready: health SERVING"),
+                Err(why) => {
+                    tracing::warn!(node = node.id, reason = %why, "not ready: health NOT_SERVING")
+                }
+            }
+        }
+    }
+}

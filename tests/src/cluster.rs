@@ -309,6 +309,45 @@ impl TestCluster {
         }
     }
 
+    /// Waits until node `id`'s gRPC health (the whole server) is SERVING
+    /// if `serving`, else NOT_SERVING.
+    pub async fn wait_for_health(&self, id: u64, serving: bool) {
+        use tonic_health::pb::HealthCheckRequest;
+        use tonic_health::pb::health_check_response::ServingStatus;
+        use tonic_health::pb::health_client::HealthClient;
+        let want = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        let addr = self.node(id).client_addr;
+        let result = poll_until(CLUSTER_TIMEOUT, || async {
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .expect("a valid URI")
+                .connect()
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = HealthClient::new(channel)
+                .check(HealthCheckRequest::default())
+                .await
+                .map_err(|e| e.to_string())?
+                .into_inner()
+                .status;
+            if status == want as i32 {
+                Ok(())
+            } else {
+                Err(format!("{:?}", ServingStatus::try_from(status)))
+            }
+        })
+        .await;
+        if let Err(last) = result {
+            panic!(
+                "node {id}'s health was not {want:?} within {CLUSTER_TIMEOUT:?}; last: {last}\n{}",
+                self.log_tails()
+            );
+        }
+    }
+
     /// The leader that every running node agrees on (waits for one).
     pub async fn leader(&self) -> u64 {
         self.leader_of(&self.running()).await

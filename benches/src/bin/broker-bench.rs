@@ -44,7 +44,7 @@ fn main() -> ExitCode {
 }
 
 fn run(opts: &Options) -> anyhow::Result<Report> {
-    let server_addr = opts.validate().map_err(anyhow::Error::msg)?;
+    let server_addrs = opts.validate().map_err(anyhow::Error::msg)?;
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cores)
@@ -52,14 +52,13 @@ fn run(opts: &Options) -> anyhow::Result<Report> {
         .enable_all()
         .build()
         .context("cannot start the generator's runtime")?;
-    let embedded = match server_addr {
-        Some(_) => None,
-        None => Some(EmbeddedBroker::start(opts.sync, cores)?),
+    let embedded = match server_addrs.is_empty() {
+        false => None,
+        true => Some(EmbeddedBroker::start(opts.sync, cores)?),
     };
-    let addr = match (&embedded, server_addr) {
-        (Some(b), _) => b.addr().to_string(),
-        (None, Some(a)) => a.to_string(),
-        (None, None) => unreachable!("validate resolves --server"),
+    let addrs: Vec<String> = match &embedded {
+        Some(b) => vec![b.addr().to_string()],
+        None => server_addrs.iter().map(|a| a.to_string()).collect(),
     };
     let source = match (&embedded, opts.server_pid) {
         (Some(_), _) => ResourceSource::SharedProcess,
@@ -73,9 +72,9 @@ fn run(opts: &Options) -> anyhow::Result<Report> {
 
     let result = runtime.block_on(async {
         let producer_clients =
-            load::connect(&addr, opts.producers as usize, opts.connections).await?;
+            load::connect(&addrs, opts.producers as usize, opts.connections).await?;
         let consumer_clients =
-            load::connect(&addr, opts.consumers as usize, opts.connections).await?;
+            load::connect(&addrs, opts.consumers as usize, opts.connections).await?;
         let plan = Plan::create(&producer_clients[0], opts, embedded.is_none()).await?;
         let preload_seconds = if opts.backlog > 0 {
             eprintln!("preloading {} messages ...", opts.backlog);

@@ -35,7 +35,7 @@ use tower_service::Service;
 
 use super::Raft;
 use super::network::channel;
-use super::proposer::{Leadership, leadership};
+use super::proposer::{Leadership, Lease, leadership};
 
 /// The header that marks a forwarded request.
 pub const FORWARDED: &str = "x-broker-forwarded";
@@ -45,6 +45,7 @@ pub const FORWARDED: &str = "x-broker-forwarded";
 pub struct Leader {
     id: u64,
     raft: Raft,
+    lease: Lease,
     from: Option<std::net::IpAddr>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
@@ -61,10 +62,11 @@ enum Route {
 }
 
 impl Leader {
-    pub fn new(id: u64, raft: Raft, from: Option<std::net::IpAddr>) -> Leader {
+    pub fn new(id: u64, raft: Raft, lease: Lease, from: Option<std::net::IpAddr>) -> Leader {
         Leader {
             id,
             raft,
+            lease,
             from,
             channels: Arc::default(),
         }
@@ -73,7 +75,7 @@ impl Leader {
     fn route(&self, forwarded: bool) -> Route {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
-        let leader = match leadership(self.id, &m) {
+        let leader = match leadership(self.id, &m, &self.lease) {
             Leadership::Leads => return Route::Here,
             Leadership::CutOff(reason) => return Route::Wait(reason),
             Leadership::Other(leader) => leader,

@@ -214,10 +214,20 @@ impl Connection {
 impl RaftNetwork<TypeConfig> for Connection {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        self.send("append", &rpc, &option).await
+        let keep = entries_in_frame(rpc.entries.iter().map(entry_bytes));
+        let truncated = keep < rpc.entries.len();
+        rpc.entries.truncate(keep);
+        let reply = self.send("append", &rpc, &option).await?;
+        Ok(match reply {
+            // The rest goes in the next request.
+            AppendEntriesResponse::Success if truncated => {
+                AppendEntriesResponse::PartialSuccess(rpc.entries.last().map(|e| e.log_id))
+            }
+            reply => reply,
+        })
     }
 
     async fn install_snapshot(
@@ -237,6 +247,50 @@ impl RaftNetwork<TypeConfig> for Connection {
         option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
         self.send("vote", &rpc, &option).await
+    }
+}
+
+/// The entries' bytes one append request carries, at most (estimated):
+/// half a frame, so that one request stays under [`MAX_FRAME_BYTES`]
+/// whatever the estimate misses. A larger entry goes alone.
+const APPEND_BYTES: usize = MAX_FRAME_BYTES / 2;
+
+// A command of the largest size replicated, alone in an entry as base64,
+// fits a frame.
+const _: () =
+    assert!(crate::engine::replication::COMMAND_BYTES_MAX / 3 * 4 + (1 << 20) < MAX_FRAME_BYTES);
+
+/// How many entries of these estimated sizes one append request carries:
+/// at least one, and no more once they pass [`APPEND_BYTES`].
+fn entries_in_frame(sizes: impl Iterator<Item = usize>) -> usize {
+    let mut bytes = 0;
+    let mut keep = 0;
+    for size in sizes {
+        bytes += size;
+        if keep > 0 && bytes > APPEND_BYTES {
+            break;
+        }
+        keep += 1;
+    }
+    keep
+}
+
+/// An entry's JSON bytes, estimated: its commands as base64, plus the
+/// fields around them.
+fn entry_bytes(entry: &openraft::Entry<TypeConfig>) -> usize {
+    use openraft::EntryPayload;
+    use prost::Message as _;
+    const FIELDS: usize = 256;
+    match &entry.payload {
+        EntryPayload::Blank => FIELDS,
+        EntryPayload::Normal(request) => request
+            .0
+            .commands
+            .iter()
+            .map(|c| c.encoded_len().div_ceil(3) * 4 + 8)
+            .sum::<usize>()
+            .saturating_add(FIELDS),
+        EntryPayload::Membership(m) => serde_json::to_vec(m).map_or(FIELDS, |j| j.len() + FIELDS),
     }
 }
 
@@ -548,5 +602,20 @@ impl RaftService {
             .map_err(|e| format!("making node {} a voter: {e}", join.id))?;
         tracing::info!(node = join.id, addr = %join.addr, "node joined the cluster");
         Ok(Joined { cluster_id })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_append_request_carries_what_fits_half_a_frame_and_at_least_one_entry() {
+        const MB: usize = 1 << 20;
+        assert_eq!(entries_in_frame(std::iter::repeat_n(MB, 300)), 128);
+        assert_eq!(entries_in_frame([200 * MB, 1].into_iter()), 1);
+        assert_eq!(entries_in_frame([MB, 200 * MB].into_iter()), 1);
+        assert_eq!(entries_in_frame(std::iter::repeat_n(1_000, 300)), 300);
+        assert_eq!(entries_in_frame(std::iter::empty()), 0);
     }
 }

@@ -35,6 +35,7 @@ use openraft::BasicNode;
 use serde::{Deserialize, Serialize};
 
 use super::network::{ClusterId, Join, Joined, Network, RaftService, call, channel, source_ip};
+use super::proposer::Lease;
 use super::snapshot::Receiver;
 use super::{Raft, RaftLog, raft_config, storage};
 use crate::config::ClusterConfig;
@@ -94,6 +95,8 @@ pub struct Node {
     /// The IP connections to other nodes leave from.
     pub from: Option<IpAddr>,
     pub raft: Raft,
+    /// The age of `raft`'s metrics, for its leader lease.
+    pub lease: Lease,
     pub engine: Arc<Engine>,
     pub cluster: ClusterId,
     identity_path: PathBuf,
@@ -179,11 +182,13 @@ impl Node {
         let raft = Raft::new(config.node_id, raft_config, network, ls, sm)
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
-        engine.replicate_through(RaftLog::new(config.node_id, raft.clone()));
+        let lease = Lease::watch(&raft);
+        engine.replicate_through(RaftLog::new(config.node_id, raft.clone(), lease.clone()));
         let node = Node {
             id: config.node_id,
             from,
             raft,
+            lease,
             engine,
             cluster,
             identity_path,
@@ -283,6 +288,40 @@ impl Node {
     async fn log_is_empty(&self) -> bool {
         let m = self.raft.metrics().borrow().clone();
         m.last_log_index.is_none() && m.current_term == 0
+    }
+
+    /// Whether this node is ready to serve clients, or why not: it has
+    /// joined and votes, knows a leader it is not cut off from, and has
+    /// applied nearly all of its log (gRPC health says NOT_SERVING
+    /// otherwise, see `service::health`).
+    pub fn ready(&self) -> Result<(), String> {
+        /// Entries in the log not yet applied: past this, catching up.
+        const APPLY_LAG: u64 = 1_000;
+        if self.must_join() {
+            return Err("joining the cluster".into());
+        }
+        let m = self.raft.metrics().borrow().clone();
+        if !m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == self.id)
+        {
+            return Err("not a voter (catching up, or removed)".into());
+        }
+        match super::proposer::leadership(self.id, &m, &self.lease) {
+            super::proposer::Leadership::Leads | super::proposer::Leadership::Other(_) => {}
+            super::proposer::Leadership::CutOff(why)
+            | super::proposer::Leadership::Unknown(why) => {
+                return Err(why);
+            }
+        }
+        let applied = m.last_applied.map_or(0, |l| l.index);
+        let lag = m.last_log_index.unwrap_or(0).saturating_sub(applied);
+        if lag > APPLY_LAG {
+            return Err(format!("catching up: {lag} log entries not yet applied"));
+        }
+        Ok(())
     }
 
     /// Whether this node still has to join (it has no cluster id).

@@ -2,6 +2,7 @@
 //! (from openraft's metrics), and proposals as `client_write`s.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::engine::error::{Error, Result};
 use crate::engine::replication::{BoxFuture, Leading, Log, NotLeading, Proposal};
@@ -24,11 +25,54 @@ use super::{Raft, Request};
 pub struct RaftLog {
     pub id: u64,
     pub raft: Raft,
+    lease: Lease,
 }
 
 impl RaftLog {
-    pub fn new(id: u64, raft: Raft) -> Arc<RaftLog> {
-        Arc::new(RaftLog { id, raft })
+    pub fn new(id: u64, raft: Raft, lease: Lease) -> Arc<RaftLog> {
+        Arc::new(RaftLog { id, raft, lease })
+    }
+}
+
+/// How old openraft's latest metrics are. The time since a majority acked
+/// that they carry was measured when they were reported, and openraft
+/// reports only when its core runs (every heartbeat tick, about 150 ms,
+/// unless the core is held up): the lease counts the time since the
+/// report too, so a leader whose metrics stall does not keep serving on a
+/// stale figure.
+#[derive(Clone)]
+pub struct Lease {
+    base: std::time::Instant,
+    /// When the latest report was seen, in ms since `base`.
+    reported_ms: Arc<AtomicU64>,
+}
+
+impl Lease {
+    /// Starts watching `raft`'s reports (a task that ends with the Raft).
+    pub fn watch(raft: &Raft) -> Lease {
+        let lease = Lease {
+            base: std::time::Instant::now(),
+            reported_ms: Arc::default(),
+        };
+        let mut metrics = raft.metrics();
+        let seen = lease.clone();
+        tokio::spawn(async move {
+            while metrics.changed().await.is_ok() {
+                seen.reported_ms.store(seen.now_ms(), Ordering::Relaxed);
+            }
+        });
+        lease
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.base.elapsed().as_millis() as u64
+    }
+
+    /// Milliseconds since openraft last reported its metrics (as seen by
+    /// the watching task: late by its scheduling delay at most).
+    fn since_report_ms(&self) -> u64 {
+        self.now_ms()
+            .saturating_sub(self.reported_ms.load(Ordering::Relaxed))
     }
 }
 
@@ -45,11 +89,15 @@ pub enum Leadership {
     Unknown(String),
 }
 
-/// [`Leadership`] of node `id` by `m`: the one rule for deciding
-/// (`RaftLog::leading`) and for serving (`forward`).
-pub fn leadership(id: u64, m: &RaftMetrics<u64, BasicNode>) -> Leadership {
+/// [`Leadership`] of node `id` by `m`, reported to `lease`: the one rule
+/// for deciding (`RaftLog::leading`), for serving (`forward`) and for
+/// being ready (`Node::ready`).
+pub fn leadership(id: u64, m: &RaftMetrics<u64, BasicNode>, lease: &Lease) -> Leadership {
+    let since_ack = m
+        .millis_since_quorum_ack
+        .map(|ms| ms.saturating_add(lease.since_report_ms()));
     match m.current_leader {
-        Some(l) if l == id && m.state.is_leader() => match m.millis_since_quorum_ack {
+        Some(l) if l == id && m.state.is_leader() => match since_ack {
             Some(ms) if ms <= LEASE_MS => Leadership::Leads,
             since => Leadership::CutOff(format!(
                 "node {id} leads but has not heard from a majority of the cluster for {}: it \
@@ -69,7 +117,7 @@ impl Log for RaftLog {
     fn leading(&self) -> std::result::Result<Leading, NotLeading> {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
-        let (reason, wait) = match leadership(self.id, &m) {
+        let (reason, wait) = match leadership(self.id, &m, &self.lease) {
             Leadership::Leads => {
                 return Ok(Leading {
                     last_index: m.last_log_index.unwrap_or(0),

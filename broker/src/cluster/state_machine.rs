@@ -1,12 +1,14 @@
 //! The state machine: openraft's `RaftStateMachine` over an [`Engine`].
 //!
 //! `apply` hands each entry to [`Engine::apply_entry`]: a normal entry's
-//! command is applied (if it was decided right after the entry before it)
-//! with the entry's log id and the membership in force written in the
-//! command's own batch (`storage::keys::RAFT_APPLIED`, JSON); otherwise
-//! only that record is written. The reply says whether the command was
-//! applied. Opening reads the record back, so openraft
-//! re-applies exactly the committed entries after it.
+//! commands are applied if they were decided on the state the entry finds
+//! (the entry names the command it follows, and every replica has applied
+//! the same chain of command ids; see `engine::replication`), with the
+//! entry's log id and the membership in force written in the same batch
+//! (`storage::keys::RAFT_APPLIED`, JSON); otherwise only that record is
+//! written. The reply says whether the commands were applied. Opening
+//! reads the record back, so openraft re-applies exactly the committed
+//! entries after it.
 //!
 //! Snapshots ([`super::snapshot`]): the builder writes every key of the
 //! engine's store, as of one moment, to a file, the applied record among

@@ -169,7 +169,11 @@ async fn start(id: u64, dir: &Path, router: &Router) -> (Raft, Arc<Engine>) {
             .unwrap(),
     );
     let raft = Raft::new(id, config, router.clone(), ls, sm).await.unwrap();
-    engine.replicate_through(RaftLog::new(id, raft.clone()));
+    engine.replicate_through(RaftLog::new(
+        id,
+        raft.clone(),
+        super::proposer::Lease::watch(&raft),
+    ));
     router.nodes.lock().unwrap().insert(id, raft.clone());
     (raft, engine)
 }

@@ -308,24 +308,15 @@ impl Command {
 }
 
 /// Writes `cmd`'s batch and updates the index; returns the ticket to await
-/// the write's durability (`None` when there was nothing to write).
-/// `also`, a key and value written in the same batch, is how a replica
-/// records the log id of the entry it applies (`cluster`): with the
-/// command, or not at all.
+/// the write's durability (`None` when there was nothing to write). A
+/// replica applies a log entry's commands through [`write_part`] and
+/// [`memory_part`] instead, with the entry's log id in the same batch.
 ///
 /// The batch is written before the index changes, so a failed write leaves
 /// the index as it was. Waiters are woken for messages made visible.
-pub(super) fn apply(
-    st: &mut State,
-    store: &Store,
-    cmd: &Command,
-    also: &[(&[u8], &[u8])],
-) -> Result<Option<Ticket>> {
+pub(super) fn apply(st: &mut State, store: &Store, cmd: &Command) -> Result<Option<Ticket>> {
     let mut batch = Batch::default();
     let written = write_part(st, store, cmd, &mut batch)?;
-    for (key, value) in also {
-        batch.put(key, value);
-    }
     let ticket = if batch.is_empty() {
         None
     } else {

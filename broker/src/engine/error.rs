@@ -5,7 +5,7 @@
 //!
 //! | layer | error | seen by a client as |
 //! |-------|-------|---------------------|
-//! | engine (`queue`, `topic`) | [`Error`] (this module) | INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION; INTERNAL for [`Error::Storage`] |
+//! | engine (`queue`, `topic`) | [`Error`] (this module) | INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION, RESOURCE_EXHAUSTED, UNAVAILABLE; INTERNAL for [`Error::Storage`] |
 //! | storage | [`StorageError`] | INTERNAL (inside [`Error::Storage`]), logged in full |
 //! | `auth` | `auth::AuthError` | UNAUTHENTICATED, PERMISSION_DENIED |
 //! | `limits` | `limits::LimitError` | RESOURCE_EXHAUSTED |
@@ -134,6 +134,14 @@ pub enum Error {
         quoted(.used_by)
     )]
     QueueIsDeadLetterTarget { queue: String, used_by: Vec<String> },
+
+    // ---- RESOURCE_EXHAUSTED ----
+    /// Cluster mode: a change too large to replicate as one log entry (a
+    /// batch of large messages, copied to many subscribed queues).
+    #[error(
+        "this request's change is {size} bytes; a cluster replicates at most {max} bytes in one change: send fewer or smaller messages per request"
+    )]
+    ChangeTooLarge { size: usize, max: usize },
 
     // ---- UNAVAILABLE ----
     /// Cluster mode: this node cannot decide now (it does not lead, or

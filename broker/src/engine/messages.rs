@@ -436,7 +436,8 @@ impl Engine {
                 })
                 .collect();
             let ticket = if seqs.is_empty() {
-                Done::Local(None)
+                // An earlier delete, maybe not yet durable, removed them.
+                self.settle()
             } else {
                 let cmd = st.command(
                     self.now_ms(),
@@ -496,14 +497,14 @@ impl Engine {
                     changes: updates,
                 };
                 let cmd = st.command(now, Op::ChangeVisibility(change));
-                (results, Some(self.apply(&mut st, &cmd)?))
+                (results, self.apply(&mut st, &cmd)?)
             } else {
-                (results, None)
+                // Every answer is an error read from state that earlier
+                // changes, maybe not yet committed, made.
+                (results, self.settle())
             }
         };
-        if let Some(done) = done {
-            self.committed(done).await?;
-        }
+        self.committed(done).await?;
         Ok(results)
     }
 }

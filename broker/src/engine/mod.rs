@@ -383,7 +383,7 @@ impl Engine {
     /// [`command::apply`], then wakes the scheduler when a timer moved earlier.
     fn apply_command(&self, st: &mut State, cmd: &Command) -> Result<Option<Ticket>> {
         let earliest = st.timers.first().map(|t| t.at);
-        let ticket = command::apply(st, &self.store, cmd, &[])?;
+        let ticket = command::apply(st, &self.store, cmd)?;
         self.timer_set(st, earliest);
         Ok(ticket)
     }
@@ -424,7 +424,7 @@ impl Engine {
                 let ours = pipe.as_deref().is_some_and(|p| p.heads(proposal.first));
                 if let Some(p) = pipe.as_deref_mut()
                     && !ours
-                    && !p.speculated.is_empty()
+                    && p.speculating()
                 {
                     // Another chain than the one this leader speculated on.
                     self.reload(&mut st, p)?;
@@ -443,19 +443,17 @@ impl Engine {
                 batch.put(keys::RAFT_TIME_FLOOR, floor.to_be_bytes());
                 batch.put(keys::RAFT_CHAIN, last.encode());
                 self.store.write(batch)?;
-                if ours {
-                    // Memory has them (speculated when decided).
-                    let p = pipe.as_deref_mut().expect("ours");
-                    for _ in &proposal.commands {
-                        p.speculated.pop_front();
-                    }
-                } else {
+                if let Some(p) = pipe.as_deref_mut() {
+                    p.applied(last, if ours { proposal.commands.len() } else { 0 });
+                }
+                if !ours {
                     let earliest = st.timers.first().map(|t| t.at);
                     for (cmd, written) in proposal.commands.iter().zip(parts) {
                         command::memory_part(&mut st, cmd, written)?;
                     }
                     self.timer_set(&st, earliest);
                 }
+                // else memory has them (speculated when decided).
                 st.last_command = last;
                 true
             }
@@ -588,6 +586,17 @@ impl Engine {
             self.store.sync(t).await?;
         }
         Ok(())
+    }
+
+    /// What a decision that changes nothing awaits before it answers from
+    /// what it read: the changes decided before it, made as durable as its
+    /// own would be (single node: the last write synced; cluster: the last
+    /// speculated command applied).
+    fn settle(&self) -> Done {
+        match self.replication.get() {
+            Some(gate) => gate.settle(),
+            None => Done::Local(Some(self.store.last_written())),
+        }
     }
 
     /// Waits until `done` is applied: a proposal's commit; a local apply

@@ -39,7 +39,16 @@
 //! (stats, peek) may count a decided change before it is committed. No
 //! reply that depends on a change is sent before the change is applied
 //! from the log: a receive returns its messages after its own entry, and
-//! so every send before it, is applied.
+//! so every send before it, is applied. A decision that changes nothing
+//! but answers from what it read (a second delete of a message whose
+//! delete is speculated) waits, [`Gate::settle`], until the last
+//! speculated command is applied, and answers UNAVAILABLE if it never is.
+//!
+//! Bounds: an entry carries at most [`MAX_PROPOSAL`] commands and, past
+//! its first, no more than [`PROPOSAL_BYTES`]; a command larger than
+//! [`COMMAND_BYTES_MAX`] is refused (RESOURCE_EXHAUSTED), so that an
+//! entry fits a frame between nodes; once [`PENDING_MAX`] commands are
+//! speculated or queued, deciders wait for the log.
 //!
 //! **When speculation fails** (a proposal fails, leadership moves, or the
 //! log applies an entry of another chain), the leader's memory is ahead of
@@ -69,6 +78,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use prost::Message as _;
 use tokio::sync::{Notify, oneshot};
 
 use super::command::Command;
@@ -84,6 +94,22 @@ pub(super) const DECIDE_WAIT: std::time::Duration = std::time::Duration::from_se
 
 /// Commands queued for one proposal, at most: a bound on an entry's size.
 const MAX_PROPOSAL: usize = 1_000;
+
+/// A proposal takes no further command once its commands' encoded bytes
+/// reach this: an entry stays a fraction of a frame between nodes, and
+/// one slow round does not carry a burst of large batches at once.
+const PROPOSAL_BYTES: usize = 8 << 20;
+
+/// The largest command (prost-encoded bytes) a node replicates: its entry,
+/// alone in a frame as base64 JSON (4/3 of it, plus the entry's fields),
+/// stays under the frame bound of `cluster::network`. A larger change
+/// (a batch of large messages published to many queues) is refused.
+pub const COMMAND_BYTES_MAX: usize = 160 << 20;
+
+/// Decided commands not yet applied from the log (speculated or queued),
+/// at most: past it, deciders wait for the log to catch up, so that a
+/// leader whose log stalls does not queue without bound.
+const PENDING_MAX: usize = 20_000;
 
 /// A command's name in the chain: the term of the leader that decided it
 /// (one leader per term) and that leader's count.
@@ -190,7 +216,9 @@ pub(super) enum Check {
 /// The engine's side of replication.
 pub(super) struct Gate {
     log: Arc<dyn Log>,
-    /// Taken only under the engine lock, or alone (the proposer task).
+    /// Taken under the engine lock, or alone (the proposer task, a
+    /// barrier decider counting itself, a settled answer); never the
+    /// engine lock while holding it.
     pipe: Mutex<Pipe>,
     /// Notified when a proposal ends and when an entry is applied.
     pub(super) free: Notify,
@@ -206,9 +234,11 @@ pub(super) struct Pipe {
     /// The last command decided (speculated, or applied).
     tail: CommandId,
     /// Commands applied to memory and not yet from the log, oldest first.
-    pub(super) speculated: VecDeque<CommandId>,
+    speculated: VecDeque<CommandId>,
+    /// The last command applied from the log (or loaded from the store).
+    applied: CommandId,
     /// Decided, not yet proposed, with the clients waiting for each.
-    queued: Vec<(Command, oneshot::Sender<Result<bool>>)>,
+    queued: Vec<(Command, usize, oneshot::Sender<Result<bool>>)>,
     queued_after: CommandId,
     queued_first: CommandId,
     /// The proposer task runs.
@@ -228,7 +258,8 @@ impl Pipe {
     pub(super) fn reset(&mut self, last: CommandId) {
         self.speculated.clear();
         self.tail = last;
-        for (_, waiter) in self.queued.drain(..) {
+        self.applied = last;
+        for (_, _, waiter) in self.queued.drain(..) {
             let _ = waiter.send(Ok(false));
         }
         self.broken = false;
@@ -241,6 +272,20 @@ impl Pipe {
 
     pub(super) fn broken(&self) -> bool {
         self.broken
+    }
+
+    /// Whether something is speculated.
+    pub(super) fn speculating(&self) -> bool {
+        !self.speculated.is_empty()
+    }
+
+    /// An entry was applied from the log, its chain ending at `last`; if it
+    /// was this leader's own (`heads`), its `ours` commands are no longer
+    /// speculated.
+    pub(super) fn applied(&mut self, last: CommandId, ours: usize) {
+        let ours = ours.min(self.speculated.len());
+        self.speculated.drain(..ours);
+        self.applied = last;
     }
 }
 
@@ -266,6 +311,7 @@ impl Gate {
                 next_n,
                 tail: CommandId::default(),
                 speculated: VecDeque::new(),
+                applied: CommandId::default(),
                 queued: Vec::new(),
                 queued_after: CommandId::default(),
                 queued_first: CommandId::default(),
@@ -282,7 +328,7 @@ impl Gate {
         &*self.log
     }
 
-    /// The pipeline; under the engine lock, but for the proposer task.
+    /// The pipeline (see the field for when it is taken).
     pub(super) fn pipe(&self) -> MutexGuard<'_, Pipe> {
         self.pipe.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -318,7 +364,11 @@ impl Gate {
             p.speculated.is_empty() && !p.proposing && st.applied_index >= leading.last_index;
         let go = match kind {
             Kind::Barrier => fresh,
-            Kind::Pipelined => p.barriers_waiting == 0 && (fresh || !p.speculated.is_empty()),
+            Kind::Pipelined => {
+                p.barriers_waiting == 0
+                    && (fresh || !p.speculated.is_empty())
+                    && p.speculated.len() + p.queued.len() < PENDING_MAX
+            }
         };
         if !go {
             return Check::Wait(busy);
@@ -339,6 +389,13 @@ impl Gate {
         cmd: &Command,
         speculate: impl FnOnce(&mut State, &Command) -> Result<()>,
     ) -> Result<Done> {
+        let size = cmd.encoded_len();
+        if size > COMMAND_BYTES_MAX {
+            return Err(Error::ChangeTooLarge {
+                size,
+                max: COMMAND_BYTES_MAX,
+            });
+        }
         let mut p = self.pipe();
         let pipelined = cmd.pipelined();
         if !pipelined && (!p.speculated.is_empty() || !p.queued.is_empty() || p.barrier) {
@@ -366,12 +423,51 @@ impl Gate {
         }
         p.tail = id;
         let (tx, rx) = oneshot::channel();
-        p.queued.push((cmd.clone(), tx));
+        p.queued.push((cmd.clone(), size, tx));
         if !p.proposing {
             p.proposing = true;
             tokio::spawn(self.clone().propose_queued());
         }
         Ok(Done::Proposed(rx))
+    }
+
+    /// What a decision that submits nothing awaits (under the engine
+    /// lock): its answer was read from memory, which may hold speculated
+    /// changes (a message another request's delete removed); the answer
+    /// holds once they are applied.
+    pub(super) fn settle(self: &Arc<Self>) -> Done {
+        match self.pipe().speculated.back() {
+            Some(&last) => Done::Settled(self.clone(), last),
+            None => Done::Local(None),
+        }
+    }
+
+    /// Waits until speculated command `id` is applied from the log;
+    /// UNAVAILABLE once it cannot be (speculation failed).
+    async fn settled(&self, id: CommandId) -> Result<()> {
+        loop {
+            let free = self.free.notified();
+            tokio::pin!(free);
+            free.as_mut().enable();
+            {
+                let p = self.pipe();
+                if p.applied.term == id.term && p.applied.n >= id.n {
+                    return Ok(());
+                }
+                let pending = p
+                    .speculated
+                    .front()
+                    .is_some_and(|f| f.term == id.term && f.n <= id.n);
+                if p.broken || !pending {
+                    return Err(Error::Unavailable {
+                        reason: "the changes this answer depends on failed to commit \
+                                 (leadership changed); retry"
+                            .into(),
+                    });
+                }
+            }
+            free.await;
+        }
     }
 
     /// The proposer task: proposes what is queued as one entry, waits for
@@ -383,12 +479,18 @@ impl Gate {
                 let mut p = self.pipe();
                 if p.queued.is_empty() {
                     p.proposing = false;
+                    // A barrier `reset` answered before it was proposed.
+                    p.barrier = false;
                     drop(p);
                     self.free.notify_waiters();
                     return;
                 }
-                let take = p.queued.len().min(MAX_PROPOSAL);
-                let (commands, waiters): (Vec<_>, Vec<_>) = p.queued.drain(..take).unzip();
+                let take = proposal_len(p.queued.iter().map(|(_, size, _)| *size));
+                let (commands, waiters): (Vec<_>, Vec<_>) = p
+                    .queued
+                    .drain(..take)
+                    .map(|(cmd, _, waiter)| (cmd, waiter))
+                    .unzip();
                 let barrier = !commands[0].pipelined();
                 let proposal = Proposal {
                     after: p.queued_after,
@@ -431,12 +533,31 @@ impl Gate {
     }
 }
 
+/// How many of the queued commands, of these encoded sizes, the next
+/// proposal takes: at least one, at most [`MAX_PROPOSAL`], and no more
+/// once their bytes reach [`PROPOSAL_BYTES`].
+pub(super) fn proposal_len(sizes: impl Iterator<Item = usize>) -> usize {
+    let mut bytes = 0;
+    let mut take = 0;
+    for size in sizes.take(MAX_PROPOSAL) {
+        if take > 0 && bytes + size > PROPOSAL_BYTES {
+            break;
+        }
+        bytes += size;
+        take += 1;
+    }
+    take
+}
+
 /// What a caller of [`Engine::apply`](super::Engine) awaits.
 pub(super) enum Done {
     /// Applied here: the write's ticket, to await its durability.
     Local(Option<crate::storage::Ticket>),
     /// Proposed to the log: resolves once committed and applied.
     Proposed(oneshot::Receiver<Result<bool>>),
+    /// Nothing proposed, but the answer was read from speculated state:
+    /// done once the leader's last speculated command is applied.
+    Settled(Arc<Gate>, CommandId),
 }
 
 impl Done {
@@ -447,8 +568,8 @@ impl Done {
             Done::Proposed(rx) => match rx.await {
                 Ok(Ok(true)) => Ok(None),
                 Ok(Ok(false)) => Err(Error::Unavailable {
-                    reason: "leadership changed while the request was decided; nothing was \
-                             changed, retry"
+                    reason: "leadership changed, or this leader's earlier changes failed to \
+                             commit, while the request was decided; nothing was changed, retry"
                         .into(),
                 }),
                 Ok(Err(e)) => Err(e),
@@ -456,6 +577,7 @@ impl Done {
                     reason: "the proposal was dropped (the node is shutting down); retry".into(),
                 }),
             },
+            Done::Settled(gate, id) => gate.settled(id).await.map(|()| None),
         }
     }
 }

@@ -257,3 +257,94 @@ async fn sends_queued_behind_a_failed_proposal_are_not_acknowledged() {
     assert_eq!(c.visible(), (1, 1));
     c.assert_alike();
 }
+
+impl Cluster {
+    /// Sends one message and receives it, both committed: its handle.
+    async fn in_flight(&mut self) -> String {
+        let sent = self.committed(self.send("a")).await.unwrap().unwrap();
+        assert!(sent[0].is_ok());
+        let leader = self.leader.clone();
+        let received = self
+            .committed(async move {
+                let opts = ReceiveOptions {
+                    max_messages: 1,
+                    ..Default::default()
+                };
+                leader.receive("q", opts).await.unwrap()
+            })
+            .await;
+        received[0].receipt_handle.clone()
+    }
+
+    fn delete(&self, handle: &str) -> tokio::task::JoinHandle<Result<Vec<Result<()>>>> {
+        let leader = self.leader.clone();
+        let handle = handle.to_string();
+        tokio::spawn(async move { leader.delete("q", &[&handle]).await })
+    }
+}
+
+/// A second delete with the same handle finds the message gone from
+/// memory while the first delete is only speculated: it is not answered
+/// before that delete commits, and hears UNAVAILABLE when it fails (the
+/// message is still there).
+#[tokio::test]
+async fn an_answer_read_from_a_speculated_change_waits_for_its_commit() {
+    let mut c = Cluster::new();
+    c.create_queue().await;
+    let handle = c.in_flight().await;
+
+    // Fails: the duplicate must not be acknowledged.
+    let first = c.delete(&handle);
+    let (proposal, reply) = c.next_proposal().await;
+    let second = c.delete(&handle);
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        !second.is_finished(),
+        "answered before the delete it read committed"
+    );
+    reply.send(proposal_failed()).unwrap();
+    assert!(first.await.unwrap().is_err());
+    assert!(
+        matches!(second.await.unwrap(), Err(Error::Unavailable { .. })),
+        "a duplicate delete acknowledged though no delete committed"
+    );
+    // The log never commits it: the message is still in flight.
+    let foreign = Proposal {
+        first: CommandId { term: 2, n: 1 },
+        commands: Vec::new(),
+        ..proposal.clone()
+    };
+    assert!(c.commit(&foreign));
+    assert!(!c.commit(&proposal));
+    c.assert_alike();
+    let in_flight = |e: &Engine| e.get_queue("q").unwrap().1.in_flight;
+    assert_eq!((in_flight(&c.leader), in_flight(&c.replica)), (1, 1));
+
+    // Commits: both deletes succeed once it has.
+    let handle = c.in_flight().await;
+    let first = c.delete(&handle);
+    let (proposal, reply) = c.next_proposal().await;
+    let second = c.delete(&handle);
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!second.is_finished());
+    let applied = c.commit(&proposal);
+    reply.send(Ok(applied)).unwrap();
+    assert!(first.await.unwrap().unwrap()[0].is_ok());
+    assert!(second.await.unwrap().unwrap()[0].is_ok());
+    c.assert_alike();
+}
+
+#[test]
+fn a_proposal_is_bounded_in_commands_and_bytes() {
+    use super::replication::proposal_len;
+    const MB: usize = 1 << 20;
+    assert_eq!(proposal_len(std::iter::repeat_n(100, 5_000)), 1_000);
+    assert_eq!(proposal_len(std::iter::repeat_n(3 * MB, 10)), 2);
+    assert_eq!(proposal_len([100 * MB, 1].into_iter()), 1, "at least one");
+    assert_eq!(proposal_len([MB, 100 * MB].into_iter()), 1);
+    assert_eq!(proposal_len(std::iter::empty()), 0);
+}

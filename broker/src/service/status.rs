@@ -95,6 +95,7 @@ impl ToStatus for Error {
             | Error::NotInFlight
             | Error::MessageDeleted
             | Error::QueueIsDeadLetterTarget { .. } => Kind::FailedPrecondition,
+            Error::ChangeTooLarge { .. } => Kind::ResourceExhausted,
             Error::Unavailable { .. } => Kind::Unavailable,
             Error::Storage(_) => Kind::Internal,
         }

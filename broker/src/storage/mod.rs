@@ -326,6 +326,12 @@ impl Store {
         Ok(Ticket(self.sync.written.fetch_add(1, Ordering::SeqCst) + 1))
     }
 
+    /// The ticket of the latest write: [`Store::sync`] with it waits for
+    /// every write made so far.
+    pub fn last_written(&self) -> Ticket {
+        Ticket(self.sync.written.load(Ordering::SeqCst))
+    }
+
     /// Returns once the write of `ticket` is as durable as the [`SyncMode`]
     /// promises: for `Always`, synced to disk.
     pub async fn sync(&self, ticket: Ticket) -> Result<(), StorageError> {

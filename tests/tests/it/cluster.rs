@@ -172,6 +172,8 @@ async fn a_node_added_and_one_removed_under_load_lose_nothing() {
     // The new node is not in the workload's addresses: adding it must not
     // fail a request. Removing a node the workload talks to does.
     let added = cluster.add_node().await;
+    // Ready once it has joined, votes, and has applied its log.
+    cluster.wait_for_health(added, true).await;
     let leader = cluster.leader().await;
     let removed = cluster
         .running()
@@ -253,6 +255,11 @@ async fn a_cut_off_leader_refuses_writes_and_reads_and_the_majority_goes_on() {
         .collect();
     let new = cluster.leader_of(&majority).await;
     assert_ne!(new, old, "the majority elects a leader of its own");
+    // A load balancer that follows health sends clients to the majority.
+    cluster.wait_for_health(old, false).await;
+    for &id in &majority {
+        cluster.wait_for_health(id, true).await;
+    }
 
     // The cut-off node refuses writes, saying why; it never acknowledges one.
     let request = send_request(QUEUE, "on the minority".to_string(), &[], None);
@@ -285,6 +292,7 @@ async fn a_cut_off_leader_refuses_writes_and_reads_and_the_majority_goes_on() {
 
     // Healed, the old leader follows and serves what the majority wrote.
     cluster.heal();
+    cluster.wait_for_health(old, true).await;
     let leader = cluster.leader().await;
     let target = cluster.view(leader).await.expect("the leader's view");
     cluster

@@ -11,6 +11,7 @@
 //! - `send`: single and batch sends, sizes, attributes, delays
 //! - `receive`: visibility timeouts, receipt handles, delete and change visibility
 //! - `long_poll`: what wakes a waiting receive, and disconnects mid-wait
+//! - `manifests`: the Kubernetes manifests of `deploy/kubernetes/` fit together
 //! - `metrics`: Prometheus metrics at `/metrics` follow real operations
 //! - `operations`: health checking, reflection, client deadlines, shutdown order
 //! - `delivery`: a queue's receive rate limit and retry backoff
@@ -37,6 +38,7 @@ mod crash;
 mod dead_letter;
 mod delivery;
 mod long_poll;
+mod manifests;
 mod metrics;
 mod operations;
 mod peek;

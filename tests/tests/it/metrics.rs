@@ -340,9 +340,12 @@ async fn the_endpoint_serves_only_get_metrics() {
     assert!(post.head.contains("allow: get"), "{}", post.head);
 }
 
-/// A port nothing listens on (bound, then released).
+/// A port nothing listens on (bound, then released), on a loopback
+/// address no other test binds (Linux routes all of 127.0.0.0/8 to
+/// loopback), so that no parallel test's ephemeral port can take it
+/// between this check and its use.
 async fn free_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = TcpListener::bind("127.0.0.99:0").await.unwrap();
     listener.local_addr().unwrap()
 }
 
