@@ -172,7 +172,12 @@ impl TestCluster {
             .args(["--cluster-listen", &node.cluster_addr.to_string()])
             .args(["--cluster-advertise", &node.proxy.addr.to_string()])
             .args(&args)
-            .env("RUST_LOG", "info,openraft=warn")
+            // `CLUSTER_RUST_LOG` (e.g. `info,openraft=info` to see elections)
+            // replaces the default filter of the nodes' logs.
+            .env(
+                "RUST_LOG",
+                std::env::var("CLUSTER_RUST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
+            )
             .stdout(log.try_clone().expect("clone the log file"))
             .stderr(log)
             .kill_on_drop(true);
@@ -402,7 +407,7 @@ impl TestCluster {
             let text = std::fs::read_to_string(&node.log).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
             out.push_str(&format!("--- node {}\n", node.id));
-            for line in &lines[lines.len().saturating_sub(15)..] {
+            for line in &lines[lines.len().saturating_sub(tail_lines())..] {
                 out.push_str(line);
                 out.push('\n');
             }
@@ -500,4 +505,13 @@ impl Drop for Proxy {
             relay.abort();
         }
     }
+}
+
+/// Lines of each node's log shown when a cluster test fails
+/// (`CLUSTER_LOG_TAIL`, default 15).
+fn tail_lines() -> usize {
+    std::env::var("CLUSTER_LOG_TAIL")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(15)
 }
