@@ -173,16 +173,18 @@ fn share<T: Clone>(items: &[T], index: usize, workers: usize) -> Vec<T> {
 
 /// Connects one client per task, at most `connections` (default
 /// [`MAX_CONNECTIONS`]), and at least one; to `addrs` in turn (the nodes
-/// of a cluster).
+/// of a cluster), following the leader unless `follow_leader` is false.
 pub async fn connect(
     addrs: &[String],
     tasks: usize,
     connections: Option<u32>,
+    follow_leader: bool,
 ) -> anyhow::Result<Vec<Client>> {
     let most = connections.map_or(MAX_CONNECTIONS, |c| c as usize);
     let mut clients = Vec::new();
     for addr in addrs.iter().cycle().take(tasks.clamp(1, most)) {
-        clients.push(Client::connect(addr).await?);
+        let options = broker_client::ConnectOptions::new().follow_leader(follow_leader);
+        clients.push(Client::connect_with(addr, options).await?);
     }
     Ok(clients)
 }

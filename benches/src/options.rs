@@ -42,6 +42,11 @@ pub struct Options {
     /// a temp data dir.
     #[arg(long, value_name = "HOST:PORT[,...]")]
     pub server: Option<String>,
+    /// With a cluster's nodes in --server: keep every call on the node it
+    /// was sent to (each follower passes it on to the leader), rather than
+    /// following the leader as the client does by default.
+    #[arg(long, requires = "server")]
+    pub no_follow_leader: bool,
     /// The process id of the --server broker, to report its CPU time and
     /// peak RSS from /proc; without it they are reported as n/a.
     #[arg(long, requires = "server")]

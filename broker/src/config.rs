@@ -46,6 +46,10 @@ pub struct ClusterConfig {
     pub listen: SocketAddr,
     /// The address other nodes reach `listen` at; default: `listen`.
     pub advertise: Option<String>,
+    /// The address clients reach the gRPC listener at, which other nodes
+    /// tell clients to use; default: the gRPC listener's address, unless
+    /// it is a wildcard (then none).
+    pub client_advertise: Option<String>,
     /// Cluster addresses of nodes to join through; empty: start a new
     /// cluster (or restart as the member the data dir says).
     pub join: Vec<String>,
@@ -227,6 +231,10 @@ pub struct Settings {
     #[arg(long, env = "BROKER_CLUSTER_ADVERTISE", value_name = "HOST:PORT")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster_advertise: Option<String>,
+    /// Cluster mode: the address clients reach this node's gRPC listener at, given to clients by the other nodes [default: listen, unless 0.0.0.0 or [::]]
+    #[arg(long, env = "BROKER_CLIENT_ADVERTISE", value_name = "HOST:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_advertise: Option<String>,
     /// Cluster mode: cluster addresses of nodes to join through, comma-separated [default: start a new cluster]
     #[arg(
         long,
@@ -335,6 +343,7 @@ impl Settings {
             node_id: self.node_id.or(fallback.node_id),
             cluster_listen: self.cluster_listen.or(fallback.cluster_listen),
             cluster_advertise: self.cluster_advertise.or(fallback.cluster_advertise),
+            client_advertise: self.client_advertise.or(fallback.client_advertise),
             join: self.join.or(fallback.join),
             snapshot_every: self.snapshot_every.or(fallback.snapshot_every),
         }
@@ -437,6 +446,7 @@ impl Settings {
             (None, None) => {
                 for (key, set) in [
                     ("cluster_advertise", self.cluster_advertise.is_some()),
+                    ("client_advertise", self.client_advertise.is_some()),
                     ("join", self.join.is_some()),
                     ("snapshot_every", self.snapshot_every.is_some()),
                 ] {
@@ -462,6 +472,7 @@ impl Settings {
                 node_id,
                 listen,
                 advertise: self.cluster_advertise,
+                client_advertise: self.client_advertise,
                 join: self.join.unwrap_or_default(),
                 snapshot_every: in_range(
                     SNAPSHOT_EVERY,
@@ -558,6 +569,10 @@ impl From<&ServerConfig> for Settings {
             node_id: config.cluster.as_ref().map(|c| c.node_id),
             cluster_listen: config.cluster.as_ref().map(|c| c.listen),
             cluster_advertise: config.cluster.as_ref().and_then(|c| c.advertise.clone()),
+            client_advertise: config
+                .cluster
+                .as_ref()
+                .and_then(|c| c.client_advertise.clone()),
             join: config
                 .cluster
                 .as_ref()
@@ -590,6 +605,7 @@ mod tests {
             "node_id",
             "cluster_listen",
             "cluster_advertise",
+            "client_advertise",
             "join",
             "snapshot_every",
         ] {

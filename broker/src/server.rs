@@ -141,7 +141,13 @@ pub async fn run_with_metrics_listener(
     };
     let node = match &config.cluster {
         Some(c) => Some(Arc::new(
-            Node::start(c, &config.data_dir, config.sync).await?,
+            Node::start(
+                c,
+                &config.data_dir,
+                config.sync,
+                client_address(c, &listener),
+            )
+            .await?,
         )),
         None => {
             crate::cluster::node::refuse_member_data_dir(&config.data_dir)?;
@@ -157,7 +163,9 @@ pub async fn run_with_metrics_listener(
         .map(|n| Leader::new(n.id, n.raft.clone(), n.lease.clone(), n.from));
     let metrics = Metrics::with_cluster(
         Arc::downgrade(&engine),
-        node.as_ref().map(|n| (n.id, n.raft.clone())),
+        node.as_ref()
+            .zip(leader.as_ref())
+            .map(|(n, l)| (n.id, n.raft.clone(), l.forwarded.clone())),
     );
     let metrics_stop = CancellationToken::new();
     let metrics_server = metrics_listener.map(|l| {
@@ -231,14 +239,20 @@ pub async fn run_with_metrics_listener(
                 .add_service(queues.clone())
                 .add_service(topics.clone())
                 .serve_with_incoming_shutdown(incoming, stopping.clone().cancelled_owned());
-            let joining = node.must_join().then(|| {
+            let joining = {
                 let (node, config, stop) = (
                     node.clone(),
                     config.cluster.clone().expect("a node has a cluster config"),
                     stopping.clone(),
                 );
-                tokio::spawn(async move { node.join(&config, stop.cancelled()).await })
-            });
+                tokio::spawn(async move {
+                    if node.must_join() {
+                        node.join(&config, stop.cancelled()).await
+                    } else {
+                        node.announce(&config, stop.cancelled()).await
+                    }
+                })
+            };
             Some((tokio::spawn(serve), joining))
         }
         _ => None,
@@ -277,9 +291,7 @@ pub async fn run_with_metrics_listener(
     engine.shutdown();
     stopping.cancel();
     if let Some((server, joining)) = cluster_server {
-        if let Some(j) = joining {
-            let _ = j.await;
-        }
+        let _ = joining.await;
         // Bounded: a request it still serves (a join) waits on Raft, which
         // shuts down after this.
         if tokio::time::timeout(config.shutdown_timeout, server)
@@ -306,6 +318,20 @@ pub async fn run_with_metrics_listener(
 }
 
 /// Server reflection over the broker's and the health service's descriptors.
+/// Where clients reach this node, for the membership: `client_advertise`,
+/// else the address the gRPC listener is bound to unless it is a wildcard
+/// (`0.0.0.0`, `[::]`: no address others could use); empty: unknown, and
+/// nodes that pass requests on do not send clients here.
+fn client_address(cluster: &crate::config::ClusterConfig, listener: &TcpListener) -> String {
+    if let Some(addr) = &cluster.client_advertise {
+        return addr.clone();
+    }
+    match listener.local_addr() {
+        Ok(addr) if !addr.ip().is_unspecified() => addr.to_string(),
+        _ => String::new(),
+    }
+}
+
 fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(broker_proto::FILE_DESCRIPTOR_SET)

@@ -44,7 +44,8 @@ fn status_text(s: &pb::GetClusterStatusResponse) -> String {
         s.last_log_index,
         s.applied_index,
     );
-    let mut rows = vec![["NODE", "ADDRESS", "ROLE", "LAG"].map(String::from)];
+    let mut rows =
+        vec![["NODE", "CLUSTER ADDRESS", "CLIENT ADDRESS", "ROLE", "LAG"].map(String::from)];
     for n in &s.nodes {
         let role = match (Some(n.id) == s.leader_id, n.voter) {
             (true, _) => "leader",
@@ -54,6 +55,11 @@ fn status_text(s: &pb::GetClusterStatusResponse) -> String {
         rows.push([
             n.id.to_string(),
             n.address.clone(),
+            if n.client_address.is_empty() {
+                "-".to_string()
+            } else {
+                n.client_address.clone()
+            },
             role.to_string(),
             n.lag.map_or("-".to_string(), |l| format!("{l} entries")),
         ]);
@@ -66,7 +72,15 @@ fn status_json(s: &pb::GetClusterStatusResponse) -> Value {
     let nodes: Vec<Value> = s
         .nodes
         .iter()
-        .map(|n| json!({ "id": n.id, "address": n.address, "voter": n.voter, "lag": n.lag }))
+        .map(|n| {
+            json!({
+                "id": n.id,
+                "address": n.address,
+                "client_address": n.client_address,
+                "voter": n.voter,
+                "lag": n.lag,
+            })
+        })
         .collect();
     json!({
         "cluster_id": s.cluster_id,

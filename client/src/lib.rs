@@ -87,13 +87,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 pub use broker_proto::{limits, pb};
 
 mod consumer;
 mod paging;
 mod publisher;
+mod route;
 pub use consumer::{Consumer, ConsumerBuilder, ConsumerStream, ConsumerSummary, Delivery, Message};
 pub use publisher::{AckFuture, OutgoingMessage, Publisher, PublisherBuilder};
 
@@ -107,9 +108,13 @@ use pb::topic_service_client::TopicServiceClient;
 /// for the operating system's TCP timeout (minutes).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a call waits to connect to a cluster's leader (an address a
+/// node gave) before it fails and calls go back to the entry address.
+const LEADER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// What the stubs send through: the channel, with the token added to
 /// every call.
-type Transport = InterceptedService<Channel, Credentials>;
+type Transport = InterceptedService<route::Route, Credentials>;
 
 /// Adds `authorization: Bearer <token>` to every call, when there is a token.
 #[derive(Clone)]
@@ -142,7 +147,7 @@ impl tonic::service::Interceptor for Credentials {
 
 /// How [`Client::connect_with`] connects: a token and TLS settings. The
 /// default is plaintext without a token, as [`Client::connect`].
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct ConnectOptions {
     /// Sent as `authorization: Bearer <token>`.
     token: Option<String>,
@@ -153,6 +158,20 @@ pub struct ConnectOptions {
     /// The name the broker's certificate must carry, if not the host of
     /// the address.
     tls_domain: Option<String>,
+    /// Send calls straight to a cluster's leader once a node names it.
+    follow_leader: bool,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> ConnectOptions {
+        ConnectOptions {
+            token: None,
+            tls_ca_pem: None,
+            tls_identity_pem: None,
+            tls_domain: None,
+            follow_leader: true,
+        }
+    }
 }
 
 impl std::fmt::Debug for ConnectOptions {
@@ -162,6 +181,7 @@ impl std::fmt::Debug for ConnectOptions {
             .field("tls_ca", &self.tls_ca_pem.is_some())
             .field("tls_identity", &self.tls_identity_pem.is_some())
             .field("tls_domain", &self.tls_domain)
+            .field("follow_leader", &self.follow_leader)
             .finish()
     }
 }
@@ -205,8 +225,50 @@ impl ConnectOptions {
         self
     }
 
+    /// Whether calls go straight to a cluster's leader once a node has
+    /// named it (default: true). A cluster node that passes a call on to
+    /// the leader answers with the leader's client address; the client then
+    /// sends its next calls there, saving a hop, and goes back to the
+    /// address it connected to when the leader fails to answer. Turn it off
+    /// when the nodes' client addresses cannot be reached from here (a load
+    /// balancer in front of nodes on a private network): each try then
+    /// costs a failed call every few seconds.
+    pub fn follow_leader(mut self, follow: bool) -> ConnectOptions {
+        self.follow_leader = follow;
+        self
+    }
+
     fn uses_tls(&self) -> bool {
         self.tls_ca_pem.is_some() || self.tls_identity_pem.is_some()
+    }
+}
+
+/// An endpoint for `uri` with the TLS settings of `options`, or why not.
+fn endpoint(uri: &str, options: &ConnectOptions) -> Result<Endpoint, String> {
+    let endpoint = Endpoint::from_shared(uri.to_owned())
+        .map_err(|e| format!("invalid address: {}", error_chain(&e)))?;
+    match (uri.starts_with("https://"), &options.tls_ca_pem) {
+        (true, None) => Err(
+            "an https:// address needs the CA certificate of the broker's certificate \
+             (ConnectOptions::tls_ca_pem; the CLI's --tls-ca)"
+                .into(),
+        ),
+        (false, _) if options.uses_tls() => {
+            Err("TLS settings were given for a plaintext address; use https://".into())
+        }
+        (true, Some(ca)) => {
+            let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+            if let Some((cert, key)) = &options.tls_identity_pem {
+                tls = tls.identity(Identity::from_pem(cert, key));
+            }
+            if let Some(domain) = &options.tls_domain {
+                tls = tls.domain_name(domain.clone());
+            }
+            endpoint
+                .tls_config(tls)
+                .map_err(|e| format!("TLS settings: {}", error_chain(&e)))
+        }
+        (false, _) => Ok(endpoint),
     }
 }
 
@@ -223,6 +285,8 @@ pub struct Client {
     topics: TopicServiceClient<Transport>,
     /// The generated stub of `ClusterService`, on the same channel.
     cluster: ClusterServiceClient<Transport>,
+    /// Where the stubs' calls go (shared with their transport).
+    route: route::Route,
 }
 
 impl Client {
@@ -281,37 +345,8 @@ impl Client {
         } else {
             format!("http://{addr}")
         };
-        let mut endpoint = Endpoint::from_shared(uri.clone())
-            .map_err(|e| connect_error(format!("invalid address: {}", error_chain(&e))))?
-            .connect_timeout(CONNECT_TIMEOUT);
         let https = uri.starts_with("https://");
-        match (https, &options.tls_ca_pem) {
-            (true, None) => {
-                return Err(connect_error(
-                    "an https:// address needs the CA certificate of the broker's certificate \
-                     (ConnectOptions::tls_ca_pem; the CLI's --tls-ca)"
-                        .into(),
-                ));
-            }
-            (false, _) if options.uses_tls() => {
-                return Err(connect_error(
-                    "TLS settings were given for a plaintext address; use https://".into(),
-                ));
-            }
-            (true, Some(ca)) => {
-                let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
-                if let Some((cert, key)) = &options.tls_identity_pem {
-                    tls = tls.identity(Identity::from_pem(cert, key));
-                }
-                if let Some(domain) = &options.tls_domain {
-                    tls = tls.domain_name(domain.clone());
-                }
-                endpoint = endpoint
-                    .tls_config(tls)
-                    .map_err(|e| connect_error(format!("TLS settings: {}", error_chain(&e))))?;
-            }
-            (false, _) => {}
-        }
+        let entry = endpoint(&uri, &options).map_err(connect_error)?;
         let authorization = match &options.token {
             None => None,
             Some(token) => Some(
@@ -323,11 +358,22 @@ impl Client {
                     })?,
             ),
         };
-        let channel = endpoint
+        let channel = entry
+            .connect_timeout(CONNECT_TIMEOUT)
             .connect()
             .await
             .map_err(|e| connect_error(error_chain(&e)))?;
-        let channel = InterceptedService::new(channel, Credentials { authorization });
+        // Another node's address: the entry's scheme and TLS settings.
+        let connect: Option<route::Connect> = options.follow_leader.then(|| {
+            let (options, scheme) = (options.clone(), if https { "https" } else { "http" });
+            Box::new(move |addr: &str| {
+                endpoint(&format!("{scheme}://{addr}"), &options)
+                    .ok()
+                    .map(|e| e.connect_timeout(LEADER_CONNECT_TIMEOUT).connect_lazy())
+            }) as route::Connect
+        });
+        let route = route::Route::new(channel, connect);
+        let channel = InterceptedService::new(route.clone(), Credentials { authorization });
         let queues = QueueServiceClient::new(channel.clone())
             .max_decoding_message_size(broker_proto::limits::MAX_GRPC_MESSAGE_BYTES)
             .max_encoding_message_size(broker_proto::limits::MAX_GRPC_MESSAGE_BYTES);
@@ -339,7 +385,15 @@ impl Client {
             queues,
             topics,
             cluster,
+            route,
         })
+    }
+
+    /// The client address of the cluster leader calls go to, once a node
+    /// has named it (see [`ConnectOptions::follow_leader`]); `None` while
+    /// they go to the address connected to.
+    pub fn leader_address(&self) -> Option<String> {
+        self.route.leader()
     }
 
     /// A queue-service handle for one call: the generated methods need `&mut self`.

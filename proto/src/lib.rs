@@ -16,3 +16,9 @@ pub mod pb {
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("broker_v1_descriptor");
 
 pub mod limits;
+
+/// The response header a cluster node adds to a request it passed on to the
+/// leader: the leader's client address (`host:port`), so that a client can
+/// go there directly next time. Only a node that knows the leader's client
+/// address adds it (see the README's "Cluster mode").
+pub const LEADER_HEADER: &str = "x-broker-leader";

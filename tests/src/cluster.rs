@@ -217,10 +217,12 @@ impl TestCluster {
             .collect()
     }
 
-    /// A client of node `id`.
+    /// A client of node `id`: its calls go to that node (it does not
+    /// follow the leader, see `ConnectOptions::follow_leader`).
     pub async fn client(&self, id: u64) -> Client {
         let addr = self.node(id).client_addr;
-        Client::connect(addr.to_string())
+        let options = broker_client::ConnectOptions::new().follow_leader(false);
+        Client::connect_with(addr.to_string(), options)
             .await
             .unwrap_or_else(|e| panic!("connect to node {id} at {addr}: {e:?}"))
     }
@@ -248,6 +250,7 @@ impl TestCluster {
             term: get("broker_cluster_term")?,
             last_log: get("broker_cluster_last_log_index")?,
             applied: get("broker_cluster_applied_index")?,
+            forwarded: get("broker_cluster_forwarded_requests_total")?,
         })
     }
 
@@ -430,6 +433,8 @@ pub struct View {
     pub term: u64,
     pub last_log: u64,
     pub applied: u64,
+    /// Client requests the node passed on to the leader.
+    pub forwarded: u64,
 }
 
 /// A TCP proxy in front of one node's cluster port that drops connections

@@ -71,10 +71,20 @@ fn run(opts: &Options) -> anyhow::Result<Report> {
     };
 
     let result = runtime.block_on(async {
-        let producer_clients =
-            load::connect(&addrs, opts.producers as usize, opts.connections).await?;
-        let consumer_clients =
-            load::connect(&addrs, opts.consumers as usize, opts.connections).await?;
+        let producer_clients = load::connect(
+            &addrs,
+            opts.producers as usize,
+            opts.connections,
+            !opts.no_follow_leader,
+        )
+        .await?;
+        let consumer_clients = load::connect(
+            &addrs,
+            opts.consumers as usize,
+            opts.connections,
+            !opts.no_follow_leader,
+        )
+        .await?;
         let plan = Plan::create(&producer_clients[0], opts, embedded.is_none()).await?;
         let preload_seconds = if opts.backlog > 0 {
             eprintln!("preloading {} messages ...", opts.backlog);

@@ -20,11 +20,16 @@
 //!
 //! Reads are forwarded too, so that every answer comes from the leader's
 //! state, never from a replica that lags.
+//!
+//! The answer to a forwarded request carries the leader's client address
+//! in [`LEADER_HEADER`] (when the membership has one), so that a client
+//! can skip the hop from then on: the Rust client does.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -32,6 +37,8 @@ use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::transport::Channel;
 use tower_service::Service;
+
+pub use broker_proto::LEADER_HEADER;
 
 use super::Raft;
 use super::network::channel;
@@ -48,6 +55,8 @@ pub struct Leader {
     lease: Lease,
     from: Option<std::net::IpAddr>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Requests passed on to the leader (`broker_cluster_forwarded_requests_total`).
+    pub forwarded: Arc<AtomicU64>,
 }
 
 /// How long a request waits for a leader's lease (see the module docs).
@@ -55,7 +64,8 @@ pub const LEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 enum Route {
     Here,
-    There(Channel, u64),
+    /// The leader's channel, id and client address (for [`LEADER_HEADER`]).
+    There(Channel, u64, Option<http::HeaderValue>),
     /// This node leads without its lease: why, if it does not come back.
     Wait(String),
     Nowhere(String),
@@ -69,6 +79,7 @@ impl Leader {
             lease,
             from,
             channels: Arc::default(),
+            forwarded: Arc::default(),
         }
     }
 
@@ -90,14 +101,17 @@ impl Leader {
         let Some(node) = m.membership_config.membership().get_node(&leader) else {
             return Route::Nowhere(format!("leader {leader} has no address in the membership"));
         };
+        let hint = http::HeaderValue::from_str(&node.client_addr)
+            .ok()
+            .filter(|v| !v.is_empty());
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = channels.get(&node.addr) {
-            return Route::There(c.clone(), leader);
+            return Route::There(c.clone(), leader, hint);
         }
         match channel(&node.addr, self.from) {
             Ok(c) => {
                 channels.insert(node.addr.clone(), c.clone());
-                Route::There(c, leader)
+                Route::There(c, leader, hint)
             }
             Err(e) => Route::Nowhere(e),
         }
@@ -163,18 +177,24 @@ where
             }
             match route {
                 Route::Here => Ok(inner.call(req).await?.map(Body::new)),
-                Route::There(mut channel, leader) => {
+                Route::There(mut channel, leader_id, hint) => {
                     use tower::ServiceExt as _;
                     req.headers_mut()
                         .insert(FORWARDED, http::HeaderValue::from_static("1"));
+                    leader.forwarded.fetch_add(1, Ordering::Relaxed);
                     let sent = match channel.ready().await {
                         Ok(ready) => ready.call(req).await,
                         Err(e) => Err(e),
                     };
                     match sent {
-                        Ok(response) => Ok(response),
+                        Ok(mut response) => {
+                            if let Some(hint) = hint {
+                                response.headers_mut().insert(LEADER_HEADER, hint);
+                            }
+                            Ok(response)
+                        }
                         Err(e) => Ok(unavailable(format!(
-                            "the leader (node {leader}) could not be reached: {e}; retry"
+                            "the leader (node {leader_id}) could not be reached: {e}; retry"
                         ))),
                     }
                 }

@@ -26,6 +26,8 @@
 //!   one internal gRPC method on the cluster listener.
 //! - [`forward`]: any node serves any request, by passing it to the
 //!   leader.
+//! - [`elections`]: a candidate stands again after a wait drawn afresh
+//!   each round, which openraft 0.9 does not do.
 //!
 //! # Invariants
 //! - **An entry is applied at most once.** The command's batch and the new
@@ -77,6 +79,7 @@
 // 100 bytes); returning them unboxed is what the traits ask.
 #![allow(clippy::result_large_err)]
 
+pub mod elections;
 pub mod forward;
 pub mod log_store;
 pub mod network;
@@ -107,7 +110,7 @@ openraft::declare_raft_types!(
         D = Request,
         R = bool,
         NodeId = u64,
-        Node = openraft::BasicNode,
+        Node = Member,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
@@ -115,6 +118,31 @@ openraft::declare_raft_types!(
 
 /// The Raft of a broker node.
 pub type Raft = openraft::Raft<TypeConfig>;
+
+/// A node as the membership records it: where other nodes reach it, and
+/// where clients do. Recorded in the log and in snapshots as JSON; an
+/// entry written without `client_addr` reads as none.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Member {
+    /// The node's cluster address (`--cluster-advertise`, else
+    /// `--cluster-listen`).
+    pub addr: String,
+    /// The address clients reach its gRPC listener at
+    /// (`--client-advertise`, else `--listen` unless it is a wildcard);
+    /// empty: none known, and clients are not sent there.
+    #[serde(default)]
+    pub client_addr: String,
+}
+
+impl std::fmt::Display for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.addr)?;
+        if !self.client_addr.is_empty() {
+            write!(f, " (clients: {})", self.client_addr)?;
+        }
+        Ok(())
+    }
+}
 
 /// The application data of a log entry: engine commands decided one after
 /// the other, and the command they were decided after (the chain: they

@@ -14,7 +14,7 @@
 //! caught up, makes it a voter, and answers with the cluster id. A node id
 //! already in the cluster under another address is refused.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -23,20 +23,20 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use openraft::ChangeMembers;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::{BasicNode, ChangeMembers};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
-use super::{Raft, TypeConfig};
+use super::{Member, Raft, TypeConfig};
 
 /// The largest frame between nodes (a batch of log entries).
 pub const MAX_FRAME_BYTES: usize = 256 * 1024 * 1024;
@@ -64,11 +64,16 @@ fn id_of(cluster: &ClusterId) -> String {
     cluster.get().cloned().unwrap_or_default()
 }
 
-/// A node asking to join: its id and cluster address.
+/// A node asking to join: its id, cluster address and client address.
+/// A member asks too when the client address it starts with is not the
+/// one the membership has (the leader then records the new one).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Join {
     pub id: u64,
     pub addr: String,
+    /// See [`Member::client_addr`].
+    #[serde(default)]
+    pub client_addr: String,
     /// The node has no log entry and no vote (a new or wiped data dir).
     pub empty_log: bool,
     /// Passed on by a node that does not lead: not passed on again.
@@ -171,7 +176,7 @@ pub struct Connection {
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 
-    async fn new_client(&mut self, target: u64, node: &BasicNode) -> Connection {
+    async fn new_client(&mut self, target: u64, node: &Member) -> Connection {
         Connection {
             target,
             channel: channel(&node.addr, self.from),
@@ -186,7 +191,7 @@ impl Connection {
         kind: &str,
         request: &Q,
         option: &RPCOption,
-    ) -> Result<A, RPCError<u64, BasicNode, RaftError<u64, E>>> {
+    ) -> Result<A, RPCError<u64, Member, RaftError<u64, E>>> {
         let channel = self
             .channel
             .clone()
@@ -216,7 +221,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         &mut self,
         mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
         let keep = entries_in_frame(rpc.entries.iter().map(entry_bytes));
         let truncated = keep < rpc.entries.len();
         rpc.entries.truncate(keep);
@@ -236,7 +241,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<u64>,
-        RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
+        RPCError<u64, Member, RaftError<u64, InstallSnapshotError>>,
     > {
         self.send("snapshot", &rpc, &option).await
     }
@@ -245,7 +250,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         &mut self,
         rpc: VoteRequest<u64>,
         option: RPCOption,
-    ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+    ) -> Result<VoteResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
         self.send("vote", &rpc, &option).await
     }
 }
@@ -522,7 +527,7 @@ impl RaftService {
     }
 
     /// Whether node `id` answers a ping within [`PING_WAIT`].
-    async fn answers(&self, membership: &openraft::Membership<u64, BasicNode>, id: u64) -> bool {
+    async fn answers(&self, membership: &openraft::Membership<u64, Member>, id: u64) -> bool {
         let Some(node) = membership.get_node(&id) else {
             return false;
         };
@@ -534,8 +539,9 @@ impl RaftService {
     }
 
     /// Adds node `join.id` at `join.addr`: on the leader, as a learner
-    /// that is then made a voter; elsewhere, passed on to the leader.
-    async fn join(&self, join: Join) -> Result<Joined, String> {
+    /// that is then made a voter; elsewhere, passed on to the leader. A
+    /// member's new client address replaces its old one.
+    pub(super) async fn join(&self, join: Join) -> Result<Joined, String> {
         let metrics = self.raft.metrics().borrow().clone();
         match metrics.current_leader {
             Some(leader) if leader == self.id => {}
@@ -569,22 +575,38 @@ impl RaftService {
                     join.id, node.addr
                 ));
             }
-            if membership.voter_ids().any(|v| v == join.id) {
-                if join.empty_log {
-                    // It would vote and count as a copy with nothing: two
-                    // leaders in a term, or a committed entry lost.
-                    return Err(format!(
-                        "node {} is a voter of this cluster but came back with an empty log (a \
-                         new or wiped data dir): remove it first (broker cluster remove-node {}), \
-                         then join it again",
-                        join.id, join.id
-                    ));
-                }
+            let voter = membership.voter_ids().any(|v| v == join.id);
+            if voter && join.empty_log {
+                // It would vote and count as a copy with nothing: two
+                // leaders in a term, or a committed entry lost.
+                return Err(format!(
+                    "node {} is a voter of this cluster but came back with an empty log (a \
+                     new or wiped data dir): remove it first (broker cluster remove-node {}), \
+                     then join it again",
+                    join.id, join.id
+                ));
+            }
+            if node.client_addr != join.client_addr {
+                let node = Member {
+                    addr: join.addr.clone(),
+                    client_addr: join.client_addr.clone(),
+                };
+                self.raft
+                    .change_membership(
+                        ChangeMembers::SetNodes(BTreeMap::from([(join.id, node)])),
+                        false,
+                    )
+                    .await
+                    .map_err(|e| format!("recording node {}'s client address: {e}", join.id))?;
+                tracing::info!(node = join.id, client_addr = %join.client_addr, "node's client address recorded");
+            }
+            if voter {
                 return Ok(Joined { cluster_id });
             }
         }
-        let node = BasicNode {
+        let node = Member {
             addr: join.addr.clone(),
+            client_addr: join.client_addr.clone(),
         };
         tokio::time::timeout(JOIN_WAIT, self.raft.add_learner(join.id, node, true))
             .await

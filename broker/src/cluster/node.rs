@@ -31,13 +31,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::BasicNode;
 use serde::{Deserialize, Serialize};
 
 use super::network::{ClusterId, Join, Joined, Network, RaftService, call, channel, source_ip};
 use super::proposer::Lease;
 use super::snapshot::Receiver;
-use super::{Raft, RaftLog, raft_config, storage};
+use super::{Member, Raft, RaftLog, raft_config, storage};
 use crate::config::ClusterConfig;
 use crate::engine::Engine;
 use crate::storage::{Store, SyncMode};
@@ -99,6 +98,8 @@ pub struct Node {
     pub lease: Lease,
     pub engine: Arc<Engine>,
     pub cluster: ClusterId,
+    /// Where clients reach this node (see [`Member::client_addr`]).
+    client_addr: String,
     identity_path: PathBuf,
     snapshot_pending: bool,
     snapshots: Arc<Receiver>,
@@ -107,10 +108,12 @@ pub struct Node {
 impl Node {
     /// Opens the node's stores in `data_dir` and starts its Raft; a node
     /// without a cluster and without seeds makes a new cluster of itself.
+    /// Clients reach it at `client_addr` (empty: unknown).
     pub async fn start(
         config: &ClusterConfig,
         data_dir: &Path,
         sync: SyncMode,
+        client_addr: String,
     ) -> Result<Node, NodeError> {
         if config.node_id == 0 {
             return Err(NodeError::NodeIdZero);
@@ -179,9 +182,11 @@ impl Node {
             cluster: cluster.clone(),
             from,
         };
+        let timeouts = raft_config.election_timeout_min..raft_config.election_timeout_max;
         let raft = Raft::new(config.node_id, raft_config, network, ls, sm)
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
+        tokio::spawn(super::elections::break_ties(raft.clone(), timeouts));
         let lease = Lease::watch(&raft);
         engine.replicate_through(RaftLog::new(config.node_id, raft.clone(), lease.clone()));
         let node = Node {
@@ -191,6 +196,7 @@ impl Node {
             lease,
             engine,
             cluster,
+            client_addr,
             identity_path,
             snapshot_pending: snapshot_pending || (single_node_data && recorded.is_none()),
             snapshots,
@@ -206,8 +212,9 @@ impl Node {
         if config.join.is_empty() && fresh_log {
             let members = BTreeMap::from([(
                 config.node_id,
-                BasicNode {
+                Member {
                     addr: config.address(),
+                    client_addr: node.client_addr.clone(),
                 },
             )]);
             node.raft
@@ -343,12 +350,7 @@ impl Node {
     /// Asks the seeds in turn to add this node, until one does (every
     /// second, until `stop`), then records the cluster id.
     pub async fn join(&self, config: &ClusterConfig, stop: impl Future<Output = ()>) {
-        let request = Join {
-            id: self.id,
-            addr: config.address(),
-            empty_log: self.log_is_empty().await,
-            forwarded: false,
-        };
+        let request = self.join_request(config).await;
         let attempts = async {
             loop {
                 for seed in &config.join {
@@ -378,6 +380,51 @@ impl Node {
                 }
             }
             _ = stop => {}
+        }
+    }
+
+    /// What this node asks when it joins or announces itself.
+    async fn join_request(&self, config: &ClusterConfig) -> Join {
+        Join {
+            id: self.id,
+            addr: config.address(),
+            client_addr: self.client_addr.clone(),
+            empty_log: self.log_is_empty().await,
+            forwarded: false,
+        }
+    }
+
+    /// A member that restarted with another client address than the
+    /// membership records asks the leader to record it (every second,
+    /// until done or `stop`), so that clients are sent to the right place.
+    pub async fn announce(&self, config: &ClusterConfig, stop: impl Future<Output = ()>) {
+        let request = self.join_request(config).await;
+        let announce = async {
+            loop {
+                let recorded = {
+                    let m = self.raft.metrics().borrow().clone();
+                    m.membership_config
+                        .membership()
+                        .get_node(&self.id)
+                        .map(|n| n.client_addr.clone())
+                };
+                match recorded {
+                    // Removed, or not in the membership it knows yet.
+                    None => {}
+                    Some(addr) if addr == self.client_addr => return,
+                    Some(_) => match self.service().join(request.clone()).await {
+                        Ok(_) => return,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "client address not recorded yet; retrying")
+                        }
+                    },
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        };
+        tokio::select! {
+            () = announce => {}
+            () = stop => {}
         }
     }
 

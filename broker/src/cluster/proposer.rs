@@ -17,9 +17,9 @@ pub const LEASE_MS: u64 = 500;
 /// How long a proposal may wait for its commit.
 const COMMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-use openraft::{BasicNode, RaftMetrics};
+use openraft::RaftMetrics;
 
-use super::{Raft, Request};
+use super::{Member, Raft, Request};
 
 /// Node `id`'s Raft as the log its engine decides into.
 pub struct RaftLog {
@@ -92,7 +92,7 @@ pub enum Leadership {
 /// [`Leadership`] of node `id` by `m`, reported to `lease`: the one rule
 /// for deciding (`RaftLog::leading`), for serving (`forward`) and for
 /// being ready (`Node::ready`).
-pub fn leadership(id: u64, m: &RaftMetrics<u64, BasicNode>, lease: &Lease) -> Leadership {
+pub fn leadership(id: u64, m: &RaftMetrics<u64, Member>, lease: &Lease) -> Leadership {
     let since_ack = m
         .millis_since_quorum_ack
         .map(|ms| ms.saturating_add(lease.since_report_ms()));

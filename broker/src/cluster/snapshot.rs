@@ -34,8 +34,8 @@ use crate::engine::Engine;
 use crate::storage::{Batch, keys};
 
 type NodeId = u64;
-pub type Meta = SnapshotMeta<NodeId, openraft::BasicNode>;
-type Membership = StoredMembership<NodeId, openraft::BasicNode>;
+pub type Meta = SnapshotMeta<NodeId, super::Member>;
+type Membership = StoredMembership<NodeId, super::Member>;
 
 const MAGIC: &[u8; 8] = b"BRKSNAP1";
 const END: u32 = u32::MAX;

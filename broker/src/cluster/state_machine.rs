@@ -32,7 +32,7 @@ use crate::engine::Engine;
 use crate::storage::keys;
 
 type NodeId = u64;
-type Membership = StoredMembership<NodeId, openraft::BasicNode>;
+type Membership = StoredMembership<NodeId, super::Member>;
 type Result<T> = std::result::Result<T, StorageError<NodeId>>;
 
 /// What `RAFT_APPLIED` holds.

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use openraft::StorageError;
 use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -15,7 +16,6 @@ use openraft::raft::{
 };
 use openraft::storage::RaftLogStorage;
 use openraft::testing::{StoreBuilder, Suite};
-use openraft::{BasicNode, StorageError};
 
 use super::*;
 use crate::engine::{AttributeChanges, NewMessage, ReceiveOptions};
@@ -85,7 +85,7 @@ struct Connection {
 impl RaftNetworkFactory<TypeConfig> for Router {
     type Network = Connection;
 
-    async fn new_client(&mut self, target: u64, _node: &BasicNode) -> Connection {
+    async fn new_client(&mut self, target: u64, _node: &Member) -> Connection {
         Connection {
             router: self.clone(),
             target,
@@ -94,7 +94,7 @@ impl RaftNetworkFactory<TypeConfig> for Router {
 }
 
 impl Connection {
-    fn raft<E: std::error::Error>(&self) -> Result<Raft, RPCError<u64, BasicNode, E>> {
+    fn raft<E: std::error::Error>(&self) -> Result<Raft, RPCError<u64, Member, E>> {
         self.router
             .nodes
             .lock()
@@ -112,7 +112,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         _option: RPCOption,
-    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
         let raft = self.raft()?;
         raft.append_entries(rpc)
             .await
@@ -125,7 +125,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         _option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<u64>,
-        RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
+        RPCError<u64, Member, RaftError<u64, InstallSnapshotError>>,
     > {
         let raft = self.raft()?;
         raft.install_snapshot(rpc)
@@ -137,7 +137,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         &mut self,
         rpc: VoteRequest<u64>,
         _option: RPCOption,
-    ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+    ) -> Result<VoteResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
         let raft = self.raft()?;
         raft.vote(rpc)
             .await
@@ -230,7 +230,7 @@ async fn three_nodes_apply_the_leader_s_commands_and_a_restarted_node_catches_up
     for (i, dir) in dirs.iter().enumerate() {
         nodes.push(start(i as u64 + 1, dir.path(), &router).await);
     }
-    let members: BTreeMap<u64, BasicNode> = (1..=3).map(|id| (id, BasicNode::default())).collect();
+    let members: BTreeMap<u64, Member> = (1..=3).map(|id| (id, Member::default())).collect();
     nodes[0].0.initialize(members).await.unwrap();
     let metrics = nodes[0]
         .0
@@ -345,7 +345,7 @@ async fn a_kept_snapshot_newer_than_the_engine_is_installed_at_open() {
     let log_id = openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), 1);
     let record = serde_json::to_vec(&(
         Some(log_id),
-        openraft::StoredMembership::<u64, BasicNode>::default(),
+        openraft::StoredMembership::<u64, Member>::default(),
     ))
     .unwrap();
     assert!(

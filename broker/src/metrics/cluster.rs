@@ -1,8 +1,12 @@
 //! Cluster mode: this node's view of the cluster, read from openraft's
 //! metrics at scrape time.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet};
+use prometheus_client::metrics::MetricType;
 
 use super::collector::{gauge, gauges};
 use crate::cluster::Raft;
@@ -11,6 +15,8 @@ use crate::cluster::Raft;
 pub struct ClusterCollector {
     pub id: u64,
     pub raft: Raft,
+    /// Requests this node passed on to the leader (`forward::Leader`).
+    pub forwarded: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for ClusterCollector {
@@ -62,6 +68,14 @@ impl Collector for ClusterCollector {
         for (name, help, value) in rows {
             gauge(&mut encoder, name, help, None, value)?;
         }
+        encoder
+            .encode_descriptor(
+                "broker_cluster_forwarded_requests",
+                "Client requests this node passed on to the leader.",
+                None,
+                MetricType::Counter,
+            )?
+            .encode_counter::<NoLabelSet, _, u64>(&self.forwarded.load(Ordering::Relaxed), None)?;
         if let Some(replication) = &m.replication {
             gauges(
                 &mut encoder,

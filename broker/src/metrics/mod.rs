@@ -74,6 +74,9 @@
 //!   `broker_cluster_voters` gauges.
 //! - `broker_cluster_replication_lag_entries{node}` gauge, on the leader:
 //!   entries of its log each node has not confirmed yet.
+//! - `broker_cluster_forwarded_requests_total` counter: client requests
+//!   this node passed on to the leader (a client that follows the leader's
+//!   address, as the Rust client does, makes few).
 
 pub mod cluster;
 pub mod collector;
@@ -104,17 +107,21 @@ impl Metrics {
         Metrics::with_cluster(engine, None)
     }
 
-    /// [`Metrics::new`], with the `broker_cluster_*` gauges of node `id`
-    /// over its Raft in cluster mode.
+    /// [`Metrics::new`], with the `broker_cluster_*` metrics of node `id`
+    /// over its Raft in cluster mode, and its count of forwarded requests.
     pub fn with_cluster(
         engine: Weak<Engine>,
-        cluster: Option<(u64, crate::cluster::Raft)>,
+        cluster: Option<(u64, crate::cluster::Raft, Arc<std::sync::atomic::AtomicU64>)>,
     ) -> Metrics {
         let rpc = Arc::new(rpc::RpcMetrics::new());
         let mut registry = Registry::default();
         registry.register_collector(Box::new(collector::EngineCollector::new(engine)));
-        if let Some((id, raft)) = cluster {
-            registry.register_collector(Box::new(cluster::ClusterCollector { id, raft }));
+        if let Some((id, raft, forwarded)) = cluster {
+            registry.register_collector(Box::new(cluster::ClusterCollector {
+                id,
+                raft,
+                forwarded,
+            }));
         }
         registry.register_collector(Box::new(rpc.clone()));
         Metrics {

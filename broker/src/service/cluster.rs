@@ -43,9 +43,10 @@ impl pb::cluster_service_server::ClusterService for ClusterApi {
         let last_log_index = m.last_log_index.unwrap_or(0);
         let nodes = membership
             .nodes()
-            .map(|(node, basic)| pb::ClusterNode {
+            .map(|(node, member)| pb::ClusterNode {
                 id: *node,
-                address: basic.addr.clone(),
+                address: member.addr.clone(),
+                client_address: member.client_addr.clone(),
                 voter: voters.contains(node),
                 lag: m.replication.as_ref().and_then(|r| {
                     let matched = r.get(node)?.map_or(0, |l| l.index);

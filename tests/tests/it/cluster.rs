@@ -317,6 +317,7 @@ fn as_node(id: u64) -> impl Fn(&mut broker::config::ServerConfig) + Send + Sync 
             node_id: id,
             listen: "127.0.0.1:0".parse().expect("an address"),
             advertise: None,
+            client_advertise: None,
             join: Vec::new(),
             snapshot_every: broker::config::DEFAULT_SNAPSHOT_EVERY,
         })
@@ -441,4 +442,108 @@ async fn a_node_is_removed_only_when_a_majority_that_answers_remains() {
     assert_eq!(status.nodes.len(), 2, "{status:?}");
     create_queue(&client, QUEUE, attributes()).await;
     send_message(&client, QUEUE, "after the removal", &[], None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_goes_straight_to_the_leader_and_follows_the_next_one() {
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.leader().await;
+    let follower = cluster
+        .running()
+        .into_iter()
+        .find(|&id| id != leader)
+        .expect("a follower");
+    let addrs: std::collections::BTreeMap<u64, String> = cluster
+        .nodes
+        .iter()
+        .map(|n| (n.id, n.client_addr.to_string()))
+        .collect();
+    let client_addr = |id: u64| addrs[&id].clone();
+    let (leader_addr, follower_addr) = (client_addr(leader), client_addr(follower));
+
+    // Every node's client address is in the membership.
+    let status = cluster
+        .client(follower)
+        .await
+        .get_cluster_status()
+        .await
+        .expect("GetClusterStatus");
+    let mut addrs: Vec<(u64, String)> = status
+        .nodes
+        .iter()
+        .map(|n| (n.id, n.client_address.clone()))
+        .collect();
+    addrs.sort();
+    let want: Vec<(u64, String)> = (1..=3).map(|id| (id, client_addr(id))).collect();
+    assert_eq!(addrs, want);
+
+    // A client of the follower: its first call is passed on, and the
+    // answer names the leader; the calls after it skip the follower.
+    let client = Client::connect(&follower_addr).await.expect("connect");
+    assert_eq!(client.leader_address(), None);
+    create_queue(&client, QUEUE, attributes()).await;
+    assert_eq!(client.leader_address(), Some(leader_addr.clone()));
+    let passed_on = cluster.view(follower).await.expect("a view").forwarded;
+    for i in 0..20 {
+        send_message(&client, QUEUE, format!("m{i}"), &[], None).await;
+    }
+    assert_eq!(
+        cluster.view(follower).await.expect("a view").forwarded,
+        passed_on,
+        "the follower passed on none of the 20 sends"
+    );
+    // ClusterService answers for the node reached, not the leader.
+    let status = client.get_cluster_status().await.expect("GetClusterStatus");
+    assert_eq!(status.node_id, follower);
+
+    // A client that does not follow keeps going through the follower.
+    let plain = Client::connect_with(
+        &follower_addr,
+        broker_client::ConnectOptions::new().follow_leader(false),
+    )
+    .await
+    .expect("connect");
+    send_message(&plain, QUEUE, "through the follower", &[], None).await;
+    assert_eq!(plain.leader_address(), None);
+    assert_eq!(
+        cluster.view(follower).await.expect("a view").forwarded,
+        passed_on + 1
+    );
+
+    // The leader dies: a call to it fails, the next goes to the follower
+    // again, which names the new leader (unless it is the new leader).
+    cluster.kill(leader).await;
+    let resumed = poll_until(CLUSTER_TIMEOUT, || async {
+        client
+            .send_message(send_request(QUEUE, "after the kill", &[], None))
+            .await
+            .map_err(|e| format!("{e:?}"))
+    })
+    .await;
+    resumed.unwrap_or_else(|last| panic!("a send succeeds after the leader's death: {last}"));
+    let new_leader = cluster.leader().await;
+    assert_ne!(new_leader, leader);
+    send_message(&client, QUEUE, "to the new leader", &[], None).await;
+    let want = (new_leader != follower).then(|| client_addr(new_leader));
+    assert_eq!(client.leader_address(), want);
+    // Every acknowledged send is there; the one retried across the
+    // failover may be there twice (at least once).
+    let mut bodies: Vec<String> = broker_tests::drain(&client, QUEUE)
+        .await
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.body).into_owned())
+        .collect();
+    bodies.sort();
+    bodies.dedup();
+    let mut want: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
+    want.extend(
+        [
+            "after the kill",
+            "through the follower",
+            "to the new leader",
+        ]
+        .map(String::from),
+    );
+    want.sort();
+    assert_eq!(bodies, want);
 }

@@ -184,6 +184,14 @@ fn the_broker_statefulset_fits_its_services_and_budget() {
         assert_eq!(cluster.listen.port() as u64, ports["cluster"]);
         let dns = format!("{service}.prod.svc.cluster.local:{}", ports["cluster"]);
         assert_eq!(cluster.address(), format!("{host}.{dns}"));
+        // Clients in the cluster reach each pod's gRPC port by its name.
+        assert_eq!(
+            cluster.client_advertise,
+            Some(format!(
+                "{host}.{service}.prod.svc.cluster.local:{}",
+                ports["grpc"]
+            ))
+        );
         let join: Vec<String> = if ordinal == 0 {
             vec![]
         } else {
