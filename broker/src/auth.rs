@@ -577,6 +577,24 @@ pub fn require_admin<T>(request: &Request<T>) -> Result<(), AuthError> {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// Operator-supplied: any token file text loads or is refused with
+        /// a reason, never a panic.
+        #[test]
+        fn any_token_file_text_loads_or_is_refused(
+            junk in "\\PC{0,200}",
+            name in "\\PC{0,12}",
+            token in "\\PC{0,20}",
+            permissions in proptest::collection::vec("\\PC{0,16}|(send|receive|publish|admin|x):[a-z*-]{0,6}\\*?", 0..4),
+        ) {
+            let _ = Tokens::parse(&junk);
+            let text = format!(
+                "[[tokens]]\nname = {name:?}\ntoken = {token:?}\npermissions = {permissions:?}\n"
+            );
+            let _ = Tokens::parse(&text);
+        }
+    }
+
     const FILE: &str = r#"
         [[tokens]]
         name = "orders-service"

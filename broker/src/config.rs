@@ -587,6 +587,29 @@ impl From<&ServerConfig> for Settings {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// Operator-supplied: any config text loads or is refused naming
+        /// the key, never a panic.
+        #[test]
+        fn any_config_text_loads_or_is_refused(
+            junk in "\\PC{0,200}",
+            key in proptest::sample::select(vec![
+                "listen", "data_dir", "sync", "sync_interval_ms", "shutdown_timeout",
+                "metrics_listen", "log_format", "log", "max_connections", "max_streams",
+                "max_long_polls_per_connection", "max_request_bytes", "node_id",
+                "cluster_listen", "cluster_advertise", "client_advertise", "join",
+                "snapshot_every", "tls_cert", "tls_key", "auth_tokens",
+            ]),
+            value in "-?[0-9]{1,22}|true|false|\"[a-z0-9:./\\[\\]-]{0,24}\"|\\[\"[0-9.:]{0,16}\"\\]|\\PC{0,12}",
+        ) {
+            for text in [junk, format!("{key} = {value}\n")] {
+                if let Ok(settings) = toml::from_str::<Settings>(&text) {
+                    let _ = settings.resolve(None);
+                }
+            }
+        }
+    }
+
     fn invalid(settings: Settings) -> String {
         settings.resolve(None).unwrap_err().to_string()
     }

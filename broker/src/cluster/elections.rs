@@ -1,5 +1,5 @@
 //! Split votes that repeat: why they happen with openraft 0.9, and how a
-//! node breaks them ([`break_ties`]).
+//! node breaks them ([`jitter_rounds`]).
 //!
 //! openraft 0.9 draws a node's election timeout once, when the node starts
 //! (in `election_timeout_min..election_timeout_max`), and checks it on its
@@ -9,17 +9,24 @@
 //! with 0.75 to 1.25 s) and whose ticks fall within a vote's round trip of
 //! each other (a few ms; tens on a busy machine) stand at the same moments
 //! round after round: each votes for itself, refuses the other, and no
-//! leader is elected until their ticks drift apart. That was seen here as
-//! a leader's death not followed by a new leader within 5 s (the cluster
-//! suite's failover bound) in about one kill in thirty.
+//! leader is elected until their ticks drift apart.
 //!
-//! The usual Raft answer is a new random timeout each round. [`break_ties`]
-//! gives one: a node that has been a candidate without a leader for a time
-//! drawn afresh each round stands again at once (`Trigger::elect`), at a
-//! moment that is not on its tick; its later rounds keep that offset, so
-//! the two nodes' rounds no longer coincide. It changes nothing while a
-//! leader is known: the first election after a leader's loss is still
-//! openraft's own.
+//! The usual Raft answer is a new random timeout each round. Standing
+//! again at a random moment (`Trigger::elect`) would give one, but it
+//! would also undo openraft's own way out of another case: a candidate
+//! whose log is shorter than a voter's (which cannot win) waits longer
+//! before its next round, so that the voter stands with a higher term and
+//! wins; a short-log node that stood again on its own would keep pace with
+//! the voter's terms and refuse it each round (seen here). So
+//! [`jitter_rounds`] only ever delays: each time this node starts a round
+//! as a candidate without a leader, its elections are switched off
+//! (`RuntimeConfigHandle::elect`) until a moment drawn afresh in
+//! `election_timeout_min..election_timeout_max + JITTER`, after which
+//! openraft's tick stands again as it would. The node's round then lasts
+//! the longer of openraft's fixed timeout and the draw, which differs from
+//! round to round, and two nodes in step fall out of step. Followers with a
+//! leader, and a node's first election after losing its leader (openraft's
+//! lease plus its timeout), are left alone.
 
 use std::ops::Range;
 use std::time::Duration;
@@ -29,61 +36,94 @@ use tokio::time::Instant;
 
 use super::Raft;
 
-/// When a node stands again, from what it sees of its Raft.
-#[derive(Debug, Default)]
-pub struct TieBreak {
-    /// When this node became a candidate without a leader, and how long
-    /// it waits from then before it stands again; `None` while it is not.
-    waiting: Option<(Instant, Duration)>,
+/// How far past `election_timeout_max` a candidate's next round may be
+/// put off: a few ticks.
+pub const JITTER: Duration = Duration::from_millis(450);
+
+/// What to do with this node's elections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Elections {
+    /// Off until the instant: a new round was started.
+    OffUntil(Instant),
+    /// Back on (they were off, and this node is no longer a leaderless
+    /// candidate, or its wait is over).
+    On,
 }
 
-impl TieBreak {
-    /// What the node sees changed: `leaderless_candidate` is whether it is
-    /// a candidate and knows no leader. Returns when to stand again, if it
-    /// should; `draw` gives a fresh wait for a new round.
+/// The rounds of one node, from what it sees of its Raft.
+#[derive(Debug, Default)]
+pub struct Rounds {
+    /// The term of the last round seen as a leaderless candidate.
+    term: Option<u64>,
+    /// Until when elections are off, while they are.
+    off_until: Option<Instant>,
+}
+
+impl Rounds {
+    /// What the node sees changed: whether it is a candidate that knows no
+    /// leader, in `term`. `draw` gives a new round's wait.
     pub fn observe(
         &mut self,
         leaderless_candidate: bool,
+        term: u64,
         now: Instant,
         draw: impl FnOnce() -> Duration,
-    ) -> Option<Instant> {
+    ) -> Option<Elections> {
         if !leaderless_candidate {
-            self.waiting = None;
+            self.term = None;
+            return self.off_until.take().map(|_| Elections::On);
+        }
+        if self.term == Some(term) {
             return None;
         }
-        let (since, wait) = *self.waiting.get_or_insert_with(|| (now, draw()));
-        Some(since + wait)
+        self.term = Some(term);
+        let until = now + draw();
+        self.off_until = Some(until);
+        Some(Elections::OffUntil(until))
     }
 
-    /// The node stood again at `now`: the next round waits from there.
-    pub fn stood(&mut self, now: Instant, draw: impl FnOnce() -> Duration) {
-        self.waiting = Some((now, draw()));
+    /// Until when elections are off, if they are.
+    pub fn off_until(&self) -> Option<Instant> {
+        self.off_until
+    }
+
+    /// The wait is over at `now`: elections go back on.
+    pub fn wait_over(&mut self, now: Instant) -> Option<Elections> {
+        match self.off_until {
+            Some(until) if until <= now => {
+                self.off_until = None;
+                Some(Elections::On)
+            }
+            _ => None,
+        }
     }
 }
 
-/// Runs [`TieBreak`] over `raft` until the Raft shuts down: a candidate
-/// without a leader for a random time in `timeouts` (ms, drawn afresh each
-/// round) stands again.
-pub async fn break_ties(raft: Raft, timeouts: Range<u64>) {
+/// Runs [`Rounds`] over `raft` until the Raft shuts down: each round a
+/// leaderless candidate starts, its elections are off for a wait drawn in
+/// `timeouts.start..timeouts.end + JITTER` (ms), then on again.
+pub async fn jitter_rounds(raft: Raft, timeouts: Range<u64>) {
     let mut metrics = raft.metrics();
-    let mut tie = TieBreak::default();
-    let draw = || Duration::from_millis(rand::random_range(timeouts.clone()));
+    let mut rounds = Rounds::default();
+    let end = timeouts.end + JITTER.as_millis() as u64;
+    let draw = || Duration::from_millis(rand::random_range(timeouts.start..end));
+    let apply = |action: Option<Elections>| match action {
+        Some(Elections::OffUntil(_)) => raft.runtime_config().elect(false),
+        Some(Elections::On) => raft.runtime_config().elect(true),
+        None => {}
+    };
     loop {
-        let deadline = {
+        {
             let m = metrics.borrow_and_update();
             let leaderless = m.state == ServerState::Candidate && m.current_leader.is_none();
-            tie.observe(leaderless, Instant::now(), draw)
-        };
-        let changed = match deadline {
+            apply(rounds.observe(leaderless, m.current_term, Instant::now(), draw));
+        }
+        let changed = match rounds.off_until() {
             None => metrics.changed().await,
-            Some(at) => match tokio::time::timeout_at(at, metrics.changed()).await {
+            Some(until) => match tokio::time::timeout_at(until, metrics.changed()).await {
                 Ok(changed) => changed,
                 Err(_) => {
-                    tracing::info!("a candidate without a leader for a while: standing again");
-                    if raft.trigger().elect().await.is_err() {
-                        return;
-                    }
-                    tie.stood(Instant::now(), draw);
+                    apply(rounds.wait_over(Instant::now()));
                     Ok(())
                 }
             },
@@ -101,29 +141,42 @@ mod tests {
     const MS: Duration = Duration::from_millis(1);
 
     #[tokio::test(start_paused = true)]
-    async fn a_leaderless_candidate_stands_again_after_a_wait_drawn_each_round() {
-        let mut tie = TieBreak::default();
+    async fn each_round_of_a_leaderless_candidate_is_put_off_by_a_new_draw() {
+        let mut rounds = Rounds::default();
         let t0 = Instant::now();
         // A follower with a leader: nothing to do.
-        assert_eq!(tie.observe(false, t0, || unreachable!()), None);
-        // A candidate: the wait is drawn once, counted from when it began,
-        // whatever changes meanwhile (its term, on openraft's tick).
-        assert_eq!(tie.observe(true, t0, || 900 * MS), Some(t0 + 900 * MS));
+        assert_eq!(rounds.observe(false, 3, t0, || unreachable!()), None);
+        // A candidate in term 4: elections off for the draw.
         assert_eq!(
-            tie.observe(true, t0 + 300 * MS, || unreachable!()),
-            Some(t0 + 900 * MS)
+            rounds.observe(true, 4, t0, || 900 * MS),
+            Some(Elections::OffUntil(t0 + 900 * MS))
         );
-        // It stood: the next round waits a new draw from then.
-        tie.stood(t0 + 900 * MS, || 800 * MS);
+        // Other changes in the same round change nothing.
         assert_eq!(
-            tie.observe(true, t0 + 950 * MS, || unreachable!()),
-            Some(t0 + 1700 * MS)
+            rounds.observe(true, 4, t0 + 100 * MS, || unreachable!()),
+            None
         );
-        // A leader is known: the next candidacy starts a new wait.
-        assert_eq!(tie.observe(false, t0 + 1000 * MS, || unreachable!()), None);
+        assert_eq!(rounds.wait_over(t0 + 899 * MS), None);
+        assert_eq!(rounds.wait_over(t0 + 900 * MS), Some(Elections::On));
+        assert_eq!(rounds.off_until(), None);
+        // openraft's tick stands again: term 5, a new draw.
         assert_eq!(
-            tie.observe(true, t0 + 5000 * MS, || 1000 * MS),
-            Some(t0 + 6000 * MS)
+            rounds.observe(true, 5, t0 + 1_000 * MS, || 1_300 * MS),
+            Some(Elections::OffUntil(t0 + 2_300 * MS))
+        );
+        // A leader is elected before the wait is over: elections back on.
+        assert_eq!(
+            rounds.observe(false, 5, t0 + 1_200 * MS, || unreachable!()),
+            Some(Elections::On)
+        );
+        assert_eq!(
+            rounds.observe(false, 6, t0 + 1_300 * MS, || unreachable!()),
+            None
+        );
+        // The same term as a candidate again later (after a leader): a new round.
+        assert_eq!(
+            rounds.observe(true, 5, t0 + 9_000 * MS, || 800 * MS),
+            Some(Elections::OffUntil(t0 + 9_800 * MS))
         );
     }
 }

@@ -26,8 +26,8 @@
 //!   one internal gRPC method on the cluster listener.
 //! - [`forward`]: any node serves any request, by passing it to the
 //!   leader.
-//! - [`elections`]: a candidate stands again after a wait drawn afresh
-//!   each round, which openraft 0.9 does not do.
+//! - [`elections`]: each round of a candidate is put off by a wait drawn
+//!   afresh, which openraft 0.9 does not do.
 //!
 //! # Invariants
 //! - **An entry is applied at most once.** The command's batch and the new

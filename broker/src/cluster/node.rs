@@ -186,7 +186,7 @@ impl Node {
         let raft = Raft::new(config.node_id, raft_config, network, ls, sm)
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
-        tokio::spawn(super::elections::break_ties(raft.clone(), timeouts));
+        tokio::spawn(super::elections::jitter_rounds(raft.clone(), timeouts));
         let lease = Lease::watch(&raft);
         engine.replicate_through(RaftLog::new(config.node_id, raft.clone(), lease.clone()));
         let node = Node {

@@ -656,6 +656,8 @@ impl Engine {
 }
 
 #[cfg(test)]
+mod corrupt_tests;
+#[cfg(test)]
 mod replay_tests;
 #[cfg(test)]
 mod speculation_tests;

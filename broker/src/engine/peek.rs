@@ -261,6 +261,18 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Client-supplied: any text decodes or is refused naming the
+        /// field, never a panic; every position round-trips.
+        #[test]
+        fn any_page_token_decodes_or_is_refused(s in "\\PC{0,40}|[0-9a-fA-F]{32}", q: u64, seq: u64) {
+            if let Err(e) = decode_token(&s) {
+                proptest::prop_assert!(e.to_string().contains("page_token"));
+            }
+            proptest::prop_assert_eq!(decode_token(&encode_token(q, seq)).unwrap(), (q, seq));
+        }
+    }
+
     #[test]
     fn page_size_defaults_and_is_bounded() {
         assert_eq!(page_size(0).unwrap(), PEEK_MESSAGES_DEFAULT as usize);

@@ -61,4 +61,21 @@ mod tests {
         assert!(ReceiptHandle::decode(&"z".repeat(40)).is_err());
         assert!(ReceiptHandle::decode(&format!("{}00000000", "0".repeat(32))).is_err());
     }
+
+    proptest::proptest! {
+        /// Client-supplied: any text decodes or is refused naming the
+        /// field, never a panic; every handle round-trips.
+        #[test]
+        fn any_text_decodes_or_is_refused(s in "\\PC{0,48}|[0-9a-fA-F]{40}") {
+            if let Err(e) = ReceiptHandle::decode(&s) {
+                proptest::prop_assert!(e.to_string().contains("receipt_handle"));
+            }
+        }
+
+        #[test]
+        fn every_handle_round_trips(q: u64, seq: u64, count in 1u32..) {
+            let h = ReceiptHandle { queue_id: QueueId(q), seq: Seq(seq), receive_count: count };
+            proptest::prop_assert_eq!(ReceiptHandle::decode(&h.encode()).unwrap(), h);
+        }
+    }
 }

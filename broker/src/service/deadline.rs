@@ -32,8 +32,10 @@ pub fn wait_limit(metadata: &MetadataMap) -> Option<Duration> {
 
 /// A `grpc-timeout` value: at most 8 digits and a unit (`H`, `M`, `S`,
 /// `m`, `u`, `n`), as the gRPC over HTTP/2 spec writes it.
+/// (Its caller's `to_str` lets only visible ASCII through; this refuses
+/// anything else on its own, found by the property test below.)
 fn parse_grpc_timeout(value: &str) -> Option<Duration> {
-    if value.len() < 2 || value.len() > 9 {
+    if !value.is_ascii() || value.len() < 2 || value.len() > 9 {
         return None;
     }
     let (digits, unit) = value.split_at(value.len() - 1);
@@ -69,6 +71,15 @@ mod tests {
         );
         for bad in ["", "S", "5", "5s", "-5S", "123456789S", "1.5S", " 5S"] {
             assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Client-supplied (a header): any text parses or is ignored,
+        /// never a panic.
+        #[test]
+        fn any_header_value_parses_or_is_ignored(s in "\\PC{0,12}|[0-9]{1,9}[HMSmun]") {
+            let _ = parse_grpc_timeout(&s);
         }
     }
 

@@ -34,6 +34,8 @@ use super::crash::{
 const DEFAULT_CYCLES: u64 = 2;
 /// How soon the survivors must serve again after the leader dies.
 const FAILOVER_BOUND: Duration = Duration::from_secs(5);
+/// A failover slower than this shows the nodes' logs (see `CLUSTER_LOG_TAIL`).
+const SLOW_FAILOVER: Duration = Duration::from_secs(3);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_leader_under_load_loses_nothing_and_the_others_take_over() {
@@ -88,6 +90,13 @@ async fn killed_leader_under_load_loses_nothing_and_the_others_take_over() {
                 Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         };
+        if resumed_in > SLOW_FAILOVER {
+            // Within the bound, but slow: the nodes' logs say why.
+            println!(
+                "cycle {cycle}: a slow failover ({resumed_in:?})\n{}",
+                cluster.log_tails()
+            );
+        }
         // The workload runs on for a moment against the new leader.
         tokio::time::sleep(Duration::from_millis(500)).await;
         flags.stop.store(true, Ordering::SeqCst);

@@ -613,6 +613,64 @@ mod tests {
         policy(&format!(r#"{{"k": [{condition}]}}"#)).matches(&attrs(&[("k", value)]))
     }
 
+    /// JSON text that is often a policy and often almost one: objects of
+    /// conditions, operators and values nested a few levels.
+    fn policy_like() -> impl Strategy<Value = String> {
+        let leaf = prop_oneof![
+            Just("null".to_string()),
+            any::<bool>().prop_map(|b| b.to_string()),
+            any::<f64>().prop_map(|f| if f.is_finite() {
+                f.to_string()
+            } else {
+                "1e999".into()
+            }),
+            "[a-z$<>=-]{0,6}".prop_map(|s| format!("{s:?}")),
+            prop::sample::select(vec![
+                r#""anything-but""#,
+                r#""numeric""#,
+                r#""prefix""#,
+                r#""suffix""#,
+                r#""exists""#,
+                r#""$or""#,
+                r#""equals-ignore-case""#,
+                r#"">=""#,
+                r#""<""#,
+            ])
+            .prop_map(str::to_string),
+        ];
+        leaf.prop_recursive(4, 40, 5, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5)
+                    .prop_map(|v| format!("[{}]", v.join(","))),
+                prop::collection::vec(
+                    ("[a-z$-]{0,8}|anything-but|numeric|prefix|\\$or", inner),
+                    0..4
+                )
+                .prop_map(|kv| format!(
+                    "{{{}}}",
+                    kv.iter()
+                        .map(|(k, v)| format!("{k:?}:{v}"))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Client-supplied: any text parses or is refused naming the
+        /// field, never a panic; what parses matches or not, never panics.
+        #[test]
+        fn any_text_parses_or_is_refused(text in policy_like(), junk in "\\PC{0,30}", value in "\\PC{0,8}") {
+            for t in [&text, &junk] {
+                match FilterPolicy::parse(t) {
+                    Ok(p) => { let _ = p.matches(&attrs(&[("k", &value), ("a", &value)])); }
+                    Err(e) => prop_assert!(e.to_string().contains("filter_policy"), "{e}"),
+                }
+            }
+        }
+    }
+
     /// Whether `{"k": [condition]}` matches a message without `k`.
     fn one_missing(condition: &str) -> bool {
         policy(&format!(r#"{{"k": [{condition}]}}"#)).matches(&attrs(&[("other", "x")]))
