@@ -163,9 +163,14 @@ pub async fn run_with_metrics_listener(
         .map(|n| Leader::new(n.id, n.raft.clone(), n.lease.clone(), n.from));
     let metrics = Metrics::with_cluster(
         Arc::downgrade(&engine),
-        node.as_ref()
-            .zip(leader.as_ref())
-            .map(|(n, l)| (n.id, n.raft.clone(), l.forwarded.clone())),
+        node.as_ref().zip(leader.as_ref()).map(|(n, l)| {
+            crate::metrics::cluster::ClusterCollector {
+                id: n.id,
+                raft: n.raft.clone(),
+                forwarded: l.forwarded.clone(),
+                election_rounds: n.election_rounds.clone(),
+            }
+        }),
     );
     let metrics_stop = CancellationToken::new();
     let metrics_server = metrics_listener.map(|l| {

@@ -29,6 +29,8 @@
 //! lease plus its timeout), are left alone.
 
 use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use openraft::ServerState;
@@ -100,15 +102,19 @@ impl Rounds {
 }
 
 /// Runs [`Rounds`] over `raft` until the Raft shuts down: each round a
-/// leaderless candidate starts, its elections are off for a wait drawn in
-/// `timeouts.start..timeouts.end + JITTER` (ms), then on again.
-pub async fn jitter_rounds(raft: Raft, timeouts: Range<u64>) {
+/// leaderless candidate starts (counted in `rounds_stood`), its elections
+/// are off for a wait drawn in `timeouts.start..timeouts.end + JITTER`
+/// (ms), then on again.
+pub async fn jitter_rounds(raft: Raft, timeouts: Range<u64>, rounds_stood: Arc<AtomicU64>) {
     let mut metrics = raft.metrics();
     let mut rounds = Rounds::default();
     let end = timeouts.end + JITTER.as_millis() as u64;
     let draw = || Duration::from_millis(rand::random_range(timeouts.start..end));
     let apply = |action: Option<Elections>| match action {
-        Some(Elections::OffUntil(_)) => raft.runtime_config().elect(false),
+        Some(Elections::OffUntil(_)) => {
+            rounds_stood.fetch_add(1, Ordering::Relaxed);
+            raft.runtime_config().elect(false)
+        }
         Some(Elections::On) => raft.runtime_config().elect(true),
         None => {}
     };

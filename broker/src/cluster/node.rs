@@ -100,6 +100,8 @@ pub struct Node {
     pub cluster: ClusterId,
     /// Where clients reach this node (see [`Member::client_addr`]).
     client_addr: String,
+    /// Rounds this node stood for election in (`broker_cluster_election_rounds_total`).
+    pub election_rounds: Arc<std::sync::atomic::AtomicU64>,
     identity_path: PathBuf,
     snapshot_pending: bool,
     snapshots: Arc<Receiver>,
@@ -186,7 +188,12 @@ impl Node {
         let raft = Raft::new(config.node_id, raft_config, network, ls, sm)
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
-        tokio::spawn(super::elections::jitter_rounds(raft.clone(), timeouts));
+        let election_rounds = Arc::<std::sync::atomic::AtomicU64>::default();
+        tokio::spawn(super::elections::jitter_rounds(
+            raft.clone(),
+            timeouts,
+            election_rounds.clone(),
+        ));
         let lease = Lease::watch(&raft);
         engine.replicate_through(RaftLog::new(config.node_id, raft.clone(), lease.clone()));
         let node = Node {
@@ -197,6 +204,7 @@ impl Node {
             engine,
             cluster,
             client_addr,
+            election_rounds,
             identity_path,
             snapshot_pending: snapshot_pending || (single_node_data && recorded.is_none()),
             snapshots,

@@ -17,6 +17,8 @@ pub struct ClusterCollector {
     pub raft: Raft,
     /// Requests this node passed on to the leader (`forward::Leader`).
     pub forwarded: Arc<AtomicU64>,
+    /// Rounds this node stood for election in (`cluster::elections`).
+    pub election_rounds: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for ClusterCollector {
@@ -68,14 +70,22 @@ impl Collector for ClusterCollector {
         for (name, help, value) in rows {
             gauge(&mut encoder, name, help, None, value)?;
         }
-        encoder
-            .encode_descriptor(
+        for (name, help, value) in [
+            (
                 "broker_cluster_forwarded_requests",
                 "Client requests this node passed on to the leader.",
-                None,
-                MetricType::Counter,
-            )?
-            .encode_counter::<NoLabelSet, _, u64>(&self.forwarded.load(Ordering::Relaxed), None)?;
+                &self.forwarded,
+            ),
+            (
+                "broker_cluster_election_rounds",
+                "Rounds this node stood for election in.",
+                &self.election_rounds,
+            ),
+        ] {
+            encoder
+                .encode_descriptor(name, help, None, MetricType::Counter)?
+                .encode_counter::<NoLabelSet, _, u64>(&value.load(Ordering::Relaxed), None)?;
+        }
         if let Some(replication) = &m.replication {
             gauges(
                 &mut encoder,

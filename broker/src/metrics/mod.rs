@@ -77,6 +77,8 @@
 //! - `broker_cluster_forwarded_requests_total` counter: client requests
 //!   this node passed on to the leader (a client that follows the leader's
 //!   address, as the Rust client does, makes few).
+//! - `broker_cluster_election_rounds_total` counter: rounds this node
+//!   stood for election in (each a new term as a candidate).
 
 pub mod cluster;
 pub mod collector;
@@ -107,21 +109,17 @@ impl Metrics {
         Metrics::with_cluster(engine, None)
     }
 
-    /// [`Metrics::new`], with the `broker_cluster_*` metrics of node `id`
-    /// over its Raft in cluster mode, and its count of forwarded requests.
+    /// [`Metrics::new`], with the `broker_cluster_*` metrics of a cluster
+    /// node.
     pub fn with_cluster(
         engine: Weak<Engine>,
-        cluster: Option<(u64, crate::cluster::Raft, Arc<std::sync::atomic::AtomicU64>)>,
+        cluster: Option<cluster::ClusterCollector>,
     ) -> Metrics {
         let rpc = Arc::new(rpc::RpcMetrics::new());
         let mut registry = Registry::default();
         registry.register_collector(Box::new(collector::EngineCollector::new(engine)));
-        if let Some((id, raft, forwarded)) = cluster {
-            registry.register_collector(Box::new(cluster::ClusterCollector {
-                id,
-                raft,
-                forwarded,
-            }));
+        if let Some(cluster) = cluster {
+            registry.register_collector(Box::new(cluster));
         }
         registry.register_collector(Box::new(rpc.clone()));
         Metrics {

@@ -71,8 +71,11 @@ async fn killed_leader_under_load_loses_nothing_and_the_others_take_over() {
         let survivor = *cluster.running().first().expect("two nodes run on");
         let client = cluster.client(survivor).await;
         let mut tries = 0;
+        // Each failed try: when it ended, how long it took, and why.
+        let mut failures: Vec<(Duration, Duration, String)> = Vec::new();
         let resumed_in = loop {
             tries += 1;
+            let tried_at = Instant::now();
             let body = format!("c{cycle}-probe-{tries}");
             ledger.lock().expect("ledger").send(&body, &[QUEUE]);
             let request = send_request(QUEUE, body.clone(), &[], None);
@@ -87,13 +90,23 @@ async fn killed_leader_under_load_loses_nothing_and_the_others_take_over() {
                      {survivor} within {FAILOVER_BOUND:?} of the leader's death: {e:?}\n{}",
                     cluster.log_tails()
                 ),
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(e) => {
+                    failures.push((killed_at.elapsed(), tried_at.elapsed(), format!("{e:?}")));
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
             }
         };
         if resumed_in > SLOW_FAILOVER {
-            // Within the bound, but slow: the nodes' logs say why.
+            // Within the bound, but slow: the tries and the nodes' logs say why.
+            let mut tried = String::new();
+            for (at, took, error) in &failures {
+                tried.push_str(&format!("  failed at {at:?} (after {took:?}): {error}\n"));
+            }
             println!(
-                "cycle {cycle}: a slow failover ({resumed_in:?})\n{}",
+                "cycle {cycle}: a slow failover ({resumed_in:?}); the {} tries that failed, \
+                 last ones:\n{}\n{}",
+                failures.len(),
+                tried.lines().rev().take(8).collect::<Vec<_>>().join("\n"),
                 cluster.log_tails()
             );
         }
