@@ -110,6 +110,9 @@ pub struct Limits {
     pub max_long_polls_per_connection: usize,
     /// The largest request, checked before it is decoded.
     pub max_request_bytes: usize,
+    /// Free bytes the data dir's file system keeps: below, sends,
+    /// publishes and redrives are refused (`storage::disk`); 0: no floor.
+    pub min_free_disk: u64,
 }
 
 impl Default for Limits {
@@ -119,6 +122,7 @@ impl Default for Limits {
             max_streams: 10_000,
             max_long_polls_per_connection: 1_000,
             max_request_bytes: broker_proto::limits::MAX_GRPC_MESSAGE_BYTES,
+            min_free_disk: DEFAULT_MIN_FREE_DISK,
         }
     }
 }
@@ -219,6 +223,10 @@ pub struct Settings {
     #[arg(long, env = "BROKER_MAX_REQUEST_BYTES", value_name = "BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_request_bytes: Option<usize>,
+    /// Free bytes to keep on the data dir's disk: below, sends, publishes and redrives get RESOURCE_EXHAUSTED while receives and deletes go on, 0 (off)..=1125899906842624 [default: 268435456]
+    #[arg(long, env = "BROKER_MIN_FREE_DISK", value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_free_disk: Option<u64>,
     /// Cluster mode: this node's id, 1 or more, unique in the cluster [default: single node]
     #[arg(long, env = "BROKER_NODE_ID", value_name = "ID")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -301,6 +309,9 @@ const MAX_STREAMS: (&str, u64, u64) = ("max_streams", 1, 1_000_000);
 const MAX_LONG_POLLS: (&str, u64, u64) = ("max_long_polls_per_connection", 1, 1_000_000);
 /// At least one message of the largest size (1 MiB) with its framing.
 const MAX_REQUEST_BYTES: (&str, u64, u64) = ("max_request_bytes", 2 << 20, 1 << 30);
+const MIN_FREE_DISK: (&str, u64, u64) = ("min_free_disk", 0, 1 << 50);
+/// Default of `min_free_disk`: 256 MiB.
+pub const DEFAULT_MIN_FREE_DISK: u64 = 256 << 20;
 
 /// The metrics address `broker serve` uses when none is given.
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
@@ -340,6 +351,7 @@ impl Settings {
                 .max_long_polls_per_connection
                 .or(fallback.max_long_polls_per_connection),
             max_request_bytes: self.max_request_bytes.or(fallback.max_request_bytes),
+            min_free_disk: self.min_free_disk.or(fallback.min_free_disk),
             node_id: self.node_id.or(fallback.node_id),
             cluster_listen: self.cluster_listen.or(fallback.cluster_listen),
             cluster_advertise: self.cluster_advertise.or(fallback.cluster_advertise),
@@ -440,6 +452,11 @@ impl Settings {
                 MAX_REQUEST_BYTES,
                 self.max_request_bytes,
                 defaults.limits.max_request_bytes,
+            )?,
+            min_free_disk: in_range(
+                MIN_FREE_DISK,
+                self.min_free_disk,
+                defaults.limits.min_free_disk,
             )?,
         };
         let cluster = match (self.node_id, self.cluster_listen) {
@@ -566,6 +583,7 @@ impl From<&ServerConfig> for Settings {
             max_streams: Some(config.limits.max_streams),
             max_long_polls_per_connection: Some(config.limits.max_long_polls_per_connection),
             max_request_bytes: Some(config.limits.max_request_bytes),
+            min_free_disk: Some(config.limits.min_free_disk),
             node_id: config.cluster.as_ref().map(|c| c.node_id),
             cluster_listen: config.cluster.as_ref().map(|c| c.listen),
             cluster_advertise: config.cluster.as_ref().and_then(|c| c.advertise.clone()),
@@ -596,7 +614,7 @@ mod tests {
             key in proptest::sample::select(vec![
                 "listen", "data_dir", "sync", "sync_interval_ms", "shutdown_timeout",
                 "metrics_listen", "log_format", "log", "max_connections", "max_streams",
-                "max_long_polls_per_connection", "max_request_bytes", "node_id",
+                "max_long_polls_per_connection", "max_request_bytes", "min_free_disk", "node_id",
                 "cluster_listen", "cluster_advertise", "client_advertise", "join",
                 "snapshot_every", "tls_cert", "tls_key", "auth_tokens",
             ]),

@@ -197,6 +197,17 @@ pub async fn run_with_metrics_listener(
         .expect("the compiled-in descriptor sets are valid");
 
     let stopping = CancellationToken::new();
+    // The data dir's free space, read every second: below min_free_disk,
+    // sends, publishes and redrives are refused (`storage::disk`).
+    engine.disk().set_floor(config.limits.min_free_disk);
+    let disk_watch = {
+        let (disk, dir, stop) = (
+            engine.disk().clone(),
+            config.data_dir.clone(),
+            stopping.clone(),
+        );
+        tokio::spawn(async move { disk.watch(dir, stop.cancelled_owned()).await })
+    };
     // A cluster node serves once it is ready (`Node::ready`); the task
     // ends at shutdown.
     let (health_reporter, health_service) = health(node.is_none());
@@ -313,6 +324,7 @@ pub async fn run_with_metrics_listener(
         drop(node);
     }
     let _ = scheduler.await;
+    let _ = disk_watch.await;
     metrics_stop.cancel();
     if let Some(task) = metrics_server {
         let _ = task.await;

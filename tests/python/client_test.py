@@ -294,6 +294,8 @@ def main(argv: list[str]) -> int:
                         "--metrics-listen", f"127.0.0.1:{metrics_port}",
                         "--data-dir", str(data_dir),
                         "--shutdown-timeout", "2",
+                        # Not dependent on this machine's free space.
+                        "--min-free-disk", "0",
                     ],
                     stdin=subprocess.DEVNULL,
                     stdout=log,

@@ -171,6 +171,7 @@ impl TestCluster {
             .args(["--node-id", &id.to_string()])
             .args(["--cluster-listen", &node.cluster_addr.to_string()])
             .args(["--cluster-advertise", &node.proxy.addr.to_string()])
+            .args(["--min-free-disk", "0"])
             .args(&args)
             // `CLUSTER_RUST_LOG` (e.g. `info,openraft=info` to see elections)
             // replaces the default filter of the nodes' logs.

@@ -5,8 +5,8 @@
 //! (in `election_timeout_min..election_timeout_max`), and checks it on its
 //! tick, every 150 ms (1.5 heartbeats). A candidate thus stands again every
 //! whole number of ticks, the same number every round. Two nodes whose
-//! timeouts round up to the same number of ticks (about one pair in four,
-//! with 0.75 to 1.25 s) and whose ticks fall within a vote's round trip of
+//! timeouts round up to the same number of ticks (about two pairs in five,
+//! with 0.4 to 0.7 s) and whose ticks fall within a vote's round trip of
 //! each other (a few ms; tens on a busy machine) stand at the same moments
 //! round after round: each votes for itself, refuses the other, and no
 //! leader is elected until their ticks drift apart.

@@ -206,9 +206,19 @@ impl<'de> serde::Deserialize<'de> for Request {
 /// whole engine), after which the log is purged but for the last
 /// `min(1000, snapshot_every)` entries (a follower that lags by less
 /// catches up from the log, one that lags by more gets the snapshot); a
-/// follower waits at least 0.75 s without a heartbeat before it stands for
-/// election, longer than the leader's lease ([`proposer::LEASE_MS`]), so
-/// that a leader cut off stops deciding before another can be elected.
+/// follower waits at least 1.1 s without a heartbeat before it stands for
+/// election (openraft's leader lease, `election_timeout_max`, 0.7 s, then
+/// its election timeout of 0.4 to 0.7 s), longer than the leader's lease
+/// ([`proposer::LEASE_MS`]), so that a leader cut off stops deciding
+/// before another can be elected.
+///
+/// The timeouts are short because openraft 0.9 scales every wait of an
+/// election by them: a node whose log was found shorter than another's in
+/// an earlier election waits `2 × election_timeout_max` more before it
+/// stands, a flag kept until it stands again (so it can hold back the
+/// node that now has the longest log, seen here: 4.6 s before it stood
+/// with 0.75 to 1.25 s timeouts). With 0.4 to 0.7 s the worst such case
+/// stands after 2.8 s.
 pub fn raft_config(snapshot_every: u64) -> openraft::Config {
     openraft::Config {
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_every),
@@ -219,8 +229,8 @@ pub fn raft_config(snapshot_every: u64) -> openraft::Config {
         snapshot_max_chunk_size: 1 << 20,
         install_snapshot_timeout: 30_000,
         heartbeat_interval: 100,
-        election_timeout_min: 750,
-        election_timeout_max: 1_250,
+        election_timeout_min: 400,
+        election_timeout_max: 700,
         ..Default::default()
     }
 }

@@ -9,7 +9,7 @@ use crate::engine::replication::{BoxFuture, Leading, Log, NotLeading, Proposal};
 
 /// A leader that has not heard from a majority for longer than this
 /// decides nothing and serves nothing. It is shorter than the least time
-/// a follower waits before standing for election (`raft_config`: 0.75 s), so
+/// a follower waits before standing for election (`raft_config`: 1.1 s), so
 /// a new leader cannot be elected while the old one still serves.
 /// Heartbeats go every 100 ms.
 pub const LEASE_MS: u64 = 500;

@@ -32,6 +32,7 @@ impl Engine {
     /// are read with the lock released, and the chunk is checked again
     /// under it: a message received or deleted meanwhile stays.
     pub async fn redrive(&self, source: &str, destination: &str, max: u32) -> Result<u64> {
+        self.disk.check()?;
         let now = self.now_ms();
         if source == destination {
             return Err(Error::invalid(

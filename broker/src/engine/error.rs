@@ -142,6 +142,18 @@ pub enum Error {
         "this request's change is {size} bytes; a cluster replicates at most {max} bytes in one change: send fewer or smaller messages per request"
     )]
     ChangeTooLarge { size: usize, max: usize },
+    /// The data dir's file system has less free space than
+    /// `min_free_disk` (`storage::disk`): what adds data is refused.
+    #[error(
+        "the data dir's disk has {free} bytes free, below min_free_disk = {floor} bytes: sends, publishes and redrives are refused until space is freed (receives, deletes and purges go on, and free it)"
+    )]
+    DiskLow { free: u64, floor: u64 },
+    /// A write failed because the data dir's file system is full (filled
+    /// between two readings of its free space).
+    #[error(
+        "the data dir's disk is full ({detail}): the write was not made; free space (min_free_disk keeps room for receives and deletes by refusing sends before the disk is full)"
+    )]
+    DiskFull { detail: String },
 
     // ---- UNAVAILABLE ----
     /// Cluster mode: this node cannot decide now (it does not lead, or
@@ -152,7 +164,35 @@ pub enum Error {
     // ---- INTERNAL ----
     /// Not the client's fault; logged in full, reported as INTERNAL.
     #[error(transparent)]
-    Storage(#[from] StorageError),
+    Storage(StorageError),
+}
+
+impl From<StorageError> for Error {
+    /// A full file system is [`Error::DiskFull`] (RESOURCE_EXHAUSTED, the
+    /// client can act on it), anything else [`Error::Storage`].
+    fn from(e: StorageError) -> Error {
+        let full = match &e {
+            StorageError::Db(db) => crate::storage::disk::is_no_space(db.as_ref()),
+            StorageError::Sync(reason) => crate::storage::disk::is_no_space(reason),
+            StorageError::Open { .. } | StorageError::Corrupt { .. } => false,
+        };
+        if full {
+            Error::DiskFull {
+                detail: e.to_string(),
+            }
+        } else {
+            Error::Storage(e)
+        }
+    }
+}
+
+impl From<crate::storage::disk::BelowFloor> for Error {
+    fn from(b: crate::storage::disk::BelowFloor) -> Error {
+        Error::DiskLow {
+            free: b.free,
+            floor: b.floor,
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

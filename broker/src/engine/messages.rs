@@ -113,6 +113,7 @@ impl Engine {
         queue: &str,
         messages: Vec<NewMessage>,
     ) -> Result<Vec<Result<String>>> {
+        self.disk.check()?;
         let (results, ticket) = {
             let mut st = self.decide(Kind::Pipelined).await?;
             let now = self.now_ms();

@@ -135,6 +135,9 @@ pub struct Engine {
     shutdown: CancellationToken,
     /// Open long polls and streams, for the metrics.
     activity: Activity,
+    /// The data dir's free space and floor: sends, publishes and redrives
+    /// are refused below it (`storage::disk`).
+    disk: Arc<crate::storage::disk::DiskSpace>,
     /// Set in cluster mode: decisions go to the replicated log
     /// (`replication`).
     replication: OnceLock<Arc<Gate>>,
@@ -162,6 +165,7 @@ impl Engine {
             scheduler: Notify::new(),
             shutdown: CancellationToken::new(),
             activity: Activity::default(),
+            disk: Arc::default(),
             replication: OnceLock::new(),
             time_floor: Default::default(),
             #[cfg(test)]
@@ -232,6 +236,11 @@ impl Engine {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The data dir's free space and floor (set and watched by the server).
+    pub fn disk(&self) -> &Arc<crate::storage::disk::DiskSpace> {
+        &self.disk
     }
 
     /// Whether the engine holds no queue and no topic.

@@ -191,6 +191,30 @@ impl Collector for EngineCollector {
             None,
             u64::from(s.write_stopped),
         )?;
+        let disk = engine.disk();
+        if let Some(free) = disk.free() {
+            gauge(
+                &mut encoder,
+                "broker_disk_free",
+                "Free space on the data dir's file system at the last reading (every second).",
+                Some(&Unit::Bytes),
+                free,
+            )?;
+        }
+        gauge(
+            &mut encoder,
+            "broker_disk_min_free",
+            "min_free_disk: below it, sends, publishes and redrives are refused; 0: no floor.",
+            Some(&Unit::Bytes),
+            disk.floor(),
+        )?;
+        gauge(
+            &mut encoder,
+            "broker_disk_low",
+            "1 while the data dir's free space is below min_free_disk (sends refused), else 0.",
+            None,
+            u64::from(disk.is_low()),
+        )?;
         gauge(
             &mut encoder,
             "broker_storage_delayed_write_rate",

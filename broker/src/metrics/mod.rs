@@ -67,6 +67,12 @@
 //! - `broker_storage_delayed_write_rate_bytes_per_second` gauge: the rate
 //!   writes are slowed to while delayed; 0 when they are not.
 //!
+//! Disk (the data dir's file system, read every second; `storage::disk`):
+//! - `broker_disk_free_bytes` gauge: free space at the last reading.
+//! - `broker_disk_min_free_bytes` gauge: `min_free_disk` (0: no floor).
+//! - `broker_disk_low` gauge: 1 while below the floor (sends, publishes
+//!   and redrives refused), else 0.
+//!
 //! Cluster mode (this node's view; `cluster`):
 //! - `broker_cluster_node_id`, `broker_cluster_leader` (0: none known),
 //!   `broker_cluster_is_leader` (0 or 1), `broker_cluster_term`,

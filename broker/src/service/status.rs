@@ -95,7 +95,9 @@ impl ToStatus for Error {
             | Error::NotInFlight
             | Error::MessageDeleted
             | Error::QueueIsDeadLetterTarget { .. } => Kind::FailedPrecondition,
-            Error::ChangeTooLarge { .. } => Kind::ResourceExhausted,
+            Error::ChangeTooLarge { .. } | Error::DiskLow { .. } | Error::DiskFull { .. } => {
+                Kind::ResourceExhausted
+            }
             Error::Unavailable { .. } => Kind::Unavailable,
             Error::Storage(_) => Kind::Internal,
         }

@@ -28,6 +28,7 @@
 //! `fsync`, `Batch` syncs in the background every interval and returns at
 //! once, `None` leaves syncing to the OS.
 
+pub mod disk;
 pub mod keys;
 
 use std::path::{Path, PathBuf};

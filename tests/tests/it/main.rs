@@ -37,6 +37,7 @@ mod consumer;
 mod crash;
 mod dead_letter;
 mod delivery;
+mod disk;
 mod long_poll;
 mod manifests;
 mod metrics;

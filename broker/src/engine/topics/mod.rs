@@ -407,6 +407,7 @@ impl Engine {
         topic: &str,
         messages: Vec<NewPublication>,
     ) -> Result<Vec<Result<Published>>> {
+        self.disk.check()?;
         let (results, ticket) = {
             let mut st = self.decide(Kind::Pipelined).await?;
             let now = self.now_ms();
