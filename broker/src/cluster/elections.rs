@@ -27,6 +27,15 @@
 //! round to round, and two nodes in step fall out of step. Followers with a
 //! leader, and a node's first election after losing its leader (openraft's
 //! lease plus its timeout), are left alone.
+//!
+//! One more case keeps a leader from being elected for seconds (seen
+//! here): a candidate with a shorter log stands first, is refused by the
+//! voter with the longer log (which keeps its term), and stands again
+//! before that voter does; the voter then stands in the term the candidate
+//! already voted itself in, is refused, and so on. So a candidate refused
+//! by a longer log (seen in the vote's answer, `network`) stands no more
+//! for [`SHORTER_LOG_HOLD`], or until a leader is known: the voter, whose
+//! log can win, gets rounds of its own.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -41,6 +50,11 @@ use super::Raft;
 /// How far past `election_timeout_max` a candidate's next round may be
 /// put off: a few ticks.
 pub const JITTER: Duration = Duration::from_millis(450);
+
+/// How long a candidate whose log was found shorter than a voter's stands
+/// no more (see the module docs): time for the voter, which can win, to
+/// stand twice.
+pub const SHORTER_LOG_HOLD: Duration = Duration::from_secs(3);
 
 /// What to do with this node's elections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +98,18 @@ impl Rounds {
         Some(Elections::OffUntil(until))
     }
 
+    /// A vote this node asked for was refused by a voter with a longer
+    /// log: if it is still a leaderless candidate, elections stay off until
+    /// `until` at least.
+    pub fn hold(&mut self, until: Instant) -> Option<Elections> {
+        self.term?;
+        if self.off_until.is_some_and(|u| u >= until) {
+            return None;
+        }
+        self.off_until = Some(until);
+        Some(Elections::OffUntil(until))
+    }
+
     /// Until when elections are off, if they are.
     pub fn off_until(&self) -> Option<Instant> {
         self.off_until
@@ -105,16 +131,18 @@ impl Rounds {
 /// leaderless candidate starts (counted in `rounds_stood`), its elections
 /// are off for a wait drawn in `timeouts.start..timeouts.end + JITTER`
 /// (ms), then on again.
-pub async fn jitter_rounds(raft: Raft, timeouts: Range<u64>, rounds_stood: Arc<AtomicU64>) {
+pub async fn jitter_rounds(
+    raft: Raft,
+    timeouts: Range<u64>,
+    rounds_stood: Arc<AtomicU64>,
+    shorter_log: Arc<tokio::sync::Notify>,
+) {
     let mut metrics = raft.metrics();
     let mut rounds = Rounds::default();
     let end = timeouts.end + JITTER.as_millis() as u64;
     let draw = || Duration::from_millis(rand::random_range(timeouts.start..end));
     let apply = |action: Option<Elections>| match action {
-        Some(Elections::OffUntil(_)) => {
-            rounds_stood.fetch_add(1, Ordering::Relaxed);
-            raft.runtime_config().elect(false)
-        }
+        Some(Elections::OffUntil(_)) => raft.runtime_config().elect(false),
         Some(Elections::On) => raft.runtime_config().elect(true),
         None => {}
     };
@@ -122,17 +150,30 @@ pub async fn jitter_rounds(raft: Raft, timeouts: Range<u64>, rounds_stood: Arc<A
         {
             let m = metrics.borrow_and_update();
             let leaderless = m.state == ServerState::Candidate && m.current_leader.is_none();
-            apply(rounds.observe(leaderless, m.current_term, Instant::now(), draw));
+            let action = rounds.observe(leaderless, m.current_term, Instant::now(), draw);
+            if action.is_some_and(|a| a != Elections::On) {
+                rounds_stood.fetch_add(1, Ordering::Relaxed);
+            }
+            apply(action);
         }
-        let changed = match rounds.off_until() {
-            None => metrics.changed().await,
-            Some(until) => match tokio::time::timeout_at(until, metrics.changed()).await {
-                Ok(changed) => changed,
-                Err(_) => {
-                    apply(rounds.wait_over(Instant::now()));
-                    Ok(())
-                }
-            },
+        let until = rounds.off_until();
+        let wait_over = async {
+            match until {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let changed = tokio::select! {
+            changed = metrics.changed() => changed,
+            () = shorter_log.notified() => {
+                tracing::info!("a voter's log is longer than this candidate's: standing no more for a while");
+                apply(rounds.hold(Instant::now() + SHORTER_LOG_HOLD));
+                Ok(())
+            }
+            () = wait_over => {
+                apply(rounds.wait_over(Instant::now()));
+                Ok(())
+            }
         };
         if changed.is_err() {
             return; // the Raft shut down
@@ -184,5 +225,19 @@ mod tests {
             rounds.observe(true, 5, t0 + 9_000 * MS, || 800 * MS),
             Some(Elections::OffUntil(t0 + 9_800 * MS))
         );
+        // A voter's log is longer: held back longer, never shorter.
+        assert_eq!(
+            rounds.hold(t0 + 12_000 * MS),
+            Some(Elections::OffUntil(t0 + 12_000 * MS))
+        );
+        assert_eq!(rounds.hold(t0 + 11_000 * MS), None);
+        assert_eq!(rounds.wait_over(t0 + 9_800 * MS), None);
+        assert_eq!(rounds.wait_over(t0 + 12_000 * MS), Some(Elections::On));
+        // Not a candidate: nothing to hold back.
+        assert_eq!(
+            rounds.observe(false, 6, t0 + 12_100 * MS, || unreachable!()),
+            None
+        );
+        assert_eq!(rounds.hold(t0 + 20_000 * MS), None);
     }
 }

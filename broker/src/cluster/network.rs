@@ -165,12 +165,16 @@ pub fn source_ip(listen: SocketAddr) -> Option<IpAddr> {
 pub struct Network {
     pub cluster: ClusterId,
     pub from: Option<IpAddr>,
+    /// Told when a vote this node asked for is refused because the
+    /// voter's log is longer (`elections`).
+    pub shorter_log: Arc<tokio::sync::Notify>,
 }
 
 pub struct Connection {
     target: u64,
     channel: Result<Channel, String>,
     cluster: ClusterId,
+    shorter_log: Arc<tokio::sync::Notify>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -181,6 +185,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             channel: channel(&node.addr, self.from),
             cluster: self.cluster.clone(),
+            shorter_log: self.shorter_log.clone(),
         }
     }
 }
@@ -251,7 +256,11 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: VoteRequest<u64>,
         option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
-        self.send("vote", &rpc, &option).await
+        let reply: VoteResponse<u64> = self.send("vote", &rpc, &option).await?;
+        if !reply.vote_granted && reply.last_log_id > rpc.last_log_id {
+            self.shorter_log.notify_one();
+        }
+        Ok(reply)
     }
 }
 

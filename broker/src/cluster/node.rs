@@ -180,9 +180,11 @@ impl Node {
                 .map_err(|e| NodeError::Raft(e.to_string()))?,
         );
         let from = source_ip(config.listen);
+        let shorter_log = Arc::new(tokio::sync::Notify::new());
         let network = Network {
             cluster: cluster.clone(),
             from,
+            shorter_log: shorter_log.clone(),
         };
         let timeouts = raft_config.election_timeout_min..raft_config.election_timeout_max;
         let raft = Raft::new(config.node_id, raft_config, network, ls, sm)
@@ -193,6 +195,7 @@ impl Node {
             raft.clone(),
             timeouts,
             election_rounds.clone(),
+            shorter_log,
         ));
         let lease = Lease::watch(&raft);
         engine.replicate_through(RaftLog::new(config.node_id, raft.clone(), lease.clone()));
