@@ -134,6 +134,24 @@ async fn below_the_disk_floor_sends_are_refused_while_receives_and_deletes_go_on
     );
     let scrape = server.scrape().await;
     assert_eq!(metric_value(&scrape, "broker_disk_low"), Some(1.0));
+    // Health stays SERVING: the broker can still be drained.
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr()))
+        .expect("a valid URI")
+        .connect()
+        .await
+        .expect("connect");
+    let status = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("Check")
+        .into_inner()
+        .status;
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
     assert_eq!(
         metric_value(&scrape, "broker_disk_min_free_bytes"),
         Some((32 * MIB) as f64)
