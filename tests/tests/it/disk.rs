@@ -76,21 +76,57 @@ fn fill(path: &PathBuf, leave: u64) {
 
 const MIB: u64 = 1 << 20;
 
-#[tokio::test(flavor = "multi_thread")]
-async fn below_the_disk_floor_sends_are_refused_while_receives_and_deletes_go_on() {
-    let fs = match Tmpfs::mount(96 * MIB) {
+/// A broker whose data dir is on a tmpfs of `bytes`, with `min_free_disk`;
+/// `None` (saying why) where the test may not mount one.
+async fn broker_on_tmpfs(bytes: u64, min_free_disk: u64) -> Option<(Tmpfs, TestServer)> {
+    let fs = match Tmpfs::mount(bytes) {
         Ok(fs) => fs,
         Err(why) => {
             println!("skipped: cannot mount a tmpfs for a small disk ({why})");
-            return;
+            return None;
         }
     };
     let data = fs.path().join("data");
     let server = TestServer::start_with(move |c| {
         c.data_dir = data.clone();
-        c.limits.min_free_disk = 32 * MIB;
+        c.limits.min_free_disk = min_free_disk;
     })
     .await;
+    Some((fs, server))
+}
+
+/// Sends `body` to `q` until a send fails; returns that error.
+async fn first_refusal(client: &Client, body: &[u8], what: &str) -> Error {
+    poll_until(Duration::from_secs(10), || async {
+        match client
+            .send_message(send_request("q", body.to_vec(), &[], None))
+            .await
+        {
+            Err(e) => Ok(e),
+            Ok(sent) => Err(format!("accepted: {sent:?}")),
+        }
+    })
+    .await
+    .unwrap_or_else(|last| panic!("{what}: {last}"))
+}
+
+/// Sends to `q` until a send succeeds (space was freed), within `within`.
+async fn sends_resume(client: &Client, within: Duration) {
+    poll_until(within, || async {
+        client
+            .send_message(send_request("q", "after", &[], None))
+            .await
+            .map_err(|e| format!("{e:?}"))
+    })
+    .await
+    .unwrap_or_else(|last| panic!("sends resume once space is freed: {last}"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn below_the_disk_floor_sends_are_refused_while_receives_and_deletes_go_on() {
+    let Some((fs, server)) = broker_on_tmpfs(96 * MIB, 32 * MIB).await else {
+        return;
+    };
     let client = server.client().await;
     create_queue(&client, "q", attributes()).await;
     client
@@ -112,14 +148,7 @@ async fn below_the_disk_floor_sends_are_refused_while_receives_and_deletes_go_on
     // Another writer fills the disk to 16 MiB free, below the floor.
     let filler = fs.path().join("filler");
     fill(&filler, 16 * MIB);
-    let refused = poll_until(Duration::from_secs(10), || async {
-        match client.send_message(send_request("q", "c", &[], None)).await {
-            Err(e) => Ok(e),
-            Ok(sent) => Err(format!("accepted: {sent:?}")),
-        }
-    })
-    .await
-    .unwrap_or_else(|last| panic!("a send is refused below the floor: {last}"));
+    let refused = first_refusal(&client, b"c", "a send is refused below the floor").await;
     assert_error::<()>(
         Err(refused),
         Code::ResourceExhausted,
@@ -135,19 +164,14 @@ async fn below_the_disk_floor_sends_are_refused_while_receives_and_deletes_go_on
     let scrape = server.scrape().await;
     assert_eq!(metric_value(&scrape, "broker_disk_low"), Some(1.0));
     // Health stays SERVING: the broker can still be drained.
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr()))
-        .expect("a valid URI")
-        .connect()
-        .await
-        .expect("connect");
-    let status = tonic_health::pb::health_client::HealthClient::new(channel)
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .expect("Check")
-        .into_inner()
-        .status;
+    let status = tonic_health::pb::health_client::HealthClient::new(
+        super::operations::channel(&server).await,
+    )
+    .check(super::operations::check(""))
+    .await
+    .expect("Check")
+    .into_inner()
+    .status;
     assert_eq!(
         status,
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
@@ -170,14 +194,7 @@ async fn below_the_disk_floor_sends_are_refused_while_receives_and_deletes_go_on
 
     // Space freed: sends resume by themselves, without a restart.
     std::fs::remove_file(&filler).expect("remove the filler");
-    poll_until(Duration::from_secs(10), || async {
-        client
-            .send_message(send_request("q", "after", &[], None))
-            .await
-            .map_err(|e| format!("{e:?}"))
-    })
-    .await
-    .unwrap_or_else(|last| panic!("sends resume once space is freed: {last}"));
+    sends_resume(&client, Duration::from_secs(10)).await;
     let scrape = server.scrape().await;
     assert_eq!(metric_value(&scrape, "broker_disk_low"), Some(0.0));
     drop(client);
@@ -186,20 +203,10 @@ async fn below_the_disk_floor_sends_are_refused_while_receives_and_deletes_go_on
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_disk_filled_between_two_readings_is_resource_exhausted_not_internal() {
-    let fs = match Tmpfs::mount(64 * MIB) {
-        Ok(fs) => fs,
-        Err(why) => {
-            println!("skipped: cannot mount a tmpfs for a small disk ({why})");
-            return;
-        }
-    };
-    let data = fs.path().join("data");
     // No floor: nothing refuses before the disk is full.
-    let server = TestServer::start_with(move |c| {
-        c.data_dir = data.clone();
-        c.limits.min_free_disk = 0;
-    })
-    .await;
+    let Some((fs, server)) = broker_on_tmpfs(64 * MIB, 0).await else {
+        return;
+    };
     let client = server.client().await;
     create_queue(&client, "q", attributes()).await;
     send_message(&client, "q", "before", &[], None).await;
@@ -207,30 +214,17 @@ async fn a_disk_filled_between_two_readings_is_resource_exhausted_not_internal()
     let filler = fs.path().join("filler");
     fill(&filler, 0);
     // Sends of 256 KiB until the write-ahead log has no room left.
-    let body = vec![b'x'; 256 * 1024];
-    let full = poll_until(Duration::from_secs(10), || async {
-        match client
-            .send_message(send_request("q", body.clone(), &[], None))
-            .await
-        {
-            Err(e) => Ok(e),
-            Ok(_) => Err("accepted".to_string()),
-        }
-    })
-    .await
-    .unwrap_or_else(|last| panic!("a send fails once the disk is full: {last}"));
+    let full = first_refusal(
+        &client,
+        &[b'x'; 256 * 1024],
+        "a send fails once the disk is full",
+    )
+    .await;
     assert_error::<()>(Err(full), Code::ResourceExhausted, &["disk is full"]);
 
     std::fs::remove_file(&filler).expect("remove the filler");
     // RocksDB recovers from a full disk by itself once there is room.
-    poll_until(Duration::from_secs(15), || async {
-        client
-            .send_message(send_request("q", "after", &[], None))
-            .await
-            .map_err(|e| format!("{e:?}"))
-    })
-    .await
-    .unwrap_or_else(|last| panic!("sends resume once space is freed: {last}"));
+    sends_resume(&client, Duration::from_secs(15)).await;
     drop(client);
     server.shutdown().await;
 }

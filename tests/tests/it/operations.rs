@@ -16,7 +16,7 @@ use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
-async fn channel(server: &TestServer) -> Channel {
+pub(crate) async fn channel(server: &TestServer) -> Channel {
     Channel::from_shared(format!("http://{}", server.addr()))
         .expect("a valid URI")
         .connect()
@@ -24,7 +24,7 @@ async fn channel(server: &TestServer) -> Channel {
         .expect("connect to the test server")
 }
 
-fn check(service: &str) -> HealthCheckRequest {
+pub(crate) fn check(service: &str) -> HealthCheckRequest {
     HealthCheckRequest {
         service: service.to_string(),
     }
