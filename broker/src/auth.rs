@@ -34,6 +34,7 @@
 //! | GetQueue | `send` or `receive` on the queue, or `admin` |
 //! | GetTopic | `publish` on the topic, or `admin` |
 //! | ListQueues, ListTopics | any token; lists only what GetQueue/GetTopic would allow |
+//! | GetBrokerStats | any token |
 //! | ListSubscriptions | any token; lists the subscriptions whose topic or queue it may get |
 //!
 //! (An RPC that only reads a queue's messages, such as a peek, should need

@@ -35,6 +35,9 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Cluster mode; `None`: a single node.
     pub cluster: Option<ClusterConfig>,
+    /// Storage failures to inject (tests; a single node only); `None`:
+    /// none, and never from settings.
+    pub storage_faults: Option<std::sync::Arc<crate::storage::faults::Faults>>,
 }
 
 /// How a node takes part in a cluster (`broker serve --node-id ...`).
@@ -113,6 +116,9 @@ pub struct Limits {
     /// Free bytes the data dir's file system keeps: below, sends,
     /// publishes and redrives are refused (`storage::disk`); 0: no floor.
     pub min_free_disk: u64,
+    /// Messages the broker holds at most, over all queues: sends and
+    /// publishes beyond are refused (`engine::room`); 0: no cap.
+    pub max_messages: u64,
 }
 
 impl Default for Limits {
@@ -123,6 +129,7 @@ impl Default for Limits {
             max_long_polls_per_connection: 1_000,
             max_request_bytes: broker_proto::limits::MAX_GRPC_MESSAGE_BYTES,
             min_free_disk: DEFAULT_MIN_FREE_DISK,
+            max_messages: 0,
         }
     }
 }
@@ -145,6 +152,7 @@ impl ServerConfig {
             auth_tokens: None,
             limits: Limits::default(),
             cluster: None,
+            storage_faults: None,
         }
     }
 }
@@ -227,6 +235,10 @@ pub struct Settings {
     #[arg(long, env = "BROKER_MIN_FREE_DISK", value_name = "BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub min_free_disk: Option<u64>,
+    /// Messages the broker holds at most, over all queues (about 100 bytes of memory each): sends and publishes beyond get RESOURCE_EXHAUSTED, 0 (no cap)..=1000000000000 [default: 0]
+    #[arg(long, env = "BROKER_MAX_MESSAGES", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_messages: Option<u64>,
     /// Cluster mode: this node's id, 1 or more, unique in the cluster [default: single node]
     #[arg(long, env = "BROKER_NODE_ID", value_name = "ID")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -310,6 +322,7 @@ const MAX_LONG_POLLS: (&str, u64, u64) = ("max_long_polls_per_connection", 1, 1_
 /// At least one message of the largest size (1 MiB) with its framing.
 const MAX_REQUEST_BYTES: (&str, u64, u64) = ("max_request_bytes", 2 << 20, 1 << 30);
 const MIN_FREE_DISK: (&str, u64, u64) = ("min_free_disk", 0, 1 << 50);
+const MAX_MESSAGES: (&str, u64, u64) = ("max_messages", 0, 1_000_000_000_000);
 /// Default of `min_free_disk`: 256 MiB.
 pub const DEFAULT_MIN_FREE_DISK: u64 = 256 << 20;
 
@@ -352,6 +365,7 @@ impl Settings {
                 .or(fallback.max_long_polls_per_connection),
             max_request_bytes: self.max_request_bytes.or(fallback.max_request_bytes),
             min_free_disk: self.min_free_disk.or(fallback.min_free_disk),
+            max_messages: self.max_messages.or(fallback.max_messages),
             node_id: self.node_id.or(fallback.node_id),
             cluster_listen: self.cluster_listen.or(fallback.cluster_listen),
             cluster_advertise: self.cluster_advertise.or(fallback.cluster_advertise),
@@ -458,6 +472,11 @@ impl Settings {
                 self.min_free_disk,
                 defaults.limits.min_free_disk,
             )?,
+            max_messages: in_range(
+                MAX_MESSAGES,
+                self.max_messages,
+                defaults.limits.max_messages,
+            )?,
         };
         let cluster = match (self.node_id, self.cluster_listen) {
             (None, None) => {
@@ -526,6 +545,7 @@ impl Settings {
             auth_tokens: self.auth_tokens,
             limits,
             cluster,
+            storage_faults: None,
         })
     }
 }
@@ -584,6 +604,7 @@ impl From<&ServerConfig> for Settings {
             max_long_polls_per_connection: Some(config.limits.max_long_polls_per_connection),
             max_request_bytes: Some(config.limits.max_request_bytes),
             min_free_disk: Some(config.limits.min_free_disk),
+            max_messages: Some(config.limits.max_messages),
             node_id: config.cluster.as_ref().map(|c| c.node_id),
             cluster_listen: config.cluster.as_ref().map(|c| c.listen),
             cluster_advertise: config.cluster.as_ref().and_then(|c| c.advertise.clone()),
@@ -614,7 +635,7 @@ mod tests {
             key in proptest::sample::select(vec![
                 "listen", "data_dir", "sync", "sync_interval_ms", "shutdown_timeout",
                 "metrics_listen", "log_format", "log", "max_connections", "max_streams",
-                "max_long_polls_per_connection", "max_request_bytes", "min_free_disk", "node_id",
+                "max_long_polls_per_connection", "max_request_bytes", "min_free_disk", "max_messages", "node_id",
                 "cluster_listen", "cluster_advertise", "client_advertise", "join",
                 "snapshot_every", "tls_cert", "tls_key", "auth_tokens",
             ]),

@@ -33,7 +33,13 @@
 //! Errors: whatever keeps the server from starting is a [`StartupError`]
 //! (a listener, a TLS or token file, the database), returned by [`run`]
 //! before anything is served. Once serving, errors go to clients through
-//! `service::status`, never out of `run`.
+//! `service::status`, with one exception: when the storage fails (an I/O
+//! error writing or syncing; `storage`, "Failures"), the server shuts down
+//! as above at once (health NOT_SERVING first) and [`run`] returns
+//! [`StartupError::StorageFailed`]: `broker serve` exits with an error, and
+//! its supervisor restarts it once the disk is fixed. It does not go on
+//! serving reads: what a failed store holds in memory may differ from what
+//! its disk holds.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -92,6 +98,12 @@ pub enum StartupError {
     /// The node could not start (its identity, its stores, its Raft).
     #[error(transparent)]
     Cluster(#[from] NodeError),
+    /// Not at startup: the storage failed while serving, and the broker
+    /// stopped (see the module docs).
+    #[error(
+        "stopped: the data dir's storage failed ({reason}); restart the broker once the disk is fixed (every acknowledged write is in its write-ahead log)"
+    )]
+    StorageFailed { reason: String },
 }
 
 /// Serves on `listener` until `shutdown` resolves; returns once the
@@ -156,7 +168,11 @@ pub async fn run_with_metrics_listener(
     };
     let engine = match &node {
         Some(node) => node.engine.clone(),
-        None => Arc::new(Engine::open(&config.data_dir, config.sync)?),
+        None => Arc::new(Engine::open_with(
+            &config.data_dir,
+            config.sync,
+            config.storage_faults.clone(),
+        )?),
     };
     let leader = node
         .as_ref()
@@ -197,6 +213,8 @@ pub async fn run_with_metrics_listener(
         .expect("the compiled-in descriptor sets are valid");
 
     let stopping = CancellationToken::new();
+    // The broker's cap on queued messages (`engine::room`).
+    engine.broker_cap().set(config.limits.max_messages);
     // The data dir's free space, read every second: below min_free_disk,
     // sends, publishes and redrives are refused (`storage::disk`).
     engine.disk().set_floor(config.limits.min_free_disk);
@@ -215,13 +233,18 @@ pub async fn run_with_metrics_listener(
         let (reporter, stop) = (health_reporter.clone(), stopping.clone());
         tokio::spawn(async move { report_health(&node, &reporter, stop.cancelled()).await });
     }
+    let failure = engine.storage_failure();
     let signal = {
-        let (engine, stopping) = (engine.clone(), stopping.clone());
+        let (engine, stopping, mut failure) = (engine.clone(), stopping.clone(), failure.clone());
         async move {
-            shutdown.await;
-            tracing::info!(
-                "shutting down: health NOT_SERVING, refusing new requests, ending long polls, finishing in-flight requests"
-            );
+            tokio::select! {
+                () = shutdown => tracing::info!(
+                    "shutting down: health NOT_SERVING, refusing new requests, ending long polls, finishing in-flight requests"
+                ),
+                _ = failure.wait_for(Option::is_some) => tracing::error!(
+                    "the storage failed: stopping the broker (health NOT_SERVING, refusing new requests); restart it once the data dir's disk is fixed"
+                ),
+            }
             health_reporter.set_not_serving();
             stopping.cancel();
             engine.shutdown();
@@ -331,7 +354,10 @@ pub async fn run_with_metrics_listener(
     }
     close(engine).await;
     tracing::info!("database closed");
-    Ok(())
+    match failure.borrow().clone() {
+        Some(reason) => Err(StartupError::StorageFailed { reason }),
+        None => Ok(()),
+    }
 }
 
 /// Server reflection over the broker's and the health service's descriptors.

@@ -390,6 +390,9 @@ pub struct AttributeArgs {
     /// Retry backoff cap in seconds (MIN..=600)
     #[arg(long, value_name = "S", requires = "min_backoff")]
     pub max_backoff: Option<u32>,
+    /// Most messages the queue holds; sends and publishes beyond are refused (0: no cap) [new queues: 0]
+    #[arg(long, value_name = "N")]
+    pub max_messages: Option<u32>,
 }
 
 impl AttributeArgs {
@@ -407,6 +410,7 @@ impl AttributeArgs {
             max_receive_burst,
             min_backoff,
             max_backoff,
+            max_messages,
         } = self;
         visibility_timeout.is_none()
             && retention.is_none()
@@ -419,6 +423,7 @@ impl AttributeArgs {
             && max_receive_burst.is_none()
             && min_backoff.is_none()
             && max_backoff.is_none()
+            && max_messages.is_none()
     }
 
     /// The attributes to send: unset flags stay unset, so the broker applies
@@ -450,6 +455,7 @@ impl AttributeArgs {
                 }
             }),
             clear_retry_policy: false,
+            max_messages: self.max_messages,
         }
     }
 }

@@ -181,6 +181,13 @@ fn queue_text(queue: &pb::Queue, stats: Option<&pb::QueueStats>) -> String {
             },
         ),
         (
+            "max messages",
+            match a.max_messages {
+                Some(max) if max > 0 => max.to_string(),
+                _ => "no cap".to_owned(),
+            },
+        ),
+        (
             "retry backoff",
             a.retry_policy.map_or("none".to_owned(), |p| {
                 format!(

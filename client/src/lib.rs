@@ -419,6 +419,16 @@ impl Client {
         Ok(self.rpc().get_queue(req).await?.into_inner())
     }
 
+    /// The broker's own state: its messages over all queues against its
+    /// `max_messages` cap, and its data dir's disk against `min_free_disk`.
+    pub async fn get_broker_stats(&self) -> Result<pb::GetBrokerStatsResponse, Error> {
+        Ok(self
+            .rpc()
+            .get_broker_stats(pb::GetBrokerStatsRequest {})
+            .await?
+            .into_inner())
+    }
+
     /// One page of queues in name order; follow `next_page_token` for more.
     pub async fn list_queues(
         &self,

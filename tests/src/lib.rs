@@ -144,12 +144,29 @@ impl TestServer {
     /// Stops the server gracefully, waits until `run` returned (the database
     /// is closed), then starts it again on the same data directory. Clients of
     /// the old instance must reconnect with [`TestServer::client`].
+    /// Also starts a server that stopped by itself ([`TestServer::stopped`]).
     pub async fn restart(&mut self) {
-        self.stop().await;
+        if self.running.is_some() {
+            self.stop().await;
+        }
         let (addr, metrics_addr, running) = spawn_server(self.data_dir(), &*self.configure).await;
         self.addr = addr;
         self.metrics_addr = metrics_addr;
         self.running = Some(running);
+    }
+
+    /// Waits (within [`SHUTDOWN_TIMEOUT`]) for a server that stops by
+    /// itself, e.g. when its storage fails, and returns what `run` returned.
+    pub async fn stopped(&mut self) -> Result<(), broker::server::StartupError> {
+        let Running { shutdown, task } = self.running.take().expect("the server is running");
+        let result = tokio::time::timeout(SHUTDOWN_TIMEOUT, task)
+            .await
+            .unwrap_or_else(|_| {
+                panic!("the server did not stop by itself within {SHUTDOWN_TIMEOUT:?}")
+            })
+            .unwrap_or_else(|join_error| panic!("the server task failed: {join_error}"));
+        drop(shutdown);
+        result
     }
 
     /// Stops the server gracefully and checks that `run` returned `Ok` within

@@ -51,6 +51,9 @@ pub struct QueueAttributes {
     /// Token bucket size; at least `max_receive_rate`.
     pub max_receive_burst: u32,
     pub retry_policy: Option<RetryPolicy>,
+    /// Most messages the queue holds; 0: no cap. Sends, publishes and
+    /// redrives that would pass it are refused; dead letters are not.
+    pub max_messages: u32,
 }
 
 impl Default for QueueAttributes {
@@ -65,6 +68,7 @@ impl Default for QueueAttributes {
             max_receive_rate: 0,
             max_receive_burst: 0,
             retry_policy: None,
+            max_messages: 0,
         }
     }
 }
@@ -83,6 +87,7 @@ pub struct AttributeChanges {
     pub max_receive_burst: Option<u32>,
     /// `Some(None)` removes the retry policy.
     pub retry_policy: Option<Option<RetryPolicy>>,
+    pub max_messages: Option<u32>,
 }
 
 /// `value` in `min..=max`; `field` is the request field.
@@ -99,7 +104,7 @@ impl AttributeChanges {
     /// requests that carry attributes do (`attributes.delay_seconds`).
     pub fn apply_to(&self, base: &QueueAttributes) -> Result<QueueAttributes> {
         let mut out = base.clone();
-        let fields: [(&'static str, Option<u32>, &mut u32, u32, u32); 7] = [
+        let fields: [(&'static str, Option<u32>, &mut u32, u32, u32); 8] = [
             (
                 "attributes.visibility_timeout_seconds",
                 self.visibility_timeout_seconds,
@@ -148,6 +153,13 @@ impl AttributeChanges {
                 &mut out.max_receive_burst,
                 0,
                 MAX_RECEIVE_RATE_MAX,
+            ),
+            (
+                "attributes.max_messages",
+                self.max_messages,
+                &mut out.max_messages,
+                0,
+                u32::MAX,
             ),
         ];
         for (field, value, slot, min, max) in fields {
@@ -235,6 +247,7 @@ impl QueueAttributes {
                 self.max_receive_burst,
                 other.max_receive_burst,
             ),
+            ("max_messages", self.max_messages, other.max_messages),
         ];
         if let Some((name, a, b)) = numbers.into_iter().find(|(_, a, b)| a != b) {
             return Some((name, a.to_string(), b.to_string()));

@@ -18,6 +18,7 @@ use super::error::{Error, Result};
 use super::ids::{QueueId, Seq};
 use super::records::{self, BodyRecord, StateRecord};
 use super::replication::Kind;
+use super::room;
 use super::state::State;
 use super::{CHUNK, Engine};
 use crate::storage::{Batch, Store, keys};
@@ -103,6 +104,7 @@ impl Engine {
                 if targets.is_empty() {
                     continue;
                 }
+                room::check(&st, &self.cap, targets.iter().map(|&(_, q)| (q, 1)), 0)?;
                 let first = st.alloc_seqs(targets.len() as u64);
                 let moves: Vec<command::Move> = (first..)
                     .zip(targets)

@@ -154,12 +154,33 @@ pub enum Error {
         "the data dir's disk is full ({detail}): the write was not made; free space (min_free_disk keeps room for receives and deletes by refusing sends before the disk is full)"
     )]
     DiskFull { detail: String },
+    /// The call would take a queue over its `max_messages` attribute.
+    #[error(
+        "queue {queue:?} holds {holds} messages and its max_messages is {max}: this call adds {adds}, so nothing was written; receive and delete to make room, or raise max_messages"
+    )]
+    QueueFull {
+        queue: String,
+        holds: u64,
+        adds: u64,
+        max: u32,
+    },
+    /// The call would take the broker over its `max_messages` setting.
+    #[error(
+        "the broker holds {holds} messages and its max_messages (--max-messages) is {max}: this call adds {adds}, so nothing was written; receive and delete to make room, or raise the cap"
+    )]
+    BrokerFull { holds: u64, adds: u64, max: u64 },
 
     // ---- UNAVAILABLE ----
     /// Cluster mode: this node cannot decide now (it does not lead, or
     /// leadership moved); the message says why. Nothing was changed.
     #[error("{reason}")]
     Unavailable { reason: String },
+    /// The store failed (an I/O error writing or syncing): the broker
+    /// acknowledges no more writes and stops (`storage`, "Failures").
+    #[error(
+        "the broker's storage failed ({reason}): this call's change is not acknowledged (it may or may not have been made), and the broker is stopping; retry once it is restarted"
+    )]
+    StorageFailed { reason: String },
 
     // ---- INTERNAL ----
     /// Not the client's fault; logged in full, reported as INTERNAL.
@@ -169,19 +190,17 @@ pub enum Error {
 
 impl From<StorageError> for Error {
     /// A full file system is [`Error::DiskFull`] (RESOURCE_EXHAUSTED, the
-    /// client can act on it), anything else [`Error::Storage`].
+    /// client can act on it), a failed store [`Error::StorageFailed`]
+    /// (UNAVAILABLE: the broker stops), anything else [`Error::Storage`].
     fn from(e: StorageError) -> Error {
-        let full = match &e {
-            StorageError::Db(db) => crate::storage::disk::is_no_space(db.as_ref()),
-            StorageError::Sync(reason) => crate::storage::disk::is_no_space(reason),
-            StorageError::Open { .. } | StorageError::Corrupt { .. } => false,
-        };
-        if full {
-            Error::DiskFull {
-                detail: e.to_string(),
+        match e {
+            StorageError::Db(db) if crate::storage::disk::is_no_space(db.as_ref()) => {
+                Error::DiskFull {
+                    detail: db.to_string(),
+                }
             }
-        } else {
-            Error::Storage(e)
+            StorageError::Failed(reason) => Error::StorageFailed { reason },
+            e => Error::Storage(e),
         }
     }
 }

@@ -23,7 +23,7 @@ use super::receipt::ReceiptHandle;
 use super::records::{self, BodyRecord, StateRecord};
 use super::replication::{Done, Kind};
 use super::state::State;
-use super::{CHUNK, Engine, attributes, validate};
+use super::{CHUNK, Engine, attributes, room, validate};
 use crate::storage::keys;
 
 /// A message to send.
@@ -128,6 +128,8 @@ impl Engine {
                     Ok((m, delay))
                 })
                 .collect();
+            let adds = checked.iter().filter(|c| c.is_ok()).count() as u64;
+            room::check(&st, &self.cap, [(id, adds)], adds)?;
             let mut placed = Vec::new();
             let results: Vec<Result<String>> = checked
                 .into_iter()

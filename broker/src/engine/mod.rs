@@ -8,6 +8,7 @@
 //! | the engine type, opening (rebuilding the index), applying commands | this module |
 //! | everything the lock guards: queues, topics, the seq counter | `state` |
 //! | create, update, list, delete and purge queues; queue attributes | `queues`, [`attributes`] |
+//! | caps on queued messages (a queue's `max_messages`, the broker's) | `room` |
 //! | send, receive (long polling, the rate limit), visibility, delete | `messages`, `rate` |
 //! | dead letters and redrive, and the one message move both use | `dead_letters` |
 //! | retention, and the scheduler that fires timers | `retention` |
@@ -93,6 +94,7 @@ mod receipt;
 mod records;
 pub mod replication;
 mod retention;
+mod room;
 mod state;
 pub mod topics;
 pub mod validate;
@@ -115,6 +117,7 @@ pub use messages::{NewMessage, ReceiveOptions, Received};
 pub use peek::{MessageState, Peeked};
 use records::{QueueRecord, StateRecord};
 use replication::{Check, Done, Gate, Kind, Log, Proposal};
+pub use room::{BrokerCap, BrokerStats};
 use state::{Queue, State};
 pub use state::{QueueInfo, QueueStats};
 pub use topics::{NewPublication, Published, SubscriptionInfo, TopicInfo};
@@ -138,6 +141,8 @@ pub struct Engine {
     /// The data dir's free space and floor: sends, publishes and redrives
     /// are refused below it (`storage::disk`).
     disk: Arc<crate::storage::disk::DiskSpace>,
+    /// The broker's cap on queued messages (`room`).
+    cap: BrokerCap,
     /// Set in cluster mode: decisions go to the replicated log
     /// (`replication`).
     replication: OnceLock<Arc<Gate>>,
@@ -155,7 +160,16 @@ pub struct Engine {
 impl Engine {
     /// Opens the store in `dir` and rebuilds the index from it.
     pub fn open(dir: &Path, sync: SyncMode) -> Result<Engine> {
-        let store = Store::open(dir, sync)?;
+        Engine::open_with(dir, sync, None)
+    }
+
+    /// [`Engine::open`], with storage failures to inject (tests).
+    pub fn open_with(
+        dir: &Path,
+        sync: SyncMode,
+        faults: Option<Arc<crate::storage::faults::Faults>>,
+    ) -> Result<Engine> {
+        let store = Store::open_with(dir, sync, faults)?;
         let clock = Clock::new();
         let state = Self::load(&store, clock.now_ms())?;
         Ok(Engine {
@@ -166,6 +180,7 @@ impl Engine {
             shutdown: CancellationToken::new(),
             activity: Activity::default(),
             disk: Arc::default(),
+            cap: BrokerCap::default(),
             replication: OnceLock::new(),
             time_floor: Default::default(),
             #[cfg(test)]
@@ -241,6 +256,17 @@ impl Engine {
     /// The data dir's free space and floor (set and watched by the server).
     pub fn disk(&self) -> &Arc<crate::storage::disk::DiskSpace> {
         &self.disk
+    }
+
+    /// Why the store failed, once it has (`storage`, "Failures"): the
+    /// server stops the broker.
+    pub fn storage_failure(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.store.failure()
+    }
+
+    /// The broker's cap on queued messages (set by the server).
+    pub fn broker_cap(&self) -> &BrokerCap {
+        &self.cap
     }
 
     /// Whether the engine holds no queue and no topic.

@@ -42,6 +42,9 @@ pub struct QueueRecord {
     pub min_backoff_seconds: Option<u32>,
     #[prost(uint32, tag = "13")]
     pub max_backoff_seconds: u32,
+    /// 0 (absent in records written before the attribute): no cap.
+    #[prost(uint32, tag = "14")]
+    pub max_messages: u32,
 }
 
 impl QueueRecord {
@@ -63,6 +66,7 @@ impl QueueRecord {
             max_receive_burst: a.max_receive_burst,
             min_backoff_seconds: a.retry_policy.map(|p| p.min_backoff_seconds),
             max_backoff_seconds: a.retry_policy.map_or(0, |p| p.max_backoff_seconds),
+            max_messages: a.max_messages,
         }
     }
 
@@ -83,6 +87,7 @@ impl QueueRecord {
                 min_backoff_seconds: min,
                 max_backoff_seconds: self.max_backoff_seconds,
             }),
+            max_messages: self.max_messages,
         }
     }
 }
@@ -176,6 +181,7 @@ mod tests {
                 min_backoff_seconds: 1,
                 max_backoff_seconds: 60,
             }),
+            max_messages: 1_000,
             ..Default::default()
         };
         let r = QueueRecord::new(1, 2, &a);

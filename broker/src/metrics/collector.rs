@@ -217,6 +217,13 @@ impl Collector for EngineCollector {
         )?;
         gauge(
             &mut encoder,
+            "broker_max_messages",
+            "max_messages: messages the broker holds at most over all queues; 0: no cap.",
+            None,
+            engine.broker_cap().get(),
+        )?;
+        gauge(
+            &mut encoder,
             "broker_storage_delayed_write_rate",
             "The rate RocksDB slows writes to while delayed; 0 when not delayed.",
             Some(&Unit::Other("bytes_per_second".into())),

@@ -72,6 +72,9 @@
 //! - `broker_disk_min_free_bytes` gauge: `min_free_disk` (0: no floor).
 //! - `broker_disk_low` gauge: 1 while below the floor (sends, publishes
 //!   and redrives refused), else 0.
+//! - `broker_max_messages` gauge: the broker's cap on queued messages over
+//!   all queues (`--max-messages`; 0: none), against the sum of
+//!   `broker_queue_messages`.
 //!
 //! Cluster mode (this node's view; `cluster`):
 //! - `broker_cluster_node_id`, `broker_cluster_leader` (0: none known),

@@ -75,6 +75,7 @@ fn changes(a: Option<pb::QueueAttributes>) -> AttributeChanges {
                 })
             })
         },
+        max_messages: a.max_messages,
     }
 }
 
@@ -101,6 +102,7 @@ impl From<QueueInfo> for pb::Queue {
                     max_backoff_seconds: p.max_backoff_seconds,
                 }),
                 clear_retry_policy: false,
+                max_messages: Some(a.max_messages),
             }),
             created_at_ms: q.created_at_ms,
         }
@@ -218,6 +220,22 @@ impl pb::queue_service_server::QueueService for QueueApi {
         Ok(Response::new(pb::GetQueueResponse {
             queue: Some(q.into()),
             stats: Some(stats.into()),
+        }))
+    }
+
+    async fn get_broker_stats(
+        &self,
+        req: Request<pb::GetBrokerStatsRequest>,
+    ) -> Reply<pb::GetBrokerStatsResponse> {
+        auth::caller(&req)?;
+        let s = self.engine.broker_stats();
+        Ok(Response::new(pb::GetBrokerStatsResponse {
+            queues: s.queues,
+            messages: s.messages,
+            max_messages: s.max_messages,
+            disk_free_bytes: s.disk_free,
+            min_free_disk_bytes: s.min_free_disk,
+            disk_low: s.disk_low,
         }))
     }
 

@@ -95,10 +95,12 @@ impl ToStatus for Error {
             | Error::NotInFlight
             | Error::MessageDeleted
             | Error::QueueIsDeadLetterTarget { .. } => Kind::FailedPrecondition,
-            Error::ChangeTooLarge { .. } | Error::DiskLow { .. } | Error::DiskFull { .. } => {
-                Kind::ResourceExhausted
-            }
-            Error::Unavailable { .. } => Kind::Unavailable,
+            Error::ChangeTooLarge { .. }
+            | Error::DiskLow { .. }
+            | Error::DiskFull { .. }
+            | Error::QueueFull { .. }
+            | Error::BrokerFull { .. } => Kind::ResourceExhausted,
+            Error::Unavailable { .. } | Error::StorageFailed { .. } => Kind::Unavailable,
             Error::Storage(_) => Kind::Internal,
         }
     }
@@ -441,8 +443,15 @@ mod tests {
                 Code::FailedPrecondition,
             ),
             (
-                Error::Storage(StorageError::Sync("disk gone".into())),
+                Error::Storage(StorageError::Corrupt {
+                    key: "k".into(),
+                    reason: "disk gone".into(),
+                }),
                 Code::Internal,
+            ),
+            (
+                Error::from(StorageError::Failed("fsync: EIO".into())),
+                Code::Unavailable,
             ),
         ];
         for (e, code) in engine {
@@ -491,7 +500,10 @@ mod tests {
 
     #[test]
     fn storage_failures_are_internal_without_their_cause() {
-        let status = status(Error::Storage(StorageError::Sync("disk gone".into())));
+        let status = status(Error::Storage(StorageError::Corrupt {
+            key: "k".into(),
+            reason: "disk gone".into(),
+        }));
         assert_eq!(status.code(), Code::Internal);
         assert!(!status.message().contains("disk gone"), "{status:?}");
     }

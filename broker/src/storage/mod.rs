@@ -27,8 +27,22 @@
 //! The [`SyncMode`] decides what `sync` promises: `Always` waits for the
 //! `fsync`, `Batch` syncs in the background every interval and returns at
 //! once, `None` leaves syncing to the OS.
+//!
+//! # Failures
+//! A failed WAL sync, or a write that fails for any reason but a full file
+//! system, fails the store for good ([`StorageError::Failed`]): that
+//! call, every write after it and every sync still awaited fail, so nothing
+//! written after the last good sync is ever acknowledged, even if a later
+//! `fsync` would succeed (after a failed `fsync` the kernel may have dropped
+//! the dirty pages it could not write, and a retry that succeeds proves
+//! nothing about them). [`Store::failure`] tells the server, which stops the
+//! broker: a restart recovers from what the WAL holds on disk. A full file
+//! system is not a failure: RocksDB recovers from it by itself once space
+//! is freed (`disk`). Reads that fail are reported, and fail nothing else.
+//! Tests inject failures with [`faults::Faults`].
 
 pub mod disk;
+pub mod faults;
 pub mod keys;
 
 use std::path::{Path, PathBuf};
@@ -50,8 +64,9 @@ pub enum StorageError {
     Open { path: PathBuf, reason: String },
     #[error("storage failure: {0}")]
     Db(#[from] rocksdb::Error),
-    #[error("the write-ahead log could not be synced: {0}")]
-    Sync(String),
+    /// The store failed (a sync or a write): see "Failures" above.
+    #[error("the data dir's storage failed: {0}")]
+    Failed(String),
     #[error("corrupt record under key {key}: {reason}")]
     Corrupt { key: String, reason: String },
 }
@@ -123,6 +138,8 @@ pub struct Store {
     sync: Arc<SyncShared>,
     mode: SyncMode,
     syncer: Option<JoinHandle<()>>,
+    /// Failures to inject (tests only).
+    faults: Option<Arc<faults::Faults>>,
 }
 
 /// State shared between writers and the syncer thread.
@@ -134,7 +151,25 @@ struct SyncShared {
     wake: Condvar,
     /// Highest ticket known durable, or the error that stopped syncing.
     synced: watch::Sender<Result<u64, String>>,
+    /// Why the store failed, once it has (see "Failures").
+    failed: watch::Sender<Option<String>>,
     stop: AtomicBool,
+    faults: Option<Arc<faults::Faults>>,
+}
+
+impl SyncShared {
+    /// Fails the store for good; the first reason is kept.
+    fn fail(&self, reason: String) -> StorageError {
+        self.failed.send_if_modified(|failed| {
+            if failed.is_some() {
+                return false;
+            }
+            tracing::error!(%reason, "storage failed: acknowledging no more writes");
+            *failed = Some(reason.clone());
+            true
+        });
+        StorageError::Failed(reason)
+    }
 }
 
 impl Store {
@@ -142,6 +177,15 @@ impl Store {
     /// locked by another process or with corrupt files is an error, never a
     /// silently empty store.
     pub fn open(path: &Path, mode: SyncMode) -> Result<Store, StorageError> {
+        Store::open_with(path, mode, None)
+    }
+
+    /// [`Store::open`], with failures to inject (tests).
+    pub fn open_with(
+        path: &Path,
+        mode: SyncMode,
+        faults: Option<Arc<faults::Faults>>,
+    ) -> Result<Store, StorageError> {
         let open_err = |reason: String| StorageError::Open {
             path: path.to_path_buf(),
             reason,
@@ -209,7 +253,9 @@ impl Store {
             wanted: Mutex::new(false),
             wake: Condvar::new(),
             synced,
+            failed: watch::Sender::new(None),
             stop: AtomicBool::new(false),
+            faults: faults.clone(),
         });
         let syncer = match mode {
             SyncMode::None => None,
@@ -233,7 +279,13 @@ impl Store {
             sync,
             mode,
             syncer,
+            faults,
         })
+    }
+
+    /// Why the store failed, once it has: the server stops the broker.
+    pub fn failure(&self) -> watch::Receiver<Option<String>> {
+        self.sync.failed.subscribe()
     }
 
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
@@ -321,9 +373,22 @@ impl Store {
     /// Applies `batch` atomically, not yet synced; [`Store::sync`] with the
     /// returned ticket waits until it is durable.
     pub fn write(&self, batch: Batch) -> Result<Ticket, StorageError> {
+        if let Some(reason) = &*self.sync.failed.borrow() {
+            return Err(StorageError::Failed(format!(
+                "{reason} (earlier; no write is made since)"
+            )));
+        }
+        if self.faults.as_ref().is_some_and(|f| f.write_fails()) {
+            return Err(self.sync.fail("write: injected I/O error".into()));
+        }
         let mut opts = WriteOptions::default();
         opts.set_sync(false);
-        self.db.write_opt(batch.inner, &opts)?;
+        if let Err(e) = self.db.write_opt(batch.inner, &opts) {
+            if disk::is_no_space(e.as_ref()) {
+                return Err(e.into());
+            }
+            return Err(self.sync.fail(format!("write: {e}")));
+        }
         Ok(Ticket(self.sync.written.fetch_add(1, Ordering::SeqCst) + 1))
     }
 
@@ -351,10 +416,10 @@ impl Store {
         let state = rx
             .wait_for(|s| !matches!(s, Ok(n) if *n < ticket.0))
             .await
-            .map_err(|_| StorageError::Sync("the syncer thread stopped".into()))?;
+            .map_err(|_| StorageError::Failed("the WAL syncer thread stopped".into()))?;
         match &*state {
             Ok(_) => Ok(()),
-            Err(e) => Err(StorageError::Sync(e.clone())),
+            Err(e) => Err(StorageError::Failed(e.clone())),
         }
     }
 
@@ -436,13 +501,19 @@ fn sync_loop(db: &DB, sync: &SyncShared, interval: Option<Duration>) {
         if covered == *sync.synced.borrow().as_ref().unwrap_or(&u64::MAX) {
             continue;
         }
-        match db.flush_wal(true) {
+        let synced = if sync.faults.as_ref().is_some_and(|f| f.sync_fails()) {
+            Err("injected I/O error".to_string())
+        } else {
+            db.flush_wal(true).map_err(|e| e.to_string())
+        };
+        match synced {
             Ok(()) => {
                 let _ = sync.synced.send_replace(Ok(covered));
             }
             Err(e) => {
-                tracing::error!(error = %e, "WAL sync failed; acknowledging no more writes");
-                let _ = sync.synced.send_replace(Err(e.to_string()));
+                let reason = format!("WAL sync (fsync): {e}");
+                sync.fail(reason.clone());
+                let _ = sync.synced.send_replace(Err(reason));
                 return;
             }
         }
@@ -475,5 +546,59 @@ mod tests {
             [b"a1".to_vec(), b"a2".to_vec(), b"b1".to_vec()]
         );
         assert_eq!(keys(b"a15", b"a2"), Vec::<Vec<u8>>::new());
+    }
+
+    fn one_put(key: &[u8]) -> Batch {
+        let mut batch = Batch::default();
+        batch.put(key, b"v");
+        batch
+    }
+
+    #[tokio::test]
+    async fn after_a_failed_sync_nothing_is_acknowledged_though_syncs_would_work_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = Arc::new(faults::Faults::default());
+        let store = Store::open_with(dir.path(), SyncMode::Always, Some(faults.clone())).unwrap();
+        let failure = store.failure();
+        let ticket = store.write(one_put(b"a")).unwrap();
+        store.sync(ticket).await.unwrap();
+        assert!(failure.borrow().is_none());
+
+        faults.fail_syncs(1);
+        let ticket = store.write(one_put(b"b")).unwrap();
+        let failed = store.sync(ticket).await.unwrap_err();
+        assert!(
+            matches!(&failed, StorageError::Failed(r) if r.contains("injected")),
+            "{failed}"
+        );
+        assert!(
+            failure
+                .borrow()
+                .as_deref()
+                .is_some_and(|r| r.contains("WAL sync"))
+        );
+        // The fault is used up, yet the store stays failed: no later write
+        // is made, so none can be acknowledged.
+        let refused = store.write(one_put(b"c")).unwrap_err();
+        assert!(matches!(refused, StorageError::Failed(_)), "{refused}");
+        assert_eq!(store.get(b"c").unwrap(), None);
+    }
+
+    #[test]
+    fn a_failed_write_fails_the_store_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = Arc::new(faults::Faults::default());
+        let store = Store::open_with(dir.path(), SyncMode::None, Some(faults.clone())).unwrap();
+        faults.fail_writes(1);
+        assert!(matches!(
+            store.write(one_put(b"a")),
+            Err(StorageError::Failed(_))
+        ));
+        assert!(matches!(
+            store.write(one_put(b"b")),
+            Err(StorageError::Failed(_))
+        ));
+        assert_eq!(store.get(b"a").unwrap(), None);
+        assert!(store.failure().borrow().is_some());
     }
 }

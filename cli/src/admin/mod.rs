@@ -26,7 +26,7 @@ pub use peek::peek_messages;
 pub(crate) use redrive::redrive;
 pub use redrive::{RedriveProgress, progress_line, redrive_paced};
 pub(crate) use stats::stats;
-pub use stats::{QueueRow, queue_rows, stats_table, top, top_header, visible_rates};
+pub use stats::{QueueRow, broker_header, queue_rows, stats_table, top, top_header, visible_rates};
 
 /// Milliseconds since the Unix epoch, as the broker stamps `*_at_ms`.
 fn now_ms() -> u64 {

@@ -192,13 +192,71 @@ fn rows_json(rows: &[QueueRow]) -> Vec<Value> {
         .collect()
 }
 
+/// The lines of `stats` above its table: the broker's messages against
+/// its cap, and its disk against the floor.
+pub fn broker_header(b: &pb::GetBrokerStatsResponse) -> String {
+    let cap = match b.max_messages {
+        0 => "no cap".to_owned(),
+        max => format!("max_messages {max}"),
+    };
+    let disk = match b.disk_free_bytes {
+        None => "not read yet".to_owned(),
+        Some(free) => format!("{} free", bytes_text(free)),
+    };
+    let floor = match b.min_free_disk_bytes {
+        0 => "no floor".to_owned(),
+        floor => format!("min_free_disk {}", bytes_text(floor)),
+    };
+    let alarm = if b.disk_low {
+        "  BELOW THE FLOOR: sends, publishes and redrives are refused"
+    } else {
+        ""
+    };
+    format!(
+        "broker: {} in {} ({cap})\ndisk:   {disk} ({floor}){alarm}\n\n",
+        plural(b.messages, "message"),
+        plural(b.queues, "queue"),
+    )
+}
+
+/// Bytes in binary units, one decimal (`256.0 MiB`), below 1 KiB exact.
+fn bytes_text(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 pub(crate) async fn stats(client: &Client, out: Output, prefix: &str) -> anyhow::Result<()> {
+    let broker = client
+        .get_broker_stats()
+        .await
+        .map_err(|e| failure(e, None))?;
     let rows = queue_rows(client, prefix)
         .await
         .map_err(|e| failure(e, None))?;
     out.print(
-        || stats_table(&rows, None),
-        || json!({ "queues": rows_json(&rows) }),
+        || broker_header(&broker) + &stats_table(&rows, None),
+        || {
+            json!({
+                "broker": {
+                    "queues": broker.queues,
+                    "messages": broker.messages,
+                    "max_messages": broker.max_messages,
+                    "disk_free_bytes": broker.disk_free_bytes,
+                    "min_free_disk_bytes": broker.min_free_disk_bytes,
+                    "disk_low": broker.disk_low,
+                },
+                "queues": rows_json(&rows),
+            })
+        },
     )
 }
 
@@ -285,6 +343,32 @@ pub async fn top(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_broker_header_shows_the_cap_the_disk_and_its_alarm() {
+        let mut b = pb::GetBrokerStatsResponse {
+            queues: 2,
+            messages: 1,
+            max_messages: 0,
+            disk_free_bytes: Some(3 << 30),
+            min_free_disk_bytes: 256 << 20,
+            disk_low: false,
+        };
+        assert_eq!(
+            broker_header(&b),
+            "broker: 1 message in 2 queues (no cap)\ndisk:   3.0 GiB free (min_free_disk 256.0 MiB)\n\n"
+        );
+        b.max_messages = 1000;
+        b.disk_free_bytes = Some(100);
+        b.min_free_disk_bytes = 0;
+        b.disk_low = true;
+        let text = broker_header(&b);
+        assert!(text.contains("(max_messages 1000)"), "{text}");
+        assert!(
+            text.contains("100 B free (no floor)  BELOW THE FLOOR"),
+            "{text}"
+        );
+    }
 
     fn row(name: &str, visible: u64, in_flight: u64, delayed: u64, age: u64) -> QueueRow {
         QueueRow {

@@ -21,6 +21,44 @@ fn redrive_request(
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn broker_stats_count_every_queue_and_show_the_caps_and_the_disk() {
+    let server = TestServer::start_with(|c| {
+        c.limits.max_messages = 1_000;
+        c.limits.min_free_disk = 1;
+    })
+    .await;
+    let client = server.client().await;
+    for queue in ["a", "b"] {
+        create_queue(&client, queue, attributes()).await;
+    }
+    send_batch(&client, "a", numbered(3)).await;
+    send_message(&client, "b", "later", &[], Some(60)).await;
+    only(receive_now(&client, "a", 1, 30).await);
+    let stats = eventually(Duration::from_secs(5), "the disk read", || async {
+        let stats = client
+            .get_broker_stats()
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        match stats.disk_free_bytes {
+            Some(_) => Ok(stats),
+            None => Err(format!("{stats:?}")),
+        }
+    })
+    .await;
+    assert_eq!(
+        (stats.queues, stats.messages, stats.max_messages),
+        (2, 4, 1_000)
+    );
+    assert_eq!((stats.min_free_disk_bytes, stats.disk_low), (1, false));
+    assert!(stats.disk_free_bytes.unwrap() > 1, "{stats:?}");
+    let header = broker_cli::admin::broker_header(&stats);
+    assert!(
+        header.starts_with("broker: 4 messages in 2 queues (max_messages 1000)\ndisk:"),
+        "{header}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn stats_rows_show_every_queue_with_its_counts() {
     let (_server, client) = server_with_queue("orders-dlq", attributes()).await;
     create_queue(&client, "orders", redrive_to("orders-dlq", 3)).await;

@@ -6,6 +6,7 @@
 //!
 //! - `admin`: the CLI's operator tools (`stats`/`top` rows, `peek` paging,
 //!   `redrive --per-second`) against a real server
+//! - `caps`: a queue's `max_messages` and the broker's `--max-messages`
 //! - `consumer`: the client's `Consumer` and `Publisher` (pull and push)
 //! - `queues`: create / get / list / update / delete / purge and their validation
 //! - `send`: single and batch sends, sizes, attributes, delays
@@ -21,6 +22,8 @@
 //!   and permissions, and the connection / stream / long-poll / request-size limits
 //! - `restart`: what survives a graceful restart on the same data directory,
 //!   and a SIGKILLed server process
+//! - `storage_faults`: a failed fsync or write (injected): UNAVAILABLE,
+//!   nothing acknowledged after it, the broker stops, a restart recovers
 //! - `stream`: push delivery over `StreamMessages`
 //! - `topics`: topics and subscriptions, fan-out publishes, filter policies,
 //!   raw and envelope delivery, atomicity, and what survives a restart
@@ -32,6 +35,7 @@
 //! time passing is what it tests, and says so.
 
 mod admin;
+mod caps;
 mod cluster;
 mod consumer;
 mod crash;
@@ -48,5 +52,6 @@ mod receive;
 mod restart;
 mod security;
 mod send;
+mod storage_faults;
 mod stream;
 mod topics;

@@ -18,6 +18,7 @@ fn default_attributes() -> pb::QueueAttributes {
         max_receive_burst: Some(0),
         retry_policy: None,
         clear_retry_policy: false,
+        max_messages: Some(0),
     }
 }
 
@@ -92,6 +93,7 @@ async fn create_queue_keeps_the_given_attributes() {
             max_backoff_seconds: 30,
         }),
         clear_retry_policy: false,
+        max_messages: Some(500),
     };
     let queue = create_queue(&client, "orders", given.clone()).await;
     assert_eq!(queue.attributes, Some(given.clone()));
@@ -202,6 +204,7 @@ fn with_defaults(attributes: pb::QueueAttributes) -> pb::QueueAttributes {
             .or(defaults.max_receive_burst),
         retry_policy: attributes.retry_policy,
         clear_retry_policy: false,
+        max_messages: attributes.max_messages.or(defaults.max_messages),
     }
 }
 

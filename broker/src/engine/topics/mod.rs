@@ -27,7 +27,7 @@ use super::messages::enqueue;
 use super::queues::{by_name, paginate};
 use super::replication::Kind;
 use super::state::State;
-use super::{Engine, validate};
+use super::{Engine, room, validate};
 use crate::storage::{Store, keys};
 use filter::FilterPolicy;
 pub use records::{
@@ -437,6 +437,12 @@ impl Engine {
                 .into_iter()
                 .map(|m| fan_out(&mut st, &mut copies, topic, &targets, m, now))
                 .collect();
+            room::check(
+                &st,
+                &self.cap,
+                copies.iter().map(|c| (QueueId(c.queue_id), 1)),
+                copies.len() as u64,
+            )?;
             let ticket = self.send_placed(&mut st, copies, now)?;
             if let Some(t) = st.topics.get_mut(topic) {
                 for p in results.iter().flatten() {
