@@ -156,7 +156,7 @@ pub enum Error {
     DiskFull { detail: String },
     /// The call would take a queue over its `max_messages` attribute.
     #[error(
-        "queue {queue:?} holds {holds} messages and its max_messages is {max}: this call adds {adds}, so nothing was written; receive and delete to make room, or raise max_messages"
+        "queue {queue:?} is full: it holds {holds} and its max_messages is {max}; this call adds {adds}, so nothing was written; receive and delete to make room, or raise max_messages"
     )]
     QueueFull {
         queue: String,
@@ -166,7 +166,7 @@ pub enum Error {
     },
     /// The call would take the broker over its `max_messages` setting.
     #[error(
-        "the broker holds {holds} messages and its max_messages (--max-messages) is {max}: this call adds {adds}, so nothing was written; receive and delete to make room, or raise the cap"
+        "the broker is full: it holds {holds} messages over all queues and its max_messages (--max-messages) is {max}; this call adds {adds}, so nothing was written; receive and delete to make room, or raise the cap"
     )]
     BrokerFull { holds: u64, adds: u64, max: u64 },
 

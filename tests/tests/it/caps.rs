@@ -91,12 +91,7 @@ async fn a_queue_at_max_messages_refuses_sends_and_publishes_until_a_delete_make
     assert_error(
         over,
         Code::ResourceExhausted,
-        &[
-            "\"orders\"",
-            "holds 2 messages",
-            "max_messages is 3",
-            "adds 2",
-        ],
+        &["\"orders\"", "holds 2 and", "max_messages is 3", "adds 2"],
     );
     assert_eq!(total(counts(&client, "orders").await), 2);
 
@@ -124,7 +119,7 @@ async fn a_queue_at_max_messages_refuses_sends_and_publishes_until_a_delete_make
     assert_error(
         send_one(&client, "orders", "d").await,
         Code::ResourceExhausted,
-        &["holds 3 messages"],
+        &["holds 3 and"],
     );
     delete_message(&client, "orders", &only(received).receipt_handle)
         .await
@@ -168,7 +163,7 @@ async fn dead_letters_are_never_refused_but_a_redrive_into_a_full_queue_is() {
     assert_error(
         send_one(&client, "dlq", "x").await,
         Code::ResourceExhausted,
-        &["\"dlq\"", "holds 2 messages", "max_messages is 1"],
+        &["\"dlq\"", "holds 2 and", "max_messages is 1"],
     );
 
     // Back to a queue that holds one and may hold two: refused whole.
@@ -183,12 +178,7 @@ async fn dead_letters_are_never_refused_but_a_redrive_into_a_full_queue_is() {
     assert_error(
         refused,
         Code::ResourceExhausted,
-        &[
-            "\"work\"",
-            "holds 1 messages",
-            "adds 2",
-            "max_messages is 2",
-        ],
+        &["\"work\"", "holds 1 and", "adds 2", "max_messages is 2"],
     );
     assert_eq!(total(counts(&client, "dlq").await), 2);
     empty(&client, "work").await;
@@ -210,7 +200,7 @@ async fn the_broker_cap_counts_the_messages_of_every_queue() {
         publish(&client, "t", "x").await,
         Code::ResourceExhausted,
         &[
-            "the broker holds 3 messages",
+            "the broker is full: it holds 3 messages",
             "--max-messages",
             "is 4",
             "adds 2",
