@@ -235,7 +235,7 @@ pub struct Settings {
     #[arg(long, env = "BROKER_MIN_FREE_DISK", value_name = "BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub min_free_disk: Option<u64>,
-    /// Messages the broker holds at most, over all queues (about 100 bytes of memory each): sends and publishes beyond get RESOURCE_EXHAUSTED, 0 (no cap)..=1000000000000 [default: 0]
+    /// Messages the broker holds at most, over all queues (about 180 bytes of memory each): sends and publishes beyond get RESOURCE_EXHAUSTED, 0 (no cap)..=1000000000000 [default: 0]
     #[arg(long, env = "BROKER_MAX_MESSAGES", value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_messages: Option<u64>,

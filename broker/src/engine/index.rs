@@ -7,7 +7,11 @@
 //! plus the retry backoff for a received message when the queue has a
 //! retry policy: a lapsed or released message waits out its backoff (and
 //! counts as in flight meanwhile). Bodies stay on disk; a message
-//! costs about 100 bytes of memory here. Every operation is O(log n) in the
+//! costs about 160 bytes of memory here: 56 in `slots`, 8 in `ready`, 16
+//! in `by_sent`, each B-tree node about half full (seqs arrive in order, and
+//! the standard B-tree splits a full node in the middle), plus inner nodes
+//! (measured: 1.79 GB of RSS for 9.8 million messages, `benches/README.md`
+//! scenario 4d). Every operation is O(log n) in the
 //! queue's size or O(1): nothing scans the backlog.
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,5 +1,5 @@
 //! Caps on queued messages, so that a backlog cannot grow the broker's
-//! memory without bound (the index costs about 100 bytes a message,
+//! memory without bound (about 180 bytes a message, mostly the index,
 //! `index`): a queue's `max_messages` attribute and the broker's
 //! `max_messages` setting, 0 meaning no cap for both.
 //!
