@@ -10,11 +10,13 @@
 //! - [`options`]: its command-line flags and their bounds.
 //! - [`embedded`]: a broker served from this process, on its own runtime
 //!   and a temp data dir, for runs without `--server`.
+//! - [`echo`]: `--mode echo`, the ceiling of a bare tonic unary call.
 //! - [`load`]: the workload: queues or a topic, preload, producers,
 //!   consumers, and what each of them counted and timed.
 //! - [`procfs`]: CPU time and peak RSS of a process, from `/proc`.
 //! - [`report`]: the results, as text or as one JSON object.
 
+pub mod echo;
 pub mod embedded;
 pub mod load;
 pub mod options;

@@ -216,7 +216,7 @@ impl Latency {
         self.0.saturating_record((d.as_micros() as u64).max(1));
     }
 
-    fn merge(&mut self, other: &Latency) {
+    pub fn merge(&mut self, other: &Latency) {
         self.0.add(&other.0).expect("same bounds");
     }
 

@@ -103,6 +103,20 @@ pub struct Options {
     /// Print one JSON object instead of the text report.
     #[arg(long)]
     pub json: bool,
+    /// `unary`: producers and consumers call the broker's RPCs. `echo`: no
+    /// broker; --producers callers call a bare tonic server (gRPC health
+    /// `Check`) in this process, the ceiling of one unary call here.
+    #[arg(long, value_enum, default_value_t = Mode::Unary)]
+    pub mode: Mode,
+}
+
+/// What the generator measures (`--mode`).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The broker's unary RPCs.
+    Unary,
+    /// A bare tonic unary call, no broker.
+    Echo,
 }
 
 impl Options {
@@ -111,6 +125,23 @@ impl Options {
     pub fn validate(&self) -> Result<Vec<SocketAddr>, String> {
         if self.producers == 0 && self.consumers == 0 {
             return Err("--producers and --consumers are both 0: nothing to measure".into());
+        }
+        if self.mode == Mode::Echo {
+            for (set, flag) in [
+                (self.server.is_some(), "--server"),
+                (self.fanout.is_some(), "--fanout"),
+                (self.backlog > 0, "--backlog"),
+                (self.rate.is_some(), "--rate"),
+            ] {
+                if set {
+                    return Err(format!(
+                        "--mode echo calls a server of its own in closed loop; {flag} does not apply"
+                    ));
+                }
+            }
+            if self.producers == 0 {
+                return Err("--mode echo needs callers: --producers is 0".into());
+            }
         }
         if self.producers == 0 && self.rate.is_some() {
             return Err("--rate needs at least one producer; got --producers 0".into());
@@ -183,6 +214,23 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Options, clap::Error> {
         Options::try_parse_from(std::iter::once("broker-bench").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn echo_mode_refuses_what_does_not_apply() {
+        let echo = parse(&["--mode", "echo", "--producers", "8"]).unwrap();
+        assert_eq!(echo.mode, Mode::Echo);
+        assert_eq!(echo.validate(), Ok(Vec::new()));
+        for extra in [
+            &["--server", "127.0.0.1:1"][..],
+            &["--fanout", "2"],
+            &["--backlog", "10"],
+            &["--rate", "10"],
+        ] {
+            let args: Vec<&str> = ["--mode", "echo"].iter().chain(extra).copied().collect();
+            let error = parse(&args).unwrap().validate().unwrap_err();
+            assert!(error.contains(extra[0]), "{error}");
+        }
     }
 
     #[test]

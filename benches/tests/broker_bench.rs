@@ -29,6 +29,16 @@ fn num(report: &Value, field: &str) -> f64 {
 }
 
 #[test]
+fn echo_mode_calls_a_bare_server_and_splits_the_cpu() {
+    let r = bench(&["--mode", "echo", "--duration", "1", "--producers", "4"]);
+    assert_eq!(r["errors"], 0, "{r}");
+    assert!(num(&r, "calls") > 0.0, "{r}");
+    assert!(num(&r, "call_p99_ms") >= num(&r, "call_p50_ms"), "{r}");
+    assert!(num(&r, "server_cpu_seconds") > 0.0, "{r}");
+    assert!(num(&r, "generator_cpu_seconds") > 0.0, "{r}");
+}
+
+#[test]
 fn closed_loop_run_sends_consumes_and_times_both() {
     let r = bench(&[
         "--duration",

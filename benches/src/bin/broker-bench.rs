@@ -10,9 +10,10 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context as _;
+use benches::echo::EchoServer;
 use benches::embedded::{BROKER_THREAD_NAME, EmbeddedBroker};
 use benches::load::{self, Plan};
-use benches::options::Options;
+use benches::options::{Mode, Options};
 use benches::procfs::{self, Process};
 use benches::report::{Report, ResourceSource, Resources};
 use clap::Parser as _;
@@ -27,6 +28,18 @@ const GENERATOR_THREAD_NAME: &str = "bench-gen";
 
 fn main() -> ExitCode {
     let opts = Options::parse();
+    if opts.mode == Mode::Echo {
+        return match echo(&opts) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(&opts) {
         Ok(report) => {
             if opts.json {
@@ -128,6 +141,61 @@ fn run(opts: &Options) -> anyhow::Result<Report> {
     if let Some(b) = embedded {
         b.stop()?;
     }
+    result
+}
+
+/// `--mode echo`: calls/s of a bare tonic server in this process, with
+/// its CPU and the generator's.
+fn echo(opts: &Options) -> anyhow::Result<String> {
+    opts.validate().map_err(anyhow::Error::msg)?;
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores)
+        .thread_name(GENERATOR_THREAD_NAME)
+        .enable_all()
+        .build()
+        .context("cannot start the generator's runtime")?;
+    let server = EchoServer::start(cores)?;
+    let result = runtime.block_on(async {
+        let before = Counters::read(Some(Process::Current))?;
+        let (stats, connections) = benches::echo::run(
+            server.addr(),
+            opts.producers,
+            opts.connections,
+            opts.duration(),
+        )
+        .await?;
+        let after = Counters::read(Some(Process::Current))?;
+        let server_cpu = (after.process_cpu - after.generator_cpu)
+            - (before.process_cpu - before.generator_cpu);
+        let generator_cpu = after.generator_cpu - before.generator_cpu;
+        let per_call = |cpu: f64| cpu / stats.calls.max(1) as f64 * 1e6;
+        if opts.json {
+            let q = |q: f64| stats.latency.quantile_ms(q);
+            let json = serde_json::json!({
+                "mode": "echo",
+                "callers": opts.producers,
+                "connections": connections,
+                "seconds": stats.wall,
+                "calls": stats.calls,
+                "calls_per_sec": stats.calls as f64 / stats.wall,
+                "call_p50_ms": q(0.5),
+                "call_p99_ms": q(0.99),
+                "errors": stats.errors,
+                "server_cpu_seconds": server_cpu,
+                "generator_cpu_seconds": generator_cpu,
+            });
+            return anyhow::Ok(format!("{json}\n"));
+        }
+        anyhow::Ok(format!(
+            "{}server CPU     {server_cpu:.2} s ({:.1} µs a call); generator {generator_cpu:.2} s ({:.1} µs a call)\n",
+            stats.text(opts.producers, connections),
+            per_call(server_cpu),
+            per_call(generator_cpu),
+        ))
+    });
+    drop(runtime);
+    server.stop()?;
     result
 }
 
