@@ -10,6 +10,12 @@
 //! and generator as it does for an embedded broker. Producers call it in a
 //! closed loop over `--connections` connections (default one per task, at
 //! most 64), as the message producers do.
+//!
+//! `--mode health` makes the same calls to the embedded broker's own health
+//! service instead: through the broker's layers (trace span, metrics,
+//! request-size check), without the engine. Echo, health and SendMessage
+//! side by side split a broker call's cost into tonic's, the layers' and
+//! the rest (auth, decoding, the engine).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +30,7 @@ use tonic_health::pb::health_client::HealthClient;
 
 use crate::embedded::BROKER_THREAD_NAME;
 use crate::load::{Latency, MAX_CONNECTIONS};
+use crate::options::Mode;
 
 /// A bare tonic health server on 127.0.0.1, on its own runtime.
 pub struct EchoServer {
@@ -94,10 +101,14 @@ pub struct EchoStats {
 
 impl EchoStats {
     /// The report's text.
-    pub fn text(&self, callers: u32, connections: usize) -> String {
+    pub fn text(&self, mode: Mode, callers: u32, connections: usize) -> String {
+        let what = match mode {
+            Mode::Health => "the embedded broker's gRPC health Check, through its layers",
+            _ => "bare tonic, gRPC health Check",
+        };
         let p = |q: f64| self.latency.quantile_ms(q).unwrap_or(f64::NAN);
         format!(
-            "echo (bare tonic, gRPC health Check) on 127.0.0.1; {callers} callers over {connections} connections, closed loop, {:.0} s\n\
+            "{what}, on 127.0.0.1; {callers} callers over {connections} connections, closed loop, {:.0} s\n\
              calls          {:>8.0} calls/s  ({} calls)\n\
              call latency   p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms\n\
              errors         {}\n",

@@ -106,6 +106,8 @@ pub struct Options {
     /// `unary`: producers and consumers call the broker's RPCs. `echo`: no
     /// broker; --producers callers call a bare tonic server (gRPC health
     /// `Check`) in this process, the ceiling of one unary call here.
+    /// `health`: the same calls to the embedded broker's own health
+    /// service, through the broker's layers but no engine.
     #[arg(long, value_enum, default_value_t = Mode::Unary)]
     pub mode: Mode,
 }
@@ -117,6 +119,8 @@ pub enum Mode {
     Unary,
     /// A bare tonic unary call, no broker.
     Echo,
+    /// The broker's health `Check`: its layers, no engine.
+    Health,
 }
 
 impl Options {
@@ -126,7 +130,7 @@ impl Options {
         if self.producers == 0 && self.consumers == 0 {
             return Err("--producers and --consumers are both 0: nothing to measure".into());
         }
-        if self.mode == Mode::Echo {
+        if self.mode != Mode::Unary {
             for (set, flag) in [
                 (self.server.is_some(), "--server"),
                 (self.fanout.is_some(), "--fanout"),
@@ -135,12 +139,12 @@ impl Options {
             ] {
                 if set {
                     return Err(format!(
-                        "--mode echo calls a server of its own in closed loop; {flag} does not apply"
+                        "--mode echo and health call a server of their own in closed loop; {flag} does not apply"
                     ));
                 }
             }
             if self.producers == 0 {
-                return Err("--mode echo needs callers: --producers is 0".into());
+                return Err("--mode echo and health need callers: --producers is 0".into());
             }
         }
         if self.producers == 0 && self.rate.is_some() {

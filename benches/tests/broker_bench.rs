@@ -39,6 +39,17 @@ fn echo_mode_calls_a_bare_server_and_splits_the_cpu() {
 }
 
 #[test]
+fn health_mode_calls_the_embedded_broker() {
+    let r = bench(&["--mode", "health", "--duration", "1", "--producers", "2"]);
+    assert_eq!(
+        (r["mode"].as_str(), &r["errors"]),
+        (Some("health"), &0.into()),
+        "{r}"
+    );
+    assert!(num(&r, "calls") > 0.0, "{r}");
+}
+
+#[test]
 fn closed_loop_run_sends_consumes_and_times_both() {
     let r = bench(&[
         "--duration",

@@ -28,7 +28,7 @@ const GENERATOR_THREAD_NAME: &str = "bench-gen";
 
 fn main() -> ExitCode {
     let opts = Options::parse();
-    if opts.mode == Mode::Echo {
+    if opts.mode != Mode::Unary {
         return match echo(&opts) {
             Ok(text) => {
                 print!("{text}");
@@ -144,8 +144,9 @@ fn run(opts: &Options) -> anyhow::Result<Report> {
     result
 }
 
-/// `--mode echo`: calls/s of a bare tonic server in this process, with
-/// its CPU and the generator's.
+/// `--mode echo` and `health`: calls/s of a bare tonic server, or of the
+/// embedded broker's health service, in this process, with the server's
+/// CPU and the generator's.
 fn echo(opts: &Options) -> anyhow::Result<String> {
     opts.validate().map_err(anyhow::Error::msg)?;
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -155,11 +156,19 @@ fn echo(opts: &Options) -> anyhow::Result<String> {
         .enable_all()
         .build()
         .context("cannot start the generator's runtime")?;
-    let server = EchoServer::start(cores)?;
+    let (echo_server, broker) = match opts.mode {
+        Mode::Health => (None, Some(EmbeddedBroker::start(opts.sync, cores)?)),
+        _ => (Some(EchoServer::start(cores)?), None),
+    };
+    let addr = match (&echo_server, &broker) {
+        (Some(s), _) => s.addr(),
+        (_, Some(b)) => b.addr(),
+        _ => unreachable!("one of the two was started"),
+    };
     let result = runtime.block_on(async {
         let before = Counters::read(Some(Process::Current))?;
         let (stats, connections) = benches::echo::run(
-            server.addr(),
+            addr,
             opts.producers,
             opts.connections,
             opts.duration(),
@@ -173,7 +182,7 @@ fn echo(opts: &Options) -> anyhow::Result<String> {
         if opts.json {
             let q = |q: f64| stats.latency.quantile_ms(q);
             let json = serde_json::json!({
-                "mode": "echo",
+                "mode": format!("{:?}", opts.mode).to_lowercase(),
                 "callers": opts.producers,
                 "connections": connections,
                 "seconds": stats.wall,
@@ -189,13 +198,18 @@ fn echo(opts: &Options) -> anyhow::Result<String> {
         }
         anyhow::Ok(format!(
             "{}server CPU     {server_cpu:.2} s ({:.1} µs a call); generator {generator_cpu:.2} s ({:.1} µs a call)\n",
-            stats.text(opts.producers, connections),
+            stats.text(opts.mode, opts.producers, connections),
             per_call(server_cpu),
             per_call(generator_cpu),
         ))
     });
     drop(runtime);
-    server.stop()?;
+    if let Some(s) = echo_server {
+        s.stop()?;
+    }
+    if let Some(b) = broker {
+        b.stop()?;
+    }
     result
 }
 
