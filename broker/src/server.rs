@@ -158,6 +158,7 @@ pub async fn run_with_metrics_listener(
                 &config.data_dir,
                 config.sync,
                 client_address(c, &listener),
+                config.storage_faults.clone(),
             )
             .await?,
         )),
@@ -233,15 +234,27 @@ pub async fn run_with_metrics_listener(
         let (reporter, stop) = (health_reporter.clone(), stopping.clone());
         tokio::spawn(async move { report_health(&node, &reporter, stop.cancelled()).await });
     }
-    let failure = engine.storage_failure();
+    // The stores whose failure stops the broker: the engine's, and in
+    // cluster mode the Raft log's.
+    let failures: Vec<_> = std::iter::once(engine.storage_failure())
+        .chain(node.as_ref().map(|n| n.log_failure.clone()))
+        .collect();
     let signal = {
-        let (engine, stopping, mut failure) = (engine.clone(), stopping.clone(), failure.clone());
+        let (engine, stopping, mut watched) = (engine.clone(), stopping.clone(), failures.clone());
         async move {
+            let failed = futures::future::select_all(watched.iter_mut().map(|f| {
+                Box::pin(async move {
+                    // A store closed (its sender dropped) has not failed.
+                    if f.wait_for(Option::is_some).await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                })
+            }));
             tokio::select! {
                 () = shutdown => tracing::info!(
                     "shutting down: health NOT_SERVING, refusing new requests, ending long polls, finishing in-flight requests"
                 ),
-                _ = failure.wait_for(Option::is_some) => tracing::error!(
+                _ = failed => tracing::error!(
                     "the storage failed: stopping the broker (health NOT_SERVING, refusing new requests); restart it once the data dir's disk is fixed"
                 ),
             }
@@ -354,7 +367,7 @@ pub async fn run_with_metrics_listener(
     }
     close(engine).await;
     tracing::info!("database closed");
-    match failure.borrow().clone() {
+    match failures.iter().find_map(|f| f.borrow().clone()) {
         Some(reason) => Err(StartupError::StorageFailed { reason }),
         None => Ok(()),
     }

@@ -105,17 +105,22 @@ pub struct Node {
     identity_path: PathBuf,
     snapshot_pending: bool,
     snapshots: Arc<Receiver>,
+    /// Why the Raft log's store failed, once it has (`storage`,
+    /// "Failures"): the server stops the node, as it does for the engine's.
+    pub log_failure: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 impl Node {
     /// Opens the node's stores in `data_dir` and starts its Raft; a node
     /// without a cluster and without seeds makes a new cluster of itself.
-    /// Clients reach it at `client_addr` (empty: unknown).
+    /// Clients reach it at `client_addr` (empty: unknown). `faults`: storage
+    /// failures to inject into both stores (tests).
     pub async fn start(
         config: &ClusterConfig,
         data_dir: &Path,
         sync: SyncMode,
         client_addr: String,
+        faults: Option<Arc<crate::storage::faults::Faults>>,
     ) -> Result<Node, NodeError> {
         if config.node_id == 0 {
             return Err(NodeError::NodeIdZero);
@@ -135,13 +140,15 @@ impl Node {
         }
         // The engine first: it refuses a non-empty directory without a
         // database, which `cluster/` would make of a new one.
-        let engine = Arc::new(Engine::open(data_dir, SyncMode::None)?);
+        let engine = Arc::new(Engine::open_with(data_dir, SyncMode::None, faults.clone())?);
         std::fs::create_dir_all(&cluster_dir).map_err(|e| NodeError::Identity {
             path: cluster_dir.clone(),
             reason: e.to_string(),
         })?;
-        let log =
-            Arc::new(Store::open(&cluster_dir.join("log"), sync).map_err(crate::Error::from)?);
+        let log = Arc::new(
+            Store::open_with(&cluster_dir.join("log"), sync, faults).map_err(crate::Error::from)?,
+        );
+        let log_failure = log.failure();
         let cluster: ClusterId = Arc::default();
         let snapshot_pending = identity.as_ref().is_some_and(|i| i.snapshot_pending);
         let recorded = identity.and_then(|i| i.cluster_id);
@@ -211,6 +218,7 @@ impl Node {
             identity_path,
             snapshot_pending: snapshot_pending || (single_node_data && recorded.is_none()),
             snapshots,
+            log_failure,
         };
         if recorded.is_none() && config.join.is_empty() {
             // The id first: a crash after it restarts as this cluster's

@@ -333,7 +333,9 @@ async fn a_cut_off_leader_refuses_writes_and_reads_and_the_majority_goes_on() {
 }
 
 /// Cluster mode as node `id` of a cluster of its own (no peers).
-fn as_node(id: u64) -> impl Fn(&mut broker::config::ServerConfig) + Send + Sync + 'static {
+pub(crate) fn as_node(
+    id: u64,
+) -> impl Fn(&mut broker::config::ServerConfig) + Send + Sync + 'static {
     move |config| {
         config.cluster = Some(broker::config::ClusterConfig {
             node_id: id,

@@ -3,7 +3,8 @@
 //! saying what happened, nothing written after it is acknowledged even
 //! when the next sync would succeed, health turns NOT_SERVING, the server
 //! stops with an error naming the failure, and a restart on the same data
-//! dir holds every acknowledged message.
+//! dir holds every acknowledged message; the same for a cluster node
+//! whose Raft log fails to sync.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -109,4 +110,63 @@ async fn a_failed_write_is_unavailable_and_stops_the_broker() {
     );
     server.stopped().await.expect_err("run returns the failure");
     assert_eq!(bodies_after_restart(&mut server).await, ["one", "two"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_node_whose_raft_log_fails_to_sync_stops() {
+    let faults = Arc::new(Faults::default());
+    let injected = faults.clone();
+    let as_node = crate::cluster::as_node(1);
+    let mut server = TestServer::start_with(move |c| {
+        as_node(c);
+        c.storage_faults = Some(injected.clone());
+    })
+    .await;
+    let client = server.client().await;
+    eventually(
+        Duration::from_secs(10),
+        "node 1 leads its cluster and creates a queue",
+        || {
+            client.create_queue(pb::CreateQueueRequest {
+                name: "q".into(),
+                ..Default::default()
+            })
+        },
+    )
+    .await;
+    send_message(&client, "q", "acknowledged", &[], None).await;
+
+    // The next append to the Raft log fails its fsync: the send is not
+    // acknowledged, and the node stops, naming the failure.
+    faults.fail_syncs(1);
+    let failed = client
+        .send_message(send_request("q", "failed", &[], None))
+        .await;
+    assert!(
+        failed.is_err(),
+        "a send whose log sync failed was acknowledged"
+    );
+    let stopped = server.stopped().await.expect_err("run returns the failure");
+    let message = stopped.to_string();
+    assert!(
+        message.contains("storage failed") && message.contains("injected I/O error"),
+        "{message}"
+    );
+
+    // Restarted, the node has every acknowledged message.
+    server.restart().await;
+    let client = server.client().await;
+    eventually(Duration::from_secs(10), "node 1 leads again", || {
+        client.create_queue(pb::CreateQueueRequest {
+            name: "q".into(),
+            ..Default::default()
+        })
+    })
+    .await;
+    let bodies: Vec<String> = drain(&client, "q")
+        .await
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.body).into_owned())
+        .collect();
+    assert!(bodies.contains(&"acknowledged".to_string()), "{bodies:?}");
 }
