@@ -28,25 +28,16 @@ const GENERATOR_THREAD_NAME: &str = "bench-gen";
 
 fn main() -> ExitCode {
     let opts = Options::parse();
-    if opts.mode != Mode::Unary {
-        return match echo(&opts) {
-            Ok(text) => {
-                print!("{text}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    match run(&opts) {
-        Ok(report) => {
-            if opts.json {
-                println!("{}", report.json());
-            } else {
-                print!("{}", report.text());
-            }
+    let output = match opts.mode {
+        Mode::Unary => run(&opts).map(|report| match opts.json {
+            true => format!("{}\n", report.json()),
+            false => report.text(),
+        }),
+        Mode::Echo | Mode::Health => echo(&opts),
+    };
+    match output {
+        Ok(text) => {
+            print!("{text}");
             ExitCode::SUCCESS
         }
         Err(e) => {

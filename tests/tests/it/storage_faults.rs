@@ -27,6 +27,13 @@ async fn server_with_faults() -> (TestServer, Client, Arc<Faults>) {
     (server, client, faults)
 }
 
+/// Sends `body` to `q`, returning the RPC's result.
+async fn send(client: &Client, body: &str) -> Result<pb::SendMessageResponse, Error> {
+    client
+        .send_message(send_request("q", body.to_string(), &[], None))
+        .await
+}
+
 /// What a restarted server holds in `q`.
 async fn bodies_after_restart(server: &mut TestServer) -> Vec<String> {
     server.restart().await;
@@ -51,11 +58,8 @@ async fn a_failed_fsync_acknowledges_nothing_after_it_and_stops_the_broker() {
 
     // One fsync fails; the one after would succeed.
     faults.fail_syncs(1);
-    let failed = client
-        .send_message(send_request("q", "failed", &[], None))
-        .await;
     assert_error(
-        failed,
+        send(&client, "failed").await,
         Code::Unavailable,
         &[
             "storage failed",
@@ -67,9 +71,7 @@ async fn a_failed_fsync_acknowledges_nothing_after_it_and_stops_the_broker() {
     );
     // Nothing more is acknowledged: the store refuses, or the server has
     // already stopped taking requests.
-    let after = client
-        .send_message(send_request("q", "after", &[], None))
-        .await;
+    let after = send(&client, "after").await;
     assert!(
         after.is_err(),
         "a send after a failed fsync was acknowledged"
@@ -100,11 +102,8 @@ async fn a_failed_write_is_unavailable_and_stops_the_broker() {
     let (mut server, client, faults) = server_with_faults().await;
     send_batch(&client, "q", ["one", "two"]).await;
     faults.fail_writes(1);
-    let failed = client
-        .send_message(send_request("q", "failed", &[], None))
-        .await;
     assert_error(
-        failed,
+        send(&client, "failed").await,
         Code::Unavailable,
         &["storage failed", "write: injected I/O error"],
     );
@@ -139,9 +138,7 @@ async fn a_cluster_node_whose_raft_log_fails_to_sync_stops() {
     // The next append to the Raft log fails its fsync: the send is not
     // acknowledged, and the node stops, naming the failure.
     faults.fail_syncs(1);
-    let failed = client
-        .send_message(send_request("q", "failed", &[], None))
-        .await;
+    let failed = send(&client, "failed").await;
     assert!(
         failed.is_err(),
         "a send whose log sync failed was acknowledged"
