@@ -138,8 +138,6 @@ pub struct Store {
     sync: Arc<SyncShared>,
     mode: SyncMode,
     syncer: Option<JoinHandle<()>>,
-    /// Failures to inject (tests only).
-    faults: Option<Arc<faults::Faults>>,
 }
 
 /// State shared between writers and the syncer thread.
@@ -154,6 +152,7 @@ struct SyncShared {
     /// Why the store failed, once it has (see "Failures").
     failed: watch::Sender<Option<String>>,
     stop: AtomicBool,
+    /// Failures to inject (tests only), for writers and the syncer.
     faults: Option<Arc<faults::Faults>>,
 }
 
@@ -255,7 +254,7 @@ impl Store {
             synced,
             failed: watch::Sender::new(None),
             stop: AtomicBool::new(false),
-            faults: faults.clone(),
+            faults,
         });
         let syncer = match mode {
             SyncMode::None => None,
@@ -279,7 +278,6 @@ impl Store {
             sync,
             mode,
             syncer,
-            faults,
         })
     }
 
@@ -378,7 +376,7 @@ impl Store {
                 "{reason} (earlier; no write is made since)"
             )));
         }
-        if self.faults.as_ref().is_some_and(|f| f.write_fails()) {
+        if self.sync.faults.as_ref().is_some_and(|f| f.write_fails()) {
             return Err(self.sync.fail("write: injected I/O error".into()));
         }
         let mut opts = WriteOptions::default();
