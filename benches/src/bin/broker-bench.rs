@@ -49,13 +49,7 @@ fn main() -> ExitCode {
 
 fn run(opts: &Options) -> anyhow::Result<Report> {
     let server_addrs = opts.validate().map_err(anyhow::Error::msg)?;
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cores)
-        .thread_name(GENERATOR_THREAD_NAME)
-        .enable_all()
-        .build()
-        .context("cannot start the generator's runtime")?;
+    let (cores, runtime) = generator_runtime()?;
     let embedded = match server_addrs.is_empty() {
         false => None,
         true => Some(EmbeddedBroker::start(opts.sync, cores)?),
@@ -140,13 +134,7 @@ fn run(opts: &Options) -> anyhow::Result<Report> {
 /// CPU and the generator's.
 fn echo(opts: &Options) -> anyhow::Result<String> {
     opts.validate().map_err(anyhow::Error::msg)?;
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cores)
-        .thread_name(GENERATOR_THREAD_NAME)
-        .enable_all()
-        .build()
-        .context("cannot start the generator's runtime")?;
+    let (cores, runtime) = generator_runtime()?;
     let (echo_server, broker) = match opts.mode {
         Mode::Health => (None, Some(EmbeddedBroker::start(opts.sync, cores)?)),
         _ => (Some(EchoServer::start(cores)?), None),
@@ -202,6 +190,19 @@ fn echo(opts: &Options) -> anyhow::Result<String> {
         b.stop()?;
     }
     result
+}
+
+/// The machine's cores, and the generator's runtime with a worker thread
+/// on each.
+fn generator_runtime() -> anyhow::Result<(usize, tokio::runtime::Runtime)> {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores)
+        .thread_name(GENERATOR_THREAD_NAME)
+        .enable_all()
+        .build()
+        .context("cannot start the generator's runtime")?;
+    Ok((cores, runtime))
 }
 
 /// CPU and memory counters read at one moment.
