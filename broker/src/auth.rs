@@ -31,6 +31,7 @@
 //! | SendMessage, SendMessageBatch | `send` on the queue |
 //! | ReceiveMessages, StreamMessages, PeekMessages, DeleteMessage(Batch), ChangeMessageVisibility(Batch) | `receive` on the queue |
 //! | Publish, PublishBatch | `publish` on the topic |
+//! | SendStream | `send` on its queue, or `publish` on its topic |
 //! | GetQueue | `send` or `receive` on the queue, or `admin` |
 //! | GetTopic | `publish` on the topic, or `admin` |
 //! | ListQueues, ListTopics | any token; lists only what GetQueue/GetTopic would allow |

@@ -1,26 +1,30 @@
-//! [`Publisher`]: sends messages to a queue (`SendMessageBatch`) or
-//! publishes them to a topic (`PublishBatch`) in automatic batches, with a
-//! future per message that resolves to its id once the broker acknowledged
-//! it.
+//! [`Publisher`]: sends messages to a queue or publishes them to a topic on
+//! one publishing stream (`SendStream`), in frames of up to `batch_size`
+//! messages, with a future per message that resolves to its id once the
+//! broker acknowledged it.
 //!
 //! # Invariants
 //!
 //! - A message's bytes count against the in-flight budget from
-//!   [`Publisher::send`] until its batch is answered; `send` waits while
-//!   the budget is spent (backpressure), so memory stays bounded however
-//!   fast the caller produces.
-//! - A batch leaves when it holds `batch_size` messages or `linger` after
-//!   its first message, whichever comes first. Several batches may be in
-//!   flight at once, so messages sent concurrently may be stored in any
-//!   order (queues are not FIFO).
-//! - Every [`AckFuture`] resolves exactly once: with the message id, with
-//!   the error of its batch entry, or with the error of the whole batch.
-//! - A batch that fails with a transient error (the broker is unreachable
-//!   or restarting) is sent again with backoff until `retry_timeout`. This
-//!   is at-least-once: if the broker stored a batch but its answer was
-//!   lost, the retry stores it again.
+//!   [`Publisher::send`] until it is answered; `send` waits while the
+//!   budget is spent (backpressure), so memory stays bounded however fast
+//!   the caller produces.
+//! - A frame leaves with what is queued when the publisher takes its first
+//!   message, up to `batch_size` (with a `linger`, it waits that long for
+//!   more). At most the stream's window of messages (1000) are unanswered
+//!   at once; the broker reads up to its window, so the two never wait on
+//!   each other. Messages are stored in the order they were handed over
+//!   (but queues are not FIFO, and a retry may store one again later).
+//! - Every [`AckFuture`] resolves exactly once: with the message id, or
+//!   with the message's error (the broker refused it, or the stream failed
+//!   for good).
+//! - When the stream breaks with a transient error (the broker is
+//!   unreachable or restarting, or a cluster has no leader), it is reopened
+//!   with backoff and every unanswered message is sent again, until
+//!   `retry_timeout` after the first failure. This is at-least-once: a
+//!   message the broker stored but whose answer was lost is stored again.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -31,7 +35,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::FutureExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::consumer::{backoff, copy, is_transient};
@@ -166,7 +169,8 @@ impl PublisherBuilder {
     }
 
     /// How long a batch waits for more messages after its first one
-    /// (default 5 ms). Zero sends what is there at once.
+    /// (default zero: a frame takes what is queued when it leaves, and
+    /// the broker writes frames that arrive together in one write anyway).
     pub fn linger(mut self, linger: Duration) -> Self {
         self.linger = linger;
         self
@@ -219,7 +223,7 @@ impl PublisherBuilder {
             linger: self.linger,
             retry_timeout: self.retry_timeout,
         });
-        tokio::spawn(batcher(config.clone(), receiver));
+        tokio::spawn(publish(config.clone(), receiver));
         Ok(Publisher {
             shared: Arc::new(Shared {
                 commands,
@@ -348,7 +352,7 @@ impl Publisher {
     /// ```no_run
     /// # async fn demo(publisher: broker_client::Publisher) -> Result<(), broker_client::Error> {
     /// let ack = publisher.send("hello").await?;
-    /// // ... send more; the batch leaves when full or after the linger time.
+    /// // ... send more; each is answered once it is durable.
     /// let message_id = ack.await?;
     /// # Ok(())
     /// # }
@@ -420,7 +424,7 @@ impl PublisherBuilder {
             client: client.clone(),
             target,
             batch_size: BATCH_ENTRIES_MAX,
-            linger: Duration::from_millis(5),
+            linger: Duration::ZERO,
             max_in_flight_bytes: 32 << 20,
             retry_timeout: Duration::from_secs(30),
         }
@@ -457,157 +461,264 @@ fn closed() -> Error {
     }
 }
 
-/// Gathers messages into batches and sends them, several at once.
-async fn batcher(config: Arc<Config>, mut commands: mpsc::UnboundedReceiver<Command>) {
-    let mut in_flight = JoinSet::new();
-    let mut open = true;
-    while open {
-        let first = tokio::select! {
-            command = commands.recv() => command,
-            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => continue,
-        };
-        let mut batch = Vec::new();
-        let mut flushes = Vec::new();
-        match first {
-            None => break,
-            Some(Command::Flush(done)) => flushes.push(done),
-            Some(Command::Send(pending)) => batch.push(pending),
-        }
-        if !batch.is_empty() {
-            let linger = tokio::time::sleep(config.linger);
-            tokio::pin!(linger);
-            while batch.len() < config.batch_size {
-                tokio::select! {
-                    biased;
-                    command = commands.recv() => match command {
-                        Some(Command::Send(pending)) => batch.push(pending),
-                        Some(Command::Flush(done)) => {
-                            flushes.push(done);
-                            break;
-                        }
-                        None => {
-                            open = false;
-                            break;
-                        }
-                    },
-                    _ = &mut linger => break,
-                }
-            }
-            in_flight.spawn(send_batch(config.clone(), batch));
-        }
-        if !flushes.is_empty() {
-            while in_flight.join_next().await.is_some() {}
-            for done in flushes {
-                let _ = done.send(());
-            }
-        }
-    }
-    while in_flight.join_next().await.is_some() {}
+/// Most messages sent on the stream and not yet answered: the window the
+/// publisher opens its stream with, so the broker always reads what it
+/// sends (it stops reading at the window) and the two never wait on each
+/// other.
+const WINDOW: usize = broker_proto::limits::SEND_STREAM_WINDOW_DEFAULT as usize;
+
+/// The open publishing stream: requests out, answers in.
+struct Stream {
+    requests: mpsc::UnboundedSender<pb::SendStreamRequest>,
+    answers: tonic::Streaming<pb::SendStreamResponse>,
 }
 
-/// What a batch RPC answered: (entry id, message id) per success, and the
-/// failed entries.
-type BatchAnswer = (Vec<(String, String)>, Vec<pb::BatchResultError>);
-
-/// Sends one batch, retrying transient errors, and answers every message.
-async fn send_batch(config: Arc<Config>, batch: Vec<Pending>) {
-    let deadline = Instant::now() + config.retry_timeout;
-    let mut attempt = 0;
-    let answer = loop {
-        attempt += 1;
-        let result = call(&config, &batch).await;
-        match result {
-            Err(error) if is_transient(&error) => {
-                let delay = backoff(RETRY_MIN, RETRY_MAX, attempt);
-                if Instant::now() + delay > deadline {
-                    break Err(error);
-                }
-                tracing::warn!(target = ?config.target, %error, ?delay, "batch failed; retrying");
+/// Runs the publisher: gathers messages into frames, sends them on one
+/// `SendStream` stream, answers each message from the broker's answers,
+/// and reopens the stream (sending what is unanswered again) when it breaks.
+async fn publish(config: Arc<Config>, mut commands: mpsc::UnboundedReceiver<Command>) {
+    // Sent and not answered, by sequence number.
+    let mut waiting: BTreeMap<u64, Pending> = BTreeMap::new();
+    let mut next_seq = 0u64;
+    // Flushes, each answered once every message numbered below its mark is.
+    let mut flushes: Vec<(u64, oneshot::Sender<()>)> = Vec::new();
+    let mut stream: Option<Stream> = None;
+    let mut broken = Broken::default();
+    let mut open = true;
+    loop {
+        // A flush is answered by dropping its sender once everything
+        // handed over before it is answered.
+        let lowest = waiting.keys().next().copied().unwrap_or(next_seq);
+        flushes.retain(|(mark, _)| *mark > lowest);
+        if !open && waiting.is_empty() {
+            break;
+        }
+        if stream.is_none() && !waiting.is_empty() {
+            if let Some(delay) = broken.delay() {
                 tokio::time::sleep(delay).await;
             }
-            result => break result,
-        }
-    };
-    match answer {
-        Ok((successful, failed)) => {
-            let mut waiting: Vec<Option<Pending>> = batch.into_iter().map(Some).collect();
-            let mut take = |id: &str| {
-                id.parse::<usize>()
-                    .ok()
-                    .and_then(|i| waiting.get_mut(i))
-                    .and_then(Option::take)
-            };
-            for (id, message_id) in successful {
-                if let Some(pending) = take(&id) {
-                    pending.answer(Ok(message_id));
+            match connect(&config, &waiting).await {
+                Ok(s) => stream = Some(s),
+                Err(error) => {
+                    broken.failed(&config, error, &mut waiting);
+                    continue;
                 }
             }
-            for failure in failed {
-                if let Some(pending) = take(&failure.id) {
-                    let status = tonic::Status::new(code_from_name(&failure.code), failure.message);
-                    pending.answer(Err(Error::from(status)));
+        }
+        tokio::select! {
+            command = commands.recv(), if open && waiting.len() < WINDOW => {
+                let first = match command {
+                    None => {
+                        open = false;
+                        continue;
+                    }
+                    Some(Command::Flush(done)) => {
+                        flushes.push((next_seq, done));
+                        continue;
+                    }
+                    Some(Command::Send(pending)) => pending,
+                };
+                let (batch, flush, closed) = gather(&config, first, &mut commands).await;
+                open &= !closed;
+                let seq = next_seq;
+                next_seq += batch.len() as u64;
+                if let Some(s) = &stream {
+                    // A stream that broke is noticed on its answers.
+                    let _ = s.requests.send(frame(seq, &batch));
+                }
+                waiting.extend((seq..).zip(batch));
+                if let Some(done) = flush {
+                    flushes.push((next_seq, done));
                 }
             }
-            for pending in waiting.into_iter().flatten() {
-                pending.answer(Err(Error::Other {
-                    code: tonic::Code::Internal,
-                    message: "the broker's answer to the batch did not mention this message".into(),
-                }));
-            }
-        }
-        Err(error) => {
-            for pending in batch {
-                pending.answer(Err(copy(&error)));
+            answer = next_answer(&mut stream) => {
+                let error = match answer {
+                    Ok(Some(response)) => {
+                        match settle(&mut waiting, response) {
+                            None => {
+                                broken = Broken::default();
+                                continue;
+                            }
+                            Some(error) => error,
+                        }
+                    }
+                    Ok(None) => Error::Other {
+                        code: tonic::Code::Unavailable,
+                        message: "the broker ended the publishing stream (it is shutting down)".into(),
+                    },
+                    Err(status) => Error::from(status),
+                };
+                stream = None;
+                broken.failed(&config, error, &mut waiting);
             }
         }
     }
 }
 
-/// One attempt of a batch RPC; entry ids are the indexes in `batch`.
-async fn call(config: &Config, batch: &[Pending]) -> Result<BatchAnswer, Error> {
-    match &config.target {
-        Target::Queue(queue) => {
-            let request = pb::SendMessageBatchRequest {
-                queue: queue.clone(),
-                entries: batch
+/// The first message and what follows it into one frame: up to
+/// `batch_size` messages, waiting up to `linger` for them (zero: only what
+/// is queued already). Also returns a flush met on the way (it marks the
+/// end of this frame) and whether the publisher was dropped.
+async fn gather(
+    config: &Config,
+    first: Pending,
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+) -> (Vec<Pending>, Option<oneshot::Sender<()>>, bool) {
+    let mut batch = vec![first];
+    let linger = tokio::time::sleep(config.linger);
+    tokio::pin!(linger);
+    while batch.len() < config.batch_size {
+        let command = if config.linger.is_zero() {
+            match commands.try_recv() {
+                Ok(command) => Some(command),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+            }
+        } else {
+            tokio::select! {
+                biased;
+                command = commands.recv() => command,
+                _ = &mut linger => break,
+            }
+        };
+        match command {
+            Some(Command::Send(pending)) => batch.push(pending),
+            Some(Command::Flush(done)) => return (batch, Some(done), false),
+            None => return (batch, None, true),
+        }
+    }
+    (batch, None, false)
+}
+
+/// The stream's next answer; never, without a stream.
+async fn next_answer(
+    stream: &mut Option<Stream>,
+) -> Result<Option<pb::SendStreamResponse>, tonic::Status> {
+    match stream {
+        Some(s) => s.answers.message().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Opens the stream and sends every unanswered message on it again.
+async fn connect(config: &Config, waiting: &BTreeMap<u64, Pending>) -> Result<Stream, Error> {
+    let target = match &config.target {
+        Target::Queue(queue) => pb::send_stream_open::Target::Queue(queue.clone()),
+        Target::Topic(topic) => pb::send_stream_open::Target::Topic(topic.clone()),
+    };
+    let (requests, outbound) = mpsc::unbounded_channel();
+    let _ = requests.send(pb::SendStreamRequest {
+        request: Some(pb::send_stream_request::Request::Open(pb::SendStreamOpen {
+            target: Some(target),
+            window: WINDOW as u32,
+        })),
+    });
+    // In frames of consecutive numbers, as they were first sent.
+    let mut run: Vec<(u64, &Pending)> = Vec::new();
+    for (&seq, pending) in waiting {
+        let follows = run.last().is_some_and(|(last, _)| *last + 1 == seq);
+        if !run.is_empty() && (!follows || run.len() == config.batch_size) {
+            let _ = requests.send(frame_of(&run));
+            run.clear();
+        }
+        run.push((seq, pending));
+    }
+    if !run.is_empty() {
+        let _ = requests.send(frame_of(&run));
+    }
+    let outbound = tokio_stream::wrappers::UnboundedReceiverStream::new(outbound);
+    let answers = config
+        .client
+        .rpc()
+        .send_stream(outbound)
+        .await?
+        .into_inner();
+    Ok(Stream { requests, answers })
+}
+
+fn frame(seq: u64, batch: &[Pending]) -> pb::SendStreamRequest {
+    frame_of(&(seq..).zip(batch).collect::<Vec<_>>())
+}
+
+/// A frame of messages numbered from the first one's seq on.
+fn frame_of(run: &[(u64, &Pending)]) -> pb::SendStreamRequest {
+    pb::SendStreamRequest {
+        request: Some(pb::send_stream_request::Request::Messages(
+            pb::SendStreamMessages {
+                seq: run.first().map_or(0, |(seq, _)| *seq),
+                messages: run
                     .iter()
-                    .enumerate()
-                    .map(|(i, p)| pb::SendMessageBatchEntry {
-                        id: i.to_string(),
+                    .map(|(_, p)| pb::SendStreamEntry {
                         body: p.message.body.clone(),
                         attributes: p.message.attributes.clone(),
                         delay_seconds: p.message.delay_seconds,
                     })
                     .collect(),
-            };
-            let response = config.client.send_message_batch(request).await?;
-            let successful = response
-                .successful
-                .into_iter()
-                .map(|e| (e.id, e.message_id))
-                .collect();
-            Ok((successful, response.failed))
+            },
+        )),
+    }
+}
+
+/// Answers the messages of a response. An UNAVAILABLE answer (the broker
+/// is stopping, or a cluster has no leader) leaves its message waiting and
+/// is returned: the stream is then reopened and the message sent again.
+fn settle(waiting: &mut BTreeMap<u64, Pending>, response: pb::SendStreamResponse) -> Option<Error> {
+    let mut unavailable = None;
+    for result in response.results {
+        let error = result
+            .error
+            .map(|e| Error::from(tonic::Status::new(code_from_name(&e.code), e.message)));
+        if let Some(e) = &error
+            && e.code() == tonic::Code::Unavailable
+        {
+            unavailable = Some(copy(e));
+            continue;
         }
-        Target::Topic(topic) => {
-            let request = pb::PublishBatchRequest {
-                topic: topic.clone(),
-                entries: batch
-                    .iter()
-                    .enumerate()
-                    .map(|(i, p)| pb::PublishBatchEntry {
-                        id: i.to_string(),
-                        body: p.message.body.clone(),
-                        attributes: p.message.attributes.clone(),
-                    })
-                    .collect(),
-            };
-            let response = config.client.publish_batch(request).await?;
-            let successful = response
-                .successful
-                .into_iter()
-                .map(|e| (e.id, e.message_id))
-                .collect();
-            Ok((successful, response.failed))
+        if let Some(pending) = waiting.remove(&result.seq) {
+            pending.answer(match error {
+                Some(error) => Err(error),
+                None => Ok(result.message_id),
+            });
+        }
+    }
+    unavailable
+}
+
+/// Failures since the stream last answered: the backoff before the next
+/// attempt, and when to give up on the messages waiting.
+#[derive(Default)]
+struct Broken {
+    /// The first failure's time, and attempts since.
+    since: Option<(Instant, u32)>,
+}
+
+impl Broken {
+    /// How long to wait before the next attempt; none after an answer.
+    fn delay(&self) -> Option<Duration> {
+        self.since
+            .map(|(_, attempts)| backoff(RETRY_MIN, RETRY_MAX, attempts))
+    }
+
+    /// The stream failed (or could not open) with `error`. A transient one
+    /// is retried until `retry_timeout` after the first; then, or for any
+    /// other error, every waiting message fails with it.
+    fn failed(&mut self, config: &Config, error: Error, waiting: &mut BTreeMap<u64, Pending>) {
+        if waiting.is_empty() {
+            // Nothing to give up on: the next message starts afresh.
+            self.since = None;
+            return;
+        }
+        let now = Instant::now();
+        let (since, attempts) = self.since.get_or_insert((now, 0));
+        *attempts += 1;
+        let next = backoff(RETRY_MIN, RETRY_MAX, *attempts);
+        if is_transient(&error) && now + next <= *since + config.retry_timeout {
+            tracing::warn!(target = ?config.target, %error, delay = ?next, "publishing stream failed; retrying");
+            return;
+        }
+        self.since = None;
+        for (_, pending) in std::mem::take(waiting) {
+            pending.answer(Err(copy(&error)));
         }
     }
 }

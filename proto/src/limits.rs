@@ -60,6 +60,13 @@ pub const VISIBILITY_TIMEOUT_SECONDS_MAX: u32 = 43_200;
 /// yet acknowledged (the smallest is 1).
 pub const STREAM_CREDIT_MAX: u32 = 1_000;
 
+/// Largest `window` of SendStreamOpen: messages sent on one publishing
+/// stream and not yet answered before the broker stops reading it.
+pub const SEND_STREAM_WINDOW_MAX: u32 = 10_000;
+
+/// The `window` of a SendStreamOpen that gives none (0).
+pub const SEND_STREAM_WINDOW_DEFAULT: u32 = 1_000;
+
 /// Largest page of PeekMessages (`max_messages`), in messages.
 pub const PEEK_MESSAGES_MAX: u32 = 100;
 

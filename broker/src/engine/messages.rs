@@ -23,7 +23,7 @@ use super::receipt::ReceiptHandle;
 use super::records::{self, BodyRecord, StateRecord};
 use super::replication::{Done, Kind};
 use super::state::State;
-use super::{CHUNK, Engine, attributes, room, validate};
+use super::{CHUNK, Engine, Written, attributes, room, validate};
 use crate::storage::keys;
 
 /// A message to send.
@@ -113,6 +113,18 @@ impl Engine {
         queue: &str,
         messages: Vec<NewMessage>,
     ) -> Result<Vec<Result<String>>> {
+        let (results, written) = self.send_written(queue, messages).await?;
+        self.acknowledged(written).await?;
+        Ok(results)
+    }
+
+    /// [`Engine::send`] up to its write: the results are not acknowledged
+    /// before [`Engine::acknowledged`] returns for the [`Written`].
+    pub async fn send_written(
+        &self,
+        queue: &str,
+        messages: Vec<NewMessage>,
+    ) -> Result<(Vec<Result<String>>, Written)> {
         self.disk.check()?;
         let (results, ticket) = {
             let mut st = self.decide(Kind::Pipelined).await?;
@@ -150,8 +162,7 @@ impl Engine {
             let ticket = self.send_placed(&mut st, placed, now)?;
             (results, ticket)
         };
-        self.durable(ticket).await?;
-        Ok(results)
+        Ok((results, Written(ticket)))
     }
 
     /// Applies the `Send` of new messages (none: nothing to write; no seq

@@ -129,6 +129,13 @@ const SEQ_BLOCK: u64 = 1 << 20;
 const CHUNK: usize = 1_000;
 
 /// The queue engine. Cheap to share behind an `Arc`.
+/// A change decided and written (single node) or proposed (cluster), not
+/// yet durable: [`Engine::acknowledged`] waits until it is. Changes become
+/// durable in the order they were written, so a caller may wait for them
+/// in that order without delaying any.
+#[must_use = "a change is acknowledged only once `Engine::acknowledged` returns"]
+pub struct Written(Done);
+
 pub struct Engine {
     state: Mutex<State>,
     store: Store,
@@ -612,6 +619,13 @@ impl Engine {
     /// Reads a key written by [`Engine::apply_entry`].
     pub fn recorded(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self.store.get(key)?)
+    }
+
+    /// Waits until a change [`Engine::send_written`] or
+    /// [`Engine::publish_written`] made is durable, as `send` and `publish`
+    /// do before they answer.
+    pub async fn acknowledged(&self, written: Written) -> Result<()> {
+        self.durable(written.0).await
     }
 
     /// Waits until `done` is durable (a local write's `fsync`, or a

@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod deadline;
 pub mod health;
 pub mod queue;
+pub mod send_stream;
 pub mod status;
 pub mod stream;
 pub mod topic;

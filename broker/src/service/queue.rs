@@ -165,9 +165,46 @@ type MessageStream = std::pin::Pin<
     Box<dyn futures::Stream<Item = Result<pb::StreamMessagesResponse, Status>> + Send>,
 >;
 
+type SendStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::SendStreamResponse, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl pb::queue_service_server::QueueService for QueueApi {
     type StreamMessagesStream = MessageStream;
+    type SendStreamStream = SendStream;
+
+    async fn send_stream(
+        &self,
+        req: Request<tonic::Streaming<pb::SendStreamRequest>>,
+    ) -> Reply<SendStream> {
+        use super::send_stream::Target;
+        let caller = auth::caller(&req)?;
+        // Taken before the stream does anything, held by its task.
+        let slot = self.streams.open()?;
+        let mut inbound = req.into_inner();
+        let open = super::send_stream::open(inbound.message().await?)?;
+        trace::record_queue(open.target.name());
+        // The target must exist now: fail the call, not the first message.
+        match &open.target {
+            Target::Queue(queue) => {
+                caller.require(Permission::Send, queue)?;
+                self.engine.get_queue(queue).map_err(status)?;
+            }
+            Target::Topic(topic) => {
+                caller.require(Permission::Publish, topic)?;
+                self.engine.get_topic(topic).map_err(status)?;
+            }
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let run = super::send_stream::run(self.engine.clone(), open, inbound, tx);
+        tokio::spawn(async move {
+            run.await;
+            drop(slot);
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
 
     async fn stream_messages(
         &self,

@@ -130,9 +130,11 @@ impl ToStatus for LimitError {
 impl ToStatus for ProtocolError {
     fn kind(&self) -> Kind {
         match self {
-            ProtocolError::NotOpened | ProtocolError::OpenedAgain => {
-                Kind::BadRequest { field: "open" }
-            }
+            ProtocolError::NotOpened
+            | ProtocolError::OpenedAgain
+            | ProtocolError::SendNotOpened
+            | ProtocolError::SendOpenedAgain
+            | ProtocolError::NoTarget => Kind::BadRequest { field: "open" },
         }
     }
 }

@@ -23,7 +23,8 @@ use super::{ToStatus, code_name, status};
 use crate::engine::error::Error;
 use crate::engine::{Engine, ReceiveOptions, validate};
 
-/// A stream used against its protocol (INVALID_ARGUMENT, field `open`).
+/// A stream (StreamMessages or SendStream) used against its protocol
+/// (INVALID_ARGUMENT, field `open`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ProtocolError {
     /// The first request is not `open`: fails the call.
@@ -33,6 +34,16 @@ pub enum ProtocolError {
     /// the stream goes on.
     #[error("a stream is opened once; later requests are ack, release or extend")]
     OpenedAgain,
+    /// SendStream's first request is not `open`: fails the call.
+    #[error("the first request of SendStream must be `open` (a queue or a topic)")]
+    SendNotOpened,
+    /// A later SendStream request is `open` (or empty): ends the stream
+    /// once the messages before it are answered.
+    #[error("a SendStream stream is opened once; later requests carry messages")]
+    SendOpenedAgain,
+    /// SendStream's `open` names no target.
+    #[error("open names neither a queue nor a topic; set open.queue or open.topic")]
+    NoTarget,
 }
 
 /// How often a stream whose credit is used up rechecks its leases (for

@@ -163,6 +163,7 @@ fn statements() -> Vec<(String, Vec<&'static str>)> {
                 "SendMessageBatchEntry.attributes",
                 "PublishRequest.attributes",
                 "PublishBatchEntry.attributes",
+                "SendStreamEntry.attributes",
             ],
         ),
         (
@@ -178,6 +179,7 @@ fn statements() -> Vec<(String, Vec<&'static str>)> {
             vec![
                 "SendMessageRequest.delay_seconds",
                 "SendMessageBatchEntry.delay_seconds",
+                "SendStreamEntry.delay_seconds",
             ],
         ),
         (
@@ -253,6 +255,22 @@ fn statements() -> Vec<(String, Vec<&'static str>)> {
         (
             format!("1..={STREAM_CREDIT_MAX}"),
             vec!["StreamOpen.credit"],
+        ),
+        (
+            format!("`open.window` over {SEND_STREAM_WINDOW_MAX}"),
+            vec!["QueueService.SendStream"],
+        ),
+        (
+            format!("1..={SEND_STREAM_WINDOW_MAX}; 0: {SEND_STREAM_WINDOW_DEFAULT}"),
+            vec!["SendStreamOpen.window"],
+        ),
+        (
+            format!("The messages, 1..={BATCH_ENTRIES_MAX}"),
+            vec!["SendStreamMessages.messages"],
+        ),
+        (
+            format!("each later one carries 1..={BATCH_ENTRIES_MAX} messages"),
+            vec!["QueueService.SendStream"],
         ),
         (
             format!("`max_messages` over {PEEK_MESSAGES_MAX}"),

@@ -840,3 +840,38 @@ async fn published_messages_are_each_handled_once() {
     assert!(handled.try_recv().is_err(), "a message was handled twice");
     assert_eq!(counts(&client, "pipeline").await, Counts::EMPTY);
 }
+
+/// The publisher's stream breaks when the broker stops: it reopens it once
+/// the broker is back and sends what was unanswered again, so every
+/// message handed over is acknowledged and stored (at least once).
+#[tokio::test(flavor = "multi_thread")]
+async fn publisher_resends_what_was_unanswered_when_the_broker_restarts() {
+    let mut broker = FixedPortBroker::start().await;
+    let client = Client::connect(broker.addr.to_string()).await.unwrap();
+    create_queue(&client, "orders", attributes()).await;
+    let publisher = Publisher::queue(&client, "orders").build().unwrap();
+    let mut acks = Vec::new();
+    for i in 0..100 {
+        acks.push(publisher.send(format!("before {i}")).await.unwrap());
+    }
+    publisher.flush().await;
+    broker.stop().await;
+    // Handed over while the broker is down: they wait for it.
+    for i in 0..100 {
+        acks.push(publisher.send(format!("during {i}")).await.unwrap());
+    }
+    // Time passing is what this tests: the publisher fails to reconnect
+    // and backs off (from 100 ms) while the broker is down.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    broker.restart().await;
+    let mut ids = HashSet::new();
+    for ack in acks {
+        ids.insert(ack.await.expect("acknowledged once the broker is back"));
+    }
+    assert_eq!(ids.len(), 200);
+    let stored = counts(&client, "orders").await.visible;
+    assert!(
+        stored >= 200,
+        "every acknowledged message is stored: {stored}"
+    );
+}

@@ -10,6 +10,8 @@
 //! - `consumer`: the client's `Consumer` and `Publisher` (pull and push)
 //! - `queues`: create / get / list / update / delete / purge and their validation
 //! - `send`: single and batch sends, sizes, attributes, delays
+//! - `send_stream`: the publishing stream (`SendStream`): answers in order,
+//!   per-message errors, the window, topics, closing and restarts
 //! - `receive`: visibility timeouts, receipt handles, delete and change visibility
 //! - `long_poll`: what wakes a waiting receive, and disconnects mid-wait
 //! - `manifests`: the Kubernetes manifests of `deploy/kubernetes/` fit together
@@ -52,6 +54,7 @@ mod receive;
 mod restart;
 mod security;
 mod send;
+mod send_stream;
 mod storage_faults;
 mod stream;
 mod topics;

@@ -27,7 +27,7 @@ use super::messages::enqueue;
 use super::queues::{by_name, paginate};
 use super::replication::Kind;
 use super::state::State;
-use super::{Engine, room, validate};
+use super::{Engine, Written, room, validate};
 use crate::storage::{Store, keys};
 use filter::FilterPolicy;
 pub use records::{
@@ -407,6 +407,19 @@ impl Engine {
         topic: &str,
         messages: Vec<NewPublication>,
     ) -> Result<Vec<Result<Published>>> {
+        let (results, written) = self.publish_written(topic, messages).await?;
+        self.acknowledged(written).await?;
+        Ok(results)
+    }
+
+    /// [`Engine::publish`] up to its write: the results are not
+    /// acknowledged before [`Engine::acknowledged`] returns for the
+    /// [`Written`].
+    pub async fn publish_written(
+        &self,
+        topic: &str,
+        messages: Vec<NewPublication>,
+    ) -> Result<(Vec<Result<Published>>, Written)> {
         self.disk.check()?;
         let (results, ticket) = {
             let mut st = self.decide(Kind::Pipelined).await?;
@@ -452,8 +465,7 @@ impl Engine {
             }
             (results, ticket)
         };
-        self.durable(ticket).await?;
-        Ok(results)
+        Ok((results, Written(ticket)))
     }
 }
 
