@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use broker_client::{Client, Error, pb};
+use broker_client::{Client, Consumer, Error, Message, Publisher, pb};
 use bytes::{BufMut as _, Bytes, BytesMut};
 use futures::stream::{FuturesUnordered, StreamExt as _};
 use hdrhistogram::Histogram;
@@ -340,6 +340,10 @@ struct Run {
     payload: usize,
     /// Long-poll wait, seconds.
     wait: u32,
+    /// `--mode stream`: the publishing stream and push delivery.
+    stream: bool,
+    /// Copies one published message makes (the plan's queues; 1 for sends).
+    copies: u64,
 }
 
 /// Consumed messages so far, over all consumers; sampled each second.
@@ -490,6 +494,11 @@ pub async fn run(
         batch: opts.batch,
         payload: opts.payload as usize,
         wait: opts.wait,
+        stream: opts.mode == crate::options::Mode::Stream,
+        copies: match plan.target {
+            Target::Queues => 0,
+            Target::Topic(_) => plan.queues.len() as u64,
+        },
     };
     let consumed = LiveCount::default();
     let sampler = tokio::spawn(sample_each_second(consumed.clone(), start, opts.duration));
@@ -501,6 +510,7 @@ pub async fn run(
         let client = producer_clients[p % producer_clients.len()].clone();
         let mine = share(&dests, p, producers);
         match opts.rate {
+            None if run.stream => tasks.spawn(produce_stream(client, mine, run)),
             None => tasks.spawn(produce_closed(client, mine, run)),
             Some(rate) => {
                 // Each producer offers rate / producers, in calls of `batch`,
@@ -515,7 +525,11 @@ pub async fn run(
     for c in 0..consumers {
         let client = consumer_clients[c % consumer_clients.len()].clone();
         let queues = share(&plan.queues, c, consumers);
-        tasks.spawn(consume(client, queues, run, consumed.clone()));
+        if run.stream {
+            tasks.spawn(consume_stream(client, queues, run, consumed.clone()));
+        } else {
+            tasks.spawn(consume(client, queues, run, consumed.clone()));
+        }
     }
     let mut total = Stats::default();
     while let Some(done) = tasks.join_next().await {
@@ -569,6 +583,126 @@ async fn produce_closed(client: Client, dests: Vec<Dest>, run: Run) -> Stats {
         }
     }
     stats
+}
+
+/// Stream mode: a frame of `batch` messages at a time through the client's
+/// `Publisher` (one publishing stream per destination), each frame's
+/// answers awaited before the next.
+async fn produce_stream(client: Client, dests: Vec<Dest>, run: Run) -> Stats {
+    let mut stats = Stats::default();
+    let publishers: Result<Vec<Publisher>, Error> = dests
+        .iter()
+        .map(|dest| {
+            match dest {
+                Dest::Queue(q) => Publisher::queue(&client, q.to_string()),
+                Dest::Topic(t) => Publisher::topic(&client, t.to_string()),
+            }
+            .batch_size(run.batch as usize)
+            .build()
+        })
+        .collect();
+    let publishers = match publishers {
+        Ok(p) => p,
+        Err(e) => {
+            stats.errors.add_error("publisher", &e);
+            return stats;
+        }
+    };
+    for publisher in publishers.iter().cycle() {
+        let began = Instant::now();
+        if began >= run.deadline {
+            break;
+        }
+        let stamp = run.stamp(began);
+        let mut acks = Vec::with_capacity(run.batch as usize);
+        for _ in 0..run.batch {
+            match publisher.send(body(run.payload, stamp)).await {
+                Ok(ack) => acks.push(ack),
+                Err(e) => stats.errors.add_error("send", &e),
+            }
+        }
+        let answers = futures::future::join_all(acks);
+        let Ok(answers) = tokio::time::timeout_at(run.deadline + GRACE, answers).await else {
+            stats.errors.add(
+                "send",
+                "no reply",
+                "still unacknowledged after the grace period",
+            );
+            break;
+        };
+        let ended = Instant::now();
+        let mut acked = 0;
+        for answer in answers {
+            match answer {
+                Ok(_) => acked += 1,
+                Err(e) => stats.errors.add_error("send", &e),
+            }
+        }
+        stats.send.record(ended - began);
+        if ended <= run.deadline {
+            stats.sent += acked;
+            stats.delivered += acked * run.copies;
+        }
+        if acked < u64::from(run.batch) {
+            tokio::time::sleep(ERROR_PAUSE).await;
+        }
+    }
+    stats
+}
+
+/// Stream mode: a push `Consumer` per queue (credit 2 × batch), each
+/// message acknowledged on the stream once its handler counted it. A
+/// message counts as consumed when its handler ran before the deadline
+/// (its ack follows on the stream, which answers only failures).
+async fn consume_stream(
+    client: Client,
+    queues: Vec<Arc<str>>,
+    run: Run,
+    consumed: LiveCount,
+) -> Stats {
+    let stats = Arc::new(std::sync::Mutex::new(Stats::default()));
+    let mut consumers = Vec::new();
+    for queue in &queues {
+        let (mine, consumed) = (stats.clone(), consumed.clone());
+        let started = Consumer::builder(&client, queue.to_string())
+            .push(true)
+            .concurrency(run.batch as usize)
+            .batch_size(run.batch)
+            .start(move |m: Message| {
+                let now = Instant::now();
+                if now <= run.deadline {
+                    let mut stats = mine.lock().expect("stats lock");
+                    if let Some(sent) = stamp_of(&m.body).filter(|s| *s != PRELOADED) {
+                        let latency = run.stamp(now).saturating_sub(sent);
+                        stats.end_to_end.record(Duration::from_nanos(latency));
+                    }
+                    stats.consumed += 1;
+                    consumed.fetch_add(1, Ordering::Relaxed);
+                }
+                std::future::ready(Ok::<(), std::convert::Infallible>(()))
+            })
+            .await;
+        match started {
+            Ok(c) => consumers.push(c),
+            Err(e) => stats
+                .lock()
+                .expect("stats lock")
+                .errors
+                .add_error("consumer", &e),
+        }
+    }
+    tokio::time::sleep_until(run.deadline).await;
+    for c in consumers {
+        let summary = c.shutdown_within(GRACE).await;
+        if summary.ack_errors > 0 {
+            stats.lock().expect("stats lock").errors.add(
+                "ack",
+                "refused",
+                &format!("{} acknowledgements failed", summary.ack_errors),
+            );
+        }
+    }
+    std::mem::take(&mut *stats.lock().expect("stats lock"))
 }
 
 /// Starts a call every `every` from `first` on, whether or not earlier

@@ -103,7 +103,12 @@ pub struct Options {
     /// Print one JSON object instead of the text report.
     #[arg(long)]
     pub json: bool,
-    /// `unary`: producers and consumers call the broker's RPCs. `echo`: no
+    /// `unary`: producers and consumers call the broker's RPCs. `stream`:
+    /// producers send on the publishing stream (`SendStream`, through the
+    /// client's `Publisher`: --batch messages per frame, awaited before the
+    /// next), consumers take pushed messages (`StreamMessages`, through the
+    /// client's push `Consumer`, credit 2 × --batch) and acknowledge them
+    /// on the stream. `echo`: no
     /// broker; --producers callers call a bare tonic server (gRPC health
     /// `Check`) in this process, the ceiling of one unary call here.
     /// `health`: the same calls to the embedded broker's own health
@@ -117,6 +122,8 @@ pub struct Options {
 pub enum Mode {
     /// The broker's unary RPCs.
     Unary,
+    /// The publishing stream and push delivery.
+    Stream,
     /// A bare tonic unary call, no broker.
     Echo,
     /// The broker's health `Check`: its layers, no engine.
@@ -130,7 +137,7 @@ impl Options {
         if self.producers == 0 && self.consumers == 0 {
             return Err("--producers and --consumers are both 0: nothing to measure".into());
         }
-        if self.mode != Mode::Unary {
+        if matches!(self.mode, Mode::Echo | Mode::Health) {
             for (set, flag) in [
                 (self.server.is_some(), "--server"),
                 (self.fanout.is_some(), "--fanout"),
@@ -146,6 +153,9 @@ impl Options {
             if self.producers == 0 {
                 return Err("--mode echo and health need callers: --producers is 0".into());
             }
+        }
+        if self.mode == Mode::Stream && self.rate.is_some() {
+            return Err("--mode stream runs closed loop; --rate does not apply".into());
         }
         if self.producers == 0 && self.rate.is_some() {
             return Err("--rate needs at least one producer; got --producers 0".into());

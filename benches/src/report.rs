@@ -52,6 +52,8 @@ pub struct ErrorKind {
 pub struct Report {
     /// `embedded` or the `--server` address.
     pub broker: String,
+    /// `unary` or `stream` (`--mode`).
+    pub mode: String,
     /// The embedded broker's `--sync`; `null` for `--server`.
     pub sync: Option<String>,
     pub producers: u32,
@@ -142,6 +144,11 @@ impl Report {
             queues: opts.fanout.unwrap_or(opts.queues),
             fanout: opts.fanout,
             rate: opts.rate,
+            mode: match opts.mode {
+                crate::options::Mode::Stream => "stream",
+                _ => "unary",
+            }
+            .into(),
             backlog: opts.backlog,
             wait_seconds: opts.wait,
             connections: opts.connections,
@@ -212,6 +219,9 @@ impl Report {
             Some(r) => format!("open loop at {r} msg/s"),
             None => "closed loop".into(),
         };
+        if self.mode == "stream" {
+            mode.push_str(", publishing stream and push delivery");
+        }
         if let Some(c) = self.connections {
             let _ = write!(mode, ", {c} connections per role");
         }

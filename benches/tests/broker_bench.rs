@@ -82,6 +82,47 @@ fn closed_loop_run_sends_consumes_and_times_both() {
 }
 
 #[test]
+fn stream_mode_sends_on_the_publishing_stream_and_consumes_pushed_messages() {
+    let r = bench(&[
+        "--mode",
+        "stream",
+        "--duration",
+        "1",
+        "--batch",
+        "5",
+        "--producers",
+        "2",
+        "--consumers",
+        "2",
+    ]);
+    assert_eq!(r["errors"], 0, "{r}");
+    assert_eq!(r["mode"], "stream", "{r}");
+    assert!(num(&r, "sent") > 0.0, "{r}");
+    assert!(num(&r, "consumed") > 0.0, "{r}");
+    assert!(num(&r, "consumed") <= num(&r, "sent"), "{r}");
+    for field in ["send_p50_ms", "e2e_p50_ms"] {
+        assert!(num(&r, field) > 0.0, "{field}: {r}");
+    }
+    // Over a topic: every acknowledged publication makes a copy per queue.
+    let r = bench(&[
+        "--mode",
+        "stream",
+        "--duration",
+        "1",
+        "--fanout",
+        "2",
+        "--consumers",
+        "2",
+    ]);
+    assert_eq!(r["errors"], 0, "{r}");
+    assert_eq!(
+        num(&r, "delivered_per_sec"),
+        2.0 * num(&r, "sent_per_sec"),
+        "{r}"
+    );
+}
+
+#[test]
 fn fanout_run_writes_a_copy_per_subscribed_queue() {
     let r = bench(&["--duration", "1", "--fanout", "3", "--consumers", "3"]);
     assert_eq!(r["errors"], 0, "{r}");

@@ -29,7 +29,7 @@ const GENERATOR_THREAD_NAME: &str = "bench-gen";
 fn main() -> ExitCode {
     let opts = Options::parse();
     let output = match opts.mode {
-        Mode::Unary => run(&opts).map(|report| match opts.json {
+        Mode::Unary | Mode::Stream => run(&opts).map(|report| match opts.json {
             true => format!("{}\n", report.json()),
             false => report.text(),
         }),
