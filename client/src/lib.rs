@@ -18,7 +18,8 @@
 //!   failure, heartbeat slow jobs, rate-limit, shut down gracefully; or a
 //!   [`ConsumerStream`] of [`Delivery`]s for a hand-written loop.
 //! - [`Publisher`] (module `publisher`): sends to a queue or publishes to a
-//!   topic in automatic batches, with a future per message.
+//!   topic on one publishing stream (`SendStream`), with a future per
+//!   message that resolves once the broker acknowledged it.
 //! - [`limits`]: the API's limits (batch sizes, name lengths, attribute
 //!   ranges, ...), the constants the broker enforces, for sizing requests.
 //!

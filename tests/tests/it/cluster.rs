@@ -571,3 +571,67 @@ async fn a_client_goes_straight_to_the_leader_and_follows_the_next_one() {
     want.sort();
     assert_eq!(bodies, want);
 }
+
+/// The publishing stream through a node that does not lead: the node
+/// passes the stream on to the leader. When the leader dies, the
+/// publisher reopens the stream and sends what was unanswered again:
+/// every message handed over is acknowledged and there, at least once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_publisher_streams_through_a_follower_and_across_a_failover() {
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.leader().await;
+    let follower = cluster
+        .running()
+        .into_iter()
+        .find(|&id| id != leader)
+        .expect("a follower");
+    let follower_addr = cluster
+        .nodes
+        .iter()
+        .find(|n| n.id == follower)
+        .expect("the follower's node")
+        .client_addr
+        .to_string();
+    let client = Client::connect_with(
+        &follower_addr,
+        broker_client::ConnectOptions::new().follow_leader(false),
+    )
+    .await
+    .expect("connect");
+    create_queue(&client, QUEUE, attributes()).await;
+    let publisher = broker_client::Publisher::queue(&client, QUEUE)
+        .build()
+        .expect("a publisher");
+    let mut acks = Vec::new();
+    for i in 0..200 {
+        let body = format!("before {i}");
+        acks.push((
+            body.clone(),
+            publisher.send(body).await.expect("handed over"),
+        ));
+    }
+    publisher.flush().await;
+    cluster.kill(leader).await;
+    for i in 0..100 {
+        let body = format!("after {i}");
+        acks.push((
+            body.clone(),
+            publisher.send(body).await.expect("handed over"),
+        ));
+    }
+    let mut want = Vec::new();
+    for (body, ack) in acks {
+        ack.await
+            .unwrap_or_else(|e| panic!("{body} is acknowledged across the failover: {e}"));
+        want.push(body);
+    }
+    let mut bodies: Vec<String> = broker_tests::drain(&client, QUEUE)
+        .await
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.body).into_owned())
+        .collect();
+    bodies.sort();
+    bodies.dedup();
+    want.sort();
+    assert_eq!(bodies, want);
+}
