@@ -6,7 +6,9 @@
 //! whose lease still holds, so an acknowledgement made through the ordinary
 //! RPCs, or a lapsed visibility timeout, frees credit too. Receiving is the
 //! engine's ordinary receive, so leases, receipt handles, dead letters and
-//! rate limits are the same as for pull consumers. Receive is cancel-safe
+//! rate limits are the same as for pull consumers. Acknowledgements that
+//! are already buffered when one is read are applied with it, in order,
+//! each run of acks as one delete (one write, one sync wait). Receive is cancel-safe
 //! (messages are claimed in one synchronous step), so the select below can
 //! drop a waiting receive when an acknowledgement arrives.
 
@@ -15,6 +17,7 @@ use std::time::Duration;
 
 use broker_proto::limits::{RECEIVE_MESSAGES_MAX, STREAM_CREDIT_MAX, WAIT_TIME_SECONDS_MAX};
 use broker_proto::pb;
+use futures::FutureExt;
 use pb::stream_messages_request::Request as Op;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
@@ -106,9 +109,27 @@ pub async fn run(
             _ = engine.shutting_down() => return,
             request = inbound.message() => match request {
                 Ok(Some(request)) => {
-                    if let Some(error) = acknowledge(&engine, &queue, request, &mut outstanding).await
-                        && tx.send(Ok(pb::StreamMessagesResponse { messages: Vec::new(), errors: vec![error] })).await.is_err()
+                    // Requests already buffered join this one: their acks
+                    // are one delete (one write, one sync wait).
+                    let mut requests = vec![request];
+                    let mut closed = false;
+                    while requests.len() < RECEIVE_MESSAGES_MAX as usize {
+                        match inbound.message().now_or_never() {
+                            Some(Ok(Some(r))) => requests.push(r),
+                            Some(Ok(None) | Err(_)) => {
+                                closed = true;
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                    let errors = acknowledge(&engine, &queue, requests, &mut outstanding).await;
+                    if !errors.is_empty()
+                        && tx.send(Ok(pb::StreamMessagesResponse { messages: Vec::new(), errors })).await.is_err()
                     {
+                        return;
+                    }
+                    if closed {
                         return;
                     }
                 }
@@ -142,44 +163,88 @@ pub async fn run(
     }
 }
 
-/// Applies one acknowledgement; the error to report, if it failed.
+/// Applies acknowledgements in order, each run of consecutive acks as one
+/// delete; the errors to report.
 async fn acknowledge(
     engine: &Engine,
     queue: &str,
-    request: pb::StreamMessagesRequest,
+    requests: Vec<pb::StreamMessagesRequest>,
     outstanding: &mut Vec<String>,
-) -> Option<pb::StreamError> {
-    let (handle, result) = match request.request {
-        Some(Op::Ack(a)) => {
-            let r = engine
-                .delete(queue, &[a.receipt_handle.as_str()])
-                .await
-                .and_then(first);
-            (a.receipt_handle, r)
-        }
-        Some(Op::Release(r)) => {
-            let result = engine
-                .change_visibility(queue, &[(r.receipt_handle.as_str(), r.delay_seconds)])
-                .await
-                .and_then(first);
-            (r.receipt_handle, result)
-        }
-        Some(Op::Extend(x)) => {
-            let result = engine
-                .change_visibility(
+) -> Vec<pb::StreamError> {
+    let mut errors = Vec::new();
+    let mut acks: Vec<String> = Vec::new();
+    for request in requests {
+        let (handle, seconds, frees) = match request.request {
+            Some(Op::Ack(a)) => {
+                acks.push(a.receipt_handle);
+                continue;
+            }
+            Some(Op::Release(r)) => (r.receipt_handle, r.delay_seconds, true),
+            Some(Op::Extend(x)) => (x.receipt_handle, x.visibility_timeout_seconds, false),
+            Some(Op::Open(_)) | None => {
+                delete(
+                    engine,
                     queue,
-                    &[(x.receipt_handle.as_str(), x.visibility_timeout_seconds)],
+                    std::mem::take(&mut acks),
+                    outstanding,
+                    &mut errors,
                 )
-                .await
-                .and_then(first);
-            return result.err().map(|e| stream_error(x.receipt_handle, &e));
+                .await;
+                errors.push(stream_error(String::new(), &ProtocolError::OpenedAgain));
+                continue;
+            }
+        };
+        delete(
+            engine,
+            queue,
+            std::mem::take(&mut acks),
+            outstanding,
+            &mut errors,
+        )
+        .await;
+        let result = engine
+            .change_visibility(queue, &[(handle.as_str(), seconds)])
+            .await
+            .and_then(first);
+        if frees {
+            outstanding.retain(|h| *h != handle);
         }
-        Some(Op::Open(_)) | None => {
-            return Some(stream_error(String::new(), &ProtocolError::OpenedAgain));
+        if let Err(e) = result {
+            errors.push(stream_error(handle, &e));
         }
-    };
-    outstanding.retain(|h| *h != handle);
-    result.err().map(|e| stream_error(handle, &e))
+    }
+    delete(engine, queue, acks, outstanding, &mut errors).await;
+    errors
+}
+
+/// Deletes the acked messages in one engine call, and frees their credit.
+async fn delete(
+    engine: &Engine,
+    queue: &str,
+    handles: Vec<String>,
+    outstanding: &mut Vec<String>,
+    errors: &mut Vec<pb::StreamError>,
+) {
+    if handles.is_empty() {
+        return;
+    }
+    let refs: Vec<&str> = handles.iter().map(String::as_str).collect();
+    let results = engine.delete(queue, &refs).await;
+    outstanding.retain(|h| !handles.contains(h));
+    match results {
+        Ok(results) => {
+            for (handle, result) in handles.into_iter().zip(results) {
+                if let Err(e) = result {
+                    errors.push(stream_error(handle, &e));
+                }
+            }
+        }
+        Err(e) => {
+            for handle in handles {
+                errors.push(stream_error(handle, &e));
+            }
+        }
+    }
 }
 
 fn first(mut results: Vec<crate::engine::error::Result<()>>) -> crate::engine::error::Result<()> {
