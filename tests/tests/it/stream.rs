@@ -186,3 +186,38 @@ async fn bad_acks_are_reported_on_the_stream() {
     assert_eq!(r.errors[0].code, "INVALID_ARGUMENT");
     assert_eq!(r.errors[0].receipt_handle, "garbage");
 }
+
+/// Acks sent together are applied together (one delete for a run of them):
+/// a bad one among them fails alone, the others delete their messages, and
+/// closing our side afterwards ends the stream once all are applied.
+#[tokio::test(flavor = "multi_thread")]
+async fn acks_sent_together_fail_alone_and_delete_the_rest() {
+    let (server, client) = setup("q", 20).await;
+    let (tx, mut responses) = stream(&server, open("q", 20, 30)).await.unwrap();
+    let mut held = Vec::new();
+    while held.len() < 20 {
+        held.extend(next_messages(&mut responses).await);
+    }
+    for (i, m) in held.iter().enumerate() {
+        if i == 7 {
+            tx.send(ack("garbage")).await.unwrap();
+        }
+        tx.send(ack(&m.receipt_handle)).await.unwrap();
+    }
+    drop(tx);
+    let mut errors = Vec::new();
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(5), responses.message())
+            .await
+            .expect("the stream ends within 5 s");
+        match next {
+            Ok(Some(r)) => errors.extend(r.errors),
+            Ok(None) => break,
+            Err(e) => panic!("the stream failed: {e:?}"),
+        }
+    }
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].receipt_handle, "garbage");
+    assert_eq!(errors[0].code, "INVALID_ARGUMENT");
+    assert_eq!(counts(&client, "q").await, Counts::EMPTY);
+}
