@@ -161,12 +161,30 @@ fn successes(ids: Vec<(String, ())>) -> Vec<pb::BatchResultSuccess> {
         .collect()
 }
 
-type MessageStream = std::pin::Pin<
-    Box<dyn futures::Stream<Item = Result<pb::StreamMessagesResponse, Status>> + Send>,
->;
+/// The answers of a stream RPC, as its task sends them.
+type Answers<T> = std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send>>;
+type MessageStream = Answers<pb::StreamMessagesResponse>;
+type SendStream = Answers<pb::SendStreamResponse>;
 
-type SendStream =
-    std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::SendStreamResponse, Status>> + Send>>;
+/// Spawns a stream's task, which holds the stream's `max_streams` slot
+/// until it ends, and answers with what the task sends on its channel.
+fn serve_stream<T: Send + 'static, F>(
+    slot: tokio::sync::OwnedSemaphorePermit,
+    run: impl FnOnce(tokio::sync::mpsc::Sender<Result<T, Status>>) -> F,
+) -> Reply<Answers<T>>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let run = run(tx);
+    tokio::spawn(async move {
+        run.await;
+        drop(slot);
+    });
+    Ok(Response::new(Box::pin(
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+    )))
+}
 
 #[tonic::async_trait]
 impl pb::queue_service_server::QueueService for QueueApi {
@@ -195,15 +213,10 @@ impl pb::queue_service_server::QueueService for QueueApi {
                 self.engine.get_topic(topic).map_err(status)?;
             }
         }
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let run = super::send_stream::run(self.engine.clone(), open, inbound, tx);
-        tokio::spawn(async move {
-            run.await;
-            drop(slot);
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        let engine = self.engine.clone();
+        serve_stream(slot, |tx| {
+            super::send_stream::run(engine, open, inbound, tx)
+        })
     }
 
     async fn stream_messages(
@@ -219,15 +232,8 @@ impl pb::queue_service_server::QueueService for QueueApi {
         caller.require(Permission::Receive, &open.queue)?;
         // The queue must exist now: fail the call, not the first push.
         self.engine.get_queue(&open.queue).map_err(status)?;
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let run = super::stream::run(self.engine.clone(), open, inbound, tx);
-        tokio::spawn(async move {
-            run.await;
-            drop(slot);
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        let engine = self.engine.clone();
+        serve_stream(slot, |tx| super::stream::run(engine, open, inbound, tx))
     }
 
     async fn create_queue(

@@ -174,34 +174,21 @@ async fn acknowledge(
     let mut errors = Vec::new();
     let mut acks: Vec<String> = Vec::new();
     for request in requests {
-        let (handle, seconds, frees) = match request.request {
+        let change = match request.request {
             Some(Op::Ack(a)) => {
                 acks.push(a.receipt_handle);
                 continue;
             }
-            Some(Op::Release(r)) => (r.receipt_handle, r.delay_seconds, true),
-            Some(Op::Extend(x)) => (x.receipt_handle, x.visibility_timeout_seconds, false),
-            Some(Op::Open(_)) | None => {
-                delete(
-                    engine,
-                    queue,
-                    std::mem::take(&mut acks),
-                    outstanding,
-                    &mut errors,
-                )
-                .await;
-                errors.push(stream_error(String::new(), &ProtocolError::OpenedAgain));
-                continue;
-            }
+            Some(Op::Release(r)) => Some((r.receipt_handle, r.delay_seconds, true)),
+            Some(Op::Extend(x)) => Some((x.receipt_handle, x.visibility_timeout_seconds, false)),
+            Some(Op::Open(_)) | None => None,
         };
-        delete(
-            engine,
-            queue,
-            std::mem::take(&mut acks),
-            outstanding,
-            &mut errors,
-        )
-        .await;
+        let before = std::mem::take(&mut acks);
+        delete(engine, queue, before, outstanding, &mut errors).await;
+        let Some((handle, seconds, frees)) = change else {
+            errors.push(stream_error(String::new(), &ProtocolError::OpenedAgain));
+            continue;
+        };
         let result = engine
             .change_visibility(queue, &[(handle.as_str(), seconds)])
             .await
