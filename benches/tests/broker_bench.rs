@@ -99,7 +99,9 @@ fn stream_mode_sends_on_the_publishing_stream_and_consumes_pushed_messages() {
     assert_eq!(r["mode"], "stream", "{r}");
     assert!(num(&r, "sent") > 0.0, "{r}");
     assert!(num(&r, "consumed") > 0.0, "{r}");
-    assert!(num(&r, "consumed") <= num(&r, "sent"), "{r}");
+    // A message may be consumed before its producer has its answer: at the
+    // deadline, up to a frame per producer (2 × 5) is consumed, not sent.
+    assert!(num(&r, "consumed") <= num(&r, "sent") + 10.0, "{r}");
     for field in ["send_p50_ms", "e2e_p50_ms"] {
         assert!(num(&r, field) > 0.0, "{field}: {r}");
     }
