@@ -107,7 +107,7 @@ pub struct TlsConfig {
 pub struct Limits {
     /// Open connections at once; more wait in the kernel's accept queue.
     pub max_connections: usize,
-    /// Open `StreamMessages` streams at once, over all connections.
+    /// Open `StreamMessages` and `SendStream` streams at once, over all connections.
     pub max_streams: usize,
     /// Long-polling receives waiting at once on one connection.
     pub max_long_polls_per_connection: usize,
@@ -219,7 +219,7 @@ pub struct Settings {
     #[arg(long, env = "BROKER_MAX_CONNECTIONS", value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<usize>,
-    /// Open StreamMessages streams at once, 1..=1000000 [default: 10000]
+    /// Open streams (StreamMessages, SendStream) at once, 1..=1000000 [default: 10000]
     #[arg(long, env = "BROKER_MAX_STREAMS", value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_streams: Option<usize>,

@@ -9,7 +9,7 @@
 //!   connections wait in the kernel's accept queue (and, when that is full,
 //!   are refused by the kernel) until a connection closes. They are not
 //!   closed by the broker.
-//! - Streams: [`Streams`] counts open `StreamMessages` streams over all
+//! - Streams: [`Streams`] counts open `StreamMessages` and `SendStream` streams over all
 //!   connections; one more fails at once with RESOURCE_EXHAUSTED.
 //! - Long polls: [`LongPolls`] counts the receives that may wait, per
 //!   connection (keyed by the peer's address, which is unique per open TCP
@@ -48,7 +48,7 @@ use tonic::transport::server::Connected;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LimitError {
     #[error(
-        "at most max_streams = {max_streams} streams may be open at once; close one or use ReceiveMessages"
+        "at most max_streams = {max_streams} streams may be open at once; close one, or use the unary RPCs"
     )]
     TooManyStreams { max_streams: usize },
     #[error(
@@ -142,7 +142,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for LimitedIo<IO> {
     }
 }
 
-/// The open `StreamMessages` streams, over all connections.
+/// The open `StreamMessages` and `SendStream` streams, over all connections.
 #[derive(Debug, Clone)]
 pub struct Streams {
     max: usize,

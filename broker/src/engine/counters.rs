@@ -128,7 +128,8 @@ impl Engine {
         OpenGuard::open(&self.activity.long_polls)
     }
 
-    /// Counts a `StreamMessages` stream as open while the guard lives.
+    /// Counts a stream (`StreamMessages` or `SendStream`) as open while the
+    /// guard lives.
     pub fn stream_opened(&self) -> OpenGuard<'_> {
         OpenGuard::open(&self.activity.streams)
     }
@@ -138,7 +139,7 @@ impl Engine {
         self.activity.long_polls.load(Ordering::Relaxed)
     }
 
-    /// `StreamMessages` streams open.
+    /// Streams open (`StreamMessages` and `SendStream`).
     pub fn streams_open(&self) -> u64 {
         self.activity.streams.load(Ordering::Relaxed)
     }

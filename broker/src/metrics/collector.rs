@@ -148,7 +148,7 @@ impl Collector for EngineCollector {
         gauge(
             &mut encoder,
             "broker_streams_open",
-            "StreamMessages streams open.",
+            "StreamMessages and SendStream streams open (what max_streams counts).",
             None,
             engine.streams_open(),
         )?;

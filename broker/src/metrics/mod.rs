@@ -51,7 +51,8 @@
 //!   the call's status; for `StreamMessages`, the life of the stream.
 //! - `broker_long_polls_open` gauge: `ReceiveMessages` calls in progress (a
 //!   call that finds messages returns at once, so these are the waiting ones).
-//! - `broker_streams_open` gauge: `StreamMessages` streams open.
+//! - `broker_streams_open` gauge: `StreamMessages` and `SendStream` streams
+//!   open (what `max_streams` counts).
 //!
 //! Storage (RocksDB; bytes):
 //! - `broker_storage_sst_files_bytes` gauge: all SST files on disk,

@@ -20,7 +20,7 @@ use crate::limits::{LongPolls, Streams};
 
 pub struct QueueApi {
     engine: Arc<Engine>,
-    /// Open `StreamMessages` streams (`max_streams`).
+    /// Open `StreamMessages` and `SendStream` streams (`max_streams`).
     streams: Streams,
     /// Waiting receives per connection (`max_long_polls_per_connection`).
     long_polls: LongPolls,

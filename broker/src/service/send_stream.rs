@@ -116,6 +116,7 @@ pub async fn run(
     mut inbound: Streaming<pb::SendStreamRequest>,
     tx: mpsc::Sender<Reply>,
 ) {
+    let _open = engine.stream_opened();
     let window = open.window as usize;
     let mut unanswered = 0usize;
     let mut in_flight = FuturesOrdered::new();

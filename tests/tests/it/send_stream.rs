@@ -251,6 +251,7 @@ async fn a_second_open_ends_the_stream_after_answering_what_came_before() {
 async fn a_window_of_one_still_answers_everything_and_closing_is_a_barrier() {
     let (server, client) = server_with_queue("q", attributes()).await;
     let (tx, mut responses) = stream(&server, open_queue("q", 1)).await.unwrap();
+    server.wait_for_metric("broker_streams_open", 1.0).await;
     for i in 0..50u64 {
         tx.send(frame(i, vec![entry("x")])).await.unwrap();
     }
@@ -265,6 +266,7 @@ async fn a_window_of_one_still_answers_everything_and_closing_is_a_barrier() {
         .await
         .expect("the stream ends");
     assert!(matches!(end, Ok(None)), "a clean end: {end:?}");
+    server.wait_for_metric("broker_streams_open", 0.0).await;
     assert_eq!(counts(&client, "q").await, Counts::new(50, 0, 0));
 }
 
