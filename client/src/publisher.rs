@@ -265,10 +265,10 @@ pub struct Publisher {
     shared: Arc<Shared>,
 }
 
-/// What the clones of a publisher share; dropping it ends the batcher
+/// What the clones of a publisher share; dropping it ends the publishing task
 /// once it sent everything.
 struct Shared {
-    /// To the batcher.
+    /// To the publishing task.
     commands: mpsc::UnboundedSender<Command>,
     /// One permit per byte that may be in flight.
     budget: Arc<Semaphore>,
@@ -277,7 +277,7 @@ struct Shared {
     config: Arc<Config>,
 }
 
-/// The batcher's settings.
+/// The publishing task's settings.
 struct Config {
     client: Client,
     target: Target,
@@ -342,7 +342,7 @@ impl Publisher {
         PublisherBuilder::new(client, Target::Topic(topic.into()))
     }
 
-    /// Hands a message to the batcher, first waiting while the in-flight
+    /// Hands a message to the publishing task, first waiting while the in-flight
     /// budget is spent; returns the future of its acknowledgement.
     ///
     /// Fails at once with [`Error::InvalidArgument`] for a delay on a topic
@@ -447,7 +447,7 @@ impl Future for AckFuture {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         self.ack.poll_unpin(cx).map(|answer| match answer {
             Ok(result) => result,
-            // The batcher never drops a reply unanswered unless the runtime
+            // The publishing task never drops a reply unanswered unless the runtime
             // is shutting down.
             Err(_) => Err(closed()),
         })
