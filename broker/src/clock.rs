@@ -28,6 +28,14 @@ impl Clock {
         }
     }
 
+    /// This clock moved by `offset_ms` (tests: a node whose clock is off).
+    pub fn shifted(self, offset_ms: i64) -> Clock {
+        Clock {
+            base_ms: self.base_ms.saturating_add_signed(offset_ms),
+            base: self.base,
+        }
+    }
+
     /// Now, in Unix milliseconds.
     pub fn now_ms(&self) -> u64 {
         self.base_ms + self.base.elapsed().as_millis() as u64

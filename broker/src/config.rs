@@ -60,6 +60,12 @@ pub struct ClusterConfig {
     /// the log is purged up to `min(1000, snapshot_every)` entries before
     /// the last snapshot.
     pub snapshot_every: u64,
+    /// How far this node's clock may be from the voters' median clock
+    /// for it to stand for election (`cluster::clocks`), in ms.
+    pub max_clock_skew_ms: u64,
+    /// Tests only (`--test-clock-offset-ms`, hidden): ms added to this
+    /// node's clock, to make a node whose clock is off.
+    pub test_clock_offset_ms: i64,
 }
 
 impl ClusterConfig {
@@ -268,6 +274,14 @@ pub struct Settings {
     #[arg(long, env = "BROKER_SNAPSHOT_EVERY", value_name = "ENTRIES")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot_every: Option<u64>,
+    /// Cluster mode: how far this node's clock may be from the median clock of the voters (measured every second) for it to stand for election; a new leader releases in-flight messages early by at most twice this, 10..=60000 [default: 500]
+    #[arg(long, env = "BROKER_MAX_CLOCK_SKEW_MS", value_name = "MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_clock_skew_ms: Option<u64>,
+    /// Tests only: ms added to this node's clock (a node whose clock is off)
+    #[arg(long, hide = true, allow_hyphen_values = true, value_name = "MS")]
+    #[serde(skip)]
+    pub test_clock_offset_ms: Option<i64>,
 }
 
 /// `--sync`: see [`SyncMode`].
@@ -314,6 +328,9 @@ fn origin(key: &str) -> String {
 const SYNC_INTERVAL_MS: (&str, u64, u64) = ("sync_interval_ms", 1, 10_000);
 const SHUTDOWN_TIMEOUT: (&str, u64, u64) = ("shutdown_timeout", 0, 3600);
 const SNAPSHOT_EVERY: (&str, u64, u64) = ("snapshot_every", 10, 100_000_000);
+const MAX_CLOCK_SKEW_MS: (&str, u64, u64) = ("max_clock_skew_ms", 10, 60_000);
+/// Default of `max_clock_skew_ms`.
+pub const DEFAULT_MAX_CLOCK_SKEW_MS: u64 = 500;
 /// Default of `snapshot_every`.
 pub const DEFAULT_SNAPSHOT_EVERY: u64 = 10_000;
 const MAX_CONNECTIONS: (&str, u64, u64) = ("max_connections", 1, 1_000_000);
@@ -372,6 +389,8 @@ impl Settings {
             client_advertise: self.client_advertise.or(fallback.client_advertise),
             join: self.join.or(fallback.join),
             snapshot_every: self.snapshot_every.or(fallback.snapshot_every),
+            max_clock_skew_ms: self.max_clock_skew_ms.or(fallback.max_clock_skew_ms),
+            test_clock_offset_ms: self.test_clock_offset_ms.or(fallback.test_clock_offset_ms),
         }
     }
 
@@ -485,6 +504,8 @@ impl Settings {
                     ("client_advertise", self.client_advertise.is_some()),
                     ("join", self.join.is_some()),
                     ("snapshot_every", self.snapshot_every.is_some()),
+                    ("max_clock_skew_ms", self.max_clock_skew_ms.is_some()),
+                    ("test_clock_offset_ms", self.test_clock_offset_ms.is_some()),
                 ] {
                     if set {
                         return Err(ConfigError::Missing {
@@ -515,6 +536,12 @@ impl Settings {
                     self.snapshot_every,
                     DEFAULT_SNAPSHOT_EVERY,
                 )?,
+                max_clock_skew_ms: in_range(
+                    MAX_CLOCK_SKEW_MS,
+                    self.max_clock_skew_ms,
+                    DEFAULT_MAX_CLOCK_SKEW_MS,
+                )?,
+                test_clock_offset_ms: self.test_clock_offset_ms.unwrap_or(0),
             }),
             (node_id, _) => {
                 let (key, set) = match node_id {
@@ -618,6 +645,12 @@ impl From<&ServerConfig> for Settings {
                 .map(|c| c.join.clone())
                 .filter(|j| !j.is_empty()),
             snapshot_every: config.cluster.as_ref().map(|c| c.snapshot_every),
+            max_clock_skew_ms: config.cluster.as_ref().map(|c| c.max_clock_skew_ms),
+            test_clock_offset_ms: config
+                .cluster
+                .as_ref()
+                .map(|c| c.test_clock_offset_ms)
+                .filter(|&ms| ms != 0),
         }
     }
 }
@@ -637,7 +670,7 @@ mod tests {
                 "metrics_listen", "log_format", "log", "max_connections", "max_streams",
                 "max_long_polls_per_connection", "max_request_bytes", "min_free_disk", "max_messages", "node_id",
                 "cluster_listen", "cluster_advertise", "client_advertise", "join",
-                "snapshot_every", "tls_cert", "tls_key", "auth_tokens",
+                "snapshot_every", "max_clock_skew_ms", "tls_cert", "tls_key", "auth_tokens",
             ]),
             value in "-?[0-9]{1,22}|true|false|\"[a-z0-9:./\\[\\]-]{0,24}\"|\\[\"[0-9.:]{0,16}\"\\]|\\PC{0,12}",
         ) {
@@ -670,6 +703,7 @@ mod tests {
             "client_advertise",
             "join",
             "snapshot_every",
+            "max_clock_skew_ms",
         ] {
             assert!(text.contains(&format!("# {key} = ")), "{key} is documented");
         }

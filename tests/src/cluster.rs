@@ -68,6 +68,8 @@ pub struct TestCluster {
     logs: TempDir,
     /// More arguments for every node's `broker serve`.
     args: Vec<String>,
+    /// More arguments for one node's `broker serve`, by id.
+    node_args: BTreeMap<u64, Vec<String>>,
 }
 
 /// A free port on `ip` (bound, then released: a small race, on loopback).
@@ -89,10 +91,17 @@ impl TestCluster {
     /// [`TestCluster::start`], with node 1 started on `first_data_dir`
     /// (a single node's, say) when given, and `args` given to every node's
     /// `broker serve`.
-    pub async fn start_from(
+    pub async fn start_from(n: u64, first_data_dir: Option<TempDir>, args: &[&str]) -> TestCluster {
+        Self::start_with(n, first_data_dir, args, &[]).await
+    }
+
+    /// [`TestCluster::start_from`], with `node_args` given to one node's
+    /// `broker serve` each: `(id, args)`.
+    pub async fn start_with(
         n: u64,
         mut first_data_dir: Option<TempDir>,
         args: &[&str],
+        node_args: &[(u64, &[&str])],
     ) -> TestCluster {
         let logs = tempfile::tempdir().expect("a log dir");
         let mut nodes = Vec::new();
@@ -107,7 +116,16 @@ impl TestCluster {
             node.join = Some(seed);
         }
         let args = args.iter().map(|a| a.to_string()).collect();
-        let mut cluster = TestCluster { nodes, logs, args };
+        let node_args = node_args
+            .iter()
+            .map(|(id, a)| (*id, a.iter().map(|a| a.to_string()).collect()))
+            .collect();
+        let mut cluster = TestCluster {
+            nodes,
+            logs,
+            args,
+            node_args,
+        };
         cluster.spawn(1);
         cluster
             .wait_until(|m| m.leader == 1, "node 1 leads its new cluster")
@@ -154,7 +172,8 @@ impl TestCluster {
 
     fn spawn(&mut self, id: u64) {
         let binary = broker_binary();
-        let args = self.args.clone();
+        let mut args = self.args.clone();
+        args.extend(self.node_args.get(&id).into_iter().flatten().cloned());
         let node = &mut self.nodes[id as usize - 1];
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -228,17 +247,22 @@ impl TestCluster {
             .unwrap_or_else(|e| panic!("connect to node {id} at {addr}: {e:?}"))
     }
 
-    /// What node `id` reports of the cluster, or why it could not.
-    pub async fn view(&self, id: u64) -> Result<View, String> {
+    /// Node `id`'s `/metrics`, or why it could not be read.
+    pub async fn scrape(&self, id: u64) -> Result<String, String> {
         let node = self.node(id);
-        let scrape = tokio::time::timeout(
+        Ok(tokio::time::timeout(
             Duration::from_secs(1),
             try_http(node.metrics_addr, "GET", "/metrics"),
         )
         .await
         .map_err(|_| format!("node {id} serves no metrics within 1 s"))?
         .map_err(|e| format!("node {id} serves no metrics: {e}"))?
-        .body;
+        .body)
+    }
+
+    /// What node `id` reports of the cluster, or why it could not.
+    pub async fn view(&self, id: u64) -> Result<View, String> {
+        let scrape = self.scrape(id).await?;
         let get = |name: &str| {
             metric_value(&scrape, name)
                 .map(|v| v as u64)

@@ -56,6 +56,17 @@ pub const JITTER: Duration = Duration::from_millis(450);
 /// stand twice.
 pub const SHORTER_LOG_HOLD: Duration = Duration::from_secs(3);
 
+/// How long a node whose clock is out of the bound (`clocks`) waits with
+/// no leader known before it stands anyway: time for the nodes in step to
+/// stand several times (a first round comes 1.1 to 1.4 s after the leader
+/// is lost, a held-back one up to about 3 s later). When none of them can
+/// win (too few are up, or their logs are shorter than this node's, whose
+/// vote they then do not get), the cluster is without a leader for this
+/// long, not until the clock is fixed; the leader it gets then releases
+/// in-flight messages early by its clock's error (an earlier redelivery,
+/// as at-least-once allows).
+pub const OUT_OF_BOUND_WAIT: Duration = Duration::from_secs(6);
+
 /// What to do with this node's elections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Elections {
@@ -130,31 +141,56 @@ impl Rounds {
 /// Runs [`Rounds`] over `raft` until the Raft shuts down: each round a
 /// leaderless candidate starts (counted in `rounds_stood`), its elections
 /// are off for a wait drawn in `timeouts.start..timeouts.end + JITTER`
-/// (ms), then on again.
+/// (ms), then on again. Whatever the rounds say, elections stay off while
+/// `clock_within` is false (`clocks`: this node's clock is out of the
+/// bound), unless no leader has been known for [`OUT_OF_BOUND_WAIT`].
 pub async fn jitter_rounds(
     raft: Raft,
     timeouts: Range<u64>,
     rounds_stood: Arc<AtomicU64>,
     shorter_log: Arc<tokio::sync::Notify>,
+    mut clock_within: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut metrics = raft.metrics();
     let mut rounds = Rounds::default();
+    let mut clock_watched = true;
+    // Since when no leader is known, and whether this node may stand as
+    // far as its clock goes (as last applied).
+    let mut leaderless_since: Option<Instant> = None;
+    let mut clock_allows = true;
     let end = timeouts.end + JITTER.as_millis() as u64;
     let draw = || Duration::from_millis(rand::random_range(timeouts.start..end));
-    let apply = |action: Option<Elections>| match action {
-        Some(Elections::OffUntil(_)) => raft.runtime_config().elect(false),
-        Some(Elections::On) => raft.runtime_config().elect(true),
-        None => {}
-    };
     loop {
-        {
+        let now = Instant::now();
+        let action = {
             let m = metrics.borrow_and_update();
+            leaderless_since = match m.current_leader {
+                Some(_) => None,
+                None => leaderless_since.or(Some(now)),
+            };
             let leaderless = m.state == ServerState::Candidate && m.current_leader.is_none();
-            let action = rounds.observe(leaderless, m.current_term, Instant::now(), draw);
-            if action.is_some_and(|a| a != Elections::On) {
-                rounds_stood.fetch_add(1, Ordering::Relaxed);
+            rounds.observe(leaderless, m.current_term, now, draw)
+        };
+        if action.is_some_and(|a| a != Elections::On) {
+            rounds_stood.fetch_add(1, Ordering::Relaxed);
+        }
+        let within = *clock_within.borrow_and_update();
+        let fallback = leaderless_since.map(|t| t + OUT_OF_BOUND_WAIT);
+        let allows = clock_may_stand(within, fallback, now);
+        if allows != clock_allows {
+            clock_allows = allows;
+            if allows && !within {
+                tracing::warn!(
+                    "no leader for {OUT_OF_BOUND_WAIT:?}: this node stands for election although its clock is out of --max-clock-skew-ms"
+                );
             }
-            apply(action);
+            raft.runtime_config()
+                .elect(allows && rounds.off_until().is_none());
+        }
+        match action {
+            Some(Elections::OffUntil(_)) => raft.runtime_config().elect(false),
+            Some(Elections::On) => raft.runtime_config().elect(clock_allows),
+            None => {}
         }
         let until = rounds.off_until();
         let wait_over = async {
@@ -163,17 +199,34 @@ pub async fn jitter_rounds(
                 None => std::future::pending().await,
             }
         };
+        // Wakes when the fallback would let this node stand.
+        let fallback_due = async {
+            match fallback {
+                Some(at) if !clock_allows => tokio::time::sleep_until(at).await,
+                _ => std::future::pending().await,
+            }
+        };
         let changed = tokio::select! {
             changed = metrics.changed() => changed,
             () = shorter_log.notified() => {
                 tracing::info!("a voter's log is longer than this candidate's: standing no more for a while");
-                apply(rounds.hold(Instant::now() + SHORTER_LOG_HOLD));
+                if let Some(Elections::OffUntil(_)) = rounds.hold(Instant::now() + SHORTER_LOG_HOLD) {
+                    raft.runtime_config().elect(false);
+                }
                 Ok(())
             }
             () = wait_over => {
-                apply(rounds.wait_over(Instant::now()));
+                if let Some(Elections::On) = rounds.wait_over(Instant::now()) {
+                    raft.runtime_config().elect(clock_allows);
+                }
                 Ok(())
             }
+            changed = clock_within.changed(), if clock_watched => {
+                // The node's clocks are gone: their last word stands.
+                clock_watched = changed.is_ok();
+                Ok(())
+            }
+            () = fallback_due => Ok(()),
         };
         if changed.is_err() {
             return; // the Raft shut down
@@ -181,11 +234,35 @@ pub async fn jitter_rounds(
     }
 }
 
+/// Whether this node may stand as far as its clock goes: while it is
+/// `within` the bound, or from `fallback` on (no leader known for
+/// [`OUT_OF_BOUND_WAIT`]), if any.
+fn clock_may_stand(within: bool, fallback: Option<Instant>, now: Instant) -> bool {
+    within || fallback.is_some_and(|at| now >= at)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_node_out_of_the_clock_bound_stands_only_after_the_fallback() {
+        let t0 = Instant::now();
+        assert!(clock_may_stand(true, None, t0));
+        assert!(clock_may_stand(true, Some(t0 + OUT_OF_BOUND_WAIT), t0));
+        // Out of the bound with a leader known: never.
+        assert!(!clock_may_stand(false, None, t0 + 60_000 * MS));
+        // Out of the bound, leaderless since t0: from the fallback on.
+        let fallback = Some(t0 + OUT_OF_BOUND_WAIT);
+        assert!(!clock_may_stand(
+            false,
+            fallback,
+            t0 + OUT_OF_BOUND_WAIT - MS
+        ));
+        assert!(clock_may_stand(false, fallback, t0 + OUT_OF_BOUND_WAIT));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn each_round_of_a_leaderless_candidate_is_put_off_by_a_new_draw() {

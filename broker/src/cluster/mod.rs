@@ -79,6 +79,7 @@
 // 100 bytes); returning them unboxed is what the traits ask.
 #![allow(clippy::result_large_err)]
 
+pub mod clocks;
 pub mod elections;
 pub mod forward;
 pub mod log_store;

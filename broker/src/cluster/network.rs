@@ -3,7 +3,7 @@
 //!
 //! One internal RPC, `/broker.cluster.Raft/Call`, carries every message
 //! between nodes as a [`Frame`]: a kind (`append`, `vote`, `snapshot`,
-//! `join`) and openraft's serde form of the request as JSON; the reply is a
+//! `join`, `remove`, `ping`, `clock`) and openraft's serde form of the request as JSON; the reply is a
 //! frame holding `Result<reply, error>` as JSON. It is served on the
 //! cluster listener (`--cluster-listen`) beside the broker's own services,
 //! and is not a public API: nodes of one cluster run the same version.
@@ -317,6 +317,8 @@ pub struct RaftService {
     pub from: Option<IpAddr>,
     /// Where the leader's snapshot chunks go.
     pub snapshots: Arc<super::snapshot::Receiver>,
+    /// This node's local clock, read by `clock` frames (`clocks`).
+    pub clock: crate::clock::Clock,
 }
 
 impl NamedService for RaftService {
@@ -372,6 +374,7 @@ impl tonic::server::UnaryService<Frame> for Handler {
                     reply(service.remove(remove.id).await)
                 }
                 "ping" => reply(service.id),
+                "clock" => reply(service.clock.now_ms()),
                 other => return Err(Status::unimplemented(format!("unknown frame {other:?}"))),
             }?;
             Ok(Response::new(Frame {

@@ -33,6 +33,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::clocks::Clocks;
 use super::network::{ClusterId, Join, Joined, Network, RaftService, call, channel, source_ip};
 use super::proposer::Lease;
 use super::snapshot::Receiver;
@@ -102,6 +103,8 @@ pub struct Node {
     client_addr: String,
     /// Rounds this node stood for election in (`broker_cluster_election_rounds_total`).
     pub election_rounds: Arc<std::sync::atomic::AtomicU64>,
+    /// The other members' clocks as this node reads them (`clocks`).
+    pub clocks: Arc<Clocks>,
     identity_path: PathBuf,
     snapshot_pending: bool,
     snapshots: Arc<Receiver>,
@@ -140,7 +143,12 @@ impl Node {
         }
         // The engine first: it refuses a non-empty directory without a
         // database, which `cluster/` would make of a new one.
-        let engine = Arc::new(Engine::open_with(data_dir, SyncMode::None, faults.clone())?);
+        let engine = Arc::new(Engine::open_with_clock(
+            data_dir,
+            SyncMode::None,
+            faults.clone(),
+            crate::clock::Clock::new().shifted(config.test_clock_offset_ms),
+        )?);
         std::fs::create_dir_all(&cluster_dir).map_err(|e| NodeError::Identity {
             path: cluster_dir.clone(),
             reason: e.to_string(),
@@ -198,11 +206,21 @@ impl Node {
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
         let election_rounds = Arc::<std::sync::atomic::AtomicU64>::default();
+        let clocks = Arc::new(Clocks::new(config.max_clock_skew_ms));
         tokio::spawn(super::elections::jitter_rounds(
             raft.clone(),
             timeouts,
             election_rounds.clone(),
             shorter_log,
+            clocks.within_bound(),
+        ));
+        tokio::spawn(super::clocks::probe(
+            raft.clone(),
+            config.node_id,
+            engine.local_clock(),
+            cluster.clone(),
+            from,
+            clocks.clone(),
         ));
         let lease = Lease::watch(&raft);
         engine.replicate_through(RaftLog::new(config.node_id, raft.clone(), lease.clone()));
@@ -215,6 +233,7 @@ impl Node {
             cluster,
             client_addr,
             election_rounds,
+            clocks,
             identity_path,
             snapshot_pending: snapshot_pending || (single_node_data && recorded.is_none()),
             snapshots,
@@ -363,6 +382,7 @@ impl Node {
             cluster: self.cluster.clone(),
             from: self.from,
             snapshots: self.snapshots.clone(),
+            clock: self.engine.local_clock(),
         }
     }
 

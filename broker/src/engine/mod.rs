@@ -176,8 +176,18 @@ impl Engine {
         sync: SyncMode,
         faults: Option<Arc<crate::storage::faults::Faults>>,
     ) -> Result<Engine> {
+        Engine::open_with_clock(dir, sync, faults, Clock::new())
+    }
+
+    /// [`Engine::open_with`], on `clock` (tests: a cluster node whose
+    /// clock is off).
+    pub fn open_with_clock(
+        dir: &Path,
+        sync: SyncMode,
+        faults: Option<Arc<crate::storage::faults::Faults>>,
+        clock: Clock,
+    ) -> Result<Engine> {
         let store = Store::open_with(dir, sync, faults)?;
-        let clock = Clock::new();
         let state = Self::load(&store, clock.now_ms())?;
         Ok(Engine {
             state: Mutex::new(state),
@@ -290,6 +300,12 @@ impl Engine {
         self.clock
             .now_ms()
             .max(self.time_floor.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// The local clock, without the floor of [`Engine::now_ms`]: what
+    /// other nodes compare their clocks with (`cluster::clocks`).
+    pub fn local_clock(&self) -> Clock {
+        self.clock
     }
 
     /// Ends long polls (they return what they have) and the scheduler.

@@ -19,6 +19,8 @@ pub struct ClusterCollector {
     pub forwarded: Arc<AtomicU64>,
     /// Rounds this node stood for election in (`cluster::elections`).
     pub election_rounds: Arc<AtomicU64>,
+    /// The other members' clocks as this node reads them.
+    pub clocks: Arc<crate::cluster::clocks::Clocks>,
 }
 
 impl std::fmt::Debug for ClusterCollector {
@@ -86,6 +88,37 @@ impl Collector for ClusterCollector {
                 .encode_descriptor(name, help, None, MetricType::Counter)?
                 .encode_counter::<NoLabelSet, _, u64>(&value.load(Ordering::Relaxed), None)?;
         }
+        gauges(
+            &mut encoder,
+            "broker_cluster_clock_offset_ms",
+            "Another member's clock minus this node's, as last read (within half a round trip; readings older than 10 s are left out).",
+            None,
+            self.clocks.offsets().into_iter().map(|(node, o)| {
+                (
+                    NodeLabel {
+                        node: node.to_string(),
+                    },
+                    o.ms,
+                )
+            }),
+        )?;
+        if let Some(skew) = self.clocks.skew_ms() {
+            encoder
+                .encode_descriptor(
+                    "broker_cluster_clock_skew_ms",
+                    "This node's clock minus the voters' median clock; beyond --max-clock-skew-ms either way, it does not stand for election.",
+                    None,
+                    MetricType::Gauge,
+                )?
+                .encode_gauge(&skew)?;
+        }
+        gauge(
+            &mut encoder,
+            "broker_cluster_max_clock_skew_ms",
+            "--max-clock-skew-ms: how far this node's clock may be from the voters' median clock for it to stand for election.",
+            None,
+            self.clocks.max_skew_ms,
+        )?;
         if let Some(replication) = &m.replication {
             gauges(
                 &mut encoder,

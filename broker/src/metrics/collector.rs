@@ -247,12 +247,12 @@ pub(super) fn gauge(
 }
 
 /// A gauge family: one series per label set.
-pub(super) fn gauges<L: EncodeLabelSet>(
+pub(super) fn gauges<L: EncodeLabelSet, V: prometheus_client::encoding::EncodeGaugeValue>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
     unit: Option<&Unit>,
-    series: impl Iterator<Item = (L, u64)>,
+    series: impl Iterator<Item = (L, V)>,
 ) -> Result<(), std::fmt::Error> {
     let mut m = encoder.encode_descriptor(name, help, unit, MetricType::Gauge)?;
     for (labels, value) in series {

@@ -87,6 +87,11 @@
 //! - `broker_cluster_forwarded_requests_total` counter: client requests
 //!   this node passed on to the leader (a client that follows the leader's
 //!   address, as the Rust client does, makes few).
+//! - `broker_cluster_clock_offset_ms{node}` gauge: another member's clock
+//!   minus this node's, read every second (`cluster::clocks`);
+//!   `broker_cluster_clock_skew_ms`: this node's clock minus the voters'
+//!   median; `broker_cluster_max_clock_skew_ms`: the bound beyond which it
+//!   does not stand for election.
 //! - `broker_cluster_election_rounds_total` counter: rounds this node
 //!   stood for election in (each a new term as a candidate).
 

@@ -14,6 +14,8 @@
 //!
 //! 3. A fourth node joins under load and a follower is removed under
 //!    load, with the checks of 1.
+//! 4. A node whose clock is off by more than `--max-clock-skew-ms` does
+//!    not stand for election: across two failovers, it never leads.
 //!
 //! `CLUSTER_CYCLES` sets the kill cycles (default 2), `CLUSTER_SEED`
 //! replays a run's random choices (the seed is printed).
@@ -344,6 +346,8 @@ pub(crate) fn as_node(
             client_advertise: None,
             join: Vec::new(),
             snapshot_every: broker::config::DEFAULT_SNAPSHOT_EVERY,
+            max_clock_skew_ms: broker::config::DEFAULT_MAX_CLOCK_SKEW_MS,
+            test_clock_offset_ms: 0,
         })
     }
 }
@@ -434,6 +438,86 @@ async fn a_single_node_s_data_seeds_a_cluster_and_the_nodes_that_join_get_it() {
     want.sort();
     assert_eq!(got, want, "the joiners serve the single node's messages");
     send_message(&client, QUEUE, "after", &[], None).await;
+}
+
+/// A node whose clock is off by more than `--max-clock-skew-ms` (500 ms)
+/// from the voters' median does not stand for election: every node reads
+/// the others' clocks (`broker_cluster_clock_*`), and when the leader is
+/// killed the node in step takes over, never the one whose clock is off
+/// (it would release in-flight messages early by the difference).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_whose_clock_is_off_does_not_stand_for_election() {
+    const OFF: &[&str] = &["--test-clock-offset-ms", "5000"];
+    let mut cluster = TestCluster::start_with(3, None, &[], &[(3, OFF)]).await;
+    let read = |scrape: &str, series: &str| {
+        metric_value(scrape, series).ok_or_else(|| format!("no {series}"))
+    };
+    let measured = poll_until(CLUSTER_TIMEOUT, || async {
+        let (one, three) = (cluster.scrape(1).await?, cluster.scrape(3).await?);
+        let skews = (
+            read(&one, "broker_cluster_clock_skew_ms")?,
+            read(&three, "broker_cluster_clock_skew_ms")?,
+        );
+        let offset = read(&one, "broker_cluster_clock_offset_ms{node=\"3\"}")?;
+        let off = 4_800.0..5_200.0;
+        if skews.0.abs() < 200.0 && off.contains(&skews.1) && off.contains(&offset) {
+            Ok(())
+        } else {
+            Err(format!(
+                "skews of nodes 1 and 3 {skews:?}, node 3 seen by node 1 {offset}"
+            ))
+        }
+    })
+    .await;
+    if let Err(last) = measured {
+        panic!(
+            "the clocks were not read within {CLUSTER_TIMEOUT:?}: {last}\n{}",
+            cluster.log_tails()
+        );
+    }
+    assert_eq!(
+        cluster.log_count(3, "does not stand for election"),
+        1,
+        "{}",
+        cluster.log_tails()
+    );
+
+    // Twice: the leader dies, and the other node in step takes over (with
+    // the check off, node 3 won two of three such runs); the dead one
+    // comes back.
+    let mut next = cluster.leader().await;
+    assert_ne!(next, 3, "node 3 was never a candidate");
+    for _ in 0..2 {
+        let leader = next;
+        cluster.kill(leader).await;
+        next = cluster.leader_of(&cluster.running()).await;
+        assert_ne!(
+            next,
+            3,
+            "the node whose clock is off took over\n{}",
+            cluster.log_tails()
+        );
+        // Back, and caught up: a node whose log is shorter than node 3's
+        // cannot win, and node 3 would then stand after all
+        // (`OUT_OF_BOUND_WAIT`).
+        cluster.restart(leader);
+        let target = cluster.view(next).await.expect("the leader's view");
+        cluster
+            .wait_until(
+                |m| m.leader == next && m.applied >= target.last_log,
+                &format!("node {leader} follows node {next} and has its log"),
+            )
+            .await;
+    }
+    let three = cluster.scrape(3).await.expect("node 3's metrics");
+    assert_eq!(
+        read(&three, "broker_cluster_election_rounds_total"),
+        Ok(0.0)
+    );
+    // The new leader serves.
+    let client = cluster.client(next).await;
+    create_queue(&client, QUEUE, attributes()).await;
+    send_message(&client, QUEUE, "after the failover", &[], None).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
