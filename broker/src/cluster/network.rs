@@ -319,6 +319,8 @@ pub struct RaftService {
     pub snapshots: Arc<super::snapshot::Receiver>,
     /// This node's local clock, read by `clock` frames (`clocks`).
     pub clock: crate::clock::Clock,
+    /// The other members' clocks as this node reads them.
+    pub clocks: Arc<super::clocks::Clocks>,
 }
 
 impl NamedService for RaftService {

@@ -383,6 +383,7 @@ impl Node {
             from: self.from,
             snapshots: self.snapshots.clone(),
             clock: self.engine.local_clock(),
+            clocks: self.clocks.clone(),
         }
     }
 

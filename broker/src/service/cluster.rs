@@ -35,8 +35,13 @@ impl pb::cluster_service_server::ClusterService for ClusterApi {
     ) -> Result<Response<pb::GetClusterStatusResponse>, Status> {
         auth::require_admin(&req)?;
         let RaftService {
-            id, raft, cluster, ..
+            id,
+            raft,
+            cluster,
+            clocks,
+            ..
         } = self.node()?;
+        let offsets = clocks.offsets();
         let m = raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
         let voters: Vec<u64> = membership.voter_ids().collect();
@@ -52,6 +57,7 @@ impl pb::cluster_service_server::ClusterService for ClusterApi {
                     let matched = r.get(node)?.map_or(0, |l| l.index);
                     Some(last_log_index.saturating_sub(matched))
                 }),
+                clock_offset_ms: offsets.get(node).map(|o| o.ms),
             })
             .collect();
         Ok(Response::new(pb::GetClusterStatusResponse {
@@ -62,6 +68,8 @@ impl pb::cluster_service_server::ClusterService for ClusterApi {
             last_log_index,
             applied_index: m.last_applied.map_or(0, |l| l.index),
             nodes,
+            clock_skew_ms: clocks.skew_ms(),
+            max_clock_skew_ms: clocks.max_skew_ms,
         }))
     }
 

@@ -459,8 +459,13 @@ async fn a_node_whose_clock_is_off_does_not_stand_for_election() {
             read(&three, "broker_cluster_clock_skew_ms")?,
         );
         let offset = read(&one, "broker_cluster_clock_offset_ms{node=\"3\"}")?;
+        let in_step = read(&one, "broker_cluster_clock_offset_ms{node=\"2\"}")?;
         let off = 4_800.0..5_200.0;
-        if skews.0.abs() < 200.0 && off.contains(&skews.1) && off.contains(&offset) {
+        if skews.0.abs() < 200.0
+            && in_step.abs() < 200.0
+            && off.contains(&skews.1)
+            && off.contains(&offset)
+        {
             Ok(())
         } else {
             Err(format!(
@@ -480,6 +485,24 @@ async fn a_node_whose_clock_is_off_does_not_stand_for_election() {
         1,
         "{}",
         cluster.log_tails()
+    );
+
+    // `broker cluster status` shows the same.
+    let status = cluster
+        .client(1)
+        .await
+        .get_cluster_status()
+        .await
+        .expect("GetClusterStatus");
+    assert_eq!(status.max_clock_skew_ms, 500);
+    assert!(
+        status.clock_skew_ms.is_some_and(|s| s.abs() < 200),
+        "{status:?}"
+    );
+    let offsets: Vec<Option<i64>> = status.nodes.iter().map(|n| n.clock_offset_ms).collect();
+    assert!(
+        matches!(offsets[..], [None, Some(two), Some(three)] if two.abs() < 200 && (4_800..5_200).contains(&three)),
+        "{status:?}"
     );
 
     // Twice: the leader dies, and the other node in step takes over (with
