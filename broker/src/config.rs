@@ -66,6 +66,10 @@ pub struct ClusterConfig {
     /// Tests only (`--test-clock-offset-ms`, hidden): ms added to this
     /// node's clock, to make a node whose clock is off.
     pub test_clock_offset_ms: i64,
+    /// Mutual TLS between nodes (`crate::tls::cluster_tls`): this node's
+    /// certificate and key, and in `client_ca` the CA every node's
+    /// certificate must chain to; `None`: plaintext.
+    pub tls: Option<TlsConfig>,
 }
 
 impl ClusterConfig {
@@ -278,6 +282,18 @@ pub struct Settings {
     #[arg(long, env = "BROKER_MAX_CLOCK_SKEW_MS", value_name = "MS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_clock_skew_ms: Option<u64>,
+    /// Cluster mode: PEM certificate chain of this node for mutual TLS between nodes (with --cluster-tls-key and --cluster-tls-ca); it must name the host of --cluster-advertise [default: plaintext]
+    #[arg(long, env = "BROKER_CLUSTER_TLS_CERT", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_tls_cert: Option<PathBuf>,
+    /// Cluster mode: PEM private key of --cluster-tls-cert
+    #[arg(long, env = "BROKER_CLUSTER_TLS_KEY", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_tls_key: Option<PathBuf>,
+    /// Cluster mode: PEM CA certificates that every node's certificate must chain to; a connection with no such certificate is refused, either way
+    #[arg(long, env = "BROKER_CLUSTER_TLS_CA", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_tls_ca: Option<PathBuf>,
     /// Tests only: ms added to this node's clock (a node whose clock is off)
     #[arg(long, hide = true, allow_hyphen_values = true, value_name = "MS")]
     #[serde(skip)]
@@ -390,6 +406,9 @@ impl Settings {
             join: self.join.or(fallback.join),
             snapshot_every: self.snapshot_every.or(fallback.snapshot_every),
             max_clock_skew_ms: self.max_clock_skew_ms.or(fallback.max_clock_skew_ms),
+            cluster_tls_cert: self.cluster_tls_cert.or(fallback.cluster_tls_cert),
+            cluster_tls_key: self.cluster_tls_key.or(fallback.cluster_tls_key),
+            cluster_tls_ca: self.cluster_tls_ca.or(fallback.cluster_tls_ca),
             test_clock_offset_ms: self.test_clock_offset_ms.or(fallback.test_clock_offset_ms),
         }
     }
@@ -497,6 +516,30 @@ impl Settings {
                 defaults.limits.max_messages,
             )?,
         };
+        let cluster_tls = match (
+            self.cluster_tls_cert,
+            self.cluster_tls_key,
+            self.cluster_tls_ca,
+        ) {
+            (None, None, None) => None,
+            (Some(cert), Some(key), Some(ca)) => Some(TlsConfig {
+                cert,
+                key,
+                client_ca: Some(ca),
+            }),
+            (cert, key, _) => {
+                let missing = match (cert, key) {
+                    (None, _) => "cluster_tls_cert",
+                    (_, None) => "cluster_tls_key",
+                    _ => "cluster_tls_ca",
+                };
+                return Err(ConfigError::Missing {
+                    key: missing,
+                    why: "cluster TLS needs cluster_tls_cert, cluster_tls_key and cluster_tls_ca"
+                        .into(),
+                });
+            }
+        };
         let cluster = match (self.node_id, self.cluster_listen) {
             (None, None) => {
                 for (key, set) in [
@@ -505,6 +548,7 @@ impl Settings {
                     ("join", self.join.is_some()),
                     ("snapshot_every", self.snapshot_every.is_some()),
                     ("max_clock_skew_ms", self.max_clock_skew_ms.is_some()),
+                    ("cluster_tls_cert", cluster_tls.is_some()),
                     ("test_clock_offset_ms", self.test_clock_offset_ms.is_some()),
                 ] {
                     if set {
@@ -542,6 +586,7 @@ impl Settings {
                     DEFAULT_MAX_CLOCK_SKEW_MS,
                 )?,
                 test_clock_offset_ms: self.test_clock_offset_ms.unwrap_or(0),
+                tls: cluster_tls,
             }),
             (node_id, _) => {
                 let (key, set) = match node_id {
@@ -609,6 +654,7 @@ impl From<&ServerConfig> for Settings {
             SyncMode::Batch(interval) => (SyncPolicy::Batch, Some(interval)),
             SyncMode::None => (SyncPolicy::None, None),
         };
+        let cluster_tls = config.cluster.as_ref().and_then(|c| c.tls.as_ref());
         Settings {
             listen: Some(config.listen),
             data_dir: Some(config.data_dir.clone()),
@@ -646,6 +692,9 @@ impl From<&ServerConfig> for Settings {
                 .filter(|j| !j.is_empty()),
             snapshot_every: config.cluster.as_ref().map(|c| c.snapshot_every),
             max_clock_skew_ms: config.cluster.as_ref().map(|c| c.max_clock_skew_ms),
+            cluster_tls_cert: cluster_tls.map(|t| t.cert.clone()),
+            cluster_tls_key: cluster_tls.map(|t| t.key.clone()),
+            cluster_tls_ca: cluster_tls.and_then(|t| t.client_ca.clone()),
             test_clock_offset_ms: config
                 .cluster
                 .as_ref()
@@ -671,6 +720,7 @@ mod tests {
                 "max_long_polls_per_connection", "max_request_bytes", "min_free_disk", "max_messages", "node_id",
                 "cluster_listen", "cluster_advertise", "client_advertise", "join",
                 "snapshot_every", "max_clock_skew_ms", "tls_cert", "tls_key", "auth_tokens",
+                "cluster_tls_cert", "cluster_tls_key", "cluster_tls_ca",
             ]),
             value in "-?[0-9]{1,22}|true|false|\"[a-z0-9:./\\[\\]-]{0,24}\"|\\[\"[0-9.:]{0,16}\"\\]|\\PC{0,12}",
         ) {
@@ -704,6 +754,9 @@ mod tests {
             "join",
             "snapshot_every",
             "max_clock_skew_ms",
+            "cluster_tls_cert",
+            "cluster_tls_key",
+            "cluster_tls_ca",
         ] {
             assert!(text.contains(&format!("# {key} = ")), "{key} is documented");
         }
@@ -845,6 +898,57 @@ mod tests {
             ..Default::default()
         });
         assert!(message.starts_with("tls_cert is not set"), "{message}");
+    }
+
+    #[test]
+    fn cluster_tls_takes_its_three_keys_together_and_cluster_mode() {
+        let node = || Settings {
+            node_id: Some(1),
+            cluster_listen: Some("127.0.0.1:7001".parse().unwrap()),
+            cluster_tls_cert: Some("n.pem".into()),
+            cluster_tls_key: Some("n-key.pem".into()),
+            cluster_tls_ca: Some("ca.pem".into()),
+            ..Settings::default()
+        };
+        let config = node().resolve(None).unwrap();
+        let tls = config.cluster.as_ref().unwrap().tls.clone().unwrap();
+        assert_eq!(
+            (tls.cert, tls.key, tls.client_ca),
+            ("n.pem".into(), "n-key.pem".into(), Some("ca.pem".into()))
+        );
+        assert_eq!(config.tls, None, "the client listener stays plaintext");
+        // `broker config print` shows them.
+        let printed = Settings::from(&config);
+        assert_eq!(
+            (printed.cluster_tls_cert, printed.cluster_tls_ca),
+            (Some("n.pem".into()), Some("ca.pem".into()))
+        );
+        let message = invalid(Settings {
+            cluster_tls_ca: None,
+            ..node()
+        });
+        assert!(
+            message.starts_with("cluster_tls_ca is not set: cluster TLS needs cluster_tls_cert, cluster_tls_key and cluster_tls_ca"),
+            "{message}"
+        );
+        let message = invalid(Settings {
+            cluster_tls_cert: None,
+            ..node()
+        });
+        assert!(
+            message.starts_with("cluster_tls_cert is not set"),
+            "{message}"
+        );
+        let message = invalid(Settings {
+            node_id: None,
+            cluster_listen: None,
+            ..node()
+        });
+        assert!(
+            message
+                .starts_with("node_id is not set: cluster_tls_cert is set, and cluster mode needs"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -177,7 +177,7 @@ pub async fn run_with_metrics_listener(
     };
     let leader = node
         .as_ref()
-        .map(|n| Leader::new(n.id, n.raft.clone(), n.lease.clone(), n.from));
+        .map(|n| Leader::new(n.id, n.raft.clone(), n.lease.clone(), n.dial.clone()));
     let metrics = Metrics::with_cluster(
         Arc::downgrade(&engine),
         node.as_ref().zip(leader.as_ref()).map(|(n, l)| {
@@ -287,7 +287,13 @@ pub async fn run_with_metrics_listener(
             tracing::info!(addr = ?listener.local_addr().ok(), node = node.id, "serving other nodes");
             let incoming =
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-            let serve = tonic::transport::Server::builder()
+            let mut builder = tonic::transport::Server::builder();
+            if let Some(tls) = node.server_tls.clone() {
+                builder = builder
+                    .tls_config(tls)
+                    .map_err(|error| StartupError::TlsSetup { error })?;
+            }
+            let serve = builder
                 .add_service(node.service())
                 .add_service(queues.clone())
                 .add_service(topics.clone())

@@ -1,8 +1,10 @@
 //! TLS for the broker's listeners: the gRPC listener (through tonic's
 //! [`ServerTlsConfig`]) and the metrics HTTP listener (through a
-//! [`TlsAcceptor`] of its own).
+//! [`TlsAcceptor`] of its own); and, in cluster mode, mutual TLS between
+//! nodes ([`cluster_tls`]: the cluster listener's settings and those of
+//! the connections to the other nodes, from one node's files).
 //!
-//! Both are built from one [`TlsConfig`]: PEM files of the certificate
+//! Each is built from one [`TlsConfig`]: PEM files of the certificate
 //! chain, the private key and, optionally, the CA certificates that client
 //! certificates must chain to. With a client CA, a client certificate is
 //! *required*: a client without one (or with one from another CA) fails the
@@ -25,7 +27,7 @@ use tokio_rustls::rustls::pki_types::pem::{self, PemObject};
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::{VerifierBuilderError, WebPkiClientVerifier};
 use tokio_rustls::rustls::{RootCertStore, ServerConfig};
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 use crate::config::TlsConfig;
 
@@ -40,14 +42,18 @@ pub enum TlsError {
         path: PathBuf,
         error: std::io::Error,
     },
+    /// `flag`: the flag that names the file, e.g. `--tls-key`.
     #[error(
-        "TLS private key file {} (--tls-key) holds no private key; expected a PEM block such as `-----BEGIN PRIVATE KEY-----` (PKCS#8, PKCS#1 or SEC1)",
+        "TLS private key file {} ({flag}) holds no private key; expected a PEM block such as `-----BEGIN PRIVATE KEY-----` (PKCS#8, PKCS#1 or SEC1)",
         path.display()
     )]
-    NoPrivateKey { path: PathBuf },
-    #[error("TLS private key file {} (--tls-key) is not valid PEM: {error}", path.display())]
-    KeyNotPem { path: PathBuf, error: pem::Error },
-    /// `flag`: `--tls-cert` or `--tls-client-ca`.
+    NoPrivateKey { path: PathBuf, flag: &'static str },
+    #[error("TLS private key file {} ({flag}) is not valid PEM: {error}", path.display())]
+    KeyNotPem {
+        path: PathBuf,
+        flag: &'static str,
+        error: pem::Error,
+    },
     #[error("TLS certificate file {} ({flag}) is not valid PEM: {error}", path.display())]
     CertificateNotPem {
         path: PathBuf,
@@ -70,16 +76,18 @@ pub enum TlsError {
         error: tokio_rustls::rustls::Error,
     },
     #[error(
-        "TLS client CA file {} (--tls-client-ca) holds a certificate that cannot be a trust anchor: {error}",
+        "TLS CA file {} ({flag}) holds a certificate that cannot be a trust anchor: {error}",
         path.display()
     )]
     NotATrustAnchor {
         path: PathBuf,
+        flag: &'static str,
         error: tokio_rustls::rustls::Error,
     },
-    #[error("TLS client CA file {} (--tls-client-ca): {error}", path.display())]
+    #[error("TLS CA file {} ({flag}): {error}", path.display())]
     ClientCa {
         path: PathBuf,
+        flag: &'static str,
         error: VerifierBuilderError,
     },
     /// The TLS library refused its own settings (not a file's fault).
@@ -93,6 +101,28 @@ type Result<T, E = TlsError> = std::result::Result<T, E>;
 /// holds one of the `max_connections` slots while it handshakes, so a client
 /// that connects and sends nothing must not hold it for ever.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The flags that name a listener's TLS files, for errors.
+#[derive(Clone, Copy)]
+struct Flags {
+    cert: &'static str,
+    key: &'static str,
+    ca: &'static str,
+}
+
+/// The gRPC and metrics listeners'.
+const CLIENT_FLAGS: Flags = Flags {
+    cert: "--tls-cert",
+    key: "--tls-key",
+    ca: "--tls-client-ca",
+};
+
+/// The cluster listener's, and the connections between nodes.
+const CLUSTER_FLAGS: Flags = Flags {
+    cert: "--cluster-tls-cert",
+    key: "--cluster-tls-key",
+    ca: "--cluster-tls-ca",
+};
 
 /// The PEM files of a [`TlsConfig`], read and checked.
 struct Loaded {
@@ -110,14 +140,36 @@ struct Loaded {
 /// tonic's TLS settings for the gRPC server; fails with an error naming the
 /// file when a file is missing or does not hold what it should.
 pub fn server_tls_config(config: &TlsConfig) -> Result<ServerTlsConfig> {
-    let loaded = load(config)?;
+    Ok(server_tls(load(config, CLIENT_FLAGS)?))
+}
+
+/// Mutual TLS between the nodes of a cluster, from one node's files
+/// (`--cluster-tls-cert`, `--cluster-tls-key`, `--cluster-tls-ca`, in
+/// `config` as `cert`, `key` and `client_ca`): its cluster listener's
+/// settings, which require a client certificate that chains to the CA, and
+/// those of its connections to the other nodes, which present its
+/// certificate and accept a node's only if it chains to the CA and names
+/// the host of the node's cluster address. Checked as
+/// [`server_tls_config`] checks.
+pub fn cluster_tls(config: &TlsConfig) -> Result<(ServerTlsConfig, ClientTlsConfig)> {
+    let loaded = load(config, CLUSTER_FLAGS)?;
+    let mut client = ClientTlsConfig::new()
+        .identity(Identity::from_pem(&loaded.cert_pem, &loaded.key_pem))
+        .timeout(HANDSHAKE_TIMEOUT);
+    if let Some(ca) = &loaded.client_ca_pem {
+        client = client.ca_certificate(Certificate::from_pem(ca));
+    }
+    Ok((server_tls(loaded), client))
+}
+
+fn server_tls(loaded: Loaded) -> ServerTlsConfig {
     let mut tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(loaded.cert_pem, loaded.key_pem))
         .timeout(HANDSHAKE_TIMEOUT);
     if let Some(ca) = loaded.client_ca_pem {
         tls = tls.client_ca_root(Certificate::from_pem(ca));
     }
-    Ok(tls)
+    tls
 }
 
 /// A TLS acceptor for an HTTP/1.1 listener (the metrics endpoint): wrap each
@@ -126,21 +178,23 @@ pub fn server_tls_config(config: &TlsConfig) -> Result<ServerTlsConfig> {
 /// The caller bounds each handshake (e.g. with [`HANDSHAKE_TIMEOUT`]), so a
 /// client that connects and sends nothing cannot hold a task for ever.
 pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor> {
-    let mut server = load(config)?.server;
+    let mut server = load(config, CLIENT_FLAGS)?.server;
     server.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(server)))
 }
 
-fn load(config: &TlsConfig) -> Result<Loaded> {
+fn load(config: &TlsConfig, flags: Flags) -> Result<Loaded> {
     let cert_pem = read(&config.cert, "certificate")?;
     let key_pem = read(&config.key, "private key")?;
-    let certs = certificates(&config.cert, &cert_pem, "--tls-cert")?;
+    let certs = certificates(&config.cert, &cert_pem, flags.cert)?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
         pem::Error::NoItemsFound => TlsError::NoPrivateKey {
             path: config.key.clone(),
+            flag: flags.key,
         },
         error => TlsError::KeyNotPem {
             path: config.key.clone(),
+            flag: flags.key,
             error,
         },
     })?;
@@ -154,7 +208,7 @@ fn load(config: &TlsConfig) -> Result<Loaded> {
     };
     let builder = match (&config.client_ca, &client_ca_pem) {
         (Some(path), Some(pem)) => {
-            builder.with_client_cert_verifier(client_verifier(path, pem, provider)?)
+            builder.with_client_cert_verifier(client_verifier(path, pem, flags.ca, provider)?)
         }
         _ => builder.with_no_client_auth(),
     };
@@ -178,12 +232,14 @@ fn load(config: &TlsConfig) -> Result<Loaded> {
 fn client_verifier(
     path: &Path,
     pem: &[u8],
+    flag: &'static str,
     provider: Arc<CryptoProvider>,
 ) -> Result<Arc<dyn tokio_rustls::rustls::server::danger::ClientCertVerifier>> {
     let mut roots = RootCertStore::empty();
-    for cert in certificates(path, pem, "--tls-client-ca")? {
+    for cert in certificates(path, pem, flag)? {
         roots.add(cert).map_err(|error| TlsError::NotATrustAnchor {
             path: path.to_path_buf(),
+            flag,
             error,
         })?;
     }
@@ -191,6 +247,7 @@ fn client_verifier(
         .build()
         .map_err(|error| TlsError::ClientCa {
             path: path.to_path_buf(),
+            flag,
             error,
         })
 }

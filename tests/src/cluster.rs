@@ -428,6 +428,11 @@ impl TestCluster {
         }
     }
 
+    /// The cluster address node `id` advertises (its proxy's).
+    pub fn cluster_address(&self, id: u64) -> SocketAddr {
+        self.node(id).proxy.addr
+    }
+
     /// The last lines of every node's log, for failure messages.
     pub fn log_tails(&self) -> String {
         let mut out = format!("node logs in {}:\n", self.logs.path().display());

@@ -30,7 +30,6 @@
 //! message is released early by at most that.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -39,7 +38,7 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 
 use super::Raft;
-use super::network::{ClusterId, call, channel};
+use super::network::{ClusterId, Dial, call, channel};
 use crate::clock::Clock;
 
 /// How often a node reads the other members' clocks.
@@ -190,7 +189,7 @@ pub async fn probe(
     id: u64,
     clock: Clock,
     cluster: ClusterId,
-    from: Option<IpAddr>,
+    dial: Dial,
     clocks: std::sync::Arc<Clocks>,
 ) {
     let mut channels: BTreeMap<String, Channel> = BTreeMap::new();
@@ -210,7 +209,7 @@ pub async fn probe(
             }
             let channel = match channels.get(&member.addr) {
                 Some(c) => c.clone(),
-                None => match channel(&member.addr, from) {
+                None => match channel(&member.addr, &dial) {
                     Ok(c) => channels.entry(member.addr.clone()).or_insert(c).clone(),
                     Err(_) => continue,
                 },

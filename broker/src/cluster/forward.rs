@@ -41,7 +41,7 @@ use tower_service::Service;
 pub use broker_proto::LEADER_HEADER;
 
 use super::Raft;
-use super::network::channel;
+use super::network::{Dial, channel};
 use super::proposer::{Leadership, Lease, leadership};
 
 /// The header that marks a forwarded request.
@@ -53,7 +53,7 @@ pub struct Leader {
     id: u64,
     raft: Raft,
     lease: Lease,
-    from: Option<std::net::IpAddr>,
+    dial: Dial,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     /// Requests passed on to the leader (`broker_cluster_forwarded_requests_total`).
     pub forwarded: Arc<AtomicU64>,
@@ -72,12 +72,12 @@ enum Route {
 }
 
 impl Leader {
-    pub fn new(id: u64, raft: Raft, lease: Lease, from: Option<std::net::IpAddr>) -> Leader {
+    pub fn new(id: u64, raft: Raft, lease: Lease, dial: Dial) -> Leader {
         Leader {
             id,
             raft,
             lease,
-            from,
+            dial,
             channels: Arc::default(),
             forwarded: Arc::default(),
         }
@@ -108,7 +108,7 @@ impl Leader {
         if let Some(c) = channels.get(&node.addr) {
             return Route::There(c.clone(), leader, hint);
         }
-        match channel(&node.addr, self.from) {
+        match channel(&node.addr, &self.dial) {
             Ok(c) => {
                 channels.insert(node.addr.clone(), c.clone());
                 Route::There(c, leader, hint)

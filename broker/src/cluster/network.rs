@@ -33,7 +33,7 @@ use openraft::raft::{
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tonic::body::Body;
 use tonic::server::NamedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Response, Status};
 
 use super::{Member, Raft, TypeConfig};
@@ -108,19 +108,35 @@ pub enum Refused {
 /// not answering (a removal must leave a majority that answers).
 const PING_WAIT: Duration = Duration::from_secs(1);
 
-/// A lazily connected channel to a node's cluster address, leaving from
-/// `from`: this node's cluster listener IP (see [`source_ip`]).
-pub fn channel(addr: &str, from: Option<IpAddr>) -> Result<Channel, String> {
-    Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| format!("bad cluster address {addr:?}: {e}"))
-        .map(|e| {
-            e.local_address(from)
-                .connect_timeout(Duration::from_secs(1))
-                .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(5))
-                .keep_alive_timeout(Duration::from_secs(5))
-                .connect_lazy()
-        })
+/// How this node connects to other nodes.
+#[derive(Clone, Default)]
+pub struct Dial {
+    /// The IP connections leave from: this node's cluster listener IP
+    /// (see [`source_ip`]).
+    pub from: Option<IpAddr>,
+    /// With cluster TLS (`--cluster-tls-*`): this node's certificate, which
+    /// the other nodes require, and the CA their certificates must chain to.
+    pub tls: Option<ClientTlsConfig>,
+}
+
+/// A lazily connected channel to a node's cluster address, dialed as
+/// `dial` says.
+pub fn channel(addr: &str, dial: &Dial) -> Result<Channel, String> {
+    let scheme = if dial.tls.is_some() { "https" } else { "http" };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+        .map_err(|e| format!("bad cluster address {addr:?}: {e}"))?;
+    if let Some(tls) = &dial.tls {
+        endpoint = endpoint
+            .tls_config(tls.clone())
+            .map_err(|e| format!("cluster TLS to {addr:?}: {e}"))?;
+    }
+    Ok(endpoint
+        .local_address(dial.from)
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .connect_lazy())
 }
 
 /// Sends `request` as a frame of `kind` to `channel`; the reply's JSON.
@@ -164,7 +180,7 @@ pub fn source_ip(listen: SocketAddr) -> Option<IpAddr> {
 #[derive(Clone)]
 pub struct Network {
     pub cluster: ClusterId,
-    pub from: Option<IpAddr>,
+    pub dial: Dial,
     /// Told when a vote this node asked for is refused because the
     /// voter's log is longer (`elections`).
     pub shorter_log: Arc<tokio::sync::Notify>,
@@ -183,7 +199,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: u64, node: &Member) -> Connection {
         Connection {
             target,
-            channel: channel(&node.addr, self.from),
+            channel: channel(&node.addr, &self.dial),
             cluster: self.cluster.clone(),
             shorter_log: self.shorter_log.clone(),
         }
@@ -314,7 +330,7 @@ pub struct RaftService {
     pub raft: Raft,
     pub id: u64,
     pub cluster: ClusterId,
-    pub from: Option<IpAddr>,
+    pub dial: Dial,
     /// Where the leader's snapshot chunks go.
     pub snapshots: Arc<super::snapshot::Receiver>,
     /// This node's local clock, read by `clock` frames (`clocks`).
@@ -474,7 +490,7 @@ impl RaftService {
                             "leader {leader} has no address in the membership"
                         ))
                     })?;
-                let channel = channel(&addr, self.from).map_err(Refused::Unavailable)?;
+                let channel = channel(&addr, &self.dial).map_err(Refused::Unavailable)?;
                 let remove = Remove { id };
                 return call::<Remove, Result<Vec<u64>, Refused>>(
                     channel,
@@ -545,7 +561,7 @@ impl RaftService {
         let Some(node) = membership.get_node(&id) else {
             return false;
         };
-        let Ok(channel) = channel(&node.addr, self.from) else {
+        let Ok(channel) = channel(&node.addr, &self.dial) else {
             return false;
         };
         let ping = call::<(), u64>(channel, &self.cluster, "ping", &());
@@ -566,7 +582,7 @@ impl RaftService {
                     .get_node(&leader)
                     .map(|n| n.addr.clone())
                     .ok_or_else(|| format!("leader {leader} has no address in the membership"))?;
-                let channel = channel(&addr, self.from)?;
+                let channel = channel(&addr, &self.dial)?;
                 let join = Join {
                     forwarded: true,
                     ..join

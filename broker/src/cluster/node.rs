@@ -26,7 +26,6 @@
 //!   whatever its data dir holds, so single-node data there is refused.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +33,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::clocks::Clocks;
-use super::network::{ClusterId, Join, Joined, Network, RaftService, call, channel, source_ip};
+use super::network::{
+    ClusterId, Dial, Join, Joined, Network, RaftService, call, channel, source_ip,
+};
 use super::proposer::Lease;
 use super::snapshot::Receiver;
 use super::{Member, Raft, RaftLog, raft_config, storage};
@@ -76,6 +77,8 @@ pub enum NodeError {
     Snapshot(#[from] super::snapshot::SnapshotError),
     #[error("cannot start Raft: {0}")]
     Raft(String),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// What `cluster/identity.json` holds.
@@ -92,8 +95,10 @@ struct Identity {
 /// A started node.
 pub struct Node {
     pub id: u64,
-    /// The IP connections to other nodes leave from.
-    pub from: Option<IpAddr>,
+    /// How connections to other nodes are made.
+    pub dial: Dial,
+    /// The cluster listener's TLS (`--cluster-tls-*`); `None`: plaintext.
+    pub server_tls: Option<tonic::transport::ServerTlsConfig>,
     pub raft: Raft,
     /// The age of `raft`'s metrics, for its leader lease.
     pub lease: Lease,
@@ -128,6 +133,17 @@ impl Node {
         if config.node_id == 0 {
             return Err(NodeError::NodeIdZero);
         }
+        let (server_tls, client_tls) = match &config.tls {
+            Some(tls) => {
+                let (server, client) = crate::tls::cluster_tls(tls)?;
+                (Some(server), Some(client))
+            }
+            None => (None, None),
+        };
+        let dial = Dial {
+            from: source_ip(config.listen),
+            tls: client_tls,
+        };
         let cluster_dir = data_dir.join("cluster");
         let identity_path = cluster_dir.join("identity.json");
         let identity = read_identity(&identity_path)?;
@@ -194,11 +210,10 @@ impl Node {
                 .validate()
                 .map_err(|e| NodeError::Raft(e.to_string()))?,
         );
-        let from = source_ip(config.listen);
         let shorter_log = Arc::new(tokio::sync::Notify::new());
         let network = Network {
             cluster: cluster.clone(),
-            from,
+            dial: dial.clone(),
             shorter_log: shorter_log.clone(),
         };
         let timeouts = raft_config.election_timeout_min..raft_config.election_timeout_max;
@@ -219,14 +234,15 @@ impl Node {
             config.node_id,
             engine.local_clock(),
             cluster.clone(),
-            from,
+            dial.clone(),
             clocks.clone(),
         ));
         let lease = Lease::watch(&raft);
         engine.replicate_through(RaftLog::new(config.node_id, raft.clone(), lease.clone()));
         let node = Node {
             id: config.node_id,
-            from,
+            dial,
+            server_tls,
             raft,
             lease,
             engine,
@@ -380,7 +396,7 @@ impl Node {
             raft: self.raft.clone(),
             id: self.id,
             cluster: self.cluster.clone(),
-            from: self.from,
+            dial: self.dial.clone(),
             snapshots: self.snapshots.clone(),
             clock: self.engine.local_clock(),
             clocks: self.clocks.clone(),
@@ -394,7 +410,7 @@ impl Node {
         let attempts = async {
             loop {
                 for seed in &config.join {
-                    let reply = match channel(seed, self.from) {
+                    let reply = match channel(seed, &self.dial) {
                         Ok(c) => {
                             call::<Join, Result<Joined, String>>(c, &self.cluster, "join", &request)
                                 .await

@@ -348,6 +348,7 @@ pub(crate) fn as_node(
             snapshot_every: broker::config::DEFAULT_SNAPSHOT_EVERY,
             max_clock_skew_ms: broker::config::DEFAULT_MAX_CLOCK_SKEW_MS,
             test_clock_offset_ms: 0,
+            tls: None,
         })
     }
 }
@@ -741,4 +742,134 @@ async fn a_publisher_streams_through_a_follower_and_across_a_failover() {
     bodies.dedup();
     want.sort();
     assert_eq!(bodies, want);
+}
+
+/// A CA and certificates signed by it, as PEM files in a temporary dir.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    fn new(name: &str) -> Pki {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        Pki { dir, ca }
+    }
+
+    fn path(&self, file: &str) -> String {
+        self.dir.path().join(file).display().to_string()
+    }
+
+    /// A certificate for `127.0.0.1` (the nodes' advertised cluster
+    /// addresses, their proxies') named `name`: the `--cluster-tls-*` flags.
+    fn node(&self, name: &str) -> Vec<String> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&key, &self.ca)
+            .unwrap();
+        std::fs::write(self.dir.path().join(format!("{name}.pem")), cert.pem()).unwrap();
+        let key_file = format!("{name}-key.pem");
+        std::fs::write(self.dir.path().join(&key_file), key.serialize_pem()).unwrap();
+        vec![
+            "--cluster-tls-cert".into(),
+            self.path(&format!("{name}.pem")),
+            "--cluster-tls-key".into(),
+            self.path(&key_file),
+            "--cluster-tls-ca".into(),
+            self.path("ca.pem"),
+        ]
+    }
+
+    /// How a node with `flags` (from [`Pki::node`]) dials.
+    fn dial(flags: &[String]) -> broker::cluster::network::Dial {
+        let config = broker::config::TlsConfig {
+            cert: flags[1].clone().into(),
+            key: flags[3].clone().into(),
+            client_ca: Some(flags[5].clone().into()),
+        };
+        let (_, client) = broker::tls::cluster_tls(&config).expect("the test's files");
+        broker::cluster::network::Dial {
+            from: None,
+            tls: Some(client),
+        }
+    }
+}
+
+/// With `--cluster-tls-*`, the nodes talk over mutual TLS: the cluster
+/// forms, takes writes through a follower and fails over. The cluster
+/// port refuses a peer without a certificate from the cluster's CA
+/// (plaintext, or a certificate of another CA), and a node refuses a peer
+/// whose certificate is not from its CA.
+#[tokio::test(flavor = "multi_thread")]
+async fn nodes_talk_over_mutual_tls_and_refuse_a_stranger() {
+    use broker::cluster::network::{ClusterId, Dial, call, channel};
+
+    let pki = Pki::new("cluster CA");
+    let flags: Vec<Vec<String>> = (1..=3).map(|n| pki.node(&format!("node-{n}"))).collect();
+    let strings: Vec<Vec<&str>> = flags
+        .iter()
+        .map(|f| f.iter().map(String::as_str).collect())
+        .collect();
+    let node_args: Vec<(u64, &[&str])> = (1..=3u64)
+        .map(|n| (n, strings[n as usize - 1].as_slice()))
+        .collect();
+    let mut cluster = TestCluster::start_with(3, None, &[], &node_args).await;
+    let leader = cluster.leader().await;
+    let follower = *cluster
+        .running()
+        .iter()
+        .find(|&&n| n != leader)
+        .expect("a follower");
+    let client = cluster.client(follower).await;
+    set_up(&client).await;
+    send_message(&client, QUEUE, "over mutual tls", &[], None).await;
+
+    // The cluster port, asked the time: only a node's certificate gets an
+    // answer.
+    let address = cluster.cluster_address(leader).to_string();
+    let ask = |dial: Dial| {
+        let address = address.clone();
+        async move {
+            let channel = channel(&address, &dial).expect("a channel");
+            call::<(), u64>(channel, &ClusterId::default(), "clock", &()).await
+        }
+    };
+    let member = ask(Pki::dial(&flags[0])).await;
+    assert!(member.is_ok(), "a member's certificate: {member:?}");
+    let plaintext = ask(Dial::default()).await;
+    assert!(plaintext.is_err(), "plaintext was answered: {plaintext:?}");
+    let stranger = Pki::new("another CA");
+    let mut stranger_flags = stranger.node("stranger");
+    // The stranger trusts the cluster's CA: the node refuses its certificate.
+    stranger_flags[5] = pki.path("ca.pem");
+    let refused = ask(Pki::dial(&stranger_flags)).await;
+    assert!(
+        refused.is_err(),
+        "another CA's certificate was answered: {refused:?}"
+    );
+    // A node does not talk to a server whose certificate is not from its CA.
+    let mut untrusting = flags[0].clone();
+    untrusting[5] = stranger.path("ca.pem");
+    let untrusted = ask(Pki::dial(&untrusting)).await;
+    assert!(
+        untrusted.is_err(),
+        "a server of another CA was trusted: {untrusted:?}"
+    );
+
+    // Failover over TLS.
+    cluster.kill(leader).await;
+    let next = cluster.leader_of(&cluster.running()).await;
+    let client = cluster.client(next).await;
+    let got = receive_now(&client, QUEUE, 10, 30).await;
+    assert_eq!(got.len(), 1, "{}", cluster.log_tails());
+    assert_eq!(&got[0].body[..], b"over mutual tls");
 }
