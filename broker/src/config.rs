@@ -66,7 +66,7 @@ pub struct ClusterConfig {
     /// Tests only (`--test-clock-offset-ms`, hidden): ms added to this
     /// node's clock, to make a node whose clock is off.
     pub test_clock_offset_ms: i64,
-    /// Mutual TLS between nodes (`crate::tls::cluster_tls`): this node's
+    /// Mutual TLS between nodes (`--cluster-tls-*`): this node's
     /// certificate and key, and in `client_ca` the CA every node's
     /// certificate must chain to; `None`: plaintext.
     pub tls: Option<TlsConfig>,
