@@ -744,57 +744,67 @@ async fn a_publisher_streams_through_a_follower_and_across_a_failover() {
     assert_eq!(bodies, want);
 }
 
-/// A CA and certificates signed by it, as PEM files in a temporary dir.
+/// A CA (`security::ca`) whose certificate is a PEM file in a
+/// temporary dir, and the nodes' files it signs.
 struct Pki {
     dir: tempfile::TempDir,
     ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
 }
 
+/// One node's `--cluster-tls-*` files.
+#[derive(Clone)]
+struct NodeTls {
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    ca: std::path::PathBuf,
+}
+
 impl Pki {
     fn new(name: &str) -> Pki {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
-            .unwrap();
+        let ca = super::security::ca(name);
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
         Pki { dir, ca }
     }
 
-    fn path(&self, file: &str) -> String {
-        self.dir.path().join(file).display().to_string()
+    fn ca_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca.pem")
     }
 
-    /// A certificate for `127.0.0.1` (the nodes' advertised cluster
-    /// addresses, their proxies') named `name`: the `--cluster-tls-*` flags.
-    fn node(&self, name: &str) -> Vec<String> {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
-            .unwrap()
-            .signed_by(&key, &self.ca)
-            .unwrap();
-        std::fs::write(self.dir.path().join(format!("{name}.pem")), cert.pem()).unwrap();
-        let key_file = format!("{name}-key.pem");
-        std::fs::write(self.dir.path().join(&key_file), key.serialize_pem()).unwrap();
-        vec![
-            "--cluster-tls-cert".into(),
-            self.path(&format!("{name}.pem")),
-            "--cluster-tls-key".into(),
-            self.path(&key_file),
-            "--cluster-tls-ca".into(),
-            self.path("ca.pem"),
+    /// Files of a node named `name`, its certificate for `127.0.0.1` (the
+    /// nodes' advertised cluster addresses, their proxies').
+    fn node(&self, name: &str) -> NodeTls {
+        let (cert, key) = super::security::leaf(&["127.0.0.1"], &self.ca);
+        let files = NodeTls {
+            cert: self.dir.path().join(format!("{name}.pem")),
+            key: self.dir.path().join(format!("{name}-key.pem")),
+            ca: self.ca_path(),
+        };
+        std::fs::write(&files.cert, cert).unwrap();
+        std::fs::write(&files.key, key).unwrap();
+        files
+    }
+}
+
+impl NodeTls {
+    /// `broker serve`'s flags for these files.
+    fn flags(&self) -> Vec<String> {
+        [
+            ("--cluster-tls-cert", &self.cert),
+            ("--cluster-tls-key", &self.key),
+            ("--cluster-tls-ca", &self.ca),
         ]
+        .into_iter()
+        .flat_map(|(flag, path)| [flag.to_string(), path.display().to_string()])
+        .collect()
     }
 
-    /// How a node with `flags` (from [`Pki::node`]) dials.
-    fn dial(flags: &[String]) -> broker::cluster::network::Dial {
+    /// How a node with these files dials.
+    fn dial(&self) -> broker::cluster::network::Dial {
         let config = broker::config::TlsConfig {
-            cert: flags[1].clone().into(),
-            key: flags[3].clone().into(),
-            client_ca: Some(flags[5].clone().into()),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            client_ca: Some(self.ca.clone()),
         };
         let (_, client) = broker::tls::cluster_tls(&config).expect("the test's files");
         broker::cluster::network::Dial {
@@ -814,7 +824,8 @@ async fn nodes_talk_over_mutual_tls_and_refuse_a_stranger() {
     use broker::cluster::network::{ClusterId, Dial, call, channel};
 
     let pki = Pki::new("cluster CA");
-    let flags: Vec<Vec<String>> = (1..=3).map(|n| pki.node(&format!("node-{n}"))).collect();
+    let nodes: Vec<NodeTls> = (1..=3).map(|n| pki.node(&format!("node-{n}"))).collect();
+    let flags: Vec<Vec<String>> = nodes.iter().map(NodeTls::flags).collect();
     let strings: Vec<Vec<&str>> = flags
         .iter()
         .map(|f| f.iter().map(String::as_str).collect())
@@ -843,23 +854,27 @@ async fn nodes_talk_over_mutual_tls_and_refuse_a_stranger() {
             call::<(), u64>(channel, &ClusterId::default(), "clock", &()).await
         }
     };
-    let member = ask(Pki::dial(&flags[0])).await;
+    let member = ask(nodes[0].dial()).await;
     assert!(member.is_ok(), "a member's certificate: {member:?}");
     let plaintext = ask(Dial::default()).await;
     assert!(plaintext.is_err(), "plaintext was answered: {plaintext:?}");
     let stranger = Pki::new("another CA");
-    let mut stranger_flags = stranger.node("stranger");
     // The stranger trusts the cluster's CA: the node refuses its certificate.
-    stranger_flags[5] = pki.path("ca.pem");
-    let refused = ask(Pki::dial(&stranger_flags)).await;
+    let trusting_stranger = NodeTls {
+        ca: pki.ca_path(),
+        ..stranger.node("stranger")
+    };
+    let refused = ask(trusting_stranger.dial()).await;
     assert!(
         refused.is_err(),
         "another CA's certificate was answered: {refused:?}"
     );
     // A node does not talk to a server whose certificate is not from its CA.
-    let mut untrusting = flags[0].clone();
-    untrusting[5] = stranger.path("ca.pem");
-    let untrusted = ask(Pki::dial(&untrusting)).await;
+    let untrusting = NodeTls {
+        ca: stranger.ca_path(),
+        ..nodes[0].clone()
+    };
+    let untrusted = ask(untrusting.dial()).await;
     assert!(
         untrusted.is_err(),
         "a server of another CA was trusted: {untrusted:?}"

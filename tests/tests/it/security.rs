@@ -34,7 +34,8 @@ struct Pki {
     stranger: (String, String),
 }
 
-fn ca(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
+/// A self-signed CA named `name`.
+pub(crate) fn ca(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     params
@@ -43,7 +44,8 @@ fn ca(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
     rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap()
 }
 
-fn leaf(
+/// A certificate for `names` signed by `issuer`, and its key: PEM.
+pub(crate) fn leaf(
     names: &[&str],
     issuer: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
 ) -> (String, String) {
