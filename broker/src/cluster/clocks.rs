@@ -20,12 +20,12 @@
 //!   always within the bound).
 //! - While its skew, either way, is more than the bound, the node does not
 //!   stand for election (`elections::jitter_rounds` keeps its elections off)
-//!   and logs an error, once per change. It still votes, and a leader that
-//!   drifts out of the bound keeps leading (it logs the error; openraft 0.9
-//!   has no leadership transfer).
+//!   and logs an error, once per change. It still votes. A leader out of
+//!   the bound hands its leadership over (`elections`, "A leader whose
+//!   clock drifts").
 //!
 //! So each leader elected while its estimates hold was within the bound of
-//! the voters' median, two successive leaders' clocks differ by at most
+//! the voters' median (and stays within it while it serves), two successive leaders' clocks differ by at most
 //! twice the bound (plus the estimates' error, half a round trip), and a
 //! message is released early by at most that.
 

@@ -36,10 +36,26 @@
 //! by a longer log (seen in the vote's answer, `network`) stands no more
 //! for [`SHORTER_LOG_HOLD`], or until a leader is known: the voter, whose
 //! log can win, gets rounds of its own.
+//!
+//! # A leader whose clock drifts
+//! A node whose clock is out of the bound (`clocks`) does not stand, but
+//! it may already lead when it drifts out (or when the voters it is
+//! measured against change: the first node of a cluster leads alone, in
+//! step with itself, until others join). openraft 0.9 has no leadership
+//! transfer, so such a leader hands over by going quiet ([`Handover`]): it
+//! serves and decides nothing (`proposer::leadership` says `Held`, so
+//! requests wait, then go to the next leader) and sends no heartbeats
+//! (`RuntimeConfigHandle::heartbeat`). The followers' leases run out
+//! (openraft's lease, 0.7 s, plus an election timeout) and one in step is
+//! elected in a higher term, which ends the old leader's term. A leader
+//! elected while out of the bound (by [`OUT_OF_BOUND_WAIT`]: no node in
+//! step could win) keeps leading: handing over would only leave the
+//! cluster leaderless again. It hands over if it drifts out again after
+//! coming back within the bound.
 
 use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use openraft::ServerState;
@@ -138,21 +154,52 @@ impl Rounds {
     }
 }
 
+/// Whether a leader hands its leadership over (see the module docs), from
+/// what it sees of its Raft and its clock.
+#[derive(Debug, Default)]
+pub struct Handover {
+    leads: bool,
+    /// Elected while out of the bound: it keeps leading until it is back.
+    keep: bool,
+    handing_over: bool,
+}
+
+impl Handover {
+    /// The node leads or not, and its clock is within the bound or not:
+    /// the new answer to "is it handing over?", when that changes.
+    pub fn observe(&mut self, leads: bool, within: bool) -> Option<bool> {
+        if leads && !self.leads {
+            self.keep = !within;
+        }
+        if within {
+            self.keep = false;
+        }
+        self.leads = leads;
+        let handing_over = leads && !within && !self.keep;
+        (std::mem::replace(&mut self.handing_over, handing_over) != handing_over)
+            .then_some(handing_over)
+    }
+}
+
 /// Runs [`Rounds`] over `raft` until the Raft shuts down: each round a
 /// leaderless candidate starts (counted in `rounds_stood`), its elections
 /// are off for a wait drawn in `timeouts.start..timeouts.end + JITTER`
 /// (ms), then on again. Whatever the rounds say, elections stay off while
 /// `clock_within` is false (`clocks`: this node's clock is out of the
 /// bound), unless no leader has been known for [`OUT_OF_BOUND_WAIT`].
+/// A leader out of the bound hands over ([`Handover`]), with
+/// `handing_over` set meanwhile.
 pub async fn jitter_rounds(
     raft: Raft,
     timeouts: Range<u64>,
     rounds_stood: Arc<AtomicU64>,
     shorter_log: Arc<tokio::sync::Notify>,
     mut clock_within: tokio::sync::watch::Receiver<bool>,
+    handing_over: Arc<AtomicBool>,
 ) {
     let mut metrics = raft.metrics();
     let mut rounds = Rounds::default();
+    let mut handover = Handover::default();
     let mut clock_watched = true;
     // Since when no leader is known, and whether this node may stand as
     // far as its clock goes (as last applied).
@@ -162,19 +209,35 @@ pub async fn jitter_rounds(
     let draw = || Duration::from_millis(rand::random_range(timeouts.start..end));
     loop {
         let now = Instant::now();
-        let action = {
+        let within = *clock_within.borrow_and_update();
+        let (action, handing) = {
             let m = metrics.borrow_and_update();
             leaderless_since = match m.current_leader {
                 Some(_) => None,
                 None => leaderless_since.or(Some(now)),
             };
             let leaderless = m.state == ServerState::Candidate && m.current_leader.is_none();
-            rounds.observe(leaderless, m.current_term, now, draw)
+            (
+                rounds.observe(leaderless, m.current_term, now, draw),
+                handover.observe(m.state == ServerState::Leader, within),
+            )
         };
         if action.is_some_and(|a| a != Elections::On) {
             rounds_stood.fetch_add(1, Ordering::Relaxed);
         }
-        let within = *clock_within.borrow_and_update();
+        if let Some(handing) = handing {
+            handing_over.store(handing, Ordering::Relaxed);
+            raft.runtime_config().heartbeat(!handing);
+            if handing {
+                tracing::error!(
+                    "this node leads, but its clock is out of --max-clock-skew-ms: it hands its \
+                     leadership over (it serves nothing and sends no heartbeats until another \
+                     node is elected)"
+                );
+            } else {
+                tracing::info!("this node no longer hands its leadership over");
+            }
+        }
         let fallback = leaderless_since.map(|t| t + OUT_OF_BOUND_WAIT);
         let allows = clock_may_stand(within, fallback, now);
         if allows != clock_allows {
@@ -262,6 +325,28 @@ mod tests {
             t0 + OUT_OF_BOUND_WAIT - MS
         ));
         assert!(clock_may_stand(false, fallback, t0 + OUT_OF_BOUND_WAIT));
+    }
+
+    #[test]
+    fn a_leader_hands_over_when_its_clock_drifts_out_of_the_bound() {
+        let mut h = Handover::default();
+        // A follower, in or out of the bound: nothing to hand over.
+        assert_eq!(h.observe(false, true), None);
+        assert_eq!(h.observe(false, false), None);
+        // Elected within the bound, then out of it: hands over.
+        assert_eq!(h.observe(true, true), None);
+        assert_eq!(h.observe(true, false), Some(true));
+        assert_eq!(h.observe(true, false), None);
+        // Another node is elected: done.
+        assert_eq!(h.observe(false, false), Some(false));
+        // Elected while out of the bound (the fallback): keeps leading...
+        assert_eq!(h.observe(true, false), None);
+        assert_eq!(h.observe(true, false), None);
+        // ...until it is back within the bound and drifts out again.
+        assert_eq!(h.observe(true, true), None);
+        assert_eq!(h.observe(true, false), Some(true));
+        // Back within the bound before another is elected: leads on.
+        assert_eq!(h.observe(true, true), Some(false));
     }
 
     #[tokio::test(start_paused = true)]

@@ -88,7 +88,7 @@ impl Leader {
         let m = metrics.borrow();
         let leader = match leadership(self.id, &m, &self.lease) {
             Leadership::Leads => return Route::Here,
-            Leadership::CutOff(reason) => return Route::Wait(reason),
+            Leadership::Held(reason) => return Route::Wait(reason),
             Leadership::Other(leader) => leader,
             Leadership::Unknown(reason) => return Route::Nowhere(reason),
         };

@@ -337,6 +337,9 @@ pub struct RaftService {
     pub clock: crate::clock::Clock,
     /// The other members' clocks as this node reads them.
     pub clocks: Arc<super::clocks::Clocks>,
+    /// Set while this node, leading, hands its leadership over
+    /// (`elections::Handover`): it changes no membership meanwhile.
+    pub handing_over: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl NamedService for RaftService {
@@ -480,6 +483,9 @@ impl RaftService {
         let metrics = self.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership().clone();
         match metrics.current_leader {
+            Some(leader) if leader == self.id && self.handing_over() => {
+                return Err(Refused::Unavailable(self.handing_over_reason()));
+            }
             Some(leader) if leader == self.id => {}
             Some(leader) => {
                 let addr = membership
@@ -556,6 +562,18 @@ impl RaftService {
         Ok(remaining)
     }
 
+    fn handing_over(&self) -> bool {
+        self.handing_over.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn handing_over_reason(&self) -> String {
+        format!(
+            "node {} leads, but its clock is out of --max-clock-skew-ms: it is handing its \
+             leadership over; retry",
+            self.id
+        )
+    }
+
     /// Whether node `id` answers a ping within [`PING_WAIT`].
     async fn answers(&self, membership: &openraft::Membership<u64, Member>, id: u64) -> bool {
         let Some(node) = membership.get_node(&id) else {
@@ -574,6 +592,9 @@ impl RaftService {
     pub(super) async fn join(&self, join: Join) -> Result<Joined, String> {
         let metrics = self.raft.metrics().borrow().clone();
         match metrics.current_leader {
+            Some(leader) if leader == self.id && self.handing_over() => {
+                return Err(self.handing_over_reason());
+            }
             Some(leader) if leader == self.id => {}
             Some(leader) if !join.forwarded => {
                 let addr = metrics

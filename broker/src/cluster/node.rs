@@ -222,12 +222,14 @@ impl Node {
             .map_err(|e| NodeError::Raft(e.to_string()))?;
         let election_rounds = Arc::<std::sync::atomic::AtomicU64>::default();
         let clocks = Arc::new(Clocks::new(config.max_clock_skew_ms));
+        let lease = Lease::watch(&raft);
         tokio::spawn(super::elections::jitter_rounds(
             raft.clone(),
             timeouts,
             election_rounds.clone(),
             shorter_log,
             clocks.within_bound(),
+            lease.handing_over.clone(),
         ));
         tokio::spawn(super::clocks::probe(
             raft.clone(),
@@ -237,7 +239,6 @@ impl Node {
             dial.clone(),
             clocks.clone(),
         ));
-        let lease = Lease::watch(&raft);
         engine.replicate_through(RaftLog::new(config.node_id, raft.clone(), lease.clone()));
         let node = Node {
             id: config.node_id,
@@ -372,8 +373,7 @@ impl Node {
         }
         match super::proposer::leadership(self.id, &m, &self.lease) {
             super::proposer::Leadership::Leads | super::proposer::Leadership::Other(_) => {}
-            super::proposer::Leadership::CutOff(why)
-            | super::proposer::Leadership::Unknown(why) => {
+            super::proposer::Leadership::Held(why) | super::proposer::Leadership::Unknown(why) => {
                 return Err(why);
             }
         }
@@ -400,6 +400,7 @@ impl Node {
             snapshots: self.snapshots.clone(),
             clock: self.engine.local_clock(),
             clocks: self.clocks.clone(),
+            handing_over: self.lease.handing_over.clone(),
         }
     }
 

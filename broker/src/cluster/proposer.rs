@@ -2,7 +2,7 @@
 //! (from openraft's metrics), and proposals as `client_write`s.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::engine::error::{Error, Result};
 use crate::engine::replication::{BoxFuture, Leading, Log, NotLeading, Proposal};
@@ -40,11 +40,17 @@ impl RaftLog {
 /// unless the core is held up): the lease counts the time since the
 /// report too, so a leader whose metrics stall does not keep serving on a
 /// stale figure.
+///
+/// It also carries whether this node, leading, is handing its leadership
+/// over (`elections::Handover`: its clock drifted out of the bound); a
+/// leader handing over serves nothing either.
 #[derive(Clone)]
 pub struct Lease {
     base: std::time::Instant,
     /// When the latest report was seen, in ms since `base`.
     reported_ms: Arc<AtomicU64>,
+    /// Set while this node hands its leadership over.
+    pub handing_over: Arc<AtomicBool>,
 }
 
 impl Lease {
@@ -53,6 +59,7 @@ impl Lease {
         let lease = Lease {
             base: std::time::Instant::now(),
             reported_ms: Arc::default(),
+            handing_over: Arc::default(),
         };
         let mut metrics = raft.metrics();
         let seen = lease.clone();
@@ -80,9 +87,10 @@ impl Lease {
 pub enum Leadership {
     /// This node leads and holds its lease.
     Leads,
-    /// This node leads but has not heard from a majority within the lease:
-    /// why, to tell the client.
-    CutOff(String),
+    /// This node leads but may not serve: it has not heard from a majority
+    /// within the lease, or it is handing its leadership over. Why, to
+    /// tell the client.
+    Held(String),
     /// Another node leads.
     Other(u64),
     /// No leader is known: why, to tell the client.
@@ -97,9 +105,15 @@ pub fn leadership(id: u64, m: &RaftMetrics<u64, Member>, lease: &Lease) -> Leade
         .millis_since_quorum_ack
         .map(|ms| ms.saturating_add(lease.since_report_ms()));
     match m.current_leader {
+        Some(l) if l == id && m.state.is_leader() && lease.handing_over.load(Ordering::Relaxed) => {
+            Leadership::Held(format!(
+                "node {id} leads, but its clock is further than --max-clock-skew-ms from the \
+                 other voters': it is handing its leadership over; retry"
+            ))
+        }
         Some(l) if l == id && m.state.is_leader() => match since_ack {
             Some(ms) if ms <= LEASE_MS => Leadership::Leads,
-            since => Leadership::CutOff(format!(
+            since => Leadership::Held(format!(
                 "node {id} leads but has not heard from a majority of the cluster for {}: it \
                  may be cut off from it; retry",
                 since.map_or("its whole term".to_string(), |ms| format!("{ms} ms"))
@@ -124,7 +138,7 @@ impl Log for RaftLog {
                     term: m.current_term,
                 });
             }
-            Leadership::CutOff(reason) => (reason, true),
+            Leadership::Held(reason) => (reason, true),
             Leadership::Other(leader) => (
                 format!("node {} does not lead; node {leader} does", self.id),
                 false,

@@ -544,6 +544,51 @@ async fn a_node_whose_clock_is_off_does_not_stand_for_election() {
     send_message(&client, QUEUE, "after the failover", &[], None).await;
 }
 
+/// The first node of a cluster is in step with itself while it leads
+/// alone. When two nodes whose clocks are 5 s behind its own join, it
+/// leads out of the bound, and hands its leadership over: it serves
+/// nothing and stops its heartbeats until a node in step is elected
+/// (openraft 0.9 has no leadership transfer). Requests through it are then
+/// served by the new leader, and it does not lead again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_whose_clock_is_off_hands_its_leadership_over() {
+    const OFF: &[&str] = &["--test-clock-offset-ms", "5000"];
+    let cluster = TestCluster::start_with(3, None, &[], &[(1, OFF)]).await;
+    cluster
+        .wait_until(
+            |m| m.voters == 3 && m.leader != 0 && m.leader != 1,
+            "a node in step leads, not node 1",
+        )
+        .await;
+    assert_eq!(
+        cluster.log_count(1, "it hands its leadership over"),
+        1,
+        "{}",
+        cluster.log_tails()
+    );
+    let one = cluster.scrape(1).await.expect("node 1's metrics");
+    assert!(
+        metric_value(&one, "broker_cluster_clock_skew_ms")
+            .is_some_and(|s| (4_800.0..5_200.0).contains(&s)),
+        "{one}"
+    );
+
+    // Node 1 passes requests on to the new leader.
+    let leader = cluster.leader().await;
+    assert_ne!(leader, 1);
+    let client = cluster.client(1).await;
+    create_queue(&client, QUEUE, attributes()).await;
+    send_message(&client, QUEUE, "through node 1", &[], None).await;
+    let got = broker_tests::drain(&cluster.client(leader).await, QUEUE).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].body, "through node 1".as_bytes());
+    assert!(
+        cluster.view(1).await.expect("node 1's view").forwarded >= 2,
+        "node 1 served the calls itself"
+    );
+    assert_eq!(cluster.leader().await, leader, "the leadership stayed");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_is_removed_only_when_a_majority_that_answers_remains() {
     let mut cluster = TestCluster::start(3).await;
