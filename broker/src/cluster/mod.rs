@@ -55,16 +55,21 @@
 //!   complete and synced, and removed at startup. A built snapshot's scan
 //!   is durable in the engine before it is taken. A received one is kept
 //!   (synced, with its meta) before openraft hears of it, since openraft
-//!   purges the log as soon as it starts installing; installing is one
-//!   batch, and a node that crashes before its engine holds it installs
-//!   the kept snapshot when it starts (`StateMachine::open`).
+//!   purges the log as soon as it starts installing. Installing first
+//!   deletes every key and writes a marker (`keys::RAFT_INSTALLING`,
+//!   synced), then the snapshot's keys in batches, then its applied
+//!   record while removing the marker. A node that crashes before its
+//!   engine holds the whole snapshot finds the marker, empties its engine
+//!   and installs the kept snapshot again when it starts
+//!   (`Engine::open_with_clock`, `StateMachine::open`).
 //!
 //! # Snapshots and the log's size
 //! Every `--snapshot-every` applied entries (10,000) a replica writes a snapshot of
 //! its engine ([`snapshot`]) and purges its log up to 1,000 entries
 //! before it. A follower whose next entry was purged on the leader
 //! (a new node, or one that was down for long) is sent the snapshot, and
-//! replaces its engine's store with it in one batch. The engine's store is
+//! replaces its engine's store with it, holding 16 MiB of it in memory at
+//! a time (`snapshot::INSTALL_BATCH_BYTES`). The engine's store is
 //! not synced per write, so a snapshot first makes it durable: what a
 //! purge drops is on disk in the engine.
 //!

@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use openraft::{LogId, SnapshotMeta, StoredMembership};
 
 use crate::engine::Engine;
-use crate::storage::{Batch, keys};
+use crate::storage::keys;
 
 type NodeId = u64;
 pub type Meta = SnapshotMeta<NodeId, super::Member>;
@@ -351,9 +351,27 @@ fn write_field(out: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {
     out.write_all(bytes)
 }
 
-/// Reads the snapshot data file at `path` into `batch`: a put per key.
-/// A file that is not a whole snapshot is an error.
-pub fn read_into(path: &Path, batch: &mut Batch) -> Result<(), SnapshotError> {
+/// How much of a snapshot an install holds in memory at once: one write
+/// batch of about this many bytes.
+pub const INSTALL_BATCH_BYTES: usize = 16 << 20;
+
+/// Installs the snapshot data file at `path`, taken after entry `index`,
+/// into `engine` ([`Engine::install`]): the file is read through once to
+/// check that it is whole, then again into the store, a batch of
+/// [`INSTALL_BATCH_BYTES`] at a time. A file that is not a whole snapshot
+/// is an error that leaves the store as it was, never a smaller state.
+pub fn install(engine: &Engine, index: u64, path: &Path) -> Result<(), SnapshotError> {
+    read_each(path, |_, _| Ok(()))?;
+    engine.install(index, INSTALL_BATCH_BYTES, |put| read_each(path, put))
+}
+
+/// Calls `f` with each key of the snapshot data file at `path` and its
+/// value, in order. A file that is not a whole snapshot is an error, once
+/// the keys before the damage were given.
+pub fn read_each(
+    path: &Path,
+    mut f: impl FnMut(Vec<u8>, Vec<u8>) -> Result<(), SnapshotError>,
+) -> Result<(), SnapshotError> {
     let format = |reason: String| SnapshotError::Format {
         path: path.to_path_buf(),
         reason,
@@ -390,7 +408,7 @@ pub fn read_into(path: &Path, batch: &mut Batch) -> Result<(), SnapshotError> {
     while let Some(key) = field(&mut input, count)? {
         let value = field(&mut input, count)?
             .ok_or_else(|| format(format!("key {key:02x?} has no value")))?;
-        batch.put(key, value);
+        f(key, value)?;
         count += 1;
     }
     let mut trailer = [0u8; 8];
@@ -412,9 +430,10 @@ mod tests {
     use crate::engine::{AttributeChanges, NewMessage};
     use crate::storage::SyncMode;
 
-    /// A snapshot read back into another engine gives the same store, and
-    /// a file that is not a whole snapshot is an error, never a smaller
-    /// state.
+    /// A snapshot read back into another engine gives the same store, in
+    /// batches however small; a file that is not a whole snapshot is an
+    /// error that leaves the store as it was, never a smaller state; and an
+    /// install cut short (a crash) is done again when the replica opens.
     #[tokio::test]
     async fn a_snapshot_round_trips_and_a_damaged_one_is_refused() {
         let dir = tempfile::tempdir().unwrap();
@@ -436,37 +455,73 @@ mod tests {
         let (meta, path) = snapshots.build(&source).unwrap();
         assert_eq!(meta.last_log_id, None, "a single node has applied no entry");
         assert_eq!(snapshots.latest().unwrap().unwrap().1, path);
+        let now = source.now_ms();
 
+        // One key per batch.
         let target = Engine::open(&dir.path().join("b"), SyncMode::None).unwrap();
         target
             .create_queue("other", &AttributeChanges::default())
             .await
             .unwrap();
         target
-            .install(0, |batch| read_into(&path, batch))
+            .install(0, 1, |put| read_each(&path, put))
             .map_err(|e: SnapshotError| e)
             .unwrap();
-        let now = source.now_ms();
         assert_eq!(target.dump(now), source.dump(now));
+        assert_eq!(target.recorded(keys::RAFT_INSTALLING).unwrap(), None);
 
+        let before = target.dump(now);
         let bytes = std::fs::read(&path).unwrap();
-        for (damage, cut) in [
-            ("cut short", bytes.len() - 3),
-            ("no trailer", bytes.len() - 12),
-        ] {
-            let damaged = dir.path().join("damaged");
-            std::fs::write(&damaged, &bytes[..cut]).unwrap();
-            let error = read_into(&damaged, &mut Batch::default()).unwrap_err();
-            assert!(
-                matches!(error, SnapshotError::Format { .. }),
-                "{damage}: {error}"
-            );
-        }
         let mut wrong = bytes.clone();
         wrong[0] = b'X';
-        let damaged = dir.path().join("damaged");
-        std::fs::write(&damaged, &wrong).unwrap();
-        let error = read_into(&damaged, &mut Batch::default()).unwrap_err();
-        assert!(error.to_string().contains("header"), "{error}");
+        for (damage, data, says) in [
+            ("cut short", &bytes[..bytes.len() - 3], "no key count"),
+            ("no trailer", &bytes[..bytes.len() - 12], "cut short"),
+            ("wrong header", &wrong[..], "header"),
+        ] {
+            let damaged = dir.path().join("damaged");
+            std::fs::write(&damaged, data).unwrap();
+            let error = install(&target, 0, &damaged).unwrap_err();
+            assert!(
+                matches!(error, SnapshotError::Format { .. }) && error.to_string().contains(says),
+                "{damage}: {error}"
+            );
+            assert_eq!(target.dump(now), before, "{damage}: the store changed");
+        }
+
+        // Cut short by a crash after two keys: the replica opens empty, and
+        // its state machine installs the kept snapshot again.
+        let crashed_dir = dir.path().join("c");
+        {
+            let crashed = Engine::open(&crashed_dir, SyncMode::None).unwrap();
+            crashed
+                .create_queue("other", &AttributeChanges::default())
+                .await
+                .unwrap();
+            let mut given = 0;
+            let cut = crashed.install(0, 1, |put| {
+                read_each(&path, |key, value| {
+                    given += 1;
+                    if given > 2 {
+                        return Err(SnapshotError::Format {
+                            path: path.clone(),
+                            reason: "the process died".into(),
+                        });
+                    }
+                    put(key, value)
+                })
+            });
+            assert!(cut.is_err());
+        }
+        let reopened = Arc::new(Engine::open(&crashed_dir, SyncMode::None).unwrap());
+        assert!(reopened.is_empty(), "the part installed is gone");
+        assert!(reopened.recorded(keys::RAFT_INSTALLING).unwrap().is_some());
+        super::super::state_machine::StateMachine::open(
+            reopened.clone(),
+            &dir.path().join("snapshots"),
+        )
+        .unwrap();
+        assert_eq!(reopened.dump(now), source.dump(now));
+        assert_eq!(reopened.recorded(keys::RAFT_INSTALLING).unwrap(), None);
     }
 }

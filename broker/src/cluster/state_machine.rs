@@ -13,8 +13,9 @@
 //! Snapshots ([`super::snapshot`]): the builder writes every key of the
 //! engine's store, as of one moment, to a file, the applied record among
 //! them, which is where the snapshot's meta comes from. Installing one
-//! replaces the engine's whole store with it in one batch
-//! ([`Engine::install`]) and rebuilds the index.
+//! replaces the engine's whole store with it, a batch at a time
+//! ([`Engine::install`]: a marker key says an install is under way, and an
+//! install cut short is done again at `open`), and rebuilds the index.
 
 use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -27,7 +28,7 @@ use openraft::{
 };
 
 use super::TypeConfig;
-use super::snapshot::{Meta, SnapshotError, Snapshots, read_into};
+use super::snapshot::{Meta, SnapshotError, Snapshots};
 use crate::engine::Engine;
 use crate::storage::keys;
 
@@ -85,11 +86,13 @@ impl StateMachine {
         };
         let snapshots = Arc::new(Snapshots::open(snapshots)?);
         // A snapshot kept but not (wholly) installed before a crash: the
-        // log may be purged up to it already, so it is installed now.
+        // log may be purged up to it already, so it is installed now. (An
+        // install cut short leaves its marker, and no applied record.)
+        let installing = engine.recorded(keys::RAFT_INSTALLING)?.is_some();
         let applied = match snapshots.latest()? {
-            Some((meta, path)) if meta.last_log_id > applied.0 => {
+            Some((meta, path)) if meta.last_log_id > applied.0 || installing => {
                 let index = meta.last_log_id.map_or(0, |id| id.index);
-                engine.install(index, |batch| read_into(&path, batch))?;
+                super::snapshot::install(&engine, index, &path)?;
                 tracing::info!(index, "installed the snapshot a crash interrupted");
                 (meta.last_log_id, meta.last_membership)
             }
@@ -248,7 +251,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             };
             drop(received);
-            engine.install(index, |batch| read_into(&path, batch))
+            super::snapshot::install(&engine, index, &path)
         })
         .await
         .map_err(|e| failed(meta, ErrorVerb::Write, e))?

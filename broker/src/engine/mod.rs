@@ -188,6 +188,18 @@ impl Engine {
         clock: Clock,
     ) -> Result<Engine> {
         let store = Store::open_with(dir, sync, faults)?;
+        if let Some(index) = store.get(keys::RAFT_INSTALLING)? {
+            // A snapshot install cut short (see `install`): its part goes,
+            // the marker stays until the kept snapshot is installed again.
+            let mut batch = crate::storage::Batch::default();
+            batch.delete_range([0x00], [0xff]);
+            batch.put(keys::RAFT_INSTALLING, &index);
+            store.write(batch)?;
+            store.persist()?;
+            tracing::warn!(
+                "a snapshot install was cut short: what it wrote is removed, and the kept snapshot is installed again"
+            );
+        }
         let state = Self::load(&store, clock.now_ms())?;
         Ok(Engine {
             state: Mutex::new(state),
@@ -539,31 +551,71 @@ impl Engine {
     /// value as of one point in time, made durable before the scan.
     /// Each applied entry wrote its record of itself in its own batch
     /// (`apply_entry`), so what `f` sees is the state after exactly the
-    /// entry that record names. Takes no engine lock: applies go on.
+    /// entry that record names. The point is taken under the engine lock,
+    /// so never in the middle of an [`Engine::install`]; the scan takes no
+    /// lock: applies go on.
     pub fn export<E: From<crate::storage::StorageError>>(
         &self,
         f: impl FnMut(&[u8], &[u8]) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E> {
-        self.store.for_each_consistent(f)
+        self.store.for_each_consistent(|| self.lock(), f)
     }
 
-    /// Cluster snapshots: replaces everything the store holds with what
-    /// `fill` puts in one batch (a snapshot of another replica taken after
-    /// entry `index`, its record of that entry included), in one atomic
-    /// write made durable before this returns, then rebuilds the index
+    /// Cluster snapshots: replaces everything the store holds with the
+    /// keys and values `read` gives (a snapshot of another replica taken
+    /// after entry `index`, its record of that entry, `keys::RAFT_APPLIED`,
+    /// included), made durable before this returns, then rebuilds the index
     /// from it, as a restart would. Long polls waiting on the old queues
     /// look again; counters start again from zero.
+    ///
+    /// The keys go in batches of about `batch_bytes`, so that an install
+    /// holds one batch in memory, not the whole snapshot. The first write
+    /// deletes every key and records `keys::RAFT_INSTALLING` (synced); the
+    /// last writes the record of the entry (held back until then) and
+    /// removes the marker (synced). A store found holding the marker when
+    /// it opens holds part of a snapshot: [`Engine::open_with_clock`]
+    /// empties it but for the marker, and `cluster::state_machine`, seeing
+    /// the marker, installs the kept snapshot again. `read` should have
+    /// checked its source whole first: an error from it (or from a write)
+    /// leaves the store in that state too, and the index as it was until
+    /// the replica restarts (openraft stops a replica whose install fails).
     pub fn install<E: From<Error>>(
         &self,
         index: u64,
-        fill: impl FnOnce(&mut crate::storage::Batch) -> std::result::Result<(), E>,
+        batch_bytes: usize,
+        read: impl FnOnce(
+            &mut dyn FnMut(Vec<u8>, Vec<u8>) -> std::result::Result<(), E>,
+        ) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E> {
-        let mut batch = crate::storage::Batch::default();
-        // Every key of `storage::keys` starts with a byte below 0xff.
-        batch.delete_range([0x00], [0xff]);
-        fill(&mut batch)?;
+        use crate::storage::Batch;
         {
             let mut st = self.lock();
+            let mut batch = Batch::default();
+            // Every key of `storage::keys` starts with a byte below 0xff.
+            batch.delete_range([0x00], [0xff]);
+            batch.put(keys::RAFT_INSTALLING, index.to_be_bytes());
+            self.store.write(batch).map_err(Error::from)?;
+            self.store.persist().map_err(Error::from)?;
+            let mut batch = Batch::default();
+            let mut applied = None;
+            read(&mut |key, value| {
+                if key == keys::RAFT_APPLIED {
+                    applied = Some(value);
+                    return Ok(());
+                }
+                batch.put(key, value);
+                if batch.size_in_bytes() >= batch_bytes {
+                    self.store
+                        .write(std::mem::take(&mut batch))
+                        .map_err(Error::from)?;
+                }
+                Ok(())
+            })?;
+            // A single node's data, snapshotted for its cluster, has none.
+            if let Some(applied) = applied {
+                batch.put(keys::RAFT_APPLIED, applied);
+            }
+            batch.delete(keys::RAFT_INSTALLING);
             self.store.write(batch).map_err(Error::from)?;
             self.store.persist().map_err(Error::from)?;
             let last = self.read_chain()?;

@@ -15,6 +15,7 @@
 //! | Raft: applied | `0x10` `"applied"` | JSON: the last applied log id and membership (`cluster::state_machine`), written in the batch of the entry it names |
 //! | Raft: time floor | `0x10` `"floor"` | u64 BE: the largest decision time (`at_ms`) of the commands applied, written in each one's batch (`Engine::now_ms` never reads earlier) |
 //! | Raft: chain | `0x10` `"chain"` | the id of the last command applied (term, count: two u64 BE), written in its entry's batch (`engine::replication`) |
+//! | Raft: installing | `0x10` `"installing"` | u64 BE: the index of the snapshot being installed; present only while an install is under way (`Engine::install`) |
 //! | Raft: log entry | `0x11` index (u64 BE) | JSON: an openraft entry (`cluster::log_store`) |
 //! | Raft: vote, committed, last purged | `0x12` `"vote"`, `"committed"`, `"purged"` | JSON: openraft's vote / log ids |
 //!
@@ -35,6 +36,7 @@ pub const SUBSCRIPTION_PREFIX: u8 = 0x05;
 pub const RAFT_APPLIED: &[u8] = b"\x10applied";
 pub const RAFT_TIME_FLOOR: &[u8] = b"\x10floor";
 pub const RAFT_CHAIN: &[u8] = b"\x10chain";
+pub const RAFT_INSTALLING: &[u8] = b"\x10installing";
 pub const RAFT_LOG_PREFIX: u8 = 0x11;
 pub const RAFT_VOTE: &[u8] = b"\x12vote";
 pub const RAFT_COMMITTED: &[u8] = b"\x12committed";

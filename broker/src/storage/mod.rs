@@ -109,6 +109,10 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.inner.is_empty()
     }
+    /// The batch's size in bytes, as RocksDB holds it.
+    pub fn size_in_bytes(&self) -> usize {
+        self.inner.size_in_bytes()
+    }
 }
 
 /// The store's size and health, for the metrics. Sizes in bytes.
@@ -344,15 +348,21 @@ impl Store {
     }
 
     /// Calls `f` with every key and its value, in key order, as of one
-    /// consistent point in time (a RocksDB snapshot taken when it starts),
-    /// made durable first whatever the [`SyncMode`] (the WAL is synced
-    /// after the point is taken): writes made meanwhile are not seen.
-    /// Stops at `f`'s first error.
-    pub fn for_each_consistent<E: From<StorageError>>(
+    /// consistent point in time (a RocksDB snapshot taken when it starts,
+    /// while what `hold` returns is held: a caller's lock that keeps
+    /// writes that belong together from being seen in part), made durable
+    /// first whatever the [`SyncMode`] (the WAL is synced after the point
+    /// is taken): writes made meanwhile are not seen. Stops at `f`'s first
+    /// error.
+    pub fn for_each_consistent<G, E: From<StorageError>>(
         &self,
+        hold: impl FnOnce() -> G,
         mut f: impl FnMut(&[u8], &[u8]) -> Result<(), E>,
     ) -> Result<(), E> {
-        let snapshot = self.db.snapshot();
+        let snapshot = {
+            let _held = hold();
+            self.db.snapshot()
+        };
         self.persist()?;
         for item in snapshot.iterator(IteratorMode::Start) {
             let (key, value) = item.map_err(StorageError::from)?;
