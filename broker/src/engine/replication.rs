@@ -66,8 +66,8 @@
 //! the old one's does not move time backwards (it releases in-flight
 //! messages no earlier than the old leader would have). A new leader whose
 //! clock is ahead releases them early by that difference: the bound is the
-//! clock skew between nodes (milliseconds under NTP); a `--max-clock-skew`
-//! check is not built yet.
+//! clock skew between nodes (milliseconds under NTP), which
+//! `--max-clock-skew-ms` bounds (`cluster::clocks`).
 //!
 //! What is not replicated: the promotion of due timers (each replica
 //! promotes when it looks), the rate limiter's tokens and the counters of
@@ -96,9 +96,11 @@ pub(super) const DECIDE_WAIT: std::time::Duration = std::time::Duration::from_se
 const MAX_PROPOSAL: usize = 1_000;
 
 /// A proposal takes no further command once its commands' encoded bytes
-/// reach this: an entry stays a fraction of a frame between nodes, and
-/// one slow round does not carry a burst of large batches at once.
-const PROPOSAL_BYTES: usize = 8 << 20;
+/// reach this: an entry stays small enough to be replicated within
+/// openraft's 100 ms per append request (see `cluster::network`'s
+/// `APPEND_BYTES`), and one slow round does not carry a burst of large
+/// batches at once.
+const PROPOSAL_BYTES: usize = 1 << 20;
 
 /// The largest command (prost-encoded bytes) a node replicates: its entry,
 /// alone in a frame as base64 JSON (4/3 of it, plus the entry's fields),

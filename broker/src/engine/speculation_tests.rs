@@ -343,7 +343,8 @@ fn a_proposal_is_bounded_in_commands_and_bytes() {
     use super::replication::proposal_len;
     const MB: usize = 1 << 20;
     assert_eq!(proposal_len(std::iter::repeat_n(100, 5_000)), 1_000);
-    assert_eq!(proposal_len(std::iter::repeat_n(3 * MB, 10)), 2);
+    assert_eq!(proposal_len(std::iter::repeat_n(300_000, 10)), 3);
+    assert_eq!(proposal_len(std::iter::repeat_n(3 * MB, 10)), 1);
     assert_eq!(proposal_len([100 * MB, 1].into_iter()), 1, "at least one");
     assert_eq!(proposal_len([MB, 100 * MB].into_iter()), 1);
     assert_eq!(proposal_len(std::iter::empty()), 0);
