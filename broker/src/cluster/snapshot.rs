@@ -98,11 +98,17 @@ impl Snapshots {
 
     /// A new, unique path for a file being written.
     pub fn temporary(&self) -> PathBuf {
+        self.dir.join(format!("{}.tmp", self.stamp()))
+    }
+
+    /// `{nanoseconds since the epoch:020}-{n:020}`: unique, and later
+    /// stamps sort after earlier ones (while the clock does not step back).
+    fn stamp(&self) -> String {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        self.dir.join(format!("{nanos}-{n}.tmp"))
+        format!("{nanos:020}-{n:020}")
     }
 
     /// The newest complete snapshot: its meta and its data file.
@@ -127,11 +133,14 @@ impl Snapshots {
                 path: path.clone(),
                 reason: e.to_string(),
             })?;
+            // Of two snapshots of one entry, the one kept last: its name
+            // sorts after the other's (`keep`).
+            let data = path.with_extension("snap");
             if best
                 .as_ref()
-                .is_none_or(|(b, _)| meta.last_log_id > b.last_log_id)
+                .is_none_or(|(b, p)| (meta.last_log_id, &data) > (b.last_log_id, p))
             {
-                best = Some((meta, path.with_extension("snap")));
+                best = Some((meta, data));
             }
         }
         Ok(best)
@@ -183,14 +192,11 @@ impl Snapshots {
 
     /// Makes the complete data file `data` the snapshot `meta` and the
     /// newest one; removes the others. Returns the data file's new path.
+    ///
+    /// The files are named `{index:020}-{time kept}-{n}`: of two snapshots
+    /// of one entry, the one kept last stays, and [`latest`](Self::latest)
+    /// picks it.
     pub fn keep(&self, meta: &Meta, data: &Path) -> Result<PathBuf, SnapshotError> {
-        let index = meta.last_log_id.map_or(0, |id| id.index);
-        let stem = format!(
-            "{index:020}-{}",
-            data.file_stem().and_then(|s| s.to_str()).unwrap_or("x")
-        );
-        let snap = self.dir.join(format!("{stem}.snap"));
-        let meta_path = self.dir.join(format!("{stem}.meta"));
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| SnapshotError::Io { path, source }
@@ -199,6 +205,10 @@ impl Snapshots {
             .and_then(|f| f.sync_all())
             .map_err(io(data))?;
         let _keeping = self.keeping.lock().unwrap_or_else(|e| e.into_inner());
+        let index = meta.last_log_id.map_or(0, |id| id.index);
+        let stem = format!("{index:020}-{}", self.stamp());
+        let snap = self.dir.join(format!("{stem}.snap"));
+        let meta_path = self.dir.join(format!("{stem}.meta"));
         std::fs::rename(data, &snap).map_err(io(data))?;
         let tmp = self.temporary();
         let json = serde_json::to_vec(meta).map_err(|e| SnapshotError::Format {
@@ -212,14 +222,20 @@ impl Snapshots {
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(io(&self.dir))?;
-        self.prune()?;
+        self.prune(meta, &snap)?;
         Ok(snap)
     }
 
-    /// Removes every snapshot but the newest (under `keeping`).
-    fn prune(&self) -> Result<(), SnapshotError> {
-        let Some((_, newest)) = self.latest()? else {
+    /// Removes every snapshot but the newest (under `keeping`); of two
+    /// snapshots of the newest entry, `kept` stays.
+    fn prune(&self, kept_meta: &Meta, kept: &Path) -> Result<(), SnapshotError> {
+        let Some((meta, newest)) = self.latest()? else {
             return Ok(());
+        };
+        let newest = if meta.last_log_id == kept_meta.last_log_id {
+            kept
+        } else {
+            &newest
         };
         let io = |source| SnapshotError::Io {
             path: self.dir.clone(),
@@ -429,6 +445,47 @@ mod tests {
     use super::*;
     use crate::engine::{AttributeChanges, NewMessage};
     use crate::storage::SyncMode;
+
+    /// Two snapshots of one entry (one built here, one received, say): the
+    /// one kept last is the one that stays and that `latest` gives, however
+    /// the directory lists them; a newer entry's snapshot outlives an older
+    /// one kept after it.
+    #[tokio::test]
+    async fn of_two_snapshots_of_one_entry_the_one_kept_last_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("e"), SyncMode::None).unwrap();
+        let snapshots = Snapshots::open(&dir.path().join("snapshots")).unwrap();
+        let (first_meta, first) = snapshots.build(&engine).unwrap();
+        for round in 0..20 {
+            let copy = snapshots.temporary();
+            std::fs::copy(&newest_data(&snapshots), &copy).unwrap();
+            let kept = snapshots.keep(&first_meta, &copy).unwrap();
+            assert!(kept.exists(), "round {round}: the file just kept is gone");
+            assert_eq!(
+                snapshots.latest().unwrap().unwrap().1,
+                kept,
+                "round {round}"
+            );
+        }
+        assert!(!first.exists(), "the first one is pruned");
+
+        let newer = Meta {
+            last_log_id: Some(LogId::new(openraft::CommittedLeaderId::new(1, 1), 7)),
+            ..first_meta.clone()
+        };
+        let copy = snapshots.temporary();
+        std::fs::copy(&newest_data(&snapshots), &copy).unwrap();
+        let newest = snapshots.keep(&newer, &copy).unwrap();
+        let copy = snapshots.temporary();
+        std::fs::copy(&newest, &copy).unwrap();
+        let older = snapshots.keep(&first_meta, &copy).unwrap();
+        assert!(!older.exists(), "an older entry's snapshot is not kept");
+        assert_eq!(snapshots.latest().unwrap().unwrap(), (newer, newest));
+    }
+
+    fn newest_data(snapshots: &Snapshots) -> PathBuf {
+        snapshots.latest().unwrap().unwrap().1
+    }
 
     /// A snapshot read back into another engine gives the same store, in
     /// batches however small; a file that is not a whole snapshot is an
