@@ -489,7 +489,7 @@ impl RaftService {
         let membership = metrics.membership_config.membership().clone();
         match metrics.current_leader {
             Some(leader) if leader == self.id && self.handing_over() => {
-                return Err(Refused::Unavailable(self.handing_over_reason()));
+                return Err(Refused::Unavailable(super::proposer::handing_over(self.id)));
             }
             Some(leader) if leader == self.id => {}
             Some(leader) => {
@@ -571,14 +571,6 @@ impl RaftService {
         self.handing_over.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    fn handing_over_reason(&self) -> String {
-        format!(
-            "node {} leads, but its clock is out of --max-clock-skew-ms: it is handing its \
-             leadership over; retry",
-            self.id
-        )
-    }
-
     /// Whether node `id` answers a ping within [`PING_WAIT`].
     async fn answers(&self, membership: &openraft::Membership<u64, Member>, id: u64) -> bool {
         let Some(node) = membership.get_node(&id) else {
@@ -598,7 +590,7 @@ impl RaftService {
         let metrics = self.raft.metrics().borrow().clone();
         match metrics.current_leader {
             Some(leader) if leader == self.id && self.handing_over() => {
-                return Err(self.handing_over_reason());
+                return Err(super::proposer::handing_over(self.id));
             }
             Some(leader) if leader == self.id => {}
             Some(leader) if !join.forwarded => {

@@ -106,10 +106,7 @@ pub fn leadership(id: u64, m: &RaftMetrics<u64, Member>, lease: &Lease) -> Leade
         .map(|ms| ms.saturating_add(lease.since_report_ms()));
     match m.current_leader {
         Some(l) if l == id && m.state.is_leader() && lease.handing_over.load(Ordering::Relaxed) => {
-            Leadership::Held(format!(
-                "node {id} leads, but its clock is further than --max-clock-skew-ms from the \
-                 other voters': it is handing its leadership over; retry"
-            ))
+            Leadership::Held(handing_over(id))
         }
         Some(l) if l == id && m.state.is_leader() => match since_ack {
             Some(ms) if ms <= LEASE_MS => Leadership::Leads,
@@ -125,6 +122,14 @@ pub fn leadership(id: u64, m: &RaftMetrics<u64, Member>, lease: &Lease) -> Leade
              majority of the cluster; retry"
         )),
     }
+}
+
+/// Why leader `id` serves nothing while it hands its leadership over.
+pub fn handing_over(id: u64) -> String {
+    format!(
+        "node {id} leads, but its clock is further than --max-clock-skew-ms from the other \
+         voters': it is handing its leadership over; retry"
+    )
 }
 
 impl Log for RaftLog {

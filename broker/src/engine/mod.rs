@@ -191,11 +191,7 @@ impl Engine {
         if let Some(index) = store.get(keys::RAFT_INSTALLING)? {
             // A snapshot install cut short (see `install`): its part goes,
             // the marker stays until the kept snapshot is installed again.
-            let mut batch = crate::storage::Batch::default();
-            batch.delete_range([0x00], [0xff]);
-            batch.put(keys::RAFT_INSTALLING, &index);
-            store.write(batch)?;
-            store.persist()?;
+            empty_for_install(&store, &index)?;
             tracing::warn!(
                 "a snapshot install was cut short: what it wrote is removed, and the kept snapshot is installed again"
             );
@@ -590,12 +586,7 @@ impl Engine {
         use crate::storage::Batch;
         {
             let mut st = self.lock();
-            let mut batch = Batch::default();
-            // Every key of `storage::keys` starts with a byte below 0xff.
-            batch.delete_range([0x00], [0xff]);
-            batch.put(keys::RAFT_INSTALLING, index.to_be_bytes());
-            self.store.write(batch).map_err(Error::from)?;
-            self.store.persist().map_err(Error::from)?;
+            empty_for_install(&self.store, &index.to_be_bytes())?;
             let mut batch = Batch::default();
             let mut applied = None;
             read(&mut |key, value| {
@@ -729,6 +720,20 @@ impl Engine {
             self.scheduler.notify_one();
         }
     }
+}
+
+/// The first step of a snapshot install ([`Engine::install`]), and of
+/// its undoing at open: deletes every key and records
+/// `keys::RAFT_INSTALLING` (`index`, the entry the snapshot was taken
+/// after), synced.
+fn empty_for_install(store: &Store, index: &[u8]) -> Result<()> {
+    let mut batch = crate::storage::Batch::default();
+    // Every key of `storage::keys` starts with a byte below 0xff.
+    batch.delete_range([0x00], [0xff]);
+    batch.put(keys::RAFT_INSTALLING, index);
+    store.write(batch)?;
+    store.persist()?;
+    Ok(())
 }
 
 /// What tests compare: two engines in the same state dump the same.
