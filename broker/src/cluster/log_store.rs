@@ -1,8 +1,8 @@
 //! The Raft log store: openraft's `RaftLogStorage` over a [`Store`].
 //!
 //! Keys (`storage::keys`): an entry at `raft_log(index)`, and
-//! `RAFT_VOTE`, `RAFT_COMMITTED`, `RAFT_PURGED`; values are JSON (openraft's
-//! serde types). Every write is one batch, awaited until `fsync`ed (the
+//! `RAFT_VOTE`, `RAFT_COMMITTED`, `RAFT_PURGED`; entries are postcard
+//! ([`super::codec`]), the others JSON (openraft's serde types). Every write is one batch, awaited until `fsync`ed (the
 //! store must be opened with `SyncMode::Always`), before it is reported
 //! done: an append calls openraft's flush callback only then. The one
 //! exception is the committed id, an optional hint (`save_committed`).
@@ -113,7 +113,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let mut entries = Vec::new();
         for item in self.store.scan_range(&from, &end) {
             let (key, value) = item.map_err(|e| io(ErrorSubject::Logs, ErrorVerb::Read, e))?;
-            let entry: Entry<TypeConfig> = serde_json::from_slice(&value)
+            let entry: Entry<TypeConfig> = super::codec::decode_entry(&value)
                 .map_err(|e| io(ErrorSubject::Logs, ErrorVerb::Read, e))?;
             if keys::decode_raft_log(&key) != Some(entry.log_id.index) {
                 return Err(io(
@@ -144,7 +144,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let last_log_id = match last {
             None => last_purged_log_id,
             Some((_, value)) => {
-                let entry: Entry<TypeConfig> = serde_json::from_slice(&value)
+                let entry: Entry<TypeConfig> = super::codec::decode_entry(&value)
                     .map_err(|e| io(ErrorSubject::Logs, ErrorVerb::Read, e))?;
                 Some(entry.log_id)
             }
@@ -198,9 +198,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut batch = Batch::default();
         for entry in entries {
-            let json = serde_json::to_vec(&entry)
+            let bytes = super::codec::encode_entry(&entry, super::network::entry_bytes(&entry))
                 .map_err(|e| io(ErrorSubject::Logs, ErrorVerb::Write, e))?;
-            batch.put(keys::raft_log(entry.log_id.index), json);
+            batch.put(keys::raft_log(entry.log_id.index), bytes);
         }
         // Acknowledged only once on disk: a replica counts towards a commit
         // with the entries synced.

@@ -85,6 +85,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod clocks;
+pub mod codec;
 pub mod elections;
 pub mod forward;
 pub mod log_store;
@@ -126,8 +127,9 @@ openraft::declare_raft_types!(
 pub type Raft = openraft::Raft<TypeConfig>;
 
 /// A node as the membership records it: where other nodes reach it, and
-/// where clients do. Recorded in the log and in snapshots as JSON; an
-/// entry written without `client_addr` reads as none.
+/// where clients do. Recorded in the log (postcard, [`codec`]) and in
+/// snapshots (JSON); a JSON entry written without `client_addr` reads as
+/// none.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Member {
     /// The node's cluster address (`--cluster-advertise`, else
@@ -154,32 +156,84 @@ impl std::fmt::Display for Member {
 /// the other, and the command they were decided after (the chain: they
 /// apply only right after it, see `engine::replication`). openraft's
 /// entries are serde types; each command inside stays prost-encoded (its
-/// own versioned format), carried as a base64 string in the entry's JSON.
+/// own versioned format): bytes in [`codec`]'s postcard, a base64 string
+/// in JSON (log entries written by an earlier version).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request(pub Proposal);
 
-/// [`Request`] as JSON: command ids as `[term, count]`.
+/// [`Request`] on the wire: command ids as `[term, count]`; `C`, one
+/// command as the format carries it.
 #[derive(serde::Serialize, serde::Deserialize)]
-struct WireRequest {
+struct WireRequest<C> {
     after: (u64, u64),
     first: (u64, u64),
-    commands: Vec<String>,
+    commands: Vec<C>,
+}
+
+impl<C> WireRequest<C> {
+    fn new(p: &Proposal, commands: Vec<C>) -> Self {
+        WireRequest {
+            after: (p.after.term, p.after.n),
+            first: (p.first.term, p.first.n),
+            commands,
+        }
+    }
+
+    /// The request, its commands made from the wire's by `command`.
+    fn into_request<E>(self, command: impl FnMut(C) -> Result<Command, E>) -> Result<Request, E> {
+        let id = |(term, n)| CommandId { term, n };
+        Ok(Request(Proposal {
+            after: id(self.after),
+            first: id(self.first),
+            commands: self
+                .commands
+                .into_iter()
+                .map(command)
+                .collect::<Result<_, E>>()?,
+        }))
+    }
+}
+
+/// A command as a byte string: its prost encoding.
+struct Encoded<'a>(&'a Command);
+
+impl serde::Serialize for Encoded<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0.encode_to_vec())
+    }
+}
+
+/// A command read from a byte string, decoded from the reader's buffer
+/// when it lends it.
+struct Decoded(Command);
+
+impl<'de> serde::Deserialize<'de> for Decoded {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Decoded;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a prost-encoded command")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<Decoded, E> {
+                Command::decode(bytes).map(Decoded).map_err(E::custom)
+            }
+        }
+        d.deserialize_bytes(Visitor)
+    }
 }
 
 impl serde::Serialize for Request {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use base64::Engine as _;
         let p = &self.0;
-        WireRequest {
-            after: (p.after.term, p.after.n),
-            first: (p.first.term, p.first.n),
-            commands: p
-                .commands
-                .iter()
-                .map(|c| base64::engine::general_purpose::STANDARD.encode(c.encode_to_vec()))
-                .collect(),
+        if s.is_human_readable() {
+            let base64 =
+                |c: &Command| base64::engine::general_purpose::STANDARD.encode(c.encode_to_vec());
+            WireRequest::new(p, p.commands.iter().map(base64).collect()).serialize(s)
+        } else {
+            WireRequest::new(p, p.commands.iter().map(Encoded).collect()).serialize(s)
         }
-        .serialize(s)
     }
 }
 
@@ -187,23 +241,15 @@ impl<'de> serde::Deserialize<'de> for Request {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use base64::Engine as _;
         use serde::de::Error as _;
-        let wire = WireRequest::deserialize(d)?;
-        let commands = wire
-            .commands
-            .iter()
-            .map(|c| {
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(c)
-                    .map_err(D::Error::custom)?;
-                Command::decode(bytes.as_slice()).map_err(D::Error::custom)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let id = |(term, n)| CommandId { term, n };
-        Ok(Request(Proposal {
-            after: id(wire.after),
-            first: id(wire.first),
-            commands,
-        }))
+        if !d.is_human_readable() {
+            return WireRequest::<Decoded>::deserialize(d)?.into_request(|Decoded(c)| Ok(c));
+        }
+        WireRequest::<String>::deserialize(d)?.into_request(|c| {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(c)
+                .map_err(D::Error::custom)?;
+            Command::decode(bytes.as_slice()).map_err(D::Error::custom)
+        })
     }
 }
 

@@ -3,8 +3,9 @@
 //!
 //! One internal RPC, `/broker.cluster.Raft/Call`, carries every message
 //! between nodes as a [`Frame`]: a kind (`append`, `vote`, `snapshot`,
-//! `join`, `remove`, `ping`, `clock`) and openraft's serde form of the request as JSON; the reply is a
-//! frame holding `Result<reply, error>` as JSON. It is served on the
+//! `join`, `remove`, `ping`, `clock`) and openraft's serde form of the
+//! request in postcard ([`super::codec`]); the reply is a frame holding
+//! `Result<reply, error>`, also in postcard. It is served on the
 //! cluster listener (`--cluster-listen`) beside the broker's own services,
 //! and is not a public API: nodes of one cluster run the same version.
 //!
@@ -49,8 +50,9 @@ const PATH: &str = "/broker.cluster.Raft/Call";
 pub struct Frame {
     #[prost(string, tag = "1")]
     pub kind: String,
+    /// The request or reply in postcard.
     #[prost(bytes = "vec", tag = "2")]
-    pub json: Vec<u8>,
+    pub body: Vec<u8>,
     /// The sender's cluster id; empty while it has none (joining).
     #[prost(string, tag = "3")]
     pub cluster_id: String,
@@ -139,14 +141,29 @@ pub fn channel(addr: &str, dial: &Dial) -> Result<Channel, String> {
         .connect_lazy())
 }
 
-/// Sends `request` as a frame of `kind` to `channel`; the reply's JSON.
+/// Sends `request` as a frame of `kind` to `channel`; the reply.
 pub async fn call<Q: Serialize, A: DeserializeOwned>(
     channel: Channel,
     cluster: &ClusterId,
     kind: &str,
     request: &Q,
 ) -> Result<A, Status> {
-    let json = serde_json::to_vec(request).map_err(|e| Status::internal(e.to_string()))?;
+    call_sized(channel, cluster, kind, request, SMALL_FRAME).await
+}
+
+/// A frame's size, estimated, unless it carries log entries.
+const SMALL_FRAME: usize = 256;
+
+/// [`call`] with the size of `request` in postcard, estimated.
+async fn call_sized<Q: Serialize, A: DeserializeOwned>(
+    channel: Channel,
+    cluster: &ClusterId,
+    kind: &str,
+    request: &Q,
+    size: usize,
+) -> Result<A, Status> {
+    let body = super::codec::encode(request, size)
+        .map_err(|e| Status::internal(format!("a {kind} frame: {e}")))?;
     let mut grpc = tonic::client::Grpc::new(channel)
         .max_decoding_message_size(MAX_FRAME_BYTES)
         .max_encoding_message_size(MAX_FRAME_BYTES);
@@ -155,7 +172,7 @@ pub async fn call<Q: Serialize, A: DeserializeOwned>(
         .map_err(|e| Status::unavailable(e.to_string()))?;
     let frame = Frame {
         kind: kind.to_string(),
-        json,
+        body,
         cluster_id: id_of(cluster),
     };
     let reply: Response<Frame> = grpc
@@ -165,7 +182,7 @@ pub async fn call<Q: Serialize, A: DeserializeOwned>(
             tonic_prost::ProstCodec::default(),
         )
         .await?;
-    serde_json::from_slice(&reply.into_inner().json)
+    super::codec::decode(&reply.into_inner().body)
         .map_err(|e| Status::internal(format!("a peer's {kind} reply: {e}")))
 }
 
@@ -187,45 +204,97 @@ pub struct Network {
 }
 
 pub struct Connection {
+    peer: Peer,
+    shorter_log: Arc<tokio::sync::Notify>,
+    /// The last append request that carried entries, while its reply may
+    /// still be awaited by a retry.
+    in_flight: Option<InFlight>,
+}
+
+/// Where a [`Connection`]'s requests go.
+#[derive(Clone)]
+struct Peer {
     target: u64,
     channel: Result<Channel, String>,
     cluster: ClusterId,
-    shorter_log: Arc<tokio::sync::Notify>,
 }
+
+type AppendReply = Result<AppendEntriesResponse<u64>, RPCError<u64, Member, RaftError<u64>>>;
+
+/// An append request on its way, in a task of its own: openraft 0.9
+/// gives each append request its heartbeat interval (100 ms) and drops it
+/// then, and a request carrying more than a follower takes in (receive,
+/// write, sync) in 100 ms would be sent again from the start every time,
+/// and never get through. openraft's retry of the same entries from the
+/// same point waits for this one instead of sending them again; the
+/// heartbeats in between go on their own, so the leader keeps its lease.
+struct InFlight {
+    vote: openraft::Vote<u64>,
+    prev: Option<openraft::LogId<u64>>,
+    last: Option<openraft::LogId<u64>>,
+    reply: futures::future::Shared<futures::future::BoxFuture<'static, Arc<AppendReply>>>,
+}
+
+/// `reply`, owned (openraft's response is not `Clone`).
+fn owned(reply: &AppendReply) -> AppendReply {
+    use AppendEntriesResponse::*;
+    match reply {
+        Ok(Success) => Ok(Success),
+        Ok(PartialSuccess(matching)) => Ok(PartialSuccess(*matching)),
+        Ok(Conflict) => Ok(Conflict),
+        Ok(HigherVote(vote)) => Ok(HigherVote(*vote)),
+        Err(e) => Err(e.clone()),
+    }
+}
+
+/// How long an append request in flight (see [`InFlight`]) may take: a
+/// command of the largest size, [`crate::engine::replication::COMMAND_BYTES_MAX`],
+/// needs a few seconds on loopback; a follower that does not answer
+/// within this is taken as unreachable.
+const APPEND_TTL: Duration = Duration::from_secs(30);
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 
     async fn new_client(&mut self, target: u64, node: &Member) -> Connection {
         Connection {
-            target,
-            channel: channel(&node.addr, &self.dial),
-            cluster: self.cluster.clone(),
+            peer: Peer {
+                target,
+                channel: channel(&node.addr, &self.dial),
+                cluster: self.cluster.clone(),
+            },
             shorter_log: self.shorter_log.clone(),
+            in_flight: None,
         }
     }
 }
 
-impl Connection {
+impl Peer {
     async fn send<Q: Serialize, A: DeserializeOwned, E: std::error::Error + DeserializeOwned>(
         &self,
         kind: &str,
         request: &Q,
-        option: &RPCOption,
+        size: usize,
+        ttl: Duration,
     ) -> Result<A, RPCError<u64, Member, RaftError<u64, E>>> {
         let channel = self
             .channel
             .clone()
             .map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e))))?;
         let reply = tokio::time::timeout(
-            option.hard_ttl(),
-            call::<Q, Result<A, RaftError<u64, E>>>(channel, &self.cluster, kind, request),
+            ttl,
+            call_sized::<Q, Result<A, RaftError<u64, E>>>(
+                channel,
+                &self.cluster,
+                kind,
+                request,
+                size,
+            ),
         )
         .await
         .map_err(|_| {
             RPCError::Network(NetworkError::new(&std::io::Error::other(format!(
-                "no {kind} reply within {:?}",
-                option.hard_ttl()
+                "no {kind} reply within {ttl:?}"
             ))))
         })?
         .map_err(|status| {
@@ -242,15 +311,83 @@ impl RaftNetwork<TypeConfig> for Connection {
         &mut self,
         mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
-        let keep = entries_in_frame(rpc.entries.iter().map(entry_bytes));
-        let truncated = keep < rpc.entries.len();
+    ) -> AppendReply {
+        let wanted = rpc.entries.last().map(|e| e.log_id);
+        let sizes: Vec<usize> = rpc.entries.iter().map(entry_bytes).collect();
+        let keep = entries_in_frame(sizes.iter().copied());
         rpc.entries.truncate(keep);
-        let reply = self.send("append", &rpc, &option).await?;
-        Ok(match reply {
+        let size = SMALL_FRAME + sizes[..keep].iter().sum::<usize>();
+        let last = rpc.entries.last().map(|e| e.log_id);
+        if last.is_none() {
+            // A heartbeat: on its own, leaving any request in flight be.
+            return (self.peer)
+                .send("append", &rpc, SMALL_FRAME, option.hard_ttl())
+                .await;
+        }
+        let (vote, leader_commit) = (rpc.vote, rpc.leader_commit);
+        let (in_flight, joined) = match self.in_flight.take() {
+            // The same point, and the entries in flight are the first of
+            // these (openraft's retry, with what was appended meanwhile).
+            Some(f) if f.vote == vote && f.prev == rpc.prev_log_id && f.last <= last => (f, true),
+            _ => {
+                let prev = rpc.prev_log_id;
+                let peer = self.peer.clone();
+                let task =
+                    tokio::spawn(async move { peer.send("append", &rpc, size, APPEND_TTL).await });
+                let reply = async move {
+                    Arc::new(task.await.unwrap_or_else(|e| {
+                        Err(RPCError::Network(NetworkError::new(
+                            &std::io::Error::other(format!("the append request's task: {e}")),
+                        )))
+                    }))
+                };
+                let reply = futures::FutureExt::shared(futures::FutureExt::boxed(reply));
+                (
+                    InFlight {
+                        vote,
+                        prev,
+                        last,
+                        reply,
+                    },
+                    false,
+                )
+            }
+        };
+        let (sent, reply) = (in_flight.last, in_flight.reply.clone());
+        // Dropped by openraft's timeout from here on, it is found again.
+        self.in_flight = Some(in_flight);
+        let reply = owned(&*reply.await);
+        let delivered = reply.is_ok();
+        let reply = match reply {
+            // The follower took them in before this request was made, but
+            // openraft dates its answer from now (the leader's lease): it
+            // must be asked again, with a heartbeat, which it answers at once.
+            Ok(AppendEntriesResponse::Success) if joined => {
+                let beat = AppendEntriesRequest::<TypeConfig> {
+                    vote,
+                    prev_log_id: sent,
+                    leader_commit,
+                    entries: Vec::new(),
+                };
+                let ttl = option.hard_ttl();
+                match self.peer.send("append", &beat, SMALL_FRAME, ttl).await {
+                    Ok(AppendEntriesResponse::Conflict) => Err(RPCError::Network(
+                        NetworkError::new(&std::io::Error::other(
+                            "a follower that took entries in says it lacks them",
+                        )),
+                    )),
+                    reply => reply,
+                }
+            }
+            reply => reply,
+        };
+        if reply.is_ok() || !delivered {
+            self.in_flight = None;
+        }
+        Ok(match reply? {
             // The rest goes in the next request.
-            AppendEntriesResponse::Success if truncated => {
-                AppendEntriesResponse::PartialSuccess(rpc.entries.last().map(|e| e.log_id))
+            AppendEntriesResponse::Success if sent < wanted => {
+                AppendEntriesResponse::PartialSuccess(sent)
             }
             reply => reply,
         })
@@ -264,7 +401,10 @@ impl RaftNetwork<TypeConfig> for Connection {
         InstallSnapshotResponse<u64>,
         RPCError<u64, Member, RaftError<u64, InstallSnapshotError>>,
     > {
-        self.send("snapshot", &rpc, &option).await
+        let size = SMALL_FRAME + rpc.data.len();
+        self.peer
+            .send("snapshot", &rpc, size, option.hard_ttl())
+            .await
     }
 
     async fn vote(
@@ -272,7 +412,9 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: VoteRequest<u64>,
         option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
-        let reply: VoteResponse<u64> = self.send("vote", &rpc, &option).await?;
+        let reply: VoteResponse<u64> = (self.peer)
+            .send("vote", &rpc, SMALL_FRAME, option.hard_ttl())
+            .await?;
         if !reply.vote_granted && reply.last_log_id > rpc.last_log_id {
             self.shorter_log.notify_one();
         }
@@ -282,18 +424,16 @@ impl RaftNetwork<TypeConfig> for Connection {
 
 /// The entries' bytes one append request carries, at most (estimated).
 /// openraft 0.9 gives each append request its heartbeat interval (100 ms)
-/// to be sent, written and synced by the follower, and answered, and
-/// sends it again from the start when it is not: a follower that lags
-/// by more than fits in 100 ms never caught up when this was half a
-/// frame (128 MiB; seen here with 100 KiB entries). Measured on
-/// loopback on 2 cores, an entry of 1 MiB commits in about 40 ms and
-/// one of 4 MiB often misses the 100 ms. A larger entry goes alone.
+/// to be sent, written and synced by the follower, and answered; one that
+/// takes longer goes on in the background ([`InFlight`]) and is answered
+/// to openraft's retry. Small requests keep the heartbeats and the
+/// commits of a follower that catches up flowing: measured on loopback on
+/// 2 cores, an entry of 1 MiB commits in about 40 ms. A larger entry goes
+/// alone.
 const APPEND_BYTES: usize = 1 << 20;
 
-// A command of the largest size replicated, alone in an entry as base64,
-// fits a frame.
-const _: () =
-    assert!(crate::engine::replication::COMMAND_BYTES_MAX / 3 * 4 + (1 << 20) < MAX_FRAME_BYTES);
+// A command of the largest size replicated, alone in an entry, fits a frame.
+const _: () = assert!(crate::engine::replication::COMMAND_BYTES_MAX + (1 << 20) < MAX_FRAME_BYTES);
 
 /// How many entries of these estimated sizes one append request carries:
 /// at least one, and no more once they pass [`APPEND_BYTES`].
@@ -310,22 +450,27 @@ fn entries_in_frame(sizes: impl Iterator<Item = usize>) -> usize {
     keep
 }
 
-/// An entry's JSON bytes, estimated: its commands as base64, plus the
-/// fields around them.
-fn entry_bytes(entry: &openraft::Entry<TypeConfig>) -> usize {
+/// An entry's bytes in postcard, estimated: its commands' prost bytes,
+/// plus the fields around them.
+pub(super) fn entry_bytes(entry: &openraft::Entry<TypeConfig>) -> usize {
     use openraft::EntryPayload;
     use prost::Message as _;
-    const FIELDS: usize = 256;
+    const FIELDS: usize = 64;
     match &entry.payload {
         EntryPayload::Blank => FIELDS,
         EntryPayload::Normal(request) => request
             .0
             .commands
             .iter()
-            .map(|c| c.encoded_len().div_ceil(3) * 4 + 8)
+            .map(|c| c.encoded_len() + 8)
             .sum::<usize>()
             .saturating_add(FIELDS),
-        EntryPayload::Membership(m) => serde_json::to_vec(m).map_or(FIELDS, |j| j.len() + FIELDS),
+        EntryPayload::Membership(m) => {
+            FIELDS
+                + m.nodes()
+                    .map(|(_, n)| n.addr.len() + n.client_addr.len() + 32)
+                    .sum::<usize>()
+        }
     }
 }
 
@@ -390,7 +535,7 @@ impl tonic::server::UnaryService<Frame> for Handler {
                 )));
             }
             let raft = &service.raft;
-            let json = match frame.kind.as_str() {
+            let body = match frame.kind.as_str() {
                 "append" => reply(raft.append_entries(decode(&frame)?).await),
                 "vote" => reply(raft.vote(decode(&frame)?).await),
                 "snapshot" => reply(service.receive_snapshot(decode(&frame)?).await),
@@ -405,7 +550,7 @@ impl tonic::server::UnaryService<Frame> for Handler {
             }?;
             Ok(Response::new(Frame {
                 kind: frame.kind,
-                json,
+                body,
                 cluster_id: mine,
             }))
         })
@@ -413,12 +558,12 @@ impl tonic::server::UnaryService<Frame> for Handler {
 }
 
 fn decode<T: DeserializeOwned>(frame: &Frame) -> Result<T, Status> {
-    serde_json::from_slice(&frame.json)
+    super::codec::decode(&frame.body)
         .map_err(|e| Status::invalid_argument(format!("a {} frame: {e}", frame.kind)))
 }
 
 fn reply<T: Serialize>(value: T) -> Result<Vec<u8>, Status> {
-    serde_json::to_vec(&value).map_err(|e| Status::internal(e.to_string()))
+    super::codec::encode(&value, 64).map_err(|e| Status::internal(e.to_string()))
 }
 
 impl RaftService {

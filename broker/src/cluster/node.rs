@@ -170,7 +170,7 @@ impl Node {
             reason: e.to_string(),
         })?;
         let log = Arc::new(
-            Store::open_with(&cluster_dir.join("log"), sync, faults).map_err(crate::Error::from)?,
+            Store::open_log(&cluster_dir.join("log"), sync, faults).map_err(crate::Error::from)?,
         );
         let log_failure = log.failure();
         let cluster: ClusterId = Arc::default();

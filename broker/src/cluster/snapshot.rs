@@ -458,7 +458,7 @@ mod tests {
         let (first_meta, first) = snapshots.build(&engine).unwrap();
         for round in 0..20 {
             let copy = snapshots.temporary();
-            std::fs::copy(&newest_data(&snapshots), &copy).unwrap();
+            std::fs::copy(newest_data(&snapshots), &copy).unwrap();
             let kept = snapshots.keep(&first_meta, &copy).unwrap();
             assert!(kept.exists(), "round {round}: the file just kept is gone");
             assert_eq!(
@@ -474,7 +474,7 @@ mod tests {
             ..first_meta.clone()
         };
         let copy = snapshots.temporary();
-        std::fs::copy(&newest_data(&snapshots), &copy).unwrap();
+        std::fs::copy(newest_data(&snapshots), &copy).unwrap();
         let newest = snapshots.keep(&newer, &copy).unwrap();
         let copy = snapshots.temporary();
         std::fs::copy(&newest, &copy).unwrap();

@@ -91,7 +91,7 @@ mod peek;
 mod queues;
 mod rate;
 mod receipt;
-mod records;
+pub(crate) mod records;
 pub mod replication;
 mod retention;
 mod room;

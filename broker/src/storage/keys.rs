@@ -16,7 +16,7 @@
 //! | Raft: time floor | `0x10` `"floor"` | u64 BE: the largest decision time (`at_ms`) of the commands applied, written in each one's batch (`Engine::now_ms` never reads earlier) |
 //! | Raft: chain | `0x10` `"chain"` | the id of the last command applied (term, count: two u64 BE), written in its entry's batch (`engine::replication`) |
 //! | Raft: installing | `0x10` `"installing"` | u64 BE: the index of the snapshot being installed; present only while an install is under way (`Engine::install`) |
-//! | Raft: log entry | `0x11` index (u64 BE) | JSON: an openraft entry (`cluster::log_store`) |
+//! | Raft: log entry | `0x11` index (u64 BE) | `0x01` then postcard (an earlier version's JSON, `{...}`, is read too): an openraft entry (`cluster::codec`) |
 //! | Raft: vote, committed, last purged | `0x12` `"vote"`, `"committed"`, `"purged"` | JSON: openraft's vote / log ids |
 //!
 //! The `0x11` and `0x12` keys live in a node's Raft log store, a store of

@@ -589,6 +589,33 @@ async fn a_leader_whose_clock_is_off_hands_its_leadership_over() {
     assert_eq!(cluster.leader().await, leader, "the leadership stayed");
 }
 
+/// A batch of the largest messages (100 × 256 KiB, 25 MiB in one log
+/// entry) is acknowledged in a cluster, and every node holds it: an append
+/// request that takes longer than openraft's 100 ms is answered to its
+/// retries rather than sent again from the start, which never got through.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_of_the_largest_messages_commits_and_reaches_every_node() {
+    let cluster = TestCluster::start(3).await;
+    let leader = cluster.leader().await;
+    let client = cluster.client(leader).await;
+    create_queue(&client, QUEUE, attributes()).await;
+    let largest = limits::MAX_MESSAGE_BYTES_DEFAULT as usize;
+    let bodies: Vec<Vec<u8>> = (0..limits::BATCH_ENTRIES_MAX)
+        .map(|i| {
+            let mut body = format!("{i:03}").into_bytes();
+            body.resize(largest, b'x');
+            body
+        })
+        .collect();
+    let ids = send_batch(&client, QUEUE, bodies).await;
+    assert_eq!(ids.len(), limits::BATCH_ENTRIES_MAX);
+    assert_eq!(
+        counts(&client, QUEUE).await,
+        Counts::new(limits::BATCH_ENTRIES_MAX as u64, 0, 0)
+    );
+    caught_up_and_alike(&cluster, leader, "after the batch").await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_is_removed_only_when_a_majority_that_answers_remains() {
     let mut cluster = TestCluster::start(3).await;
