@@ -61,7 +61,9 @@ fn ports(container: &Value) -> BTreeMap<String, u64> {
 
 /// Runs the container's start script as the pod `hostname` would, with a
 /// stand-in `broker` that prints its arguments: what `broker` is run with.
-fn start_args(container: &Value, hostname: &str) -> Vec<String> {
+/// `tls_dir` stands in for the directory the cluster TLS Secret is
+/// mounted at (`CLUSTER_TLS_DIR`).
+fn start_args(container: &Value, hostname: &str, tls_dir: &Path) -> Vec<String> {
     let command: Vec<&str> = container["command"]
         .as_sequence()
         .expect("command")
@@ -84,6 +86,7 @@ fn start_args(container: &Value, hostname: &str) -> Vec<String> {
         .env("PATH", path)
         .env("HOSTNAME", hostname)
         .env("POD_NAMESPACE", "prod")
+        .env("CLUSTER_TLS_DIR", tls_dir)
         .output()
         .expect("run the start script");
     assert!(
@@ -175,9 +178,10 @@ fn the_broker_statefulset_fits_its_services_and_budget() {
     // cluster and the others join it, addresses on the container's ports.
     let name = str_of(&set["metadata"]["name"], "name");
     let service = str_of(&set["spec"]["serviceName"], "serviceName");
+    let no_secret = tempfile::tempdir().unwrap();
     for ordinal in 0..replicas {
         let host = format!("{name}-{ordinal}");
-        let config = serve_config(&start_args(container, &host));
+        let config = serve_config(&start_args(container, &host, no_secret.path()));
         assert_eq!(config.listen.port() as u64, ports["grpc"]);
         let cluster = config.cluster.expect("cluster mode");
         assert_eq!(cluster.node_id, ordinal + 1);
@@ -200,7 +204,45 @@ fn the_broker_statefulset_fits_its_services_and_budget() {
         assert_eq!(cluster.join, join);
         let metrics = config.metrics_listen.expect("metrics served");
         assert_eq!(metrics.port() as u64, ports["metrics"]);
+        assert!(cluster.tls.is_none(), "no Secret mounted: plaintext");
     }
+
+    // Cluster TLS: the optional Secret's mount is where the script looks,
+    // and a pod that finds it there talks mutual TLS with its files.
+    let [volume] = &set["spec"]["template"]["spec"]["volumes"]
+        .as_sequence()
+        .expect("volumes")[..]
+    else {
+        panic!("one volume: the cluster TLS Secret");
+    };
+    assert_eq!(volume["secret"]["secretName"], "broker-cluster-tls");
+    assert_eq!(volume["secret"]["optional"], true);
+    let mount = container["volumeMounts"]
+        .as_sequence()
+        .expect("volumeMounts")
+        .iter()
+        .find(|m| m["name"] == volume["name"])
+        .expect("the Secret is mounted");
+    let env = container["env"]
+        .as_sequence()
+        .expect("env")
+        .iter()
+        .find(|e| e["name"] == "CLUSTER_TLS_DIR")
+        .expect("CLUSTER_TLS_DIR is set");
+    assert_eq!(env["value"], mount["mountPath"]);
+    let secret = tempfile::tempdir().unwrap();
+    for file in ["tls.crt", "tls.key", "ca.crt"] {
+        std::fs::write(secret.path().join(file), "").unwrap();
+    }
+    let config = serve_config(&start_args(container, &format!("{name}-1"), secret.path()));
+    let tls = config
+        .cluster
+        .expect("cluster mode")
+        .tls
+        .expect("cluster TLS");
+    assert_eq!(tls.cert, secret.path().join("tls.crt"));
+    assert_eq!(tls.key, secret.path().join("tls.key"));
+    assert_eq!(tls.client_ca, Some(secret.path().join("ca.crt")));
 }
 
 #[tokio::test]
