@@ -283,7 +283,7 @@ pub fn raft_config(snapshot_every: u64) -> openraft::Config {
         // run), a second node was made a voter 975 entries of 100 KiB behind,
         // and the first node committed nothing for the 31 s it took to catch up.
         replication_lag_threshold: 200,
-        // Each chunk is one frame (JSON: about 3.6 bytes a byte), given
+        // Each chunk is one frame (postcard: a byte a byte), given
         // 30 s to be sent and, for the last one, kept and installed.
         snapshot_max_chunk_size: 1 << 20,
         install_snapshot_timeout: 30_000,
