@@ -313,10 +313,9 @@ impl RaftNetwork<TypeConfig> for Connection {
         option: RPCOption,
     ) -> AppendReply {
         let wanted = rpc.entries.last().map(|e| e.log_id);
-        let sizes: Vec<usize> = rpc.entries.iter().map(entry_bytes).collect();
-        let keep = entries_in_frame(sizes.iter().copied());
+        let (keep, bytes) = entries_in_frame(rpc.entries.iter().map(entry_bytes));
         rpc.entries.truncate(keep);
-        let size = SMALL_FRAME + sizes[..keep].iter().sum::<usize>();
+        let size = SMALL_FRAME + bytes;
         let last = rpc.entries.last().map(|e| e.log_id);
         if last.is_none() {
             // A heartbeat: on its own, leaving any request in flight be.
@@ -435,19 +434,20 @@ const APPEND_BYTES: usize = 1 << 20;
 // A command of the largest size replicated, alone in an entry, fits a frame.
 const _: () = assert!(crate::engine::replication::COMMAND_BYTES_MAX + (1 << 20) < MAX_FRAME_BYTES);
 
-/// How many entries of these estimated sizes one append request carries:
-/// at least one, and no more once they pass [`APPEND_BYTES`].
-fn entries_in_frame(sizes: impl Iterator<Item = usize>) -> usize {
+/// How many entries of these estimated sizes one append request carries
+/// (at least one, and no more once they pass [`APPEND_BYTES`]), and their
+/// bytes. Sizes after the last one kept are not asked for.
+fn entries_in_frame(sizes: impl Iterator<Item = usize>) -> (usize, usize) {
     let mut bytes = 0;
     let mut keep = 0;
     for size in sizes {
-        bytes += size;
-        if keep > 0 && bytes > APPEND_BYTES {
+        if keep > 0 && bytes + size > APPEND_BYTES {
             break;
         }
+        bytes += size;
         keep += 1;
     }
-    keep
+    (keep, bytes)
 }
 
 /// An entry's bytes in postcard, estimated: its commands' prost bytes,
@@ -563,7 +563,7 @@ fn decode<T: DeserializeOwned>(frame: &Frame) -> Result<T, Status> {
 }
 
 fn reply<T: Serialize>(value: T) -> Result<Vec<u8>, Status> {
-    super::codec::encode(&value, 64).map_err(|e| Status::internal(e.to_string()))
+    super::codec::encode(&value, SMALL_FRAME).map_err(|e| Status::internal(e.to_string()))
 }
 
 impl RaftService {
@@ -827,11 +827,22 @@ mod tests {
     #[test]
     fn an_append_request_carries_what_fits_a_mebibyte_and_at_least_one_entry() {
         const MB: usize = 1 << 20;
-        assert_eq!(entries_in_frame(std::iter::repeat_n(MB, 300)), 1);
-        assert_eq!(entries_in_frame(std::iter::repeat_n(100_000, 300)), 10);
-        assert_eq!(entries_in_frame([200 * MB, 1].into_iter()), 1);
-        assert_eq!(entries_in_frame([MB, 200 * MB].into_iter()), 1);
-        assert_eq!(entries_in_frame(std::iter::repeat_n(1_000, 300)), 300);
-        assert_eq!(entries_in_frame(std::iter::empty()), 0);
+        assert_eq!(entries_in_frame(std::iter::repeat_n(MB, 300)), (1, MB));
+        assert_eq!(
+            entries_in_frame(std::iter::repeat_n(100_000, 300)),
+            (10, 1_000_000)
+        );
+        assert_eq!(entries_in_frame([200 * MB, 1].into_iter()), (1, 200 * MB));
+        assert_eq!(entries_in_frame([MB, 200 * MB].into_iter()), (1, MB));
+        assert_eq!(
+            entries_in_frame(std::iter::repeat_n(1_000, 300)),
+            (300, 300_000)
+        );
+        assert_eq!(entries_in_frame(std::iter::empty()), (0, 0));
+        // Only the sizes up to the first left out are asked for.
+        let mut asked = 0;
+        let sizes = std::iter::repeat_n(MB / 2, 300).inspect(|_| asked += 1);
+        assert_eq!(entries_in_frame(sizes), (2, MB));
+        assert_eq!(asked, 3);
     }
 }
