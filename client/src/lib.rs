@@ -93,6 +93,7 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 pub use broker_proto::{limits, pb};
 
 mod consumer;
+mod lookahead;
 mod paging;
 mod publisher;
 mod route;

@@ -28,6 +28,8 @@ use tonic::body::Body;
 use tonic::transport::Channel;
 use tower_service::Service;
 
+use crate::lookahead::Lookahead;
+
 /// The service whose calls are answered by the node reached, never
 /// passed on: they go to the entry.
 const NODE_SERVICE: &str = "/broker.v1.ClusterService/";
@@ -152,6 +154,7 @@ impl Service<http::Request<Body>> for Route {
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let request = request.map(Lookahead::wrap);
         // `ClusterService` answers for the node reached: always the entry.
         let (mut channel, leader) = if request.uri().path().starts_with(NODE_SERVICE) {
             (self.inner.entry.clone(), None)
