@@ -186,6 +186,7 @@ pub async fn run_with_metrics_listener(
                 raft: n.raft.clone(),
                 forwarded: l.forwarded.clone(),
                 election_rounds: n.election_rounds.clone(),
+                committed: n.committed.clone(),
                 clocks: n.clocks.clone(),
             }
         }),

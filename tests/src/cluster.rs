@@ -274,7 +274,9 @@ impl TestCluster {
             voters: get("broker_cluster_voters")?,
             term: get("broker_cluster_term")?,
             last_log: get("broker_cluster_last_log_index")?,
+            committed: get("broker_cluster_committed_index")?,
             applied: get("broker_cluster_applied_index")?,
+            apply_lag: get("broker_cluster_apply_lag_entries")?,
             forwarded: get("broker_cluster_forwarded_requests_total")?,
         })
     }
@@ -462,7 +464,11 @@ pub struct View {
     pub voters: u64,
     pub term: u64,
     pub last_log: u64,
+    /// The last entry the node knows committed.
+    pub committed: u64,
     pub applied: u64,
+    /// Entries it knows committed and has not applied.
+    pub apply_lag: u64,
     /// Client requests the node passed on to the leader.
     pub forwarded: u64,
 }

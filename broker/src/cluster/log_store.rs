@@ -10,6 +10,7 @@
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
@@ -27,6 +28,9 @@ type Result<T> = std::result::Result<T, StorageError<NodeId>>;
 #[derive(Clone)]
 pub struct LogStore {
     store: Arc<Store>,
+    /// The index of the last entry known committed (0: none), as openraft
+    /// last saved it: `broker_cluster_committed_index`.
+    committed: Arc<AtomicU64>,
 }
 
 fn io(
@@ -40,7 +44,17 @@ fn io(
 impl LogStore {
     /// The log in `store`, which must sync every write (`SyncMode::Always`).
     pub fn new(store: Arc<Store>) -> LogStore {
-        LogStore { store }
+        LogStore {
+            store,
+            committed: Arc::default(),
+        }
+    }
+
+    /// The index of the last entry known committed, shared with the
+    /// store's clones: openraft saves it on every commit, on the leader
+    /// and on followers.
+    pub fn committed(&self) -> Arc<AtomicU64> {
+        self.committed.clone()
     }
 
     fn read_json<T: serde::de::DeserializeOwned>(
@@ -181,14 +195,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         batch.put(keys::RAFT_COMMITTED, json);
         self.store
             .write(batch)
-            .map(drop)
-            .map_err(|e| io(ErrorSubject::Store, ErrorVerb::Write, e))
+            .map_err(|e| io(ErrorSubject::Store, ErrorVerb::Write, e))?;
+        let index = committed.map_or(0, |c| c.index);
+        self.committed.fetch_max(index, Ordering::Relaxed);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>> {
-        Ok(self
+        let committed = self
             .read_json::<Option<LogId<NodeId>>>(keys::RAFT_COMMITTED, ErrorSubject::Store)?
-            .flatten())
+            .flatten();
+        let index = committed.map_or(0, |c| c.index);
+        self.committed.fetch_max(index, Ordering::Relaxed);
+        Ok(committed)
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<()>

@@ -108,6 +108,8 @@ pub struct Node {
     client_addr: String,
     /// Rounds this node stood for election in (`broker_cluster_election_rounds_total`).
     pub election_rounds: Arc<std::sync::atomic::AtomicU64>,
+    /// The index of the last entry known committed ([`LogStore::committed`]).
+    pub committed: Arc<std::sync::atomic::AtomicU64>,
     /// The other members' clocks as this node reads them (`clocks`).
     pub clocks: Arc<Clocks>,
     identity_path: PathBuf,
@@ -204,6 +206,7 @@ impl Node {
                 && log.scan_prefix(&[keys::RAFT_LOG_PREFIX]).next().is_none()
         };
         let (ls, sm) = storage(log, engine.clone(), &cluster_dir.join("snapshots"))?;
+        let committed = ls.committed();
         let snapshots = Arc::new(Receiver::new(sm.snapshots().clone()));
         let raft_config = Arc::new(
             raft_config(config.snapshot_every)
@@ -250,6 +253,7 @@ impl Node {
             cluster,
             client_addr,
             election_rounds,
+            committed,
             clocks,
             identity_path,
             snapshot_pending: snapshot_pending || (single_node_data && recorded.is_none()),

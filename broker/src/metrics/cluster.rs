@@ -19,6 +19,9 @@ pub struct ClusterCollector {
     pub forwarded: Arc<AtomicU64>,
     /// Rounds this node stood for election in (`cluster::elections`).
     pub election_rounds: Arc<AtomicU64>,
+    /// The index of the last entry this node knows committed
+    /// (`LogStore::committed`).
+    pub committed: Arc<AtomicU64>,
     /// The other members' clocks as this node reads them.
     pub clocks: Arc<crate::cluster::clocks::Clocks>,
 }
@@ -40,7 +43,9 @@ impl Collector for ClusterCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let m = self.raft.metrics().borrow().clone();
         let last_log = m.last_log_index.unwrap_or(0);
-        let rows: [(&str, &str, u64); 7] = [
+        let applied = m.last_applied.map_or(0, |l| l.index);
+        let committed = self.committed.load(Ordering::Relaxed);
+        let rows: [(&str, &str, u64); 10] = [
             ("broker_cluster_node_id", "This node's id.", self.id),
             (
                 "broker_cluster_leader",
@@ -59,9 +64,24 @@ impl Collector for ClusterCollector {
                 last_log,
             ),
             (
+                "broker_cluster_committed_index",
+                "The index of the last entry this node knows committed.",
+                committed,
+            ),
+            (
                 "broker_cluster_applied_index",
                 "The index of the last entry this node applied.",
-                m.last_applied.map_or(0, |l| l.index),
+                applied,
+            ),
+            (
+                "broker_cluster_apply_lag_entries",
+                "Entries this node knows committed but has not applied yet.",
+                committed.saturating_sub(applied),
+            ),
+            (
+                "broker_cluster_snapshot_index",
+                "The index of the last entry in this node's latest snapshot; 0: none.",
+                m.snapshot.map_or(0, |l| l.index),
             ),
             (
                 "broker_cluster_voters",
@@ -119,6 +139,15 @@ impl Collector for ClusterCollector {
             None,
             self.clocks.max_skew_ms,
         )?;
+        if let Some(ms) = m.millis_since_quorum_ack {
+            gauge(
+                &mut encoder,
+                "broker_cluster_quorum_ack_age_ms",
+                "On the leader: how long ago a majority last acknowledged it; beyond 500 ms it decides and serves nothing (its lease).",
+                None,
+                ms,
+            )?;
+        }
         if let Some(replication) = &m.replication {
             gauges(
                 &mut encoder,

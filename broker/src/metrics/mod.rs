@@ -80,8 +80,12 @@
 //! Cluster mode (this node's view; `cluster`):
 //! - `broker_cluster_node_id`, `broker_cluster_leader` (0: none known),
 //!   `broker_cluster_is_leader` (0 or 1), `broker_cluster_term`,
-//!   `broker_cluster_last_log_index`, `broker_cluster_applied_index`,
-//!   `broker_cluster_voters` gauges.
+//!   `broker_cluster_last_log_index`, `broker_cluster_committed_index`,
+//!   `broker_cluster_applied_index`, `broker_cluster_apply_lag_entries`
+//!   (committed, not yet applied), `broker_cluster_snapshot_index` (0:
+//!   none), `broker_cluster_voters` gauges.
+//! - `broker_cluster_quorum_ack_age_ms` gauge, on the leader: how long ago
+//!   a majority last acknowledged it (its lease: 500 ms).
 //! - `broker_cluster_replication_lag_entries{node}` gauge, on the leader:
 //!   entries of its log each node has not confirmed yet.
 //! - `broker_cluster_forwarded_requests_total` counter: client requests

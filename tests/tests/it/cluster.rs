@@ -154,14 +154,18 @@ async fn killed_leader_under_load_loses_nothing_and_the_others_take_over() {
     }
 }
 
-/// Waits until every running node has applied the `leader`'s log, then
-/// checks that each one's own engine holds the leader's messages.
+/// Waits until every running node knows the `leader`'s log committed and
+/// has applied it (its metrics say so), then checks that each one's own
+/// engine holds the leader's messages.
 async fn caught_up_and_alike(cluster: &TestCluster, leader: u64, context: &str) {
     let target = cluster.view(leader).await.expect("the leader's view");
     cluster
         .wait_until(
-            |v| v.applied >= target.last_log,
-            &format!("every node applies the log up to {}", target.last_log),
+            |v| v.committed >= target.last_log && v.applied >= target.last_log && v.apply_lag == 0,
+            &format!(
+                "every node knows the log up to {} committed and applies it",
+                target.last_log
+            ),
         )
         .await;
     let want = cluster.message_totals(leader).await;
