@@ -9,7 +9,10 @@
 //! ([`BROKER_THREAD_NAME`]), so that the report splits CPU between server
 //! and generator as it does for an embedded broker. Producers call it in a
 //! closed loop over `--connections` connections (default one per task, at
-//! most 64), as the message producers do.
+//! most 64), as the message producers do. Their requests' bodies are
+//! wrapped as the broker's client wraps them ([`broker_client::Lookahead`]:
+//! the data frame carries END_STREAM), so that a call costs the same
+//! writes on both sides of the comparison.
 //!
 //! `--mode health` makes the same calls to the embedded broker's own health
 //! service instead: through the broker's layers (trace span, metrics,
@@ -147,7 +150,13 @@ pub async fn run(
     let deadline = began + duration;
     let tasks: Vec<_> = (0..callers as usize)
         .map(|i| {
-            let mut client = HealthClient::new(channels[i % channels.len()].clone());
+            let channel = tower::util::MapRequest::new(
+                channels[i % channels.len()].clone(),
+                |request: http::Request<tonic::body::Body>| {
+                    request.map(broker_client::Lookahead::wrap)
+                },
+            );
+            let mut client = HealthClient::new(channel);
             let errors = errors.clone();
             tokio::spawn(async move {
                 let (mut calls, mut latency) = (0u64, Latency::new());

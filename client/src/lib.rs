@@ -98,6 +98,11 @@ mod paging;
 mod publisher;
 mod route;
 pub use consumer::{Consumer, ConsumerBuilder, ConsumerStream, ConsumerSummary, Delivery, Message};
+/// The request body of the client's transport (see its module): public
+/// so that `broker-bench --mode echo` holds its bare tonic client to the
+/// same writes a call; not part of the client's API.
+#[doc(hidden)]
+pub use lookahead::Lookahead;
 pub use publisher::{AckFuture, OutgoingMessage, Publisher, PublisherBuilder};
 
 use pb::cluster_service_client::ClusterServiceClient;

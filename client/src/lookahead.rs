@@ -23,14 +23,15 @@ use tonic::body::Body;
 /// A body that holds the frame after the one it yields, when that one is
 /// ready at once (for a streaming call it usually is not, and nothing
 /// waits for it).
-pub(crate) struct Lookahead {
+pub struct Lookahead {
     inner: Body,
     next: Option<Result<Frame<Bytes>, Status>>,
     ended: bool,
 }
 
 impl Lookahead {
-    pub(crate) fn wrap(inner: Body) -> Body {
+    /// `inner`, looking one frame ahead.
+    pub fn wrap(inner: Body) -> Body {
         Body::new(Lookahead {
             inner,
             next: None,
