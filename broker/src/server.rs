@@ -188,6 +188,7 @@ pub async fn run_with_metrics_listener(
                 election_rounds: n.election_rounds.clone(),
                 committed: n.committed.clone(),
                 clocks: n.clocks.clone(),
+                lease: n.lease.clone(),
             }
         }),
     );

@@ -81,6 +81,14 @@ impl Lease {
         self.now_ms()
             .saturating_sub(self.reported_ms.load(Ordering::Relaxed))
     }
+
+    /// On a leader: how long ago a majority last acknowledged it, by its
+    /// metrics `m` and their age (openraft reports them on changes only,
+    /// so a leader cut off stops reporting while the age grows).
+    pub fn quorum_ack_age_ms(&self, m: &RaftMetrics<u64, Member>) -> Option<u64> {
+        m.millis_since_quorum_ack
+            .map(|ms| ms.saturating_add(self.since_report_ms()))
+    }
 }
 
 /// Who serves requests, as node `id` sees it from its Raft metrics `m`.
@@ -101,9 +109,7 @@ pub enum Leadership {
 /// for deciding (`RaftLog::leading`), for serving (`forward`) and for
 /// being ready (`Node::ready`).
 pub fn leadership(id: u64, m: &RaftMetrics<u64, Member>, lease: &Lease) -> Leadership {
-    let since_ack = m
-        .millis_since_quorum_ack
-        .map(|ms| ms.saturating_add(lease.since_report_ms()));
+    let since_ack = lease.quorum_ack_age_ms(m);
     match m.current_leader {
         Some(l) if l == id && m.state.is_leader() && lease.handing_over.load(Ordering::Relaxed) => {
             Leadership::Held(handing_over(id))

@@ -24,6 +24,8 @@ pub struct ClusterCollector {
     pub committed: Arc<AtomicU64>,
     /// The other members' clocks as this node reads them.
     pub clocks: Arc<crate::cluster::clocks::Clocks>,
+    /// The age of `raft`'s metrics, for `broker_cluster_quorum_ack_age_ms`.
+    pub lease: crate::cluster::proposer::Lease,
 }
 
 impl std::fmt::Debug for ClusterCollector {
@@ -139,7 +141,7 @@ impl Collector for ClusterCollector {
             None,
             self.clocks.max_skew_ms,
         )?;
-        if let Some(ms) = m.millis_since_quorum_ack {
+        if let Some(ms) = self.lease.quorum_ack_age_ms(&m) {
             gauge(
                 &mut encoder,
                 "broker_cluster_quorum_ack_age_ms",

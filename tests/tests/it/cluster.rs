@@ -317,6 +317,20 @@ async fn a_cut_off_leader_refuses_writes_and_reads_and_the_majority_goes_on() {
     .expect("the minority answers within the test's RPC timeout");
     let error = read.expect_err("a node cut off from the majority answers no read");
     assert_eq!(error.code(), Code::Unavailable, "{error:?}");
+    // Its metrics say why: while it still holds itself the leader, a
+    // majority last acknowledged it longer ago than its lease.
+    let scrape = cluster
+        .scrape(old)
+        .await
+        .expect("the cut-off node's metrics");
+    if broker_tests::metric_value(&scrape, "broker_cluster_is_leader") == Some(1.0) {
+        let age = broker_tests::metric_value(&scrape, "broker_cluster_quorum_ack_age_ms")
+            .expect("a leader reports broker_cluster_quorum_ack_age_ms");
+        assert!(
+            age > 500.0,
+            "the cut-off leader's last majority ack is {age} ms old, within its lease"
+        );
+    }
 
     // Healed, the old leader follows and serves what the majority wrote.
     cluster.heal();
