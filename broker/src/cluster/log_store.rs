@@ -57,6 +57,13 @@ impl LogStore {
         self.committed.clone()
     }
 
+    /// Records `committed` as the last entry known committed, unless an
+    /// entry after it already is.
+    fn note_committed(&self, committed: Option<LogId<NodeId>>) {
+        let index = committed.map_or(0, |c| c.index);
+        self.committed.fetch_max(index, Ordering::Relaxed);
+    }
+
     fn read_json<T: serde::de::DeserializeOwned>(
         &self,
         key: &[u8],
@@ -196,8 +203,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.store
             .write(batch)
             .map_err(|e| io(ErrorSubject::Store, ErrorVerb::Write, e))?;
-        let index = committed.map_or(0, |c| c.index);
-        self.committed.fetch_max(index, Ordering::Relaxed);
+        self.note_committed(committed);
         Ok(())
     }
 
@@ -205,8 +211,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let committed = self
             .read_json::<Option<LogId<NodeId>>>(keys::RAFT_COMMITTED, ErrorSubject::Store)?
             .flatten();
-        let index = committed.map_or(0, |c| c.index);
-        self.committed.fetch_max(index, Ordering::Relaxed);
+        self.note_committed(committed);
         Ok(committed)
     }
 
